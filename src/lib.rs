@@ -1,0 +1,7 @@
+//! mnd-srun: runs Docker containers across the nodes of a Slurm allocation for multi-node
+//! training. The pure core (`hostlist`, `slurm`, `cli`, `config`, `dockopts`, `plan`) decides
+//! everything; thin modules talk to the outside (`identity`, `ssh`, `docker`, `probe`,
+//! `control`, `signals`) and `launch` runs the coordinator and worker state machines.
+
+pub mod hostlist;
+pub mod slurm;
