@@ -5,3 +5,8 @@
 
 pub mod hostlist;
 pub mod slurm;
+pub mod cli;
+pub mod config;
+pub mod dockopts;
+pub mod identity;
+pub mod ssh;

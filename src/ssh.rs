@@ -1,0 +1,307 @@
+//! Per-user ssh material, created on first use, and the sshd/ssh configs the containers get.
+//!
+//! Layout (default `~/.mnd/ssh`, mode 0700): a subfolder `v1/` holding `id_ed25519` (client
+//! key), `host_ed25519` (host key of every container of this user), `authorized_keys` (only
+//! the client key) and `known_hosts` (pins the host key under the alias `mnd-USER`). `v1/` is
+//! written in a temporary folder and renamed into place, so when every node of a job creates
+//! it at the same moment on a shared home, one wins and all use the winner's.
+
+use crate::identity::Identity;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Ssh key material that cannot be created or must not be used.
+#[derive(Debug, Error)]
+pub enum SshError {
+    /// A file or folder others could change.
+    #[error("refusing to use ssh material {path}: {reason}. Fix: `chmod go-w {path}` (and make sure you own it), or remove it so mnd-srun creates it anew")]
+    Unsafe {
+        /// The offending path.
+        path: PathBuf,
+        /// Owner or mode problem.
+        reason: String,
+    },
+    /// I/O while creating or reading the material.
+    #[error("cannot {action} {path}: {source}. Fix: make the folder writable by you, or choose another with --ssh-dir")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Key generation or parsing failed.
+    #[error("ssh key {path}: {reason}. Fix: remove {path} so mnd-srun creates new material")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Paths of a user's ssh material (all on the shared home, same paths in the containers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Material {
+    /// The folder holding the files.
+    pub dir: PathBuf,
+    /// Client private key.
+    pub client_key: PathBuf,
+    /// Host private key.
+    pub host_key: PathBuf,
+    /// Keys sshd accepts.
+    pub authorized_keys: PathBuf,
+    /// Pinned host key.
+    pub known_hosts: PathBuf,
+    /// Name the host key is pinned under (`HostKeyAlias`).
+    pub host_alias: String,
+}
+
+const VERSION_DIR: &str = "v1";
+
+impl Material {
+    /// The paths under `root` (e.g. `~/.mnd/ssh`) for `user`.
+    pub fn paths(root: &Path, user: &str) -> Self {
+        let dir = root.join(VERSION_DIR);
+        Material {
+            client_key: dir.join("id_ed25519"),
+            host_key: dir.join("host_ed25519"),
+            authorized_keys: dir.join("authorized_keys"),
+            known_hosts: dir.join("known_hosts"),
+            dir,
+            host_alias: format!("mnd-{user}"),
+        }
+    }
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SshError + 'a {
+    move |source| SshError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Checks that `path` is owned by `uid` and not writable by group or others (and, for
+/// private keys, not readable by them either).
+fn check_safe(path: &Path, uid: u32, private: bool) -> Result<(), SshError> {
+    let meta = fs::symlink_metadata(path).map_err(io("inspect", path))?;
+    let unsafe_ = |reason: String| SshError::Unsafe {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_("it is a symbolic link".into()));
+    }
+    if meta.uid() != uid {
+        return Err(unsafe_(format!("it is owned by uid {}, not by you (uid {uid})", meta.uid())));
+    }
+    let mode = meta.mode() & 0o777;
+    let forbidden = if private { 0o077 } else { 0o022 };
+    if mode & forbidden != 0 {
+        return Err(unsafe_(format!("its mode is {mode:04o}, others can {}", if private { "read or write it" } else { "write it" })));
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), SshError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io("create", path))?;
+    f.write_all(text.as_bytes()).map_err(io("write", path))?;
+    f.sync_all().map_err(io("sync", path))
+}
+
+fn new_key(path: &Path, comment: &str) -> Result<(String, String), SshError> {
+    use ssh_key::{rand_core::OsRng, Algorithm, LineEnding, PrivateKey};
+    let key_err = |e: ssh_key::Error| SshError::Key {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).map_err(key_err)?;
+    key.set_comment(comment);
+    let private = key.to_openssh(LineEnding::LF).map_err(key_err)?.to_string();
+    let public = key.public_key().to_openssh().map_err(key_err)?;
+    Ok((private, public))
+}
+
+fn generate(tmp: &Path, m: &Material, user: &str) -> Result<(), SshError> {
+    let name = |p: &Path| tmp.join(p.file_name().expect("file path"));
+    let (client, client_pub) = new_key(&m.client_key, &format!("mnd-srun {user}"))?;
+    let (host, host_pub) = new_key(&m.host_key, &format!("mnd-srun host key of {user}"))?;
+    write_file(&name(&m.client_key), &client, 0o600)?;
+    write_file(&tmp.join("id_ed25519.pub"), &format!("{client_pub}\n"), 0o644)?;
+    write_file(&name(&m.host_key), &host, 0o600)?;
+    write_file(&tmp.join("host_ed25519.pub"), &format!("{host_pub}\n"), 0o644)?;
+    write_file(&name(&m.authorized_keys), &format!("{client_pub}\n"), 0o600)?;
+    write_file(&name(&m.known_hosts), &format!("{} {host_pub}\n", m.host_alias), 0o644)?;
+    Ok(())
+}
+
+/// Makes sure the material exists under `root` and is safe to use; creates it on first use.
+pub fn ensure(root: &Path, who: &Identity) -> Result<Material, SshError> {
+    let m = Material::paths(root, &who.name);
+    if !root.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(io("create", root))?;
+    }
+    check_safe(root, who.uid, false)?;
+    if !m.dir.exists() {
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .permissions(fs::Permissions::from_mode(0o700))
+            .tempdir_in(root)
+            .map_err(io("create a folder in", root))?
+            .keep();
+        let made = generate(&tmp, &m, &who.name);
+        let placed = made.and_then(|()| match fs::rename(&tmp, &m.dir) {
+            Ok(()) => Ok(()),
+            // Another node of the job won the race: use its material.
+            Err(_) if m.dir.is_dir() => Ok(()),
+            Err(e) => Err(io("rename into", &m.dir)(e)),
+        });
+        let _ = fs::remove_dir_all(&tmp);
+        placed?;
+        log::info!("created ssh material in {}", m.dir.display());
+    }
+    check_safe(&m.dir, who.uid, false)?;
+    for (p, private) in [
+        (&m.client_key, true),
+        (&m.host_key, true),
+        (&m.authorized_keys, false),
+        (&m.known_hosts, false),
+    ] {
+        check_safe(p, who.uid, private)?;
+    }
+    Ok(m)
+}
+
+/// sshd configuration for a container: only `user`, only the client key, no passwords.
+/// `set_env` is given to every session (`SetEnv`, OpenSSH 8.7+); without it the config also
+/// works with older sshd.
+pub fn sshd_config(m: &Material, user: &str, port: u16, set_env: &[(String, String)]) -> String {
+    let mut s = format!(
+        "# written by mnd-srun\nPort {port}\nListenAddress 0.0.0.0\nHostKey {}\nAuthorizedKeysFile {}\n\
+PidFile none\nUsePAM no\nStrictModes no\nPermitRootLogin no\nAllowUsers {user}\nPubkeyAuthentication yes\n\
+PasswordAuthentication no\nKbdInteractiveAuthentication no\nChallengeResponseAuthentication no\nHostbasedAuthentication no\n\
+PermitUserEnvironment no\nX11Forwarding no\nPrintMotd no\nLogLevel ERROR\nSubsystem sftp internal-sftp\n",
+        m.host_key.display(),
+        m.authorized_keys.display()
+    );
+    if !set_env.is_empty() {
+        let vars: Vec<String> = set_env.iter().map(|(k, v)| quote_env(k, v)).collect();
+        s.push_str(&format!("SetEnv {}\n", vars.join(" ")));
+    }
+    s
+}
+
+fn quote_env(k: &str, v: &str) -> String {
+    if v.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\') {
+        format!("\"{k}={}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        format!("{k}={v}")
+    }
+}
+
+/// ssh client configuration for a container (`/etc/ssh/ssh_config`): the job's port, the
+/// client key, and the pinned host key with strict checking.
+pub fn client_config(m: &Material, user: &str, port: u16) -> String {
+    format!(
+        "# written by mnd-srun\nHost *\n  Port {port}\n  User {user}\n  IdentityFile {}\n  IdentitiesOnly yes\n\
+  UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n  HostKeyAlias {}\n  StrictHostKeyChecking yes\n\
+  CheckHostIP no\n  PasswordAuthentication no\n  KbdInteractiveAuthentication no\n  BatchMode yes\n  LogLevel ERROR\n",
+        m.client_key.display(),
+        m.known_hosts.display(),
+        m.host_alias
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> Identity {
+        Identity::current().unwrap()
+    }
+
+    #[test]
+    fn creates_material_once_with_safe_modes() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join(".mnd/ssh");
+        let m = ensure(&root, &me()).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&m.dir), 0o700);
+        assert_eq!(mode(&m.client_key), 0o600);
+        assert_eq!(mode(&m.host_key), 0o600);
+        let key = fs::read_to_string(&m.client_key).unwrap();
+        assert!(key.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+        let auth = fs::read_to_string(&m.authorized_keys).unwrap();
+        assert!(auth.starts_with("ssh-ed25519 "));
+        let known = fs::read_to_string(&m.known_hosts).unwrap();
+        assert!(known.starts_with(&format!("mnd-{} ssh-ed25519 ", me().name)));
+        // Second call reuses it.
+        let again = ensure(&root, &me()).unwrap();
+        assert_eq!(fs::read_to_string(&again.client_key).unwrap(), key);
+    }
+
+    #[test]
+    fn concurrent_creation_agrees_on_one_key() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("ssh");
+        let keys: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| fs::read_to_string(ensure(&root, &me()).unwrap().client_key).unwrap()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(keys.windows(2).all(|w| w[0] == w[1]));
+        let leftovers: Vec<_> = fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, [VERSION_DIR]);
+    }
+
+    #[test]
+    fn refuses_writable_or_readable_material() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("ssh");
+        let m = ensure(&root, &me()).unwrap();
+        fs::set_permissions(&m.host_key, fs::Permissions::from_mode(0o640)).unwrap();
+        let e = ensure(&root, &me()).unwrap_err().to_string();
+        assert!(e.contains("host_ed25519") && e.contains("0640"), "{e}");
+        fs::set_permissions(&m.host_key, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = ensure(&root, &me()).unwrap_err().to_string();
+        assert!(e.contains("0777") && e.contains("chmod go-w"), "{e}");
+    }
+
+    #[test]
+    fn configs_pin_the_host_key_and_allow_only_the_user() {
+        let m = Material::paths(Path::new("/h/alice/.mnd/ssh"), "alice");
+        let env = [("PATH".to_string(), "/usr/bin".to_string()), ("X".to_string(), "a b".to_string())];
+        let d = sshd_config(&m, "alice", 40123, &env);
+        for want in [
+            "Port 40123",
+            "AllowUsers alice",
+            "PasswordAuthentication no",
+            "AuthorizedKeysFile /h/alice/.mnd/ssh/v1/authorized_keys",
+            "SetEnv PATH=/usr/bin \"X=a b\"",
+        ] {
+            assert!(d.contains(want), "sshd_config lacks {want}:\n{d}");
+        }
+        let c = client_config(&m, "alice", 40123);
+        for want in ["Port 40123", "StrictHostKeyChecking yes", "HostKeyAlias mnd-alice", "IdentityFile /h/alice/.mnd/ssh/v1/id_ed25519"] {
+            assert!(c.contains(want), "ssh_config lacks {want}:\n{c}");
+        }
+        assert!(!c.contains("StrictHostKeyChecking no"));
+    }
+}
