@@ -46,6 +46,7 @@ pub enum Pull {
 #[command(
     name = "mnd-srun",
     version,
+    args_override_self = true,
     about = "Run a Docker container on every node of a Slurm step, as you, with ssh between them, and run a script on the first node",
     after_help = "Example:\n  srun -N3 -n3 mnd-srun --container=IMAGE --script=./train.sh -- --epochs 3\n\n\
 Injected into the script: hostlist (node1:S,node2:S,...), np, MASTER_ADDR, MASTER_PORT, NNODES, NODE_RANK, WORLD_SIZE, ENVLIST."

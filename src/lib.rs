@@ -10,3 +10,4 @@ pub mod config;
 pub mod dockopts;
 pub mod identity;
 pub mod ssh;
+pub mod plan;

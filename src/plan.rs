@@ -1,0 +1,656 @@
+//! The plan: everything one launcher will do, decided from the Slurm step, the command line,
+//! the site config, the user and a few facts about this node, with no I/O. Every rule lives
+//! here: roles, names, ports, mounts, environment, GPUs, limits and policy.
+
+use crate::cli::{Args, GpuVendor, Memlock, Pull};
+use crate::config::SiteConfig;
+use crate::dockopts::{self, DockOpts};
+use crate::hostlist;
+use crate::identity::Identity;
+use crate::slurm::{Role as SlurmRole, StepContext};
+use crate::ssh::Material;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// What this launcher does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Starts its container, waits for workers, runs the script, tells everyone to stop.
+    Coordinator,
+    /// Starts its container and serves sshd until the coordinator says stop.
+    Worker,
+    /// Nothing: another task on this node does the work, or `--nodelist` left it out.
+    Idle(&'static str),
+}
+
+/// Facts about this node that the plan depends on (gathered by `node::gather`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// Working directory of the launcher.
+    pub cwd: PathBuf,
+    /// The launcher's environment (for `--envlist` and bare `-e NAME`).
+    pub env: BTreeMap<String, String>,
+    /// /dev/nvidia0 exists.
+    pub nvidia: bool,
+    /// AMD GPUs (/dev/kfd exists): render node numbers and the video/render group ids.
+    pub amd: Option<AmdFacts>,
+    /// This node lets containers raise RLIMIT_MEMLOCK (CAP_SYS_RESOURCE in the bounding set).
+    pub can_raise_memlock: bool,
+    /// Launcher's process id (names and ports outside Slurm).
+    pub pid: u32,
+}
+
+/// AMD GPU devices of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AmdFacts {
+    /// Numbers N of /dev/dri/renderDN, in order (GPU i is the i-th).
+    pub render_nodes: Vec<u32>,
+    /// Group ids owning the devices (video, render).
+    pub device_gids: Vec<u32>,
+}
+
+/// Ports of one job step on every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// sshd inside the containers.
+    pub sshd: u16,
+    /// The launchers' control channel (worker listens, coordinator connects).
+    pub control: u16,
+    /// MASTER_PORT for torch.distributed and friends.
+    pub master: u16,
+}
+
+/// A bind mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Path on the node.
+    pub source: PathBuf,
+    /// Path in the container.
+    pub target: PathBuf,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+/// GPUs requested from Docker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gpus {
+    /// None.
+    None,
+    /// NVIDIA, all GPUs of the node.
+    NvidiaAll,
+    /// NVIDIA, these physical ids.
+    Nvidia(Vec<u32>),
+}
+
+/// A device passed into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Path on the node.
+    pub host: String,
+    /// Path in the container.
+    pub container: String,
+    /// Cgroup permissions, e.g. "rwm".
+    pub permissions: String,
+}
+
+/// The container of this node, as Docker will be asked to create it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// Unique per job, step and node.
+    pub name: String,
+    /// Image.
+    pub image: String,
+    /// When to pull it.
+    pub pull: Pull,
+    /// "uid:gid".
+    pub user: String,
+    /// Supplementary group ids.
+    pub group_add: Vec<String>,
+    /// Labels (job, step, user, node, ...), used by `mnd ps` and `mnd cleanup`.
+    pub labels: BTreeMap<String, String>,
+    /// Bind mounts.
+    pub mounts: Vec<Mount>,
+    /// Environment of the container (and so of the script's exec).
+    pub env: Vec<String>,
+    /// Working directory.
+    pub workdir: PathBuf,
+    /// Network mode (always "host": nodes reach each other's sshd).
+    pub network: String,
+    /// IPC mode, when not private.
+    pub ipc: Option<String>,
+    /// /dev/shm size in bytes.
+    pub shm_size: Option<i64>,
+    /// Resource limits (name, soft, hard).
+    pub ulimits: Vec<(String, i64, i64)>,
+    /// Devices.
+    pub devices: Vec<Device>,
+    /// GPUs.
+    pub gpus: Gpus,
+    /// Capabilities to add.
+    pub cap_add: Vec<String>,
+    /// Capabilities to drop.
+    pub cap_drop: Vec<String>,
+    /// Security options.
+    pub security_opt: Vec<String>,
+    /// tmpfs mounts (path -> options).
+    pub tmpfs: BTreeMap<String, String>,
+    /// Extra /etc/hosts lines ("name:addr").
+    pub extra_hosts: Vec<String>,
+    /// Privileged.
+    pub privileged: bool,
+}
+
+/// The script the coordinator runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptSpec {
+    /// Absolute path (same inside the container).
+    pub path: PathBuf,
+    /// Arguments, byte for byte.
+    pub args: Vec<String>,
+}
+
+/// Everything one launcher will do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// What this launcher does.
+    pub role: Role,
+    /// "JOB.STEP", or "local-PID" outside Slurm.
+    pub job_label: String,
+    /// The job's nodes, leader first.
+    pub nodes: Vec<String>,
+    /// This node's index in `nodes`.
+    pub node_rank: usize,
+    /// Slots per node.
+    pub slots: u32,
+    /// Ports.
+    pub ports: Ports,
+    /// How long the coordinator waits for workers.
+    pub wait_timeout: Duration,
+    /// Ssh material root and paths.
+    pub ssh_root: PathBuf,
+    /// Ssh material paths.
+    pub ssh: Material,
+    /// The caller.
+    pub user: Identity,
+    /// This node's container.
+    pub container: ContainerSpec,
+    /// Variables injected into the script and into every ssh session on this node.
+    pub job_env: Vec<(String, String)>,
+    /// The script (coordinator only).
+    pub script: Option<ScriptSpec>,
+}
+
+impl Plan {
+    /// This node's name.
+    pub fn this_node(&self) -> &str {
+        &self.nodes[self.node_rank]
+    }
+}
+
+/// A command line, config or environment that cannot be turned into a plan.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// Something required is missing or a value is wrong; the text says what to do.
+    #[error("{0}")]
+    Usage(String),
+    /// The site's policy forbids it.
+    #[error("{what} is not allowed by the site policy ({rule} in {config}); ask your admin or drop the option")]
+    Policy {
+        /// What was refused.
+        what: String,
+        /// The policy key.
+        rule: &'static str,
+        /// The config file.
+        config: String,
+    },
+    /// `--nodelist` is wrong.
+    #[error("--nodelist: {0}")]
+    Nodelist(String),
+    /// `--dockopts` is wrong.
+    #[error(transparent)]
+    DockOpts(#[from] dockopts::DockOptsError),
+}
+
+fn usage(msg: impl Into<String>) -> PlanError {
+    PlanError::Usage(msg.into())
+}
+
+/// Inputs of the plan.
+pub struct Inputs<'a> {
+    /// Slurm step.
+    pub step: &'a StepContext,
+    /// Command line.
+    pub args: &'a Args,
+    /// Site config.
+    pub site: &'a SiteConfig,
+    /// Caller.
+    pub user: &'a Identity,
+    /// Node facts.
+    pub facts: &'a NodeFacts,
+}
+
+/// Builds the plan.
+pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
+    let Inputs { step, args, site, user, facts } = *i;
+    let image = args
+        .container
+        .clone()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| usage("no image given: add --container=IMAGE (or set MND_CONTAINER)"))?;
+    let script_arg = args
+        .script
+        .clone()
+        .ok_or_else(|| usage("no script given: add --script=./job.sh (the script runs inside the first node's container)"))?;
+    check_policy(args, site, user, &image)?;
+    let (nodes, node_rank, role) = choose_nodes(step, args)?;
+    let job_label = match (step.job_id, step.step_id) {
+        (Some(j), Some(s)) => format!("{j}.{s}"),
+        _ => format!("local-{}", facts.pid),
+    };
+    let ports = ports(step, args, site, facts)?;
+    let slots = match args.slots_per_node {
+        Some(0) => return Err(usage("--slots-per-node must be at least 1")),
+        Some(n) => n,
+        None if !step.gpus.is_empty() => step.gpus.len() as u32,
+        None => step.gpus_on_node.filter(|&n| n > 0).unwrap_or(1),
+    };
+    let opts = match &args.dockopts {
+        Some(text) => dockopts::parse(text)?,
+        None => DockOpts::default(),
+    };
+    check_dockopts_policy(&opts, site)?;
+    let script_path = absolute(&facts.cwd, &script_arg);
+    let ssh_root = args.ssh_dir.as_ref().map_or_else(|| user.home.join(".mnd/ssh"), |d| absolute(&facts.cwd, d));
+    let ssh = Material::paths(&ssh_root, &user.name);
+    let mounts = mounts(user, facts, site, args, &opts, &script_path, &ssh_root)?;
+    let job_env = job_env(&nodes, node_rank, slots, ports, args, site, facts, &opts, &job_label)?;
+    let mut env: Vec<String> = vec![
+        format!("HOME={}", user.home.display()),
+        format!("USER={}", user.name),
+        format!("LOGNAME={}", user.name),
+    ];
+    env.extend(job_env.iter().map(|(k, v)| format!("{k}={v}")));
+    let (gpus, mut devices, gpu_groups) = gpus(step, args, facts)?;
+    if args.ib_devices {
+        devices.push(Device { host: "/dev/infiniband".into(), container: "/dev/infiniband".into(), permissions: "rwm".into() });
+    }
+    devices.extend(opts.devices.iter().map(|d| parse_device(d)));
+    let mut ulimits = Vec::new();
+    let raise = match args.memlock {
+        Memlock::Unlimited => true,
+        Memlock::Off => false,
+        Memlock::Auto => facts.can_raise_memlock,
+    };
+    if raise {
+        ulimits.push(("memlock".to_string(), -1, -1));
+    }
+    for u in &opts.ulimits {
+        ulimits.retain(|(n, _, _)| n != &u.0);
+        ulimits.push(u.clone());
+    }
+    let shm_text = opts.shm_size.clone().or_else(|| args.shm_size.clone()).unwrap_or_else(|| site.defaults.shm_size.clone());
+    let shm_size = Some(parse_size(&shm_text).ok_or_else(|| usage(format!("shm size '{shm_text}' is not a size like 512m or 16g")))?);
+    if let Some(net) = &opts.network {
+        if net != "host" {
+            return Err(usage(format!("--dockopts --network={net}: containers must use the host network so nodes reach each other's sshd")));
+        }
+    }
+    let mut group_add: Vec<String> = user.groups.iter().filter(|g| g.gid != user.gid).map(|g| g.gid.to_string()).collect();
+    group_add.extend(gpu_groups.iter().map(u32::to_string));
+    group_add.extend(opts.group_add.iter().cloned());
+    group_add.dedup();
+    let this = nodes[node_rank].clone();
+    let prefix = args.name.clone().unwrap_or_else(|| format!("mnd-{}", user.name));
+    let name = sanitize_name(&format!("{prefix}-{job_label}-{this}"));
+    let mut labels = BTreeMap::from([
+        ("mnd.job".to_string(), step.job_id.map_or_else(|| "local".into(), |j| j.to_string())),
+        ("mnd.step".to_string(), step.step_id.map_or_else(|| "local".into(), |s| s.to_string())),
+        ("mnd.user".to_string(), user.name.clone()),
+        ("mnd.uid".to_string(), user.uid.to_string()),
+        ("mnd.node".to_string(), this.clone()),
+        ("mnd.role".to_string(), if node_rank == 0 { "coordinator" } else { "worker" }.to_string()),
+        ("mnd.launcher-pid".to_string(), facts.pid.to_string()),
+    ]);
+    for l in &opts.labels {
+        let (k, v) = l.split_once('=').unwrap_or((l, ""));
+        if !k.starts_with("mnd.") {
+            labels.insert(k.to_string(), v.to_string());
+        }
+    }
+    let container = ContainerSpec {
+        name,
+        image,
+        pull: args.pull,
+        user: format!("{}:{}", user.uid, user.gid),
+        group_add,
+        labels,
+        mounts,
+        env,
+        workdir: facts.cwd.clone(),
+        network: "host".into(),
+        ipc: opts.ipc.clone(),
+        shm_size,
+        ulimits,
+        devices,
+        gpus,
+        cap_add: opts.cap_add.clone(),
+        cap_drop: opts.cap_drop.clone(),
+        security_opt: opts.security_opt.clone(),
+        tmpfs: opts.tmpfs.iter().map(|t| { let (p, o) = t.split_once(':').unwrap_or((t, "")); (p.to_string(), o.to_string()) }).collect(),
+        extra_hosts: opts.add_hosts.clone(),
+        privileged: args.privileged || opts.privileged,
+    };
+    let script = (role == Role::Coordinator).then(|| ScriptSpec { path: script_path, args: args.all_script_args() });
+    Ok(Plan {
+        role,
+        job_label,
+        nodes,
+        node_rank,
+        slots,
+        ports,
+        wait_timeout: Duration::from_secs(args.wait_timeout.unwrap_or(site.defaults.wait_timeout).max(1)),
+        ssh_root,
+        ssh,
+        user: user.clone(),
+        container,
+        job_env,
+        script,
+    })
+}
+
+fn absolute(cwd: &Path, p: &Path) -> PathBuf {
+    let joined = if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
+    // Lexical clean-up of "." and ".." so the same path works inside the container.
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Which nodes take part, this node's rank among them, and this launcher's role.
+fn choose_nodes(step: &StepContext, args: &Args) -> Result<(Vec<String>, usize, Role), PlanError> {
+    let slurm_role = step.role();
+    let mut nodes = step.nodes.clone();
+    if let Some(expr) = &args.nodelist {
+        let wanted = hostlist::expand(expr).map_err(|e| PlanError::Nodelist(e.to_string()))?;
+        if wanted.is_empty() {
+            return Err(PlanError::Nodelist(format!("'{expr}' names no node")));
+        }
+        if let Some(stranger) = wanted.iter().find(|n| !step.nodes.contains(n)) {
+            let hint = if step.under_slurm() {
+                format!("the step runs on {}; use srun -w to choose nodes", hostlist::compress(&step.nodes))
+            } else {
+                format!("without Slurm mnd-srun runs on this machine only ({}); start it under srun to use several nodes", step.node_name)
+            };
+            return Err(PlanError::Nodelist(format!("node '{stranger}' is not part of this step: {hint}")));
+        }
+        nodes = wanted;
+    }
+    if args.script_help {
+        nodes.truncate(1);
+    }
+    let rank = nodes.iter().position(|n| *n == step.node_name);
+    let role = match (slurm_role, rank) {
+        (SlurmRole::ExtraLocalTask, _) => Role::Idle("another task of this step already runs the launcher on this node"),
+        (_, None) => Role::Idle("this node is not in --nodelist (or --script-help runs on the first node only)"),
+        (_, Some(0)) => Role::Coordinator,
+        (_, Some(_)) => Role::Worker,
+    };
+    Ok((nodes, rank.unwrap_or(0), role))
+}
+
+/// Ports: sshd and control derived from job and step (so concurrent jobs differ), MASTER_PORT
+/// from the job id; each overridable.
+fn ports(step: &StepContext, args: &Args, site: &SiteConfig, facts: &NodeFacts) -> Result<Ports, PlanError> {
+    let d = &site.defaults;
+    let pairs = u64::from(d.ssh_port_span / 2);
+    let seed = match (step.job_id, step.step_id) {
+        (Some(j), Some(s)) => j.wrapping_mul(8).wrapping_add(s),
+        _ => u64::from(facts.pid),
+    };
+    let sshd = match args.sshd_port {
+        Some(p) if p < 1024 || p == u16::MAX => {
+            return Err(usage(format!("--sshd-port {p}: use a port from 1024 to 65534 (the next port is the control port)")));
+        }
+        Some(p) => p,
+        None => d.ssh_port_base + (2 * (seed % pairs)) as u16,
+    };
+    let master = match args.master_port {
+        Some(p) => p,
+        None => d.master_port_base.saturating_add((step.job_id.unwrap_or(0) % 1000) as u16),
+    };
+    Ok(Ports { sshd, control: sshd + 1, master })
+}
+
+fn parse_mount(spec: &str) -> Result<Mount, PlanError> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (src, dst, ro) = match parts.as_slice() {
+        [s] => (*s, *s, false),
+        [s, "ro"] => (*s, *s, true),
+        [s, "rw"] => (*s, *s, false),
+        [s, d] => (*s, *d, false),
+        [s, d, "ro"] => (*s, *d, true),
+        [s, d, "rw"] => (*s, *d, false),
+        _ => return Err(usage(format!("mount '{spec}' is not SRC[:DST][:ro]"))),
+    };
+    if !src.starts_with('/') || !dst.starts_with('/') {
+        return Err(usage(format!("mount '{spec}': source and target must be absolute paths")));
+    }
+    Ok(Mount { source: src.into(), target: dst.into(), read_only: ro })
+}
+
+fn mounts(
+    user: &Identity,
+    facts: &NodeFacts,
+    site: &SiteConfig,
+    args: &Args,
+    opts: &DockOpts,
+    script: &Path,
+    ssh_root: &Path,
+) -> Result<Vec<Mount>, PlanError> {
+    let same = |p: &Path, ro: bool| Mount { source: p.to_path_buf(), target: p.to_path_buf(), read_only: ro };
+    let mut out = vec![same(&user.home, false)];
+    for spec in &site.defaults.mounts {
+        out.push(parse_mount(spec)?);
+    }
+    for spec in args.mounts.iter().chain(&opts.mounts).filter(|s| !s.is_empty()) {
+        let m = parse_mount(spec)?;
+        let allowed = &site.policy.allowed_mount_prefixes;
+        if !allowed.is_empty() && !allowed.iter().any(|p| m.source.starts_with(p)) {
+            return Err(PlanError::Policy {
+                what: format!("mount source {}", m.source.display()),
+                rule: "policy.allowed_mount_prefixes",
+                config: site.name(),
+            });
+        }
+        out.push(m);
+    }
+    let covered = |p: &Path, ms: &[Mount]| ms.iter().any(|m| p.starts_with(&m.target) && m.source == m.target);
+    if !covered(&facts.cwd, &out) {
+        out.push(same(&facts.cwd, false));
+    }
+    if !covered(ssh_root, &out) {
+        out.push(same(ssh_root, true));
+    }
+    if let Some(dir) = script.parent() {
+        if !covered(script, &out) {
+            out.push(same(dir, true));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for m in &out {
+        if !seen.insert(m.target.clone()) {
+            return Err(usage(format!("two mounts target {}: drop one of them", m.target.display())));
+        }
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn job_env(
+    nodes: &[String],
+    rank: usize,
+    slots: u32,
+    ports: Ports,
+    args: &Args,
+    site: &SiteConfig,
+    facts: &NodeFacts,
+    opts: &DockOpts,
+    job_label: &str,
+) -> Result<Vec<(String, String)>, PlanError> {
+    let np = slots as usize * nodes.len();
+    let mut env = vec![
+        ("hostlist".to_string(), nodes.iter().map(|n| format!("{n}:{slots}")).collect::<Vec<_>>().join(",")),
+        ("np".to_string(), np.to_string()),
+        ("MASTER_ADDR".to_string(), nodes[0].clone()),
+        ("MASTER_PORT".to_string(), ports.master.to_string()),
+        ("NNODES".to_string(), nodes.len().to_string()),
+        ("NODE_RANK".to_string(), rank.to_string()),
+        ("WORLD_SIZE".to_string(), np.to_string()),
+        ("MND_JOB".to_string(), job_label.to_string()),
+        ("PDSH_RCMD_TYPE".to_string(), "ssh".to_string()),
+    ];
+    let listed: Vec<&String> = args.envlist.iter().filter(|n| !n.is_empty()).collect();
+    if !listed.is_empty() {
+        env.push(("ENVLIST".into(), listed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")));
+    }
+    for name in listed {
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(usage(format!("--envlist: '{name}' is not a variable name")));
+        }
+        match facts.env.get(name) {
+            Some(v) => env.push((name.clone(), v.clone())),
+            None => log::warn!("--envlist: {name} is not set here; not passed"),
+        }
+    }
+    for e in site.defaults.env.iter().chain(&opts.env) {
+        match e.split_once('=') {
+            Some((k, v)) => env.push((k.to_string(), v.to_string())),
+            None => {
+                if let Some(v) = facts.env.get(e) {
+                    env.push((e.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    Ok(env)
+}
+
+/// GPU request, devices and groups, from what Slurm gave the step (physical ids) or `--gpus`.
+fn gpus(step: &StepContext, args: &Args, facts: &NodeFacts) -> Result<(Gpus, Vec<Device>, Vec<u32>), PlanError> {
+    enum Want {
+        None,
+        All,
+        Ids(Vec<u32>),
+    }
+    let want = match args.gpus.as_deref() {
+        Some("none") | Some("") => Want::None,
+        Some("all") => Want::All,
+        Some(list) => Want::Ids(
+            list.split(',')
+                .map(|s| s.trim().parse().map_err(|_| usage(format!("--gpus '{list}': use all, none or ids like 0,1"))))
+                .collect::<Result<_, _>>()?,
+        ),
+        None if !step.gpus.is_empty() => Want::Ids(step.gpus.clone()),
+        None if step.under_slurm() => Want::None,
+        None => Want::All,
+    };
+    let vendor = match args.gpu_vendor {
+        GpuVendor::Auto if facts.nvidia => GpuVendor::Nvidia,
+        GpuVendor::Auto if facts.amd.is_some() => GpuVendor::Amd,
+        GpuVendor::Auto => GpuVendor::None,
+        v => v,
+    };
+    Ok(match (vendor, want) {
+        (_, Want::None) | (GpuVendor::None | GpuVendor::Auto, _) => (Gpus::None, vec![], vec![]),
+        (GpuVendor::Nvidia, Want::All) => (Gpus::NvidiaAll, vec![], vec![]),
+        (GpuVendor::Nvidia, Want::Ids(ids)) => (Gpus::Nvidia(ids), vec![], vec![]),
+        (GpuVendor::Amd, want) => {
+            let amd = facts.amd.clone().unwrap_or_default();
+            let nodes: Vec<u32> = match want {
+                Want::Ids(ids) => ids.iter().map(|&i| amd.render_nodes.get(i as usize).copied().unwrap_or(128 + i)).collect(),
+                _ => amd.render_nodes.clone(),
+            };
+            let dev = |p: String| Device { host: p.clone(), container: p, permissions: "rwm".into() };
+            let mut devices = vec![dev("/dev/kfd".into())];
+            devices.extend(nodes.iter().map(|n| dev(format!("/dev/dri/renderD{n}"))));
+            (Gpus::None, devices, amd.device_gids)
+        }
+    })
+}
+
+fn parse_device(spec: &str) -> Device {
+    let mut parts = spec.splitn(3, ':');
+    let host = parts.next().unwrap_or_default().to_string();
+    let container = parts.next().filter(|s| !s.is_empty()).unwrap_or(&host).to_string();
+    let permissions = parts.next().unwrap_or("rwm").to_string();
+    Device { host, container, permissions }
+}
+
+/// Parses "512m", "16g", "1073741824" into bytes.
+pub fn parse_size(text: &str) -> Option<i64> {
+    let t = text.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last()? {
+        'k' => (&t[..t.len() - 1], 1i64 << 10),
+        'm' => (&t[..t.len() - 1], 1 << 20),
+        'g' => (&t[..t.len() - 1], 1 << 30),
+        't' => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    num.parse::<i64>().ok().filter(|n| *n > 0).and_then(|n| n.checked_mul(mult))
+}
+
+fn sanitize_name(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' }).collect()
+}
+
+fn check_policy(args: &Args, site: &SiteConfig, user: &Identity, image: &str) -> Result<(), PlanError> {
+    let p = &site.policy;
+    let refuse = |what: String, rule| Err(PlanError::Policy { what, rule, config: site.name() });
+    if !p.allowed_images.is_empty()
+        && !p.allowed_images.iter().any(|re| regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(image)))
+    {
+        return refuse(format!("image '{image}'"), "policy.allowed_images");
+    }
+    if args.privileged && !p.allow_privileged {
+        return refuse("--privileged".into(), "policy.allow_privileged");
+    }
+    if args.dockopts.as_deref().is_some_and(|d| !d.trim().is_empty()) && !p.allow_dockopts {
+        return refuse("--dockopts".into(), "policy.allow_dockopts");
+    }
+    if args.ib_devices && !p.allow_devices {
+        return refuse("--ibdevices".into(), "policy.allow_devices");
+    }
+    if user.uid == 0 && !p.allow_root {
+        return refuse("running the container as root".into(), "policy.allow_root");
+    }
+    Ok(())
+}
+
+fn check_dockopts_policy(opts: &DockOpts, site: &SiteConfig) -> Result<(), PlanError> {
+    let p = &site.policy;
+    let refuse = |what: &str, rule| Err(PlanError::Policy { what: format!("--dockopts {what}"), rule, config: site.name() });
+    if opts.privileged && !p.allow_privileged {
+        return refuse("--privileged", "policy.allow_privileged");
+    }
+    if !opts.devices.is_empty() && !p.allow_devices {
+        return refuse("--device", "policy.allow_devices");
+    }
+    if !opts.cap_add.is_empty() && !p.allow_cap_add {
+        return refuse("--cap-add", "policy.allow_cap_add");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,256 @@
+use super::*;
+use crate::cli;
+use crate::config::SiteConfig;
+use crate::identity::Group;
+
+fn alice() -> Identity {
+    Identity {
+        name: "alice".into(),
+        uid: 1001,
+        gid: 1001,
+        home: "/shared/home/alice".into(),
+        shell: "/bin/bash".into(),
+        groups: vec![
+            Group { name: "alice".into(), gid: 1001 },
+            Group { name: "docker".into(), gid: 998 },
+            Group { name: "mlteam".into(), gid: 1500 },
+        ],
+    }
+}
+
+fn step(node_index: usize, gpus: &[u32]) -> StepContext {
+    StepContext {
+        job_id: Some(42),
+        step_id: Some(0),
+        nodes: vec!["node1".into(), "node2".into(), "node3".into()],
+        node_index,
+        local_id: 0,
+        proc_id: node_index as u32,
+        num_tasks: 3,
+        tasks_per_node: vec![1, 1, 1],
+        gpus: gpus.to_vec(),
+        gpus_on_node: (!gpus.is_empty()).then_some(gpus.len() as u32),
+        node_name: format!("node{}", node_index + 1),
+    }
+}
+
+fn facts() -> NodeFacts {
+    NodeFacts {
+        cwd: "/shared/home/alice/proj".into(),
+        env: BTreeMap::from([("WANDB_KEY".into(), "k".into()), ("X".into(), "from-env".into())]),
+        pid: 777,
+        ..Default::default()
+    }
+}
+
+fn args(extra: &[&str]) -> Args {
+    let base = ["mnd-srun", "--container=img:1", "--script=./job.sh"];
+    cli::parse(base.iter().chain(extra).map(|s| s.to_string())).unwrap()
+}
+
+fn plan_with(step: &StepContext, a: &Args, site: &SiteConfig, f: &NodeFacts) -> Result<Plan, PlanError> {
+    build(&Inputs { step, args: a, site, user: &alice(), facts: f })
+}
+
+fn plan(node: usize, extra: &[&str]) -> Plan {
+    plan_with(&step(node, &[]), &args(extra), &SiteConfig::default(), &facts()).unwrap()
+}
+
+fn env<'a>(p: &'a Plan, k: &str) -> Option<&'a str> {
+    p.job_env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn worker_plan_snapshot() {
+    let p = plan(1, &["--slots_per_node=2", "--envlist=WANDB_KEY", "--", "a b", ""]);
+    let text = format!("{p:#?}\n");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/snapshots/plan-worker.txt");
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(path, &text).unwrap();
+    }
+    let want = std::fs::read_to_string(path).expect("snapshot missing: run with UPDATE_SNAPSHOTS=1");
+    assert_eq!(text, want, "plan changed; review and run with UPDATE_SNAPSHOTS=1");
+}
+
+#[test]
+fn roles_and_injected_variables() {
+    let c = plan(0, &["--slots-per-node=2"]);
+    assert_eq!(c.role, Role::Coordinator);
+    assert_eq!(env(&c, "hostlist"), Some("node1:2,node2:2,node3:2"));
+    assert_eq!(env(&c, "np"), Some("6"));
+    assert_eq!(env(&c, "WORLD_SIZE"), Some("6"));
+    assert_eq!(env(&c, "MASTER_ADDR"), Some("node1"));
+    assert_eq!(env(&c, "MASTER_PORT"), Some("29542"));
+    assert_eq!(env(&c, "NNODES"), Some("3"));
+    assert_eq!(env(&c, "NODE_RANK"), Some("0"));
+    assert_eq!(c.script.as_ref().unwrap().path, PathBuf::from("/shared/home/alice/proj/job.sh"));
+    let w = plan(2, &[]);
+    assert_eq!(w.role, Role::Worker);
+    assert_eq!(env(&w, "NODE_RANK"), Some("2"));
+    assert!(w.script.is_none());
+}
+
+#[test]
+fn ports_differ_between_jobs_and_steps_and_can_be_fixed() {
+    let p = plan(0, &[]);
+    assert_eq!(p.ports.sshd, 40000 + 2 * (42 * 8 % 5000) as u16);
+    assert_eq!(p.ports.control, p.ports.sshd + 1);
+    let mut s = step(0, &[]);
+    s.step_id = Some(1);
+    let p1 = plan_with(&s, &args(&[]), &SiteConfig::default(), &facts()).unwrap();
+    s.job_id = Some(43);
+    let p2 = plan_with(&s, &args(&[]), &SiteConfig::default(), &facts()).unwrap();
+    assert!(p.ports.sshd != p1.ports.sshd && p1.ports.sshd != p2.ports.sshd);
+    assert_eq!(plan(0, &["--sshdport=2222"]).ports.sshd, 2222);
+    let e = plan_with(&step(0, &[]), &args(&["--sshd-port=22"]), &SiteConfig::default(), &facts()).unwrap_err();
+    assert!(e.to_string().contains("1024"), "{e}");
+}
+
+#[test]
+fn names_and_labels_identify_job_step_user_node() {
+    let p = plan(1, &[]);
+    assert_eq!(p.container.name, "mnd-alice-42.0-node2");
+    assert_eq!(p.container.labels["mnd.job"], "42");
+    assert_eq!(p.container.labels["mnd.user"], "alice");
+    assert_eq!(p.container.labels["mnd.node"], "node2");
+    assert_eq!(plan(1, &["--dockname=exp"]).container.name, "exp-42.0-node2");
+}
+
+#[test]
+fn runs_as_the_user_with_all_groups_and_mounts() {
+    let p = plan(0, &["--datamnts=/data,/scratch:/s:ro"]);
+    assert_eq!(p.container.user, "1001:1001");
+    assert_eq!(p.container.group_add, ["998", "1500"]);
+    let targets: Vec<_> = p.container.mounts.iter().map(|m| (m.target.to_str().unwrap(), m.read_only)).collect();
+    assert_eq!(targets, [("/shared/home/alice", false), ("/data", false), ("/s", true)]);
+    assert_eq!(p.container.workdir, PathBuf::from("/shared/home/alice/proj"));
+    assert_eq!(p.container.network, "host");
+}
+
+#[test]
+fn cwd_and_script_outside_home_are_mounted() {
+    let mut f = facts();
+    f.cwd = "/scratch/run".into();
+    let a = args(&["--script=/opt/scripts/train.sh"]);
+    let p = plan_with(&step(0, &[]), &a, &SiteConfig::default(), &f).unwrap();
+    let targets: Vec<_> = p.container.mounts.iter().map(|m| (m.target.to_str().unwrap(), m.read_only)).collect();
+    assert_eq!(targets, [("/shared/home/alice", false), ("/scratch/run", false), ("/opt/scripts", true)]);
+}
+
+#[test]
+fn gpus_use_physical_ids_from_slurm() {
+    let mut f = facts();
+    f.nvidia = true;
+    let p = plan_with(&step(0, &[2, 3]), &args(&[]), &SiteConfig::default(), &f).unwrap();
+    assert_eq!(p.container.gpus, Gpus::Nvidia(vec![2, 3]));
+    assert_eq!(p.slots, 2);
+    assert_eq!(env(&p, "hostlist"), Some("node1:2,node2:2,node3:2"));
+    // Under Slurm with no GPU for the step: none, even though the node has some.
+    let p = plan_with(&step(0, &[]), &args(&[]), &SiteConfig::default(), &f).unwrap();
+    assert_eq!(p.container.gpus, Gpus::None);
+    let p = plan_with(&step(0, &[]), &args(&["--gpus=all"]), &SiteConfig::default(), &f).unwrap();
+    assert_eq!(p.container.gpus, Gpus::NvidiaAll);
+    // No Slurm: all GPUs of the machine.
+    let local = StepContext::local("node1");
+    let p = plan_with(&local, &args(&[]), &SiteConfig::default(), &f).unwrap();
+    assert_eq!(p.container.gpus, Gpus::NvidiaAll);
+}
+
+#[test]
+fn amd_gpus_get_kfd_render_nodes_and_groups() {
+    let mut f = facts();
+    f.amd = Some(AmdFacts { render_nodes: vec![128, 129, 130, 131], device_gids: vec![44, 109] });
+    let p = plan_with(&step(0, &[1, 3]), &args(&[]), &SiteConfig::default(), &f).unwrap();
+    let devs: Vec<_> = p.container.devices.iter().map(|d| d.host.as_str()).collect();
+    assert_eq!(devs, ["/dev/kfd", "/dev/dri/renderD129", "/dev/dri/renderD131"]);
+    assert!(p.container.group_add.contains(&"44".to_string()) && p.container.group_add.contains(&"109".to_string()));
+    assert_eq!(p.container.gpus, Gpus::None);
+}
+
+#[test]
+fn memlock_only_where_allowed() {
+    assert!(plan(0, &[]).container.ulimits.is_empty());
+    let mut f = facts();
+    f.can_raise_memlock = true;
+    let p = plan_with(&step(0, &[]), &args(&[]), &SiteConfig::default(), &f).unwrap();
+    assert_eq!(p.container.ulimits, [("memlock".to_string(), -1, -1)]);
+    let p = plan_with(&step(0, &[]), &args(&["--memlock=off"]), &SiteConfig::default(), &f).unwrap();
+    assert!(p.container.ulimits.is_empty());
+}
+
+#[test]
+fn dockopts_become_container_options() {
+    let p = plan(0, &["--dockopts=--shm-size=1g -e X -e Y=2 --ulimit nofile=100:200 --device /dev/fuse --ipc=host"]);
+    assert_eq!(p.container.shm_size, Some(1 << 30));
+    assert_eq!(env(&p, "X"), Some("from-env"));
+    assert_eq!(env(&p, "Y"), Some("2"));
+    assert_eq!(p.container.ulimits, [("nofile".to_string(), 100, 200)]);
+    assert_eq!(p.container.devices[0].host, "/dev/fuse");
+    assert_eq!(p.container.ipc.as_deref(), Some("host"));
+    assert_eq!(plan(0, &[]).container.shm_size, Some(8 << 30));
+}
+
+#[test]
+fn nodelist_selects_nodes_and_leader() {
+    let p = plan(1, &["--nodelist=node[2-3]"]);
+    assert_eq!(p.role, Role::Coordinator);
+    assert_eq!(p.nodes, ["node2", "node3"]);
+    assert!(matches!(plan(0, &["--nodelist=node[2-3]"]).role, Role::Idle(_)));
+    let e = plan_with(&step(0, &[]), &args(&["--nodelist=node[3-1]"]), &SiteConfig::default(), &facts()).unwrap_err();
+    assert!(e.to_string().starts_with("--nodelist: invalid hostlist"), "{e}");
+    let e = plan_with(&step(0, &[]), &args(&["--nodelist=node9"]), &SiteConfig::default(), &facts()).unwrap_err();
+    assert!(e.to_string().contains("node9") && e.to_string().contains("srun -w"), "{e}");
+}
+
+#[test]
+fn extra_local_tasks_are_idle() {
+    let mut s = step(1, &[]);
+    s.local_id = 1;
+    let p = plan_with(&s, &args(&[]), &SiteConfig::default(), &facts()).unwrap();
+    assert!(matches!(p.role, Role::Idle(_)));
+}
+
+#[test]
+fn bad_inputs_say_what_to_do() {
+    let site = SiteConfig::default();
+    let no_container = cli::parse(["mnd-srun", "--script=x"].map(String::from)).unwrap();
+    let e = plan_with(&step(0, &[]), &no_container, &site, &facts()).unwrap_err();
+    assert!(e.to_string().contains("--container=IMAGE"), "{e}");
+    let no_script = cli::parse(["mnd-srun", "--container=x"].map(String::from)).unwrap();
+    let e = plan_with(&step(0, &[]), &no_script, &site, &facts()).unwrap_err();
+    assert!(e.to_string().contains("--script"), "{e}");
+    let e = plan_with(&step(0, &[]), &args(&["--dockopts=--cpus 2"]), &site, &facts()).unwrap_err();
+    assert!(e.to_string().contains("'--cpus'"), "{e}");
+    let e = plan_with(&step(0, &[]), &args(&["--datamnts=relative/dir"]), &site, &facts()).unwrap_err();
+    assert!(e.to_string().contains("absolute"), "{e}");
+    let e = plan_with(&step(0, &[]), &args(&["--shm-size=lots"]), &site, &facts()).unwrap_err();
+    assert!(e.to_string().contains("lots"), "{e}");
+    let e = plan_with(&step(0, &[]), &args(&["--dockopts=--network=bridge"]), &site, &facts()).unwrap_err();
+    assert!(e.to_string().contains("host network"), "{e}");
+}
+
+#[test]
+fn policy_refusals_name_rule_and_config() {
+    let text = "[policy]\nallowed_images = ['registry\\.site/.*']\nallowed_mount_prefixes = ['/data']\nallow_privileged = false\nallow_dockopts = false\n";
+    let site = SiteConfig::parse(text, Path::new("/etc/mnd-srun/config.toml")).unwrap();
+    let e = plan_with(&step(0, &[]), &args(&[]), &site, &facts()).unwrap_err();
+    assert!(e.to_string().contains("image 'img:1'") && e.to_string().contains("policy.allowed_images in /etc/mnd-srun/config.toml"), "{e}");
+    let ok = |extra: &[&str]| {
+        let a = cli::parse(["mnd-srun", "--container=registry.site/pt:2", "--script=j"].iter().chain(extra).map(|s| s.to_string())).unwrap();
+        plan_with(&step(0, &[]), &a, &site, &facts())
+    };
+    assert!(ok(&[]).is_ok());
+    assert!(ok(&["--privileged"]).unwrap_err().to_string().contains("policy.allow_privileged"));
+    assert!(ok(&["--dockopts=-e X=1"]).unwrap_err().to_string().contains("policy.allow_dockopts"));
+    assert!(ok(&["--datamnts=/etc"]).unwrap_err().to_string().contains("policy.allowed_mount_prefixes"));
+    assert!(ok(&["--datamnts=/data/x"]).is_ok());
+}
+
+#[test]
+fn sizes() {
+    assert_eq!(parse_size("512m"), Some(512 << 20));
+    assert_eq!(parse_size("16G"), Some(16 << 30));
+    assert_eq!(parse_size("100"), Some(100));
+    assert_eq!(parse_size("x"), None);
+    assert_eq!(parse_size("-1g"), None);
+}
