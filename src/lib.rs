@@ -11,3 +11,7 @@ pub mod dockopts;
 pub mod identity;
 pub mod ssh;
 pub mod plan;
+pub mod node;
+pub mod docker;
+pub mod probe;
+pub mod control;

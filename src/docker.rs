@@ -1,0 +1,393 @@
+//! The only module that talks to Docker (Engine API through bollard, never the CLI).
+
+use crate::cli::Pull;
+use crate::plan::{ContainerSpec, Gpus};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, DeviceMapping, DeviceRequest, HostConfig, Mount, MountType,
+    ResourcesUlimits,
+};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use std::collections::HashMap;
+use std::io::Write;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::io::AsyncWrite;
+
+/// A Docker operation that failed.
+#[derive(Debug, Error)]
+pub enum DockerError {
+    /// The engine cannot be reached.
+    #[error("cannot reach the Docker engine: {0}. Fix: check that dockerd runs on this node and that you may use /var/run/docker.sock (group docker)")]
+    Unreachable(String),
+    /// The image is not on the node and cannot be pulled.
+    #[error("image '{image}' is not available: {reason}. Fix: load it on every node (docker load) or push it to a registry the nodes can reach")]
+    Image {
+        /// Image name.
+        image: String,
+        /// What Docker said.
+        reason: String,
+    },
+    /// Any other API call failed.
+    #[error("docker {action} failed: {reason}")]
+    Api {
+        /// What was attempted.
+        action: String,
+        /// What Docker said.
+        reason: String,
+    },
+}
+
+fn api(action: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+    let action = action.into();
+    move |e| DockerError::Api { action, reason: reason(&e) }
+}
+
+fn reason(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn is_status(e: &bollard::errors::Error, codes: &[u16]) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if codes.contains(status_code))
+}
+
+/// A connection to this node's Docker engine.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+}
+
+/// The open stdin of a running container: dropping it (or the launcher dying) ends the
+/// container, because its PID 1 exits at end of input.
+pub struct Lifeline {
+    _input: Pin<Box<dyn AsyncWrite + Send>>,
+}
+
+/// A file to put into a container before it starts.
+pub struct FileUpload {
+    /// Absolute path in the container.
+    pub path: String,
+    /// Content.
+    pub content: String,
+    /// Mode bits.
+    pub mode: u32,
+}
+
+/// One mnd container as listed by `mnd ps`.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Container name.
+    pub name: String,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+    /// Created, seconds since the epoch.
+    pub created: i64,
+    /// Docker's state ("running", "exited", ...).
+    pub state: String,
+}
+
+impl Engine {
+    /// Connects to the local engine and agrees on an API version.
+    pub async fn connect() -> Result<Self, DockerError> {
+        let docker = Docker::connect_with_local_defaults().map_err(|e| DockerError::Unreachable(reason(&e)))?;
+        let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+            .await
+            .map_err(|_| DockerError::Unreachable("no answer within 10 s".into()))?
+            .map_err(|e| DockerError::Unreachable(reason(&e)))?;
+        Ok(Engine { docker })
+    }
+
+    /// Makes sure the image is on this node (pulling per `pull`); returns its environment.
+    pub async fn ensure_image(&self, image: &str, pull: Pull) -> Result<Vec<String>, DockerError> {
+        let have = self.docker.inspect_image(image).await;
+        let need_pull = match (&have, pull) {
+            (_, Pull::Always) => true,
+            (Ok(_), _) => false,
+            (Err(e), Pull::Never) => {
+                return Err(DockerError::Image { image: image.into(), reason: format!("{} (and --pull=never)", reason(e)) })
+            }
+            (Err(_), Pull::Missing) => true,
+        };
+        if need_pull {
+            self.pull(image).await?;
+        }
+        let info = self.docker.inspect_image(image).await.map_err(|e| DockerError::Image { image: image.into(), reason: reason(&e) })?;
+        Ok(info.config.and_then(|c| c.env).unwrap_or_default())
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), DockerError> {
+        let opts = CreateImageOptionsBuilder::default().from_image(image).build();
+        let mut stream = self.docker.create_image(Some(opts), None, None);
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        log::info!("pulling {image}");
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| DockerError::Image { image: image.into(), reason: format!("pull failed: {}", reason(&e)) })?;
+            if last_report.elapsed() > Duration::from_secs(5) {
+                last_report = Instant::now();
+                eprintln!(
+                    "mnd-srun: pulling {image}: {} ({:.0} s)",
+                    info.status.unwrap_or_default(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the container (not started) with stdin open, so it ends with its launcher.
+    pub async fn create(&self, spec: &ContainerSpec, entrypoint: Vec<String>) -> Result<(), DockerError> {
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            user: Some(spec.user.clone()),
+            env: Some(spec.env.clone()),
+            entrypoint: Some(entrypoint),
+            cmd: Some(vec![]),
+            working_dir: Some(spec.workdir.display().to_string()),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            open_stdin: Some(true),
+            stdin_once: Some(true),
+            attach_stdin: Some(true),
+            tty: Some(false),
+            host_config: Some(host_config(spec)),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(api(format!("create of container {}", spec.name)))?;
+        Ok(())
+    }
+
+    /// Reads a text file from a (created or running) container; `None` when it does not exist.
+    pub async fn read_file(&self, name: &str, path: &str) -> Result<Option<String>, DockerError> {
+        let opts = DownloadFromContainerOptionsBuilder::default().path(path).build();
+        let chunks: Result<Vec<_>, _> = self.docker.download_from_container(name, Some(opts)).try_collect().await;
+        let bytes = match chunks {
+            Ok(c) => c.concat(),
+            Err(e) if is_status(&e, &[404]) => return Ok(None),
+            Err(e) => return Err(api(format!("read of {path}"))(e)),
+        };
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let entries = archive.entries().map_err(|e| DockerError::Api { action: format!("read of {path}"), reason: e.to_string() })?;
+        for entry in entries.flatten() {
+            let mut text = String::new();
+            let mut entry = entry;
+            if std::io::Read::read_to_string(&mut entry, &mut text).is_ok() {
+                return Ok(Some(text));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Puts files into a container (owned by root), creating parent folders.
+    pub async fn upload(&self, name: &str, files: &[FileUpload]) -> Result<(), DockerError> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut dirs = std::collections::BTreeSet::new();
+        for f in files {
+            let rel = f.path.trim_start_matches('/');
+            let mut acc = String::new();
+            for part in rel.split('/').collect::<Vec<_>>().split_last().map(|(_, d)| d.to_vec()).unwrap_or_default() {
+                acc = if acc.is_empty() { part.to_string() } else { format!("{acc}/{part}") };
+                if dirs.insert(acc.clone()) {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_size(0);
+                    builder.append_data(&mut h, format!("{acc}/"), std::io::empty()).map_err(tar_err)?;
+                }
+            }
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(f.mode);
+            h.set_size(f.content.len() as u64);
+            h.set_mtime(0);
+            builder.append_data(&mut h, rel, f.content.as_bytes()).map_err(tar_err)?;
+        }
+        let tar = builder.into_inner().map_err(tar_err)?;
+        let opts = UploadToContainerOptionsBuilder::default().path("/").build();
+        self.docker
+            .upload_to_container(name, Some(opts), bollard::body_full(tar.into()))
+            .await
+            .map_err(api(format!("upload of files into {name}")))
+    }
+
+    /// Attaches to the container's stdin; keep the returned lifeline while the job runs.
+    pub async fn attach_stdin(&self, name: &str) -> Result<Lifeline, DockerError> {
+        let opts = AttachContainerOptionsBuilder::default().stdin(true).stream(true).build();
+        let res = self.docker.attach_container(name, Some(opts)).await.map_err(api(format!("attach to {name}")))?;
+        // The output side is not needed; keep only the writer.
+        drop(res.output);
+        Ok(Lifeline { _input: res.input })
+    }
+
+    /// Starts a created container.
+    pub async fn start(&self, name: &str) -> Result<(), DockerError> {
+        self.docker.start_container(name, None).await.map_err(api(format!("start of {name}")))
+    }
+
+    /// Waits until the container stops; returns its exit code.
+    pub async fn wait_exit(&self, name: &str) -> i64 {
+        let opts = WaitContainerOptionsBuilder::default().condition("not-running").build();
+        let mut s = self.docker.wait_container(name, Some(opts));
+        match s.next().await {
+            Some(Ok(r)) => r.status_code,
+            // A non-zero exit arrives as an error value carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+            _ => -1,
+        }
+    }
+
+    /// The last lines the container printed (for error messages).
+    pub async fn log_tail(&self, name: &str) -> String {
+        let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).tail("5").build();
+        let lines: Vec<String> = self
+            .docker
+            .logs(name, Some(opts))
+            .filter_map(|l| async move { l.ok().map(|l| l.to_string()) })
+            .collect()
+            .await;
+        lines.concat().trim().to_string()
+    }
+
+    /// Runs a command in the running container as `user`, streaming its output to ours;
+    /// returns its exit code.
+    pub async fn exec(&self, name: &str, user: &str, workdir: &str, cmd: Vec<String>) -> Result<i64, DockerError> {
+        let config = bollard::models::ExecConfig {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            user: Some(user.to_string()),
+            working_dir: Some(workdir.to_string()),
+            cmd: Some(cmd),
+            ..Default::default()
+        };
+        let exec = self.docker.create_exec(name, config).await.map_err(api("exec create"))?;
+        let started = self.docker.start_exec(&exec.id, None).await.map_err(api("exec start"))?;
+        if let bollard::exec::StartExecResults::Attached { output, .. } = started {
+            forward_output(output).await;
+        }
+        let info = self.docker.inspect_exec(&exec.id).await.map_err(api("exec inspect"))?;
+        Ok(info.exit_code.unwrap_or(-1))
+    }
+
+    /// Kills and removes a container; a container already gone is fine.
+    pub async fn remove(&self, name: &str) -> Result<(), DockerError> {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+        match tokio::time::timeout(Duration::from_secs(20), self.docker.remove_container(name, Some(opts))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if is_status(&e, &[404, 409]) || reason(&e).contains("already in progress") => Ok(()),
+            Ok(Err(e)) => Err(api(format!("remove of {name}"))(e)),
+            Err(_) => Err(DockerError::Api { action: format!("remove of {name}"), reason: "no answer within 20 s".into() }),
+        }
+    }
+
+    /// Containers carrying all these labels (`key=value` or `key`), running or not.
+    pub async fn list(&self, labels: &[String]) -> Result<Vec<Listed>, DockerError> {
+        let filters = HashMap::from([("label".to_string(), labels.to_vec())]);
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let found: Vec<ContainerSummary> = self.docker.list_containers(Some(opts)).await.map_err(api("list of containers"))?;
+        Ok(found
+            .into_iter()
+            .map(|c| Listed {
+                name: c.names.unwrap_or_default().first().map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default(),
+                labels: c.labels.unwrap_or_default(),
+                created: c.created.unwrap_or(0),
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+            })
+            .collect())
+    }
+}
+
+fn tar_err(e: std::io::Error) -> DockerError {
+    DockerError::Api { action: "building an upload archive".into(), reason: e.to_string() }
+}
+
+async fn forward_output(mut output: Pin<Box<dyn Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Send>>) {
+    use bollard::container::LogOutput;
+    while let Some(Ok(chunk)) = output.next().await {
+        match chunk {
+            LogOutput::StdErr { message } => {
+                let mut e = std::io::stderr().lock();
+                let _ = e.write_all(&message);
+                let _ = e.flush();
+            }
+            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                let mut o = std::io::stdout().lock();
+                let _ = o.write_all(&message);
+                let _ = o.flush();
+            }
+            LogOutput::StdIn { .. } => {}
+        }
+    }
+}
+
+/// Translates the plan's container options into Docker's host config.
+fn host_config(spec: &ContainerSpec) -> HostConfig {
+    let device_requests = match &spec.gpus {
+        Gpus::None => None,
+        Gpus::NvidiaAll => Some(vec![gpu_request(None)]),
+        Gpus::Nvidia(ids) => Some(vec![gpu_request(Some(ids.iter().map(u32::to_string).collect()))]),
+    };
+    HostConfig {
+        network_mode: Some(spec.network.clone()),
+        ipc_mode: spec.ipc.clone(),
+        shm_size: spec.shm_size,
+        auto_remove: Some(true),
+        privileged: Some(spec.privileged),
+        group_add: Some(spec.group_add.clone()),
+        cap_add: Some(spec.cap_add.clone()),
+        cap_drop: Some(spec.cap_drop.clone()),
+        security_opt: Some(spec.security_opt.clone()),
+        extra_hosts: Some(spec.extra_hosts.clone()),
+        tmpfs: Some(spec.tmpfs.clone().into_iter().collect()),
+        ulimits: Some(
+            spec.ulimits
+                .iter()
+                .map(|(name, soft, hard)| ResourcesUlimits { name: Some(name.clone()), soft: Some(*soft), hard: Some(*hard) })
+                .collect(),
+        ),
+        devices: Some(
+            spec.devices
+                .iter()
+                .map(|d| DeviceMapping {
+                    path_on_host: Some(d.host.clone()),
+                    path_in_container: Some(d.container.clone()),
+                    cgroup_permissions: Some(d.permissions.clone()),
+                })
+                .collect(),
+        ),
+        device_requests,
+        mounts: Some(
+            spec.mounts
+                .iter()
+                .map(|m| Mount {
+                    target: Some(m.target.display().to_string()),
+                    source: Some(m.source.display().to_string()),
+                    typ: Some(MountType::BIND),
+                    read_only: Some(m.read_only),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn gpu_request(ids: Option<Vec<String>>) -> DeviceRequest {
+    DeviceRequest {
+        driver: Some("nvidia".into()),
+        count: ids.is_none().then_some(-1),
+        device_ids: ids,
+        capabilities: Some(vec![vec!["gpu".into()]]),
+        ..Default::default()
+    }
+}

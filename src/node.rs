@@ -1,0 +1,44 @@
+//! Facts about this node that the plan needs: working directory, environment, GPUs, and
+//! whether containers may raise the locked-memory limit.
+
+use crate::plan::{AmdFacts, NodeFacts};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// CAP_SYS_RESOURCE's bit in /proc/self/status `CapBnd`.
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Reads the facts of this node.
+pub fn gather() -> std::io::Result<NodeFacts> {
+    Ok(NodeFacts {
+        cwd: std::env::current_dir()?,
+        env: std::env::vars().collect(),
+        nvidia: Path::new("/dev/nvidia0").exists(),
+        amd: amd_facts(),
+        can_raise_memlock: bounding_caps().is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0),
+        pid: std::process::id(),
+    })
+}
+
+fn bounding_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+fn amd_facts() -> Option<AmdFacts> {
+    let kfd = std::fs::metadata("/dev/kfd").ok()?;
+    let mut render_nodes: Vec<u32> = std::fs::read_dir("/dev/dri")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("renderD")?.parse().ok())
+        .collect();
+    render_nodes.sort_unstable();
+    let mut device_gids = vec![kfd.gid()];
+    if let Some(first) = render_nodes.first() {
+        if let Ok(m) = std::fs::metadata(format!("/dev/dri/renderD{first}")) {
+            device_gids.push(m.gid());
+        }
+    }
+    device_gids.dedup();
+    Some(AmdFacts { render_nodes, device_gids })
+}
