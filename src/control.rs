@@ -57,7 +57,7 @@ pub fn token(secret: &[u8], job_label: &str) -> String {
 }
 
 fn one_line(s: &str) -> String {
-    s.replace(['\n', '\r'], " /  ")
+    s.replace(['\n', '\r'], " / ")
 }
 
 /// Worker side: the listening control port.
@@ -204,7 +204,7 @@ mod tests {
             link.next_order().await
         });
         let mut w = connect("127.0.0.1", port, &token(b"k", "1.0"), deadline).await.unwrap();
-        assert_eq!(w.status(deadline).await.unwrap(), Status::Failed("image x /  missing".into()));
+        assert_eq!(w.status(deadline).await.unwrap(), Status::Failed("image x / missing".into()));
         w.send(&Order::Abort("node2 failed".into())).await;
         assert_eq!(worker.await.unwrap(), Order::Abort("node2 failed".into()));
     }

@@ -15,3 +15,6 @@ pub mod node;
 pub mod docker;
 pub mod probe;
 pub mod control;
+pub mod signals;
+pub mod launch;
+pub mod error;

@@ -165,14 +165,16 @@ pub fn ensure(root: &Path, who: &Identity) -> Result<Material, SshError> {
             .keep();
         let made = generate(&tmp, &m, &who.name);
         let placed = made.and_then(|()| match fs::rename(&tmp, &m.dir) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                log::info!("created ssh material in {}", m.dir.display());
+                Ok(())
+            }
             // Another node of the job won the race: use its material.
             Err(_) if m.dir.is_dir() => Ok(()),
             Err(e) => Err(io("rename into", &m.dir)(e)),
         });
         let _ = fs::remove_dir_all(&tmp);
         placed?;
-        log::info!("created ssh material in {}", m.dir.display());
     }
     check_safe(&m.dir, who.uid, false)?;
     for (p, private) in [

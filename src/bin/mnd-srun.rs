@@ -1,1 +1,54 @@
-fn main(){}
+//! `mnd-srun`: one launcher per node of a Slurm step (see the crate docs and `man mnd-srun`).
+
+use mnd::error::Error;
+use mnd::{cli, config::SiteConfig, identity::Identity, launch, node, plan, slurm::StepContext, ssh};
+use std::process::ExitCode;
+
+async fn run(args: cli::Args, hostname: &str) -> Result<i32, Error> {
+    let step = StepContext::from_env(|k| std::env::var(k).ok(), hostname)?;
+    let site = SiteConfig::load(std::env::var("MND_CONFIG").ok())?;
+    let user = Identity::current()?;
+    let facts = node::gather()?;
+    let plan = plan::build(&plan::Inputs { step: &step, args: &args, site: &site, user: &user, facts: &facts })?;
+    log::debug!("plan: {plan:#?}");
+    if !matches!(plan.role, plan::Role::Idle(_)) {
+        ssh::ensure(&plan.ssh_root, &user)?;
+    }
+    Ok(launch::run(plan).await?)
+}
+
+/// Logging: quiet by default (warnings and errors), `-v`/`-vv`/`-vvv` or `MND_LOG` for more.
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("MND_LOG", default))
+        .format_timestamp_millis()
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args = cli::parse(std::env::args()).unwrap_or_else(|e| e.exit());
+    init_logging(args.verbose);
+    let hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let node = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| hostname.clone());
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mnd-srun ({node}): cannot start: {e}");
+            return ExitCode::from(mnd::error::EXIT_LAUNCH as u8);
+        }
+    };
+    match runtime.block_on(run(args, &hostname)) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("mnd-srun ({node}): error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

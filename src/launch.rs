@@ -1,0 +1,412 @@
+//! The launcher's two state machines, driven by a `Plan`.
+//!
+//! Worker:      Listening + StartingContainer -> Reporting -> Serving -> TearingDown -> exit 0
+//! Coordinator: Preflight -> StartingAll (own container, every worker READY + sshd banner,
+//!              fail fast) -> RunningScript -> Stopping (STOP to workers, own container
+//!              removed) -> exit with the script's code.
+//! Any signal, lost peer or dead container leads to TearingDown; every path removes this
+//! node's container by name, and a launcher killed with SIGKILL leaves a container whose
+//! stdin closes, so it ends and removes itself.
+
+use crate::control::{self, ControlError, Order, Status, WorkerLink};
+use crate::docker::{DockerError, Engine, FileUpload, Lifeline};
+use crate::identity::Identity;
+use crate::plan::{Plan, Role};
+use crate::probe;
+use crate::signals::Signals;
+use crate::ssh;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::time::Instant;
+
+/// Why a launch failed.
+#[derive(Debug, Error)]
+pub enum LaunchError {
+    /// A node could not start its container or sshd.
+    #[error("node {node}: {reason}")]
+    Node {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// The job ended because of a signal.
+    #[error("stopped by signal {0}; containers removed")]
+    Signal(i32),
+    /// The script cannot be run.
+    #[error("{0}")]
+    Script(String),
+    /// Ssh material problem.
+    #[error(transparent)]
+    Ssh(#[from] ssh::SshError),
+    /// The local Docker engine.
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    /// Control channel problem (a peer never came or went away).
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
+/// PID 1 of every container: start sshd, exit when the launcher's stdin closes or sshd dies.
+const ENTRYPOINT: &str = r#"sshd=$(command -v sshd 2>/dev/null || echo /usr/sbin/sshd)
+if [ ! -x "$sshd" ]; then echo "mnd-srun: this image has no sshd ($sshd)" >&2; exit 127; fi
+cfg=/etc/mnd/sshd_config
+"$sshd" -t -f "$cfg" >/dev/null 2>&1 || cfg=/etc/mnd/sshd_config.compat
+"$sshd" -D -e -f "$cfg" &
+sshd_pid=$!
+exec 3<&0
+( while read -r _ <&3; do :; done; kill "$sshd_pid" 2>/dev/null ) &
+wait "$sshd_pid"
+"#;
+
+/// Exit code the entrypoint uses when the image has no sshd.
+const NO_SSHD: i64 = 127;
+
+/// Runs this launcher's part of the job; returns the exit code for srun.
+pub async fn run(plan: Plan) -> Result<i32, LaunchError> {
+    match plan.role {
+        Role::Idle(why) => {
+            log::info!("nothing to do on this task: {why}");
+            Ok(0)
+        }
+        Role::Coordinator => coordinator(&plan).await,
+        Role::Worker => worker(&plan).await,
+    }
+}
+
+/// A running container of this node.
+struct Running {
+    engine: Engine,
+    _lifeline: Lifeline,
+}
+
+fn node_err(plan: &Plan) -> impl Fn(String) -> LaunchError + '_ {
+    move |reason| LaunchError::Node { node: plan.this_node().to_string(), reason }
+}
+
+/// The secret both sides of the control channel share: the user's private key.
+fn job_token(plan: &Plan) -> Result<String, LaunchError> {
+    let key = std::fs::read(&plan.ssh.client_key).map_err(|e| {
+        LaunchError::Ssh(ssh::SshError::Io { action: "read", path: plan.ssh.client_key.clone(), source: e })
+    })?;
+    Ok(control::token(&key, &plan.job_label))
+}
+
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+}
+
+/// Environment for ssh sessions: the image's (PATH, CUDA paths, ...) then the job's.
+fn session_env(plan: &Plan, image_env: &[String]) -> Vec<(String, String)> {
+    let skip = ["HOME", "USER", "LOGNAME", "SHELL", "HOSTNAME", "TERM"];
+    let mut env: Vec<(String, String)> = image_env
+        .iter()
+        .filter_map(|e| e.split_once('='))
+        .filter(|(k, _)| !skip.contains(k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.extend(plan.job_env.iter().cloned());
+    env
+}
+
+fn files(plan: &Plan, image_env: &[String], passwd: &str, group: &str) -> Vec<FileUpload> {
+    let user: &Identity = &plan.user;
+    let port = plan.ports.sshd;
+    let file = |path: &str, content: String| FileUpload { path: path.into(), content, mode: 0o644 };
+    vec![
+        file("/etc/passwd", user.merge_passwd(passwd)),
+        file("/etc/group", user.merge_group(group)),
+        file("/etc/ssh/ssh_config", ssh::client_config(&plan.ssh, &user.name, port)),
+        file("/etc/mnd/sshd_config", ssh::sshd_config(&plan.ssh, &user.name, port, &session_env(plan, image_env))),
+        file("/etc/mnd/sshd_config.compat", ssh::sshd_config(&plan.ssh, &user.name, port, &[])),
+    ]
+}
+
+/// Creates, prepares and starts this node's container and waits until its sshd answers.
+async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, String> {
+    let spec = &plan.container;
+    let port = plan.ports.sshd;
+    if !port_is_free(port) {
+        return Err(format!(
+            "port {port} is already in use on this node (another job's sshd or another program). Fix: pick another with --sshd-port"
+        ));
+    }
+    let t0 = Instant::now();
+    let engine = Engine::connect().await.map_err(|e| e.to_string())?;
+    let image_env = engine.ensure_image(&spec.image, spec.pull).await.map_err(|e| e.to_string())?;
+    log::debug!("image ready after {:?}", t0.elapsed());
+    engine.remove(&spec.name).await.map_err(|e| e.to_string())?;
+    let entry = vec!["/bin/sh".to_string(), "-c".to_string(), ENTRYPOINT.to_string(), "mnd-entry".to_string()];
+    engine.create(spec, entry).await.map_err(|e| e.to_string())?;
+    let prepared = async {
+        let passwd = engine.read_file(&spec.name, "/etc/passwd").await?.unwrap_or_default();
+        let group = engine.read_file(&spec.name, "/etc/group").await?.unwrap_or_default();
+        engine.upload(&spec.name, &files(plan, &image_env, &passwd, &group)).await?;
+        let lifeline = engine.attach_stdin(&spec.name).await?;
+        engine.start(&spec.name).await?;
+        Ok::<_, DockerError>(lifeline)
+    }
+    .await;
+    let lifeline = match prepared {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = engine.remove(&spec.name).await;
+            return Err(e.to_string());
+        }
+    };
+    log::debug!("container started after {:?}", t0.elapsed());
+    let sshd_by = deadline.min(Instant::now() + Duration::from_secs(30));
+    tokio::select! {
+        r = probe::wait_banner("127.0.0.1", port, sshd_by) => {
+            if let Err(e) = r {
+                let _ = engine.remove(&spec.name).await;
+                return Err(format!("sshd in the container did not answer on port {port}: {e}"));
+            }
+        }
+        code = engine.wait_exit(&spec.name) => {
+            let tail = engine.log_tail(&spec.name).await;
+            let _ = engine.remove(&spec.name).await;
+            return Err(if code == NO_SSHD {
+                format!("image '{}' has no sshd. Fix: install openssh-server in the image (apt-get install openssh-server)", spec.image)
+            } else {
+                format!("the container exited with code {code} before sshd answered{}", if tail.is_empty() { String::new() } else { format!(": {tail}") })
+            });
+        }
+    }
+    log::info!("{}: container {} up, sshd on port {port} after {:?}", plan.this_node(), spec.name, t0.elapsed());
+    Ok(Running { engine, _lifeline: lifeline })
+}
+
+/// Removes this node's container, whatever state it is in.
+async fn tear_down(plan: &Plan, engine: Option<&Engine>) {
+    let t0 = Instant::now();
+    let result = match engine {
+        Some(e) => e.remove(&plan.container.name).await,
+        None => match Engine::connect().await {
+            Ok(e) => e.remove(&plan.container.name).await,
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => log::info!("{}: container removed in {:?}", plan.this_node(), t0.elapsed()),
+        Err(e) => log::error!("{}: could not remove container {}: {e}", plan.this_node(), plan.container.name),
+    }
+}
+
+async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
+    let mut signals = Signals::install().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
+    let token = job_token(plan)?;
+    let server = control::Server::bind(plan.ports.control, token).await.map_err(|e| {
+        node_err(plan)(format!(
+            "control port {} is not free ({e}); another job may use it. Fix: pick another pair with --sshd-port",
+            plan.ports.control
+        ))
+    })?;
+    // The coordinator waits `wait_timeout` for us; we wait a little longer for it.
+    let deadline = Instant::now() + plan.wait_timeout + Duration::from_secs(10);
+    let started = tokio::select! {
+        both = async { tokio::join!(start_container(plan, deadline), server.accept(deadline)) } => both,
+        sig = signals.recv() => {
+            tear_down(plan, None).await;
+            return Err(LaunchError::Signal(sig));
+        }
+    };
+    let (running, mut link) = match started {
+        (Ok(r), Ok(link)) => (r, link),
+        (Err(why), Ok(mut link)) => {
+            let _ = link.report(&Status::Failed(why.clone())).await;
+            return Err(node_err(plan)(why));
+        }
+        (running, Err(e)) => {
+            if let Ok(r) = running {
+                tear_down(plan, Some(&r.engine)).await;
+            }
+            return Err(e.into());
+        }
+    };
+    let _ = link.report(&Status::Ready).await;
+    let outcome = tokio::select! {
+        order = link.next_order() => Ok(order),
+        sig = signals.recv() => Err(LaunchError::Signal(sig)),
+        code = running.engine.wait_exit(&plan.container.name) => Err(node_err(plan)(format!("the container ended by itself (code {code}) while the job ran"))),
+    };
+    tear_down(plan, Some(&running.engine)).await;
+    match outcome? {
+        Order::Stop => Ok(0),
+        Order::Abort(why) => {
+            log::info!("{}: job aborted by the coordinator: {why}", plan.this_node());
+            Ok(0)
+        }
+        Order::Lost => Err(LaunchError::Control(ControlError::Broken(format!(
+            "the coordinator on {} went away; container removed",
+            plan.nodes[0]
+        )))),
+    }
+}
+
+/// Checks the script before anything starts.
+fn check_script(plan: &Plan) -> Result<(), LaunchError> {
+    let Some(script) = &plan.script else { return Ok(()) };
+    let p = &script.path;
+    let meta = std::fs::metadata(p).map_err(|e| {
+        LaunchError::Script(format!("script {} cannot be used: {e}. Fix: give the path of an existing script (relative paths start from the current directory)", p.display()))
+    })?;
+    if !meta.is_file() {
+        return Err(LaunchError::Script(format!("script {} is not a file", p.display())));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(LaunchError::Script(format!("script {} is not executable. Fix: chmod +x {}", p.display(), p.display())));
+    }
+    Ok(())
+}
+
+/// Connects to a worker, waits for READY, then for its sshd banner from here.
+async fn ready_worker(plan: &Plan, node: String, token: &str, deadline: Instant) -> Result<WorkerLink, LaunchError> {
+    let mut link = control::connect(&node, plan.ports.control, token, deadline).await?;
+    match link.status(deadline).await? {
+        Status::Ready => {}
+        Status::Failed(reason) => return Err(LaunchError::Node { node, reason }),
+    }
+    probe::wait_banner(&node, plan.ports.sshd, deadline)
+        .await
+        .map_err(|e| LaunchError::Node { node: node.clone(), reason: format!("sshd on port {} does not answer from {}: {e}", plan.ports.sshd, plan.nodes[0]) })?;
+    log::debug!("worker {node} ready");
+    Ok(link)
+}
+
+/// Waits for every worker, failing at the first one that fails (the others are told to abort).
+async fn ready_workers(plan: &Plan, token: &str, deadline: Instant) -> Result<Vec<WorkerLink>, (LaunchError, Vec<WorkerLink>)> {
+    let mut pending: FuturesUnordered<_> =
+        plan.nodes[1..].iter().map(|n| ready_worker(plan, n.clone(), token, deadline)).collect();
+    let mut links = Vec::new();
+    while let Some(r) = pending.next().await {
+        match r {
+            Ok(l) => links.push(l),
+            Err(e) => return Err((e, links)),
+        }
+    }
+    Ok(links)
+}
+
+/// Tells every worker that could be reached to abort (best effort, a few seconds at most).
+async fn abort_all(plan: &Plan, token: &str, mut links: Vec<WorkerLink>, why: &str) {
+    let order = Order::Abort(why.to_string());
+    let reached: Vec<String> = links.iter().map(|l| l.node.clone()).collect();
+    let by = Instant::now() + Duration::from_secs(3);
+    let others = plan.nodes[1..].iter().filter(|n| !reached.contains(n)).map(|n| async {
+        if let Ok(mut l) = control::connect(n, plan.ports.control, token, by).await {
+            l.send(&order).await;
+        }
+    });
+    let known = links.iter_mut().map(|l| l.send(&order));
+    tokio::join!(futures_util::future::join_all(known), futures_util::future::join_all(others));
+}
+
+async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
+    let t0 = Instant::now();
+    let mut signals = Signals::install().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
+    let token = job_token(plan)?;
+    if let Err(e) = check_script(plan) {
+        abort_all(plan, &token, Vec::new(), &e.to_string()).await;
+        return Err(e);
+    }
+    let deadline = Instant::now() + plan.wait_timeout;
+    let script = plan.script.as_ref().expect("coordinator has a script");
+    let both = tokio::select! {
+        both = async { tokio::join!(start_container(plan, deadline), ready_workers(plan, &token, deadline)) } => both,
+        sig = signals.recv() => {
+            abort_all(plan, &token, Vec::new(), &format!("coordinator got signal {sig}")).await;
+            tear_down(plan, None).await;
+            return Err(LaunchError::Signal(sig));
+        }
+    };
+    let (running, mut links) = match both {
+        (Ok(r), Ok(links)) => (r, links),
+        (own, workers) => {
+            let (err, links) = match (own, workers) {
+                (Err(why), Ok(links)) => (node_err(plan)(why), links),
+                (Err(why), Err((_, links))) => (node_err(plan)(why), links),
+                (Ok(r), Err((e, links))) => {
+                    tear_down(plan, Some(&r.engine)).await;
+                    (e, links)
+                }
+                (Ok(_), Ok(_)) => unreachable!("handled above"),
+            };
+            abort_all(plan, &token, links, &err.to_string()).await;
+            return Err(err);
+        }
+    };
+    log::info!("all {} nodes ready after {:?}; running {}", plan.nodes.len(), t0.elapsed(), script.path.display());
+    eprintln_timing("ready", t0);
+    enum Outcome {
+        Finished(i64),
+        Signal(i32),
+        Lost(String),
+        Died(i64),
+        Failed(DockerError),
+    }
+    let mut cmd = vec![script.path.display().to_string()];
+    cmd.extend(script.args.iter().cloned());
+    let workdir = plan.container.workdir.display().to_string();
+    let outcome = {
+        let lost = async {
+            if links.is_empty() {
+                return std::future::pending().await;
+            }
+            let watchers = links.iter_mut().map(|l| {
+                Box::pin(async move {
+                    l.closed().await;
+                    l.node.clone()
+                })
+            });
+            futures_util::future::select_all(watchers).await.0
+        };
+        tokio::select! {
+            r = running.engine.exec(&plan.container.name, &plan.container.user, &workdir, cmd) => match r {
+                Ok(code) => Outcome::Finished(code),
+                Err(e) => Outcome::Failed(e),
+            },
+            sig = signals.recv() => Outcome::Signal(sig),
+            node = lost => Outcome::Lost(node),
+            code = running.engine.wait_exit(&plan.container.name) => Outcome::Died(code),
+        }
+    };
+    let t_end = Instant::now();
+    let result = match outcome {
+        Outcome::Finished(code) => {
+            let stops = links.iter_mut().map(|l| l.send(&Order::Stop));
+            futures_util::future::join_all(stops).await;
+            Ok(i32::try_from(code).ok().filter(|c| (0..=255).contains(c)).unwrap_or(1))
+        }
+        Outcome::Signal(sig) => {
+            abort_all(plan, &token, links, &format!("coordinator got signal {sig}")).await;
+            Err(LaunchError::Signal(sig))
+        }
+        Outcome::Lost(node) => {
+            let why = format!("the launcher on {node} went away while the script ran");
+            abort_all(plan, &token, links, &why).await;
+            Err(LaunchError::Node { node, reason: "its launcher went away while the script ran (killed, or the node failed); job stopped".into() })
+        }
+        Outcome::Died(code) => {
+            let why = format!("the container on {} ended by itself (code {code})", plan.this_node());
+            abort_all(plan, &token, links, &why).await;
+            Err(node_err(plan)(format!("the container ended by itself (code {code}) while the script ran")))
+        }
+        Outcome::Failed(e) => {
+            abort_all(plan, &token, links, &e.to_string()).await;
+            Err(e.into())
+        }
+    };
+    tear_down(plan, Some(&running.engine)).await;
+    eprintln_timing("teardown", t_end);
+    result
+}
+
+/// With `MND_TIMING=1`, prints a phase's duration (for benchmarks; quiet otherwise).
+fn eprintln_timing(phase: &str, since: Instant) {
+    if std::env::var_os("MND_TIMING").is_some() {
+        eprintln!("mnd-srun timing: {phase} {:.3} s", since.elapsed().as_secs_f64());
+    }
+}
