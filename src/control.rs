@@ -13,6 +13,7 @@ use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
 use tokio::time::{timeout_at, Instant};
 
 /// A worker's state as reported to the coordinator.
@@ -125,11 +126,12 @@ impl CoordinatorLink {
 }
 
 /// Coordinator side: one worker's connection.
+/// Methods take `&self`, so one link can be read (status, loss) and written (orders) at once.
 pub struct WorkerLink {
     /// The worker's node name.
     pub node: String,
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: Mutex<BufReader<OwnedReadHalf>>,
+    writer: Mutex<OwnedWriteHalf>,
 }
 
 /// Connects to a worker's control port, retrying until its launcher listens or the deadline.
@@ -153,14 +155,15 @@ pub async fn connect(node: &str, port: u16, token: &str, deadline: Instant) -> R
     w.write_all(format!("HELLO {token}\n").as_bytes())
         .await
         .map_err(|e| ControlError::Broken(format!("{node}: {e}")))?;
-    Ok(WorkerLink { node: node.to_string(), reader: BufReader::new(r), writer: w })
+    Ok(WorkerLink { node: node.to_string(), reader: Mutex::new(BufReader::new(r)), writer: Mutex::new(w) })
 }
 
 impl WorkerLink {
     /// Waits for the worker's status line.
-    pub async fn status(&mut self, deadline: Instant) -> Result<Status, ControlError> {
+    pub async fn status(&self, deadline: Instant) -> Result<Status, ControlError> {
         let mut line = String::new();
-        match timeout_at(deadline, self.reader.read_line(&mut line)).await {
+        let mut reader = self.reader.lock().await;
+        match timeout_at(deadline, reader.read_line(&mut line)).await {
             Err(_) => Err(ControlError::Timeout(format!("{} did not get its container ready in time", self.node))),
             Ok(Ok(n)) if n > 0 => match line.trim_end() {
                 "READY" => Ok(Status::Ready),
@@ -171,19 +174,20 @@ impl WorkerLink {
     }
 
     /// Sends an order; a worker already gone is not an error.
-    pub async fn send(&mut self, order: &Order) {
+    pub async fn send(&self, order: &Order) {
         let line = match order {
             Order::Stop => "STOP\n".to_string(),
             Order::Abort(why) => format!("ABORT {}\n", one_line(why)),
             Order::Lost => return,
         };
-        let _ = self.writer.write_all(line.as_bytes()).await;
+        let _ = self.writer.lock().await.write_all(line.as_bytes()).await;
     }
 
     /// Resolves when the worker's launcher closes the connection (it died or left).
-    pub async fn closed(&mut self) {
+    pub async fn closed(&self) {
         let mut line = String::new();
-        while matches!(self.reader.read_line(&mut line).await, Ok(n) if n > 0) {
+        let mut reader = self.reader.lock().await;
+        while matches!(reader.read_line(&mut line).await, Ok(n) if n > 0) {
             line.clear();
         }
     }
@@ -203,7 +207,7 @@ mod tests {
             link.report(&Status::Failed("image x\nmissing".into())).await.unwrap();
             link.next_order().await
         });
-        let mut w = connect("127.0.0.1", port, &token(b"k", "1.0"), deadline).await.unwrap();
+        let w = connect("127.0.0.1", port, &token(b"k", "1.0"), deadline).await.unwrap();
         assert_eq!(w.status(deadline).await.unwrap(), Status::Failed("image x / missing".into()));
         w.send(&Order::Abort("node2 failed".into())).await;
         assert_eq!(worker.await.unwrap(), Order::Abort("node2 failed".into()));
@@ -214,14 +218,14 @@ mod tests {
         let server = Server::bind(0, token(b"k", "1.0")).await.unwrap();
         let port = server.listener.local_addr().unwrap().port();
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut stranger = connect("127.0.0.1", port, &token(b"other", "1.0"), deadline).await.unwrap();
+        let stranger = connect("127.0.0.1", port, &token(b"other", "1.0"), deadline).await.unwrap();
         let worker = tokio::spawn(async move {
             let mut link = server.accept(deadline).await.unwrap();
             link.report(&Status::Ready).await.unwrap();
             link.next_order().await
         });
         assert!(stranger.status(deadline).await.is_err());
-        let mut w = connect("127.0.0.1", port, &token(b"k", "1.0"), deadline).await.unwrap();
+        let w = connect("127.0.0.1", port, &token(b"k", "1.0"), deadline).await.unwrap();
         assert_eq!(w.status(deadline).await.unwrap(), Status::Ready);
         drop(w);
         assert_eq!(worker.await.unwrap(), Order::Lost);

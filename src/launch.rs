@@ -17,6 +17,7 @@ use crate::signals::Signals;
 use crate::ssh;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::time::Instant;
@@ -262,45 +263,56 @@ fn check_script(plan: &Plan) -> Result<(), LaunchError> {
     Ok(())
 }
 
-/// Connects to a worker, waits for READY, then for its sshd banner from here.
-async fn ready_worker(plan: &Plan, node: String, token: &str, deadline: Instant) -> Result<WorkerLink, LaunchError> {
-    let mut link = control::connect(&node, plan.ports.control, token, deadline).await?;
+/// Connects to a worker (recording the link in `connected` at once, so it can be told to
+/// abort whatever happens), waits for READY, then for its sshd banner from here.
+async fn ready_worker(
+    plan: &Plan,
+    node: String,
+    token: &str,
+    deadline: Instant,
+    connected: &std::sync::Mutex<Vec<Arc<WorkerLink>>>,
+) -> Result<(), LaunchError> {
+    let link = Arc::new(control::connect(&node, plan.ports.control, token, deadline).await?);
+    connected.lock().expect("not poisoned").push(link.clone());
     match link.status(deadline).await? {
         Status::Ready => {}
         Status::Failed(reason) => return Err(LaunchError::Node { node, reason }),
     }
-    probe::wait_banner(&node, plan.ports.sshd, deadline)
-        .await
-        .map_err(|e| LaunchError::Node { node: node.clone(), reason: format!("sshd on port {} does not answer from {}: {e}", plan.ports.sshd, plan.nodes[0]) })?;
+    probe::wait_banner(&node, plan.ports.sshd, deadline).await.map_err(|e| LaunchError::Node {
+        node: node.clone(),
+        reason: format!("sshd on port {} does not answer from {}: {e}", plan.ports.sshd, plan.nodes[0]),
+    })?;
     log::debug!("worker {node} ready");
-    Ok(link)
+    Ok(())
 }
 
-/// Waits for every worker, failing at the first one that fails (the others are told to abort).
-async fn ready_workers(plan: &Plan, token: &str, deadline: Instant) -> Result<Vec<WorkerLink>, (LaunchError, Vec<WorkerLink>)> {
+/// Waits for every worker, failing at the first one that fails; returns the links made so
+/// far with the error, so those workers can be told to abort.
+async fn ready_workers(plan: &Plan, token: &str, deadline: Instant) -> Result<Vec<Arc<WorkerLink>>, (LaunchError, Vec<Arc<WorkerLink>>)> {
+    let connected = std::sync::Mutex::new(Vec::new());
     let mut pending: FuturesUnordered<_> =
-        plan.nodes[1..].iter().map(|n| ready_worker(plan, n.clone(), token, deadline)).collect();
-    let mut links = Vec::new();
+        plan.nodes[1..].iter().map(|n| ready_worker(plan, n.clone(), token, deadline, &connected)).collect();
     while let Some(r) = pending.next().await {
-        match r {
-            Ok(l) => links.push(l),
-            Err(e) => return Err((e, links)),
+        if let Err(e) = r {
+            drop(pending);
+            return Err((e, connected.into_inner().expect("not poisoned")));
         }
     }
-    Ok(links)
+    drop(pending);
+    Ok(connected.into_inner().expect("not poisoned"))
 }
 
 /// Tells every worker that could be reached to abort (best effort, a few seconds at most).
-async fn abort_all(plan: &Plan, token: &str, mut links: Vec<WorkerLink>, why: &str) {
+async fn abort_all(plan: &Plan, token: &str, links: Vec<Arc<WorkerLink>>, why: &str) {
     let order = Order::Abort(why.to_string());
     let reached: Vec<String> = links.iter().map(|l| l.node.clone()).collect();
     let by = Instant::now() + Duration::from_secs(3);
     let others = plan.nodes[1..].iter().filter(|n| !reached.contains(n)).map(|n| async {
-        if let Ok(mut l) = control::connect(n, plan.ports.control, token, by).await {
+        if let Ok(l) = control::connect(n, plan.ports.control, token, by).await {
             l.send(&order).await;
         }
     });
-    let known = links.iter_mut().map(|l| l.send(&order));
+    let known = links.iter().map(|l| l.send(&order));
     tokio::join!(futures_util::future::join_all(known), futures_util::future::join_all(others));
 }
 
@@ -322,7 +334,7 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
             return Err(LaunchError::Signal(sig));
         }
     };
-    let (running, mut links) = match both {
+    let (running, links) = match both {
         (Ok(r), Ok(links)) => (r, links),
         (own, workers) => {
             let (err, links) = match (own, workers) {
@@ -355,7 +367,7 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
             if links.is_empty() {
                 return std::future::pending().await;
             }
-            let watchers = links.iter_mut().map(|l| {
+            let watchers = links.iter().map(|l| {
                 Box::pin(async move {
                     l.closed().await;
                     l.node.clone()
@@ -376,7 +388,7 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
     let t_end = Instant::now();
     let result = match outcome {
         Outcome::Finished(code) => {
-            let stops = links.iter_mut().map(|l| l.send(&Order::Stop));
+            let stops = links.iter().map(|l| l.send(&Order::Stop));
             futures_util::future::join_all(stops).await;
             Ok(i32::try_from(code).ok().filter(|c| (0..=255).contains(c)).unwrap_or(1))
         }
