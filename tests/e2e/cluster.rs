@@ -1,0 +1,151 @@
+//! Helpers: bring the cluster up once, run commands on nodes as a user, write scripts into
+//! the shared home, and check that no container of a test is left on any node.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Nodes of the test cluster.
+pub const NODES: [&str; 3] = ["node1", "node2", "node3"];
+/// The job image loaded on every node.
+pub const IMAGE: &str = "mnd-vc-job:1";
+/// The shared folder as seen from the host.
+pub const SHARED: &str = "/var/lib/mnd-vcluster/shared";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Brings the cluster up (idempotent); panics with vcluster's output when it cannot.
+pub fn cluster() {
+    static UP: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = UP.get_or_init(|| {
+        let bin_dir = Path::new(env!("CARGO_BIN_EXE_mnd-srun")).parent().unwrap().to_path_buf();
+        let out = Command::new(repo().join("scripts/vcluster"))
+            .args(["up", "3"])
+            .env("MND_VC_TARGET", bin_dir)
+            .output()
+            .expect("run scripts/vcluster");
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        }
+    });
+    if let Err(e) = r {
+        panic!("the virtual cluster could not be brought up:\n{e}");
+    }
+}
+
+/// Output of a command, as text.
+pub struct Run {
+    /// Exit code (-1 when killed).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// Wall time.
+    pub took: Duration,
+}
+
+impl Run {
+    fn from(out: Output, took: Duration) -> Self {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            took,
+        }
+    }
+
+    /// Both streams, for assertion messages.
+    pub fn all(&self) -> String {
+        format!("exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// The `docker exec` command that runs `argv` on `node` as `user` in their home.
+pub fn on_node(node: &str, user: &str, argv: &[&str]) -> Command {
+    cluster();
+    let mut c = Command::new("docker");
+    c.args(["exec", "-u", user, "-w", &format!("/shared/home/{user}"), node, "timeout", "180"]);
+    c.args(argv);
+    c
+}
+
+/// Runs `argv` on `node` as `user` and waits.
+pub fn run_on(node: &str, user: &str, argv: &[&str]) -> Run {
+    let t = Instant::now();
+    let out = on_node(node, user, argv).output().expect("docker exec");
+    Run::from(out, t.elapsed())
+}
+
+/// Runs a shell command line on node1 as alice (for srun/sbatch invocations).
+pub fn alice(cmdline: &str) -> Run {
+    run_on("node1", "alice", &["bash", "-c", cmdline])
+}
+
+/// Writes an executable script into a user's shared home; returns its name.
+pub fn script(user: &str, name: &str, body: &str) -> String {
+    cluster();
+    let uid = match user {
+        "alice" => 1001,
+        "bob" => 1002,
+        _ => panic!("unknown test user {user}"),
+    };
+    let path = Path::new(SHARED).join("home").join(user).join(name);
+    std::fs::write(&path, body).unwrap();
+    let status = Command::new("chown").arg(format!("{uid}:{uid}")).arg(&path).status().unwrap();
+    assert!(status.success());
+    let status = Command::new("chmod").arg("0755").arg(&path).status().unwrap();
+    assert!(status.success());
+    name.to_string()
+}
+
+/// Names of containers on `node` whose name starts with `prefix` (running or not).
+pub fn containers(node: &str, prefix: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["exec", node, "docker", "ps", "-a", "--format", "{{.Names}}", "--filter", &format!("name=^{prefix}")])
+        .output()
+        .expect("docker ps on node");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// Waits up to `within` until no node has a container named `prefix*`; panics otherwise.
+/// Returns how long it took.
+pub fn assert_clean(prefix: &str, within: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        let left: Vec<String> = NODES.iter().flat_map(|n| containers(n, prefix)).collect();
+        if left.is_empty() {
+            return t.elapsed();
+        }
+        if t.elapsed() > within {
+            panic!("containers left behind after {within:?}: {left:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// sshd processes of `user` still running on `node`'s host (outside containers count too).
+pub fn stray_sshd(node: &str, user: &str) -> usize {
+    let out = Command::new("docker")
+        .args(["exec", node, "pgrep", "-u", user, "-f", "sshd -D -e -f /etc/mnd"])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// A unique container name prefix for one test (`--dockname`).
+pub fn unique(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("t{}{}-{tag}", std::process::id() % 10000, N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// The `srun ... mnd-srun` command line for alice's job with the given extra flags.
+pub fn srun_line(nodes: u32, name: &str, flags: &str) -> String {
+    format!("srun -N{nodes} -n{nodes} mnd-srun --container={IMAGE} --dockname={name} {flags}")
+}

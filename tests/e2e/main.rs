@@ -1,0 +1,7 @@
+//! End-to-end tests: real `srun`/`sbatch` on the virtual cluster (`scripts/vcluster`), a real
+//! Docker engine per node, jobs submitted as the test user alice. The cluster is brought up
+//! (or repaired) once; if that fails every test fails: nothing is skipped.
+
+mod cluster;
+mod launcher;
+mod teardown;

@@ -1,0 +1,1 @@
+//! Teardown paths (filled in below).
