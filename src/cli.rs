@@ -53,7 +53,13 @@ Injected into the script: hostlist (node1:S,node2:S,...), np, MASTER_ADDR, MASTE
 )]
 pub struct Args {
     /// Docker image to run on every node.
-    #[arg(long, short = 'c', env = "MND_CONTAINER", value_name = "IMAGE", alias = "image")]
+    #[arg(
+        long,
+        short = 'c',
+        env = "MND_CONTAINER",
+        value_name = "IMAGE",
+        alias = "image"
+    )]
     pub container: Option<String>,
 
     /// Script to run inside the first node's container (path as seen on the host; must be
@@ -62,20 +68,43 @@ pub struct Args {
     pub script: Option<PathBuf>,
 
     /// Slots (processes) per node in `hostlist`/`np`; default: the GPUs Slurm gave this node, else 1.
-    #[arg(long, env = "MND_SLOTS_PER_NODE", value_name = "N", alias = "slots_per_node")]
+    #[arg(
+        long,
+        env = "MND_SLOTS_PER_NODE",
+        value_name = "N",
+        alias = "slots_per_node"
+    )]
     pub slots_per_node: Option<u32>,
 
     /// Extra bind mounts, comma separated: `SRC[:DST][:ro]` (DST defaults to SRC).
-    #[arg(long = "mounts", env = "MND_MOUNTS", value_name = "LIST", alias = "datamnts", value_delimiter = ',')]
+    #[arg(
+        long = "mounts",
+        env = "MND_MOUNTS",
+        value_name = "LIST",
+        alias = "datamnts",
+        value_delimiter = ','
+    )]
     pub mounts: Vec<String>,
 
     /// Environment variables to pass from here into the script, comma separated.
-    #[arg(long, env = "MND_ENVLIST", value_name = "A,B", alias = "envlist", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "MND_ENVLIST",
+        value_name = "A,B",
+        alias = "envlist",
+        value_delimiter = ','
+    )]
     pub envlist: Vec<String>,
 
     /// Docker run options, e.g. "--shm-size=8g -e X=1 -v /a:/a"; only known options are
     /// accepted (volumes, env, shm, ulimits, devices, caps, ipc, security-opt, tmpfs, ...).
-    #[arg(long, env = "MND_DOCKOPTS", value_name = "OPTS", alias = "dockopts", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "MND_DOCKOPTS",
+        value_name = "OPTS",
+        alias = "dockopts",
+        allow_hyphen_values = true
+    )]
     pub dockopts: Option<String>,
 
     /// Run the container privileged (if the site allows it).
@@ -198,7 +227,12 @@ mod tests {
     use super::*;
 
     fn p(args: &[&str]) -> Args {
-        parse(std::iter::once("mnd-srun").chain(args.iter().copied()).map(String::from)).unwrap()
+        parse(
+            std::iter::once("mnd-srun")
+                .chain(args.iter().copied())
+                .map(String::from),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -231,8 +265,20 @@ mod tests {
 
     #[test]
     fn unknown_name_value_args_go_to_the_script_in_order() {
-        let a = p(&["--container=i", "--epochs=3", "--lr=0.1", "--", "a b", "", "--x=1", "c:d"]);
-        assert_eq!(a.all_script_args(), ["--epochs=3", "--lr=0.1", "a b", "", "--x=1", "c:d"]);
+        let a = p(&[
+            "--container=i",
+            "--epochs=3",
+            "--lr=0.1",
+            "--",
+            "a b",
+            "",
+            "--x=1",
+            "c:d",
+        ]);
+        assert_eq!(
+            a.all_script_args(),
+            ["--epochs=3", "--lr=0.1", "a b", "", "--x=1", "c:d"]
+        );
     }
 
     #[test]
@@ -249,7 +295,10 @@ mod tests {
                 continue;
             }
             let env = a.get_env().map(|e| e.to_string_lossy().to_string());
-            assert!(env.as_deref().is_some_and(|e| e.starts_with("MND_")), "--{id} has no MND_ env twin");
+            assert!(
+                env.as_deref().is_some_and(|e| e.starts_with("MND_")),
+                "--{id} has no MND_ env twin"
+            );
             assert!(a.get_help().is_some(), "--{id} has no help");
         }
     }

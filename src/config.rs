@@ -125,7 +125,9 @@ impl SiteConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let mut cfg: SiteConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            line: e.span().map_or(1, |s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+            line: e.span().map_or(1, |s| {
+                text[..s.start.min(text.len())].matches('\n').count() + 1
+            }),
             message: e.message().to_string(),
         })?;
         cfg.source = Some(path.to_path_buf());
@@ -135,7 +137,9 @@ impl SiteConfig {
                 message: format!("policy.allowed_images: '{re}' is not a valid regex: {e}"),
             })?;
         }
-        if cfg.defaults.ssh_port_span < 4 || u32::from(cfg.defaults.ssh_port_base) + u32::from(cfg.defaults.ssh_port_span) > 65536 {
+        if cfg.defaults.ssh_port_span < 4
+            || u32::from(cfg.defaults.ssh_port_base) + u32::from(cfg.defaults.ssh_port_span) > 65536
+        {
             return Err(ConfigError::Value {
                 path: path.to_path_buf(),
                 message: "defaults.ssh_port_base + ssh_port_span must stay within 1..65535 and the span must be at least 4".into(),
@@ -157,9 +161,10 @@ impl SiteConfig {
 
     /// How the config is named in policy messages.
     pub fn name(&self) -> String {
-        self.source
-            .as_ref()
-            .map_or_else(|| "the built-in defaults".into(), |p| p.display().to_string())
+        self.source.as_ref().map_or_else(
+            || "the built-in defaults".into(),
+            |p| p.display().to_string(),
+        )
     }
 }
 
@@ -192,12 +197,24 @@ allow_dockopts = false
 
     #[test]
     fn unknown_keys_and_types_name_file_line_and_key() {
-        let e = SiteConfig::parse("[defaults]\nshm_size = \"1g\"\nwait_timeot = 3\n", Path::new("/c.toml")).unwrap_err();
+        let e = SiteConfig::parse(
+            "[defaults]\nshm_size = \"1g\"\nwait_timeot = 3\n",
+            Path::new("/c.toml"),
+        )
+        .unwrap_err();
         let s = e.to_string();
-        assert!(s.contains("/c.toml") && s.contains("line 3") && s.contains("wait_timeot"), "{s}");
-        let e = SiteConfig::parse("[policy]\nallow_privileged = \"no\"\n", Path::new("/c.toml")).unwrap_err();
+        assert!(
+            s.contains("/c.toml") && s.contains("line 3") && s.contains("wait_timeot"),
+            "{s}"
+        );
+        let e = SiteConfig::parse(
+            "[policy]\nallow_privileged = \"no\"\n",
+            Path::new("/c.toml"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");
-        let e = SiteConfig::parse("[policy]\nallowed_images = [\"(\"]\n", Path::new("/c.toml")).unwrap_err();
+        let e = SiteConfig::parse("[policy]\nallowed_images = [\"(\"]\n", Path::new("/c.toml"))
+            .unwrap_err();
         assert!(e.to_string().contains("allowed_images"), "{e}");
     }
 

@@ -135,7 +135,12 @@ pub struct WorkerLink {
 }
 
 /// Connects to a worker's control port, retrying until its launcher listens or the deadline.
-pub async fn connect(node: &str, port: u16, token: &str, deadline: Instant) -> Result<WorkerLink, ControlError> {
+pub async fn connect(
+    node: &str,
+    port: u16,
+    token: &str,
+    deadline: Instant,
+) -> Result<WorkerLink, ControlError> {
     let mut pause = Duration::from_millis(10);
     let stream = loop {
         let attempt = timeout_at(deadline, TcpStream::connect((node, port))).await;
@@ -155,7 +160,11 @@ pub async fn connect(node: &str, port: u16, token: &str, deadline: Instant) -> R
     w.write_all(format!("HELLO {token}\n").as_bytes())
         .await
         .map_err(|e| ControlError::Broken(format!("{node}: {e}")))?;
-    Ok(WorkerLink { node: node.to_string(), reader: Mutex::new(BufReader::new(r)), writer: Mutex::new(w) })
+    Ok(WorkerLink {
+        node: node.to_string(),
+        reader: Mutex::new(BufReader::new(r)),
+        writer: Mutex::new(w),
+    })
 }
 
 impl WorkerLink {
@@ -164,12 +173,20 @@ impl WorkerLink {
         let mut line = String::new();
         let mut reader = self.reader.lock().await;
         match timeout_at(deadline, reader.read_line(&mut line)).await {
-            Err(_) => Err(ControlError::Timeout(format!("{} did not get its container ready in time", self.node))),
+            Err(_) => Err(ControlError::Timeout(format!(
+                "{} did not get its container ready in time",
+                self.node
+            ))),
             Ok(Ok(n)) if n > 0 => match line.trim_end() {
                 "READY" => Ok(Status::Ready),
-                l => Ok(Status::Failed(l.strip_prefix("FAILED ").unwrap_or(l).to_string())),
+                l => Ok(Status::Failed(
+                    l.strip_prefix("FAILED ").unwrap_or(l).to_string(),
+                )),
             },
-            _ => Err(ControlError::Broken(format!("the launcher on {} went away (or refused this job's token)", self.node))),
+            _ => Err(ControlError::Broken(format!(
+                "the launcher on {} went away (or refused this job's token)",
+                self.node
+            ))),
         }
     }
 
@@ -204,11 +221,18 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let worker = tokio::spawn(async move {
             let mut link = server.accept(deadline).await.unwrap();
-            link.report(&Status::Failed("image x\nmissing".into())).await.unwrap();
+            link.report(&Status::Failed("image x\nmissing".into()))
+                .await
+                .unwrap();
             link.next_order().await
         });
-        let w = connect("127.0.0.1", port, &token(b"k", "1.0"), deadline).await.unwrap();
-        assert_eq!(w.status(deadline).await.unwrap(), Status::Failed("image x / missing".into()));
+        let w = connect("127.0.0.1", port, &token(b"k", "1.0"), deadline)
+            .await
+            .unwrap();
+        assert_eq!(
+            w.status(deadline).await.unwrap(),
+            Status::Failed("image x / missing".into())
+        );
         w.send(&Order::Abort("node2 failed".into())).await;
         assert_eq!(worker.await.unwrap(), Order::Abort("node2 failed".into()));
     }
@@ -218,14 +242,18 @@ mod tests {
         let server = Server::bind(0, token(b"k", "1.0")).await.unwrap();
         let port = server.listener.local_addr().unwrap().port();
         let deadline = Instant::now() + Duration::from_secs(5);
-        let stranger = connect("127.0.0.1", port, &token(b"other", "1.0"), deadline).await.unwrap();
+        let stranger = connect("127.0.0.1", port, &token(b"other", "1.0"), deadline)
+            .await
+            .unwrap();
         let worker = tokio::spawn(async move {
             let mut link = server.accept(deadline).await.unwrap();
             link.report(&Status::Ready).await.unwrap();
             link.next_order().await
         });
         assert!(stranger.status(deadline).await.is_err());
-        let w = connect("127.0.0.1", port, &token(b"k", "1.0"), deadline).await.unwrap();
+        let w = connect("127.0.0.1", port, &token(b"k", "1.0"), deadline)
+            .await
+            .unwrap();
         assert_eq!(w.status(deadline).await.unwrap(), Status::Ready);
         drop(w);
         assert_eq!(worker.await.unwrap(), Order::Lost);
@@ -236,7 +264,15 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         drop(l);
-        let e = connect("127.0.0.1", port, "t", Instant::now() + Duration::from_millis(300)).await.err().unwrap();
+        let e = connect(
+            "127.0.0.1",
+            port,
+            "t",
+            Instant::now() + Duration::from_millis(300),
+        )
+        .await
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("127.0.0.1 never answered"), "{e}");
     }
 }

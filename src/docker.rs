@@ -3,8 +3,8 @@
 use crate::cli::Pull;
 use crate::plan::{ContainerSpec, Gpus};
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, DeviceMapping, DeviceRequest, HostConfig, Mount, MountType,
-    ResourcesUlimits,
+    ContainerCreateBody, ContainerSummary, DeviceMapping, DeviceRequest, HostConfig, Mount,
+    MountType, ResourcesUlimits,
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
@@ -46,7 +46,10 @@ pub enum DockerError {
 
 fn api(action: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
     let action = action.into();
-    move |e| DockerError::Api { action, reason: reason(&e) }
+    move |e| DockerError::Api {
+        action,
+        reason: reason(&e),
+    }
 }
 
 fn reason(e: &bollard::errors::Error) -> String {
@@ -98,7 +101,8 @@ pub struct Listed {
 impl Engine {
     /// Connects to the local engine and agrees on an API version.
     pub async fn connect() -> Result<Self, DockerError> {
-        let docker = Docker::connect_with_local_defaults().map_err(|e| DockerError::Unreachable(reason(&e)))?;
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| DockerError::Unreachable(reason(&e)))?;
         let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
             .await
             .map_err(|_| DockerError::Unreachable("no answer within 10 s".into()))?
@@ -113,25 +117,40 @@ impl Engine {
             (_, Pull::Always) => true,
             (Ok(_), _) => false,
             (Err(e), Pull::Never) => {
-                return Err(DockerError::Image { image: image.into(), reason: format!("{} (and --pull=never)", reason(e)) })
+                return Err(DockerError::Image {
+                    image: image.into(),
+                    reason: format!("{} (and --pull=never)", reason(e)),
+                })
             }
             (Err(_), Pull::Missing) => true,
         };
         if need_pull {
             self.pull(image).await?;
         }
-        let info = self.docker.inspect_image(image).await.map_err(|e| DockerError::Image { image: image.into(), reason: reason(&e) })?;
+        let info = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(|e| DockerError::Image {
+                image: image.into(),
+                reason: reason(&e),
+            })?;
         Ok(info.config.and_then(|c| c.env).unwrap_or_default())
     }
 
     async fn pull(&self, image: &str) -> Result<(), DockerError> {
-        let opts = CreateImageOptionsBuilder::default().from_image(image).build();
+        let opts = CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
         let mut stream = self.docker.create_image(Some(opts), None, None);
         let started = Instant::now();
         let mut last_report = Instant::now();
         log::info!("pulling {image}");
         while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| DockerError::Image { image: image.into(), reason: format!("pull failed: {}", reason(&e)) })?;
+            let info = item.map_err(|e| DockerError::Image {
+                image: image.into(),
+                reason: format!("pull failed: {}", reason(&e)),
+            })?;
             if last_report.elapsed() > Duration::from_secs(5) {
                 last_report = Instant::now();
                 eprintln!(
@@ -145,7 +164,11 @@ impl Engine {
     }
 
     /// Creates the container (not started) with stdin open, so it ends with its launcher.
-    pub async fn create(&self, spec: &ContainerSpec, entrypoint: Vec<String>) -> Result<(), DockerError> {
+    pub async fn create(
+        &self,
+        spec: &ContainerSpec,
+        entrypoint: Vec<String>,
+    ) -> Result<(), DockerError> {
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             user: Some(spec.user.clone()),
@@ -161,7 +184,9 @@ impl Engine {
             host_config: Some(host_config(spec)),
             ..Default::default()
         };
-        let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let opts = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
         self.docker
             .create_container(Some(opts), body)
             .await
@@ -171,15 +196,24 @@ impl Engine {
 
     /// Reads a text file from a (created or running) container; `None` when it does not exist.
     pub async fn read_file(&self, name: &str, path: &str) -> Result<Option<String>, DockerError> {
-        let opts = DownloadFromContainerOptionsBuilder::default().path(path).build();
-        let chunks: Result<Vec<_>, _> = self.docker.download_from_container(name, Some(opts)).try_collect().await;
+        let opts = DownloadFromContainerOptionsBuilder::default()
+            .path(path)
+            .build();
+        let chunks: Result<Vec<_>, _> = self
+            .docker
+            .download_from_container(name, Some(opts))
+            .try_collect()
+            .await;
         let bytes = match chunks {
             Ok(c) => c.concat(),
             Err(e) if is_status(&e, &[404]) => return Ok(None),
             Err(e) => return Err(api(format!("read of {path}"))(e)),
         };
         let mut archive = tar::Archive::new(&bytes[..]);
-        let entries = archive.entries().map_err(|e| DockerError::Api { action: format!("read of {path}"), reason: e.to_string() })?;
+        let entries = archive.entries().map_err(|e| DockerError::Api {
+            action: format!("read of {path}"),
+            reason: e.to_string(),
+        })?;
         for entry in entries.flatten() {
             let mut text = String::new();
             let mut entry = entry;
@@ -197,21 +231,35 @@ impl Engine {
         for f in files {
             let rel = f.path.trim_start_matches('/');
             let mut acc = String::new();
-            for part in rel.split('/').collect::<Vec<_>>().split_last().map(|(_, d)| d.to_vec()).unwrap_or_default() {
-                acc = if acc.is_empty() { part.to_string() } else { format!("{acc}/{part}") };
+            for part in rel
+                .split('/')
+                .collect::<Vec<_>>()
+                .split_last()
+                .map(|(_, d)| d.to_vec())
+                .unwrap_or_default()
+            {
+                acc = if acc.is_empty() {
+                    part.to_string()
+                } else {
+                    format!("{acc}/{part}")
+                };
                 if dirs.insert(acc.clone()) {
                     let mut h = tar::Header::new_gnu();
                     h.set_entry_type(tar::EntryType::Directory);
                     h.set_mode(0o755);
                     h.set_size(0);
-                    builder.append_data(&mut h, format!("{acc}/"), std::io::empty()).map_err(tar_err)?;
+                    builder
+                        .append_data(&mut h, format!("{acc}/"), std::io::empty())
+                        .map_err(tar_err)?;
                 }
             }
             let mut h = tar::Header::new_gnu();
             h.set_mode(f.mode);
             h.set_size(f.content.len() as u64);
             h.set_mtime(0);
-            builder.append_data(&mut h, rel, f.content.as_bytes()).map_err(tar_err)?;
+            builder
+                .append_data(&mut h, rel, f.content.as_bytes())
+                .map_err(tar_err)?;
         }
         let tar = builder.into_inner().map_err(tar_err)?;
         let opts = UploadToContainerOptionsBuilder::default().path("/").build();
@@ -223,8 +271,15 @@ impl Engine {
 
     /// Attaches to the container's stdin; keep the returned lifeline while the job runs.
     pub async fn attach_stdin(&self, name: &str) -> Result<Lifeline, DockerError> {
-        let opts = AttachContainerOptionsBuilder::default().stdin(true).stream(true).build();
-        let res = self.docker.attach_container(name, Some(opts)).await.map_err(api(format!("attach to {name}")))?;
+        let opts = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stream(true)
+            .build();
+        let res = self
+            .docker
+            .attach_container(name, Some(opts))
+            .await
+            .map_err(api(format!("attach to {name}")))?;
         // The output side is not needed; keep only the writer.
         drop(res.output);
         Ok(Lifeline { _input: res.input })
@@ -232,12 +287,17 @@ impl Engine {
 
     /// Starts a created container.
     pub async fn start(&self, name: &str) -> Result<(), DockerError> {
-        self.docker.start_container(name, None).await.map_err(api(format!("start of {name}")))
+        self.docker
+            .start_container(name, None)
+            .await
+            .map_err(api(format!("start of {name}")))
     }
 
     /// Waits until the container stops; returns its exit code.
     pub async fn wait_exit(&self, name: &str) -> i64 {
-        let opts = WaitContainerOptionsBuilder::default().condition("not-running").build();
+        let opts = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
         let mut s = self.docker.wait_container(name, Some(opts));
         match s.next().await {
             Some(Ok(r)) => r.status_code,
@@ -249,7 +309,11 @@ impl Engine {
 
     /// The last lines the container printed (for error messages).
     pub async fn log_tail(&self, name: &str) -> String {
-        let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).tail("5").build();
+        let opts = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail("5")
+            .build();
         let lines: Vec<String> = self
             .docker
             .logs(name, Some(opts))
@@ -261,7 +325,13 @@ impl Engine {
 
     /// Runs a command in the running container as `user`, streaming its output to ours;
     /// returns its exit code.
-    pub async fn exec(&self, name: &str, user: &str, workdir: &str, cmd: Vec<String>) -> Result<i64, DockerError> {
+    pub async fn exec(
+        &self,
+        name: &str,
+        user: &str,
+        workdir: &str,
+        cmd: Vec<String>,
+    ) -> Result<i64, DockerError> {
         let config = bollard::models::ExecConfig {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
@@ -270,35 +340,71 @@ impl Engine {
             cmd: Some(cmd),
             ..Default::default()
         };
-        let exec = self.docker.create_exec(name, config).await.map_err(api("exec create"))?;
-        let started = self.docker.start_exec(&exec.id, None).await.map_err(api("exec start"))?;
+        let exec = self
+            .docker
+            .create_exec(name, config)
+            .await
+            .map_err(api("exec create"))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(api("exec start"))?;
         if let bollard::exec::StartExecResults::Attached { output, .. } = started {
             forward_output(output).await;
         }
-        let info = self.docker.inspect_exec(&exec.id).await.map_err(api("exec inspect"))?;
+        let info = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(api("exec inspect"))?;
         Ok(info.exit_code.unwrap_or(-1))
     }
 
     /// Kills and removes a container; a container already gone is fine.
     pub async fn remove(&self, name: &str) -> Result<(), DockerError> {
         let opts = RemoveContainerOptionsBuilder::default().force(true).build();
-        match tokio::time::timeout(Duration::from_secs(20), self.docker.remove_container(name, Some(opts))).await {
+        match tokio::time::timeout(
+            Duration::from_secs(20),
+            self.docker.remove_container(name, Some(opts)),
+        )
+        .await
+        {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) if is_status(&e, &[404, 409]) || reason(&e).contains("already in progress") => Ok(()),
+            Ok(Err(e))
+                if is_status(&e, &[404, 409]) || reason(&e).contains("already in progress") =>
+            {
+                Ok(())
+            }
             Ok(Err(e)) => Err(api(format!("remove of {name}"))(e)),
-            Err(_) => Err(DockerError::Api { action: format!("remove of {name}"), reason: "no answer within 20 s".into() }),
+            Err(_) => Err(DockerError::Api {
+                action: format!("remove of {name}"),
+                reason: "no answer within 20 s".into(),
+            }),
         }
     }
 
     /// Containers carrying all these labels (`key=value` or `key`), running or not.
     pub async fn list(&self, labels: &[String]) -> Result<Vec<Listed>, DockerError> {
         let filters = HashMap::from([("label".to_string(), labels.to_vec())]);
-        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-        let found: Vec<ContainerSummary> = self.docker.list_containers(Some(opts)).await.map_err(api("list of containers"))?;
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let found: Vec<ContainerSummary> = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(api("list of containers"))?;
         Ok(found
             .into_iter()
             .map(|c| Listed {
-                name: c.names.unwrap_or_default().first().map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default(),
+                name: c
+                    .names
+                    .unwrap_or_default()
+                    .first()
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
                 labels: c.labels.unwrap_or_default(),
                 created: c.created.unwrap_or(0),
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
@@ -308,10 +414,19 @@ impl Engine {
 }
 
 fn tar_err(e: std::io::Error) -> DockerError {
-    DockerError::Api { action: "building an upload archive".into(), reason: e.to_string() }
+    DockerError::Api {
+        action: "building an upload archive".into(),
+        reason: e.to_string(),
+    }
 }
 
-async fn forward_output(mut output: Pin<Box<dyn Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Send>>) {
+async fn forward_output(
+    mut output: Pin<
+        Box<
+            dyn Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Send,
+        >,
+    >,
+) {
     use bollard::container::LogOutput;
     while let Some(Ok(chunk)) = output.next().await {
         match chunk {
@@ -335,7 +450,9 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
     let device_requests = match &spec.gpus {
         Gpus::None => None,
         Gpus::NvidiaAll => Some(vec![gpu_request(None)]),
-        Gpus::Nvidia(ids) => Some(vec![gpu_request(Some(ids.iter().map(u32::to_string).collect()))]),
+        Gpus::Nvidia(ids) => Some(vec![gpu_request(Some(
+            ids.iter().map(u32::to_string).collect(),
+        ))]),
     };
     HostConfig {
         network_mode: Some(spec.network.clone()),
@@ -352,7 +469,11 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
         ulimits: Some(
             spec.ulimits
                 .iter()
-                .map(|(name, soft, hard)| ResourcesUlimits { name: Some(name.clone()), soft: Some(*soft), hard: Some(*hard) })
+                .map(|(name, soft, hard)| ResourcesUlimits {
+                    name: Some(name.clone()),
+                    soft: Some(*soft),
+                    hard: Some(*hard),
+                })
                 .collect(),
         ),
         devices: Some(

@@ -112,7 +112,9 @@ fn split_words(text: &str) -> Result<Vec<String>, DockOptsError> {
 
 fn parse_limit(opt: &str, v: &str) -> Result<(String, i64, i64), DockOptsError> {
     let bad = |why: &str| DockOptsError::BadValue(opt.into(), v.into(), why.into());
-    let (name, limits) = v.split_once('=').ok_or_else(|| bad("expected NAME=SOFT[:HARD]"))?;
+    let (name, limits) = v
+        .split_once('=')
+        .ok_or_else(|| bad("expected NAME=SOFT[:HARD]"))?;
     let num = |s: &str| -> Result<i64, DockOptsError> {
         if s == "unlimited" || s == "-1" {
             Ok(-1)
@@ -135,13 +137,21 @@ fn mount_to_volume(opt: &str, v: &str) -> Result<String, DockOptsError> {
             "target" | "destination" | "dst" => dst = Some(val),
             "readonly" | "ro" => ro = val.is_empty() || val == "true" || val == "1",
             _ => {
-                return Err(DockOptsError::BadValue(opt.into(), v.into(), format!("key '{k}' is not supported")));
+                return Err(DockOptsError::BadValue(
+                    opt.into(),
+                    v.into(),
+                    format!("key '{k}' is not supported"),
+                ));
             }
         }
     }
     match (kind, src, dst) {
         ("bind", Some(s), Some(d)) => Ok(format!("{s}:{d}{}", if ro { ":ro" } else { "" })),
-        _ => Err(DockOptsError::BadValue(opt.into(), v.into(), "only type=bind with source and target is supported".into())),
+        _ => Err(DockOptsError::BadValue(
+            opt.into(),
+            v.into(),
+            "only type=bind with source and target is supported".into(),
+        )),
     }
 }
 
@@ -151,7 +161,10 @@ const REFUSED: &[(&str, &str)] = &[
     ("--name", "use --dockname/--name"),
     ("--entrypoint", "the launcher's own entrypoint runs sshd"),
     ("-w", "the working directory is the one you start from"),
-    ("--workdir", "the working directory is the one you start from"),
+    (
+        "--workdir",
+        "the working directory is the one you start from",
+    ),
     ("-d", "the launcher manages the container's life"),
     ("--detach", "the launcher manages the container's life"),
     ("--env-file", "use -e NAME=VALUE or --envlist"),
@@ -184,8 +197,25 @@ pub fn parse(text: &str) -> Result<DockOpts, DockOptsError> {
             _ => {}
         }
         let takes_value = [
-            "-v", "--volume", "--mount", "-e", "--env", "--shm-size", "--ulimit", "--device", "--cap-add", "--cap-drop",
-            "--ipc", "--security-opt", "--tmpfs", "--add-host", "--group-add", "--label", "-l", "--network", "--net",
+            "-v",
+            "--volume",
+            "--mount",
+            "-e",
+            "--env",
+            "--shm-size",
+            "--ulimit",
+            "--device",
+            "--cap-add",
+            "--cap-drop",
+            "--ipc",
+            "--security-opt",
+            "--tmpfs",
+            "--add-host",
+            "--group-add",
+            "--label",
+            "-l",
+            "--network",
+            "--net",
         ];
         if !takes_value.contains(&opt.as_str()) {
             return Err(DockOptsError::Unsupported(
@@ -196,7 +226,10 @@ pub fn parse(text: &str) -> Result<DockOpts, DockOptsError> {
         let value = match inline {
             Some(v) => v,
             None => {
-                let v = words.get(i).cloned().ok_or_else(|| DockOptsError::MissingValue(opt.clone()))?;
+                let v = words
+                    .get(i)
+                    .cloned()
+                    .ok_or_else(|| DockOptsError::MissingValue(opt.clone()))?;
                 i += 1;
                 v
             }
@@ -232,7 +265,10 @@ mod tests {
         assert_eq!(o.shm_size.as_deref(), Some("8g"));
         assert_eq!(o.env, ["X=1", "Y=a b"]);
         assert_eq!(o.mounts, ["/a:/b:ro", "/s:/t:ro"]);
-        assert_eq!(o.ulimits, [("memlock".into(), -1, -1), ("nofile".into(), 1024, 2048)]);
+        assert_eq!(
+            o.ulimits,
+            [("memlock".into(), -1, -1), ("nofile".into(), 1024, 2048)]
+        );
         assert_eq!(o.devices, ["/dev/fuse"]);
         assert_eq!(o.cap_add, ["SYS_PTRACE"]);
         assert_eq!(o.ipc.as_deref(), Some("host"));
@@ -243,9 +279,18 @@ mod tests {
         let e = parse("--shm-size=1g --cpus 4").unwrap_err();
         assert!(e.to_string().contains("'--cpus'"), "{e}");
         let e = parse("--user root").unwrap_err();
-        assert!(e.to_string().contains("'--user'") && e.to_string().contains("runs as you"), "{e}");
-        assert_eq!(parse("-e").unwrap_err(), DockOptsError::MissingValue("-e".into()));
-        assert!(matches!(parse("-e 'X=1").unwrap_err(), DockOptsError::Quoting(_)));
+        assert!(
+            e.to_string().contains("'--user'") && e.to_string().contains("runs as you"),
+            "{e}"
+        );
+        assert_eq!(
+            parse("-e").unwrap_err(),
+            DockOptsError::MissingValue("-e".into())
+        );
+        assert!(matches!(
+            parse("-e 'X=1").unwrap_err(),
+            DockOptsError::Quoting(_)
+        ));
         assert!(parse("--ulimit memlock").is_err());
         assert!(parse("--mount type=volume,source=x,target=/y").is_err());
     }

@@ -57,7 +57,9 @@ fn split_items(expr: &str) -> Result<Vec<&str>, HostlistError> {
             }
             ']' => {
                 if depth == 0 {
-                    let end = expr[i..].find([',', ' ', '\t']).map_or(expr.len(), |e| i + e);
+                    let end = expr[i..]
+                        .find([',', ' ', '\t'])
+                        .map_or(expr.len(), |e| i + e);
                     return Err(err(&expr[start..end], "']' without a matching '['"));
                 }
                 depth -= 1;
@@ -161,15 +163,27 @@ fn group_order(n: usize) -> Vec<usize> {
     }
 }
 
-fn expand_pattern(item: &str, pattern: &Pattern, out: &mut Vec<String>) -> Result<(), HostlistError> {
+fn expand_pattern(
+    item: &str,
+    pattern: &Pattern,
+    out: &mut Vec<String>,
+) -> Result<(), HostlistError> {
     let total = pattern
         .groups
         .iter()
         .try_fold(1u64, |acc, g| acc.checked_mul(count(g)))
         .filter(|&t| t <= MAX_TOTAL_HOSTS)
-        .ok_or_else(|| err(item, format!("expands to more than {MAX_TOTAL_HOSTS} hosts")))?;
+        .ok_or_else(|| {
+            err(
+                item,
+                format!("expands to more than {MAX_TOTAL_HOSTS} hosts"),
+            )
+        })?;
     if out.len() as u64 + total > MAX_TOTAL_HOSTS {
-        return Err(err(item, format!("the list expands to more than {MAX_TOTAL_HOSTS} hosts")));
+        return Err(err(
+            item,
+            format!("the list expands to more than {MAX_TOTAL_HOSTS} hosts"),
+        ));
     }
     out.reserve(total as usize);
     let order = group_order(pattern.groups.len());
@@ -178,7 +192,13 @@ fn expand_pattern(item: &str, pattern: &Pattern, out: &mut Vec<String>) -> Resul
     Ok(())
 }
 
-fn fill(pattern: &Pattern, order: &[usize], level: usize, chosen: &mut [(u64, usize)], out: &mut Vec<String>) {
+fn fill(
+    pattern: &Pattern,
+    order: &[usize],
+    level: usize,
+    chosen: &mut [(u64, usize)],
+    out: &mut Vec<String>,
+) {
     if level == order.len() {
         let mut host = String::with_capacity(32);
         for (i, text) in pattern.texts.iter().enumerate() {
@@ -269,7 +289,11 @@ fn push_host<'a>(runs: &mut Vec<Run<'a>>, host: &'a str) {
     }
     runs.push(Run {
         prefix: name.prefix,
-        range: name.number.map(|(n, width)| Range { lo: n, hi: n, width }),
+        range: name.number.map(|(n, width)| Range {
+            lo: n,
+            hi: n,
+            width,
+        }),
     });
 }
 
@@ -390,7 +414,13 @@ pub fn expand_tasks_per_node(text: &str) -> Result<Vec<u32>, TasksPerNodeError> 
     let mut out = Vec::new();
     for part in text.split(',').filter(|p| !p.is_empty()) {
         let (count, repeat) = match part.split_once("(x") {
-            Some((c, r)) => (c, r.strip_suffix(')').ok_or_else(bad)?.parse::<usize>().map_err(|_| bad())?),
+            Some((c, r)) => (
+                c,
+                r.strip_suffix(')')
+                    .ok_or_else(bad)?
+                    .parse::<usize>()
+                    .map_err(|_| bad())?,
+            ),
             None => (part, 1),
         };
         let count: u32 = count.parse().map_err(|_| bad())?;
@@ -441,7 +471,12 @@ mod tests {
         for row in rows {
             let got = expand(&row[0]);
             if row[1] == "ERROR" {
-                assert!(got.is_err(), "{:?} should be rejected, got {:?}", row[0], got);
+                assert!(
+                    got.is_err(),
+                    "{:?} should be rejected, got {:?}",
+                    row[0],
+                    got
+                );
             } else {
                 let want: Vec<&str> = row[1].split(' ').collect();
                 assert_eq!(got.unwrap(), want, "input {:?}", row[0]);
@@ -471,8 +506,14 @@ mod tests {
 
     #[test]
     fn suffix_after_last_bracket_is_kept() {
-        assert_eq!(expand("node[1-3]-ib").unwrap(), ["node1-ib", "node2-ib", "node3-ib"]);
-        assert_eq!(expand("node[1-2].ib,x").unwrap(), ["node1.ib", "node2.ib", "x"]);
+        assert_eq!(
+            expand("node[1-3]-ib").unwrap(),
+            ["node1-ib", "node2-ib", "node3-ib"]
+        );
+        assert_eq!(
+            expand("node[1-2].ib,x").unwrap(),
+            ["node1.ib", "node2.ib", "x"]
+        );
     }
 
     #[test]

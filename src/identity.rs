@@ -46,16 +46,26 @@ impl Identity {
         let fail = |what: String, reason: String| IdentityError { what, reason };
         let user = User::from_uid(uid)
             .map_err(|e| fail(format!("uid {uid}"), e.to_string()))?
-            .ok_or_else(|| fail(format!("uid {uid}"), "no such user (check NSS/sssd on this node)".into()))?;
-        let cname = std::ffi::CString::new(user.name.clone()).map_err(|e| fail(user.name.clone(), e.to_string()))?;
-        let gids = getgrouplist(&cname, user.gid).map_err(|e| fail(format!("groups of {}", user.name), e.to_string()))?;
+            .ok_or_else(|| {
+                fail(
+                    format!("uid {uid}"),
+                    "no such user (check NSS/sssd on this node)".into(),
+                )
+            })?;
+        let cname = std::ffi::CString::new(user.name.clone())
+            .map_err(|e| fail(user.name.clone(), e.to_string()))?;
+        let gids = getgrouplist(&cname, user.gid)
+            .map_err(|e| fail(format!("groups of {}", user.name), e.to_string()))?;
         let mut groups = Vec::new();
         for gid in std::iter::once(user.gid).chain(gids.into_iter().filter(|g| *g != user.gid)) {
             let name = NixGroup::from_gid(gid)
                 .ok()
                 .flatten()
                 .map_or_else(|| format!("g{}", gid.as_raw()), |g| g.name);
-            groups.push(Group { name, gid: Gid::as_raw(gid) });
+            groups.push(Group {
+                name,
+                gid: Gid::as_raw(gid),
+            });
         }
         Ok(Identity {
             name: user.name,
@@ -99,7 +109,11 @@ impl Identity {
     /// The image's `/etc/group` with the user's groups (user as member) in place of any same
     /// name or gid.
     pub fn merge_group(&self, image_group: &str) -> String {
-        let ours = |name: &str, gid: &str| self.groups.iter().any(|g| g.name == name || g.gid.to_string() == gid);
+        let ours = |name: &str, gid: &str| {
+            self.groups
+                .iter()
+                .any(|g| g.name == name || g.gid.to_string() == gid)
+        };
         let mut out: String = image_group
             .lines()
             .filter(|l| {
@@ -127,9 +141,18 @@ mod tests {
             home: "/shared/home/alice".into(),
             shell: "/bin/bash".into(),
             groups: vec![
-                Group { name: "alice".into(), gid: 1001 },
-                Group { name: "docker".into(), gid: 998 },
-                Group { name: "mlteam".into(), gid: 1500 },
+                Group {
+                    name: "alice".into(),
+                    gid: 1001,
+                },
+                Group {
+                    name: "docker".into(),
+                    gid: 998,
+                },
+                Group {
+                    name: "mlteam".into(),
+                    gid: 1500,
+                },
             ],
         }
     }

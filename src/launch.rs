@@ -84,13 +84,20 @@ struct Running {
 }
 
 fn node_err(plan: &Plan) -> impl Fn(String) -> LaunchError + '_ {
-    move |reason| LaunchError::Node { node: plan.this_node().to_string(), reason }
+    move |reason| LaunchError::Node {
+        node: plan.this_node().to_string(),
+        reason,
+    }
 }
 
 /// The secret both sides of the control channel share: the user's private key.
 fn job_token(plan: &Plan) -> Result<String, LaunchError> {
     let key = std::fs::read(&plan.ssh.client_key).map_err(|e| {
-        LaunchError::Ssh(ssh::SshError::Io { action: "read", path: plan.ssh.client_key.clone(), source: e })
+        LaunchError::Ssh(ssh::SshError::Io {
+            action: "read",
+            path: plan.ssh.client_key.clone(),
+            source: e,
+        })
     })?;
     Ok(control::token(&key, &plan.job_label))
 }
@@ -115,13 +122,26 @@ fn session_env(plan: &Plan, image_env: &[String]) -> Vec<(String, String)> {
 fn files(plan: &Plan, image_env: &[String], passwd: &str, group: &str) -> Vec<FileUpload> {
     let user: &Identity = &plan.user;
     let port = plan.ports.sshd;
-    let file = |path: &str, content: String| FileUpload { path: path.into(), content, mode: 0o644 };
+    let file = |path: &str, content: String| FileUpload {
+        path: path.into(),
+        content,
+        mode: 0o644,
+    };
     vec![
         file("/etc/passwd", user.merge_passwd(passwd)),
         file("/etc/group", user.merge_group(group)),
-        file("/etc/ssh/ssh_config", ssh::client_config(&plan.ssh, &user.name, port)),
-        file("/etc/mnd/sshd_config", ssh::sshd_config(&plan.ssh, &user.name, port, &session_env(plan, image_env))),
-        file("/etc/mnd/sshd_config.compat", ssh::sshd_config(&plan.ssh, &user.name, port, &[])),
+        file(
+            "/etc/ssh/ssh_config",
+            ssh::client_config(&plan.ssh, &user.name, port),
+        ),
+        file(
+            "/etc/mnd/sshd_config",
+            ssh::sshd_config(&plan.ssh, &user.name, port, &session_env(plan, image_env)),
+        ),
+        file(
+            "/etc/mnd/sshd_config.compat",
+            ssh::sshd_config(&plan.ssh, &user.name, port, &[]),
+        ),
     ]
 }
 
@@ -136,15 +156,34 @@ async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, Stri
     }
     let t0 = Instant::now();
     let engine = Engine::connect().await.map_err(|e| e.to_string())?;
-    let image_env = engine.ensure_image(&spec.image, spec.pull).await.map_err(|e| e.to_string())?;
+    let image_env = engine
+        .ensure_image(&spec.image, spec.pull)
+        .await
+        .map_err(|e| e.to_string())?;
     log::debug!("image ready after {:?}", t0.elapsed());
     engine.remove(&spec.name).await.map_err(|e| e.to_string())?;
-    let entry = vec!["/bin/sh".to_string(), "-c".to_string(), ENTRYPOINT.to_string(), "mnd-entry".to_string()];
-    engine.create(spec, entry).await.map_err(|e| e.to_string())?;
+    let entry = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        ENTRYPOINT.to_string(),
+        "mnd-entry".to_string(),
+    ];
+    engine
+        .create(spec, entry)
+        .await
+        .map_err(|e| e.to_string())?;
     let prepared = async {
-        let passwd = engine.read_file(&spec.name, "/etc/passwd").await?.unwrap_or_default();
-        let group = engine.read_file(&spec.name, "/etc/group").await?.unwrap_or_default();
-        engine.upload(&spec.name, &files(plan, &image_env, &passwd, &group)).await?;
+        let passwd = engine
+            .read_file(&spec.name, "/etc/passwd")
+            .await?
+            .unwrap_or_default();
+        let group = engine
+            .read_file(&spec.name, "/etc/group")
+            .await?
+            .unwrap_or_default();
+        engine
+            .upload(&spec.name, &files(plan, &image_env, &passwd, &group))
+            .await?;
         let lifeline = engine.attach_stdin(&spec.name).await?;
         engine.start(&spec.name).await?;
         Ok::<_, DockerError>(lifeline)
@@ -176,8 +215,16 @@ async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, Stri
             });
         }
     }
-    log::info!("{}: container {} up, sshd on port {port} after {:?}", plan.this_node(), spec.name, t0.elapsed());
-    Ok(Running { engine, _lifeline: lifeline })
+    log::info!(
+        "{}: container {} up, sshd on port {port} after {:?}",
+        plan.this_node(),
+        spec.name,
+        t0.elapsed()
+    );
+    Ok(Running {
+        engine,
+        _lifeline: lifeline,
+    })
 }
 
 /// Removes this node's container, whatever state it is in.
@@ -191,13 +238,22 @@ async fn tear_down(plan: &Plan, engine: Option<&Engine>) {
         },
     };
     match result {
-        Ok(()) => log::info!("{}: container removed in {:?}", plan.this_node(), t0.elapsed()),
-        Err(e) => log::error!("{}: could not remove container {}: {e}", plan.this_node(), plan.container.name),
+        Ok(()) => log::info!(
+            "{}: container removed in {:?}",
+            plan.this_node(),
+            t0.elapsed()
+        ),
+        Err(e) => log::error!(
+            "{}: could not remove container {}: {e}",
+            plan.this_node(),
+            plan.container.name
+        ),
     }
 }
 
 async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
-    let mut signals = Signals::install().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
+    let mut signals =
+        Signals::install().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
     let token = job_token(plan)?;
     let server = control::Server::bind(plan.ports.control, token).await.map_err(|e| {
         node_err(plan)(format!(
@@ -237,7 +293,10 @@ async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
     match outcome? {
         Order::Stop => Ok(0),
         Order::Abort(why) => {
-            log::info!("{}: job aborted by the coordinator: {why}", plan.this_node());
+            log::info!(
+                "{}: job aborted by the coordinator: {why}",
+                plan.this_node()
+            );
             Ok(0)
         }
         Order::Lost => Err(LaunchError::Control(ControlError::Broken(format!(
@@ -249,16 +308,25 @@ async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
 
 /// Checks the script before anything starts.
 fn check_script(plan: &Plan) -> Result<(), LaunchError> {
-    let Some(script) = &plan.script else { return Ok(()) };
+    let Some(script) = &plan.script else {
+        return Ok(());
+    };
     let p = &script.path;
     let meta = std::fs::metadata(p).map_err(|e| {
         LaunchError::Script(format!("script {} cannot be used: {e}. Fix: give the path of an existing script (relative paths start from the current directory)", p.display()))
     })?;
     if !meta.is_file() {
-        return Err(LaunchError::Script(format!("script {} is not a file", p.display())));
+        return Err(LaunchError::Script(format!(
+            "script {} is not a file",
+            p.display()
+        )));
     }
     if meta.permissions().mode() & 0o111 == 0 {
-        return Err(LaunchError::Script(format!("script {} is not executable. Fix: chmod +x {}", p.display(), p.display())));
+        return Err(LaunchError::Script(format!(
+            "script {} is not executable. Fix: chmod +x {}",
+            p.display(),
+            p.display()
+        )));
     }
     Ok(())
 }
@@ -278,20 +346,31 @@ async fn ready_worker(
         Status::Ready => {}
         Status::Failed(reason) => return Err(LaunchError::Node { node, reason }),
     }
-    probe::wait_banner(&node, plan.ports.sshd, deadline).await.map_err(|e| LaunchError::Node {
-        node: node.clone(),
-        reason: format!("sshd on port {} does not answer from {}: {e}", plan.ports.sshd, plan.nodes[0]),
-    })?;
+    probe::wait_banner(&node, plan.ports.sshd, deadline)
+        .await
+        .map_err(|e| LaunchError::Node {
+            node: node.clone(),
+            reason: format!(
+                "sshd on port {} does not answer from {}: {e}",
+                plan.ports.sshd, plan.nodes[0]
+            ),
+        })?;
     log::debug!("worker {node} ready");
     Ok(())
 }
 
 /// Waits for every worker, failing at the first one that fails; returns the links made so
 /// far with the error, so those workers can be told to abort.
-async fn ready_workers(plan: &Plan, token: &str, deadline: Instant) -> Result<Vec<Arc<WorkerLink>>, (LaunchError, Vec<Arc<WorkerLink>>)> {
+async fn ready_workers(
+    plan: &Plan,
+    token: &str,
+    deadline: Instant,
+) -> Result<Vec<Arc<WorkerLink>>, (LaunchError, Vec<Arc<WorkerLink>>)> {
     let connected = std::sync::Mutex::new(Vec::new());
-    let mut pending: FuturesUnordered<_> =
-        plan.nodes[1..].iter().map(|n| ready_worker(plan, n.clone(), token, deadline, &connected)).collect();
+    let mut pending: FuturesUnordered<_> = plan.nodes[1..]
+        .iter()
+        .map(|n| ready_worker(plan, n.clone(), token, deadline, &connected))
+        .collect();
     while let Some(r) = pending.next().await {
         if let Err(e) = r {
             drop(pending);
@@ -307,18 +386,25 @@ async fn abort_all(plan: &Plan, token: &str, links: Vec<Arc<WorkerLink>>, why: &
     let order = Order::Abort(why.to_string());
     let reached: Vec<String> = links.iter().map(|l| l.node.clone()).collect();
     let by = Instant::now() + Duration::from_secs(3);
-    let others = plan.nodes[1..].iter().filter(|n| !reached.contains(n)).map(|n| async {
-        if let Ok(l) = control::connect(n, plan.ports.control, token, by).await {
-            l.send(&order).await;
-        }
-    });
+    let others = plan.nodes[1..]
+        .iter()
+        .filter(|n| !reached.contains(n))
+        .map(|n| async {
+            if let Ok(l) = control::connect(n, plan.ports.control, token, by).await {
+                l.send(&order).await;
+            }
+        });
     let known = links.iter().map(|l| l.send(&order));
-    tokio::join!(futures_util::future::join_all(known), futures_util::future::join_all(others));
+    tokio::join!(
+        futures_util::future::join_all(known),
+        futures_util::future::join_all(others)
+    );
 }
 
 async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
     let t0 = Instant::now();
-    let mut signals = Signals::install().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
+    let mut signals =
+        Signals::install().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
     let token = job_token(plan)?;
     if let Err(e) = check_script(plan) {
         abort_all(plan, &token, Vec::new(), &e.to_string()).await;
@@ -350,7 +436,12 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
             return Err(err);
         }
     };
-    log::info!("all {} nodes ready after {:?}; running {}", plan.nodes.len(), t0.elapsed(), script.path.display());
+    log::info!(
+        "all {} nodes ready after {:?}; running {}",
+        plan.nodes.len(),
+        t0.elapsed(),
+        script.path.display()
+    );
     eprintln_timing("ready", t0);
     enum Outcome {
         Finished(i64),
@@ -390,10 +481,19 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
         Outcome::Finished(code) => {
             let stops = links.iter().map(|l| l.send(&Order::Stop));
             futures_util::future::join_all(stops).await;
-            Ok(i32::try_from(code).ok().filter(|c| (0..=255).contains(c)).unwrap_or(1))
+            Ok(i32::try_from(code)
+                .ok()
+                .filter(|c| (0..=255).contains(c))
+                .unwrap_or(1))
         }
         Outcome::Signal(sig) => {
-            abort_all(plan, &token, links, &format!("coordinator got signal {sig}")).await;
+            abort_all(
+                plan,
+                &token,
+                links,
+                &format!("coordinator got signal {sig}"),
+            )
+            .await;
             Err(LaunchError::Signal(sig))
         }
         Outcome::Lost(node) => {
@@ -402,9 +502,14 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
             Err(LaunchError::Node { node, reason: "its launcher went away while the script ran (killed, or the node failed); job stopped".into() })
         }
         Outcome::Died(code) => {
-            let why = format!("the container on {} ended by itself (code {code})", plan.this_node());
+            let why = format!(
+                "the container on {} ended by itself (code {code})",
+                plan.this_node()
+            );
             abort_all(plan, &token, links, &why).await;
-            Err(node_err(plan)(format!("the container ended by itself (code {code}) while the script ran")))
+            Err(node_err(plan)(format!(
+                "the container ended by itself (code {code}) while the script ran"
+            )))
         }
         Outcome::Failed(e) => {
             abort_all(plan, &token, links, &e.to_string()).await;
@@ -419,6 +524,9 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
 /// With `MND_TIMING=1`, prints a phase's duration (for benchmarks; quiet otherwise).
 fn eprintln_timing(phase: &str, since: Instant) {
     if std::env::var_os("MND_TIMING").is_some() {
-        eprintln!("mnd-srun timing: {phase} {:.3} s", since.elapsed().as_secs_f64());
+        eprintln!(
+            "mnd-srun timing: {phase} {:.3} s",
+            since.elapsed().as_secs_f64()
+        );
     }
 }

@@ -3,18 +3,18 @@
 //! everything; thin modules talk to the outside (`identity`, `ssh`, `docker`, `probe`,
 //! `control`, `signals`) and `launch` runs the coordinator and worker state machines.
 
-pub mod hostlist;
-pub mod slurm;
 pub mod cli;
 pub mod config;
-pub mod dockopts;
-pub mod identity;
-pub mod ssh;
-pub mod plan;
-pub mod node;
-pub mod docker;
-pub mod probe;
 pub mod control;
-pub mod signals;
-pub mod launch;
+pub mod docker;
+pub mod dockopts;
 pub mod error;
+pub mod hostlist;
+pub mod identity;
+pub mod launch;
+pub mod node;
+pub mod plan;
+pub mod probe;
+pub mod signals;
+pub mod slurm;
+pub mod ssh;

@@ -30,7 +30,14 @@ fn amd_facts() -> Option<AmdFacts> {
     let kfd = std::fs::metadata("/dev/kfd").ok()?;
     let mut render_nodes: Vec<u32> = std::fs::read_dir("/dev/dri")
         .ok()?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("renderD")?.parse().ok())
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_prefix("renderD")?
+                .parse()
+                .ok()
+        })
         .collect();
     render_nodes.sort_unstable();
     let mut device_gids = vec![kfd.gid()];
@@ -40,5 +47,8 @@ fn amd_facts() -> Option<AmdFacts> {
         }
     }
     device_gids.dedup();
-    Some(AmdFacts { render_nodes, device_gids })
+    Some(AmdFacts {
+        render_nodes,
+        device_gids,
+    })
 }

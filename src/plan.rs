@@ -233,7 +233,13 @@ pub struct Inputs<'a> {
 
 /// Builds the plan.
 pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
-    let Inputs { step, args, site, user, facts } = *i;
+    let Inputs {
+        step,
+        args,
+        site,
+        user,
+        facts,
+    } = *i;
     let image = args
         .container
         .clone()
@@ -262,10 +268,15 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
     };
     check_dockopts_policy(&opts, site)?;
     let script_path = absolute(&facts.cwd, &script_arg);
-    let ssh_root = args.ssh_dir.as_ref().map_or_else(|| user.home.join(".mnd/ssh"), |d| absolute(&facts.cwd, d));
+    let ssh_root = args
+        .ssh_dir
+        .as_ref()
+        .map_or_else(|| user.home.join(".mnd/ssh"), |d| absolute(&facts.cwd, d));
     let ssh = Material::paths(&ssh_root, &user.name);
     let mounts = mounts(user, facts, site, args, &opts, &script_path, &ssh_root)?;
-    let job_env = job_env(&nodes, node_rank, slots, ports, args, site, facts, &opts, &job_label)?;
+    let job_env = job_env(
+        &nodes, node_rank, slots, ports, args, site, facts, &opts, &job_label,
+    )?;
     let mut env: Vec<String> = vec![
         format!("HOME={}", user.home.display()),
         format!("USER={}", user.name),
@@ -274,7 +285,11 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
     env.extend(job_env.iter().map(|(k, v)| format!("{k}={v}")));
     let (gpus, mut devices, gpu_groups) = gpus(step, args, facts)?;
     if args.ib_devices {
-        devices.push(Device { host: "/dev/infiniband".into(), container: "/dev/infiniband".into(), permissions: "rwm".into() });
+        devices.push(Device {
+            host: "/dev/infiniband".into(),
+            container: "/dev/infiniband".into(),
+            permissions: "rwm".into(),
+        });
     }
     devices.extend(opts.devices.iter().map(|d| parse_device(d)));
     let mut ulimits = Vec::new();
@@ -290,27 +305,59 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         ulimits.retain(|(n, _, _)| n != &u.0);
         ulimits.push(u.clone());
     }
-    let shm_text = opts.shm_size.clone().or_else(|| args.shm_size.clone()).unwrap_or_else(|| site.defaults.shm_size.clone());
-    let shm_size = Some(parse_size(&shm_text).ok_or_else(|| usage(format!("shm size '{shm_text}' is not a size like 512m or 16g")))?);
+    let shm_text = opts
+        .shm_size
+        .clone()
+        .or_else(|| args.shm_size.clone())
+        .unwrap_or_else(|| site.defaults.shm_size.clone());
+    let shm_size = Some(parse_size(&shm_text).ok_or_else(|| {
+        usage(format!(
+            "shm size '{shm_text}' is not a size like 512m or 16g"
+        ))
+    })?);
     if let Some(net) = &opts.network {
         if net != "host" {
             return Err(usage(format!("--dockopts --network={net}: containers must use the host network so nodes reach each other's sshd")));
         }
     }
-    let mut group_add: Vec<String> = user.groups.iter().filter(|g| g.gid != user.gid).map(|g| g.gid.to_string()).collect();
+    let mut group_add: Vec<String> = user
+        .groups
+        .iter()
+        .filter(|g| g.gid != user.gid)
+        .map(|g| g.gid.to_string())
+        .collect();
     group_add.extend(gpu_groups.iter().map(u32::to_string));
     group_add.extend(opts.group_add.iter().cloned());
     group_add.dedup();
     let this = nodes[node_rank].clone();
-    let prefix = args.name.clone().unwrap_or_else(|| format!("mnd-{}", user.name));
+    let prefix = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("mnd-{}", user.name));
     let name = sanitize_name(&format!("{prefix}-{job_label}-{this}"));
     let mut labels = BTreeMap::from([
-        ("mnd.job".to_string(), step.job_id.map_or_else(|| "local".into(), |j| j.to_string())),
-        ("mnd.step".to_string(), step.step_id.map_or_else(|| "local".into(), |s| s.to_string())),
+        (
+            "mnd.job".to_string(),
+            step.job_id
+                .map_or_else(|| "local".into(), |j| j.to_string()),
+        ),
+        (
+            "mnd.step".to_string(),
+            step.step_id
+                .map_or_else(|| "local".into(), |s| s.to_string()),
+        ),
         ("mnd.user".to_string(), user.name.clone()),
         ("mnd.uid".to_string(), user.uid.to_string()),
         ("mnd.node".to_string(), this.clone()),
-        ("mnd.role".to_string(), if node_rank == 0 { "coordinator" } else { "worker" }.to_string()),
+        (
+            "mnd.role".to_string(),
+            if node_rank == 0 {
+                "coordinator"
+            } else {
+                "worker"
+            }
+            .to_string(),
+        ),
         ("mnd.launcher-pid".to_string(), facts.pid.to_string()),
     ]);
     for l in &opts.labels {
@@ -338,11 +385,21 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         cap_add: opts.cap_add.clone(),
         cap_drop: opts.cap_drop.clone(),
         security_opt: opts.security_opt.clone(),
-        tmpfs: opts.tmpfs.iter().map(|t| { let (p, o) = t.split_once(':').unwrap_or((t, "")); (p.to_string(), o.to_string()) }).collect(),
+        tmpfs: opts
+            .tmpfs
+            .iter()
+            .map(|t| {
+                let (p, o) = t.split_once(':').unwrap_or((t, ""));
+                (p.to_string(), o.to_string())
+            })
+            .collect(),
         extra_hosts: opts.add_hosts.clone(),
         privileged: args.privileged || opts.privileged,
     };
-    let script = (role == Role::Coordinator).then(|| ScriptSpec { path: script_path, args: args.all_script_args() });
+    let script = (role == Role::Coordinator).then(|| ScriptSpec {
+        path: script_path,
+        args: args.all_script_args(),
+    });
     Ok(Plan {
         role,
         job_label,
@@ -350,7 +407,11 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         node_rank,
         slots,
         ports,
-        wait_timeout: Duration::from_secs(args.wait_timeout.unwrap_or(site.defaults.wait_timeout).max(1)),
+        wait_timeout: Duration::from_secs(
+            args.wait_timeout
+                .unwrap_or(site.defaults.wait_timeout)
+                .max(1),
+        ),
         ssh_root,
         ssh,
         user: user.clone(),
@@ -361,7 +422,11 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
 }
 
 fn absolute(cwd: &Path, p: &Path) -> PathBuf {
-    let joined = if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        cwd.join(p)
+    };
     // Lexical clean-up of "." and ".." so the same path works inside the container.
     let mut out = PathBuf::new();
     for c in joined.components() {
@@ -387,11 +452,16 @@ fn choose_nodes(step: &StepContext, args: &Args) -> Result<(Vec<String>, usize, 
         }
         if let Some(stranger) = wanted.iter().find(|n| !step.nodes.contains(n)) {
             let hint = if step.under_slurm() {
-                format!("the step runs on {}; use srun -w to choose nodes", hostlist::compress(&step.nodes))
+                format!(
+                    "the step runs on {}; use srun -w to choose nodes",
+                    hostlist::compress(&step.nodes)
+                )
             } else {
                 format!("without Slurm mnd-srun runs on this machine only ({}); start it under srun to use several nodes", step.node_name)
             };
-            return Err(PlanError::Nodelist(format!("node '{stranger}' is not part of this step: {hint}")));
+            return Err(PlanError::Nodelist(format!(
+                "node '{stranger}' is not part of this step: {hint}"
+            )));
         }
         nodes = wanted;
     }
@@ -400,8 +470,12 @@ fn choose_nodes(step: &StepContext, args: &Args) -> Result<(Vec<String>, usize, 
     }
     let rank = nodes.iter().position(|n| *n == step.node_name);
     let role = match (slurm_role, rank) {
-        (SlurmRole::ExtraLocalTask, _) => Role::Idle("another task of this step already runs the launcher on this node"),
-        (_, None) => Role::Idle("this node is not in --nodelist (or --script-help runs on the first node only)"),
+        (SlurmRole::ExtraLocalTask, _) => {
+            Role::Idle("another task of this step already runs the launcher on this node")
+        }
+        (_, None) => Role::Idle(
+            "this node is not in --nodelist (or --script-help runs on the first node only)",
+        ),
         (_, Some(0)) => Role::Coordinator,
         (_, Some(_)) => Role::Worker,
     };
@@ -410,7 +484,12 @@ fn choose_nodes(step: &StepContext, args: &Args) -> Result<(Vec<String>, usize, 
 
 /// Ports: sshd and control derived from job and step (so concurrent jobs differ), MASTER_PORT
 /// from the job id; each overridable.
-fn ports(step: &StepContext, args: &Args, site: &SiteConfig, facts: &NodeFacts) -> Result<Ports, PlanError> {
+fn ports(
+    step: &StepContext,
+    args: &Args,
+    site: &SiteConfig,
+    facts: &NodeFacts,
+) -> Result<Ports, PlanError> {
     let d = &site.defaults;
     let pairs = u64::from(d.ssh_port_span / 2);
     let seed = match (step.job_id, step.step_id) {
@@ -426,9 +505,15 @@ fn ports(step: &StepContext, args: &Args, site: &SiteConfig, facts: &NodeFacts) 
     };
     let master = match args.master_port {
         Some(p) => p,
-        None => d.master_port_base.saturating_add((step.job_id.unwrap_or(0) % 1000) as u16),
+        None => d
+            .master_port_base
+            .saturating_add((step.job_id.unwrap_or(0) % 1000) as u16),
     };
-    Ok(Ports { sshd, control: sshd + 1, master })
+    Ok(Ports {
+        sshd,
+        control: sshd + 1,
+        master,
+    })
 }
 
 fn parse_mount(spec: &str) -> Result<Mount, PlanError> {
@@ -443,9 +528,15 @@ fn parse_mount(spec: &str) -> Result<Mount, PlanError> {
         _ => return Err(usage(format!("mount '{spec}' is not SRC[:DST][:ro]"))),
     };
     if !src.starts_with('/') || !dst.starts_with('/') {
-        return Err(usage(format!("mount '{spec}': source and target must be absolute paths")));
+        return Err(usage(format!(
+            "mount '{spec}': source and target must be absolute paths"
+        )));
     }
-    Ok(Mount { source: src.into(), target: dst.into(), read_only: ro })
+    Ok(Mount {
+        source: src.into(),
+        target: dst.into(),
+        read_only: ro,
+    })
 }
 
 fn mounts(
@@ -457,12 +548,21 @@ fn mounts(
     script: &Path,
     ssh_root: &Path,
 ) -> Result<Vec<Mount>, PlanError> {
-    let same = |p: &Path, ro: bool| Mount { source: p.to_path_buf(), target: p.to_path_buf(), read_only: ro };
+    let same = |p: &Path, ro: bool| Mount {
+        source: p.to_path_buf(),
+        target: p.to_path_buf(),
+        read_only: ro,
+    };
     let mut out = vec![same(&user.home, false)];
     for spec in &site.defaults.mounts {
         out.push(parse_mount(spec)?);
     }
-    for spec in args.mounts.iter().chain(&opts.mounts).filter(|s| !s.is_empty()) {
+    for spec in args
+        .mounts
+        .iter()
+        .chain(&opts.mounts)
+        .filter(|s| !s.is_empty())
+    {
         let m = parse_mount(spec)?;
         let allowed = &site.policy.allowed_mount_prefixes;
         if !allowed.is_empty() && !allowed.iter().any(|p| m.source.starts_with(p)) {
@@ -474,7 +574,10 @@ fn mounts(
         }
         out.push(m);
     }
-    let covered = |p: &Path, ms: &[Mount]| ms.iter().any(|m| p.starts_with(&m.target) && m.source == m.target);
+    let covered = |p: &Path, ms: &[Mount]| {
+        ms.iter()
+            .any(|m| p.starts_with(&m.target) && m.source == m.target)
+    };
     if !covered(&facts.cwd, &out) {
         out.push(same(&facts.cwd, false));
     }
@@ -489,7 +592,10 @@ fn mounts(
     let mut seen = std::collections::BTreeSet::new();
     for m in &out {
         if !seen.insert(m.target.clone()) {
-            return Err(usage(format!("two mounts target {}: drop one of them", m.target.display())));
+            return Err(usage(format!(
+                "two mounts target {}: drop one of them",
+                m.target.display()
+            )));
         }
     }
     Ok(out)
@@ -509,7 +615,14 @@ fn job_env(
 ) -> Result<Vec<(String, String)>, PlanError> {
     let np = slots as usize * nodes.len();
     let mut env = vec![
-        ("hostlist".to_string(), nodes.iter().map(|n| format!("{n}:{slots}")).collect::<Vec<_>>().join(",")),
+        (
+            "hostlist".to_string(),
+            nodes
+                .iter()
+                .map(|n| format!("{n}:{slots}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
         ("np".to_string(), np.to_string()),
         ("MASTER_ADDR".to_string(), nodes[0].clone()),
         ("MASTER_PORT".to_string(), ports.master.to_string()),
@@ -521,7 +634,14 @@ fn job_env(
     ];
     let listed: Vec<&String> = args.envlist.iter().filter(|n| !n.is_empty()).collect();
     if !listed.is_empty() {
-        env.push(("ENVLIST".into(), listed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")));
+        env.push((
+            "ENVLIST".into(),
+            listed
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ));
     }
     for name in listed {
         if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -546,7 +666,11 @@ fn job_env(
 }
 
 /// GPU request, devices and groups, from what Slurm gave the step (physical ids) or `--gpus`.
-fn gpus(step: &StepContext, args: &Args, facts: &NodeFacts) -> Result<(Gpus, Vec<Device>, Vec<u32>), PlanError> {
+fn gpus(
+    step: &StepContext,
+    args: &Args,
+    facts: &NodeFacts,
+) -> Result<(Gpus, Vec<Device>, Vec<u32>), PlanError> {
     enum Want {
         None,
         All,
@@ -557,7 +681,11 @@ fn gpus(step: &StepContext, args: &Args, facts: &NodeFacts) -> Result<(Gpus, Vec
         Some("all") => Want::All,
         Some(list) => Want::Ids(
             list.split(',')
-                .map(|s| s.trim().parse().map_err(|_| usage(format!("--gpus '{list}': use all, none or ids like 0,1"))))
+                .map(|s| {
+                    s.trim().parse().map_err(|_| {
+                        usage(format!("--gpus '{list}': use all, none or ids like 0,1"))
+                    })
+                })
                 .collect::<Result<_, _>>()?,
         ),
         None if !step.gpus.is_empty() => Want::Ids(step.gpus.clone()),
@@ -577,10 +705,17 @@ fn gpus(step: &StepContext, args: &Args, facts: &NodeFacts) -> Result<(Gpus, Vec
         (GpuVendor::Amd, want) => {
             let amd = facts.amd.clone().unwrap_or_default();
             let nodes: Vec<u32> = match want {
-                Want::Ids(ids) => ids.iter().map(|&i| amd.render_nodes.get(i as usize).copied().unwrap_or(128 + i)).collect(),
+                Want::Ids(ids) => ids
+                    .iter()
+                    .map(|&i| amd.render_nodes.get(i as usize).copied().unwrap_or(128 + i))
+                    .collect(),
                 _ => amd.render_nodes.clone(),
             };
-            let dev = |p: String| Device { host: p.clone(), container: p, permissions: "rwm".into() };
+            let dev = |p: String| Device {
+                host: p.clone(),
+                container: p,
+                permissions: "rwm".into(),
+            };
             let mut devices = vec![dev("/dev/kfd".into())];
             devices.extend(nodes.iter().map(|n| dev(format!("/dev/dri/renderD{n}"))));
             (Gpus::None, devices, amd.device_gids)
@@ -591,9 +726,17 @@ fn gpus(step: &StepContext, args: &Args, facts: &NodeFacts) -> Result<(Gpus, Vec
 fn parse_device(spec: &str) -> Device {
     let mut parts = spec.splitn(3, ':');
     let host = parts.next().unwrap_or_default().to_string();
-    let container = parts.next().filter(|s| !s.is_empty()).unwrap_or(&host).to_string();
+    let container = parts
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(&host)
+        .to_string();
     let permissions = parts.next().unwrap_or("rwm").to_string();
-    Device { host, container, permissions }
+    Device {
+        host,
+        container,
+        permissions,
+    }
 }
 
 /// Parses "512m", "16g", "1073741824" into bytes.
@@ -607,25 +750,55 @@ pub fn parse_size(text: &str) -> Option<i64> {
         't' => (&t[..t.len() - 1], 1 << 40),
         _ => (t, 1),
     };
-    num.parse::<i64>().ok().filter(|n| *n > 0).and_then(|n| n.checked_mul(mult))
+    num.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(mult))
 }
 
 fn sanitize_name(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
-fn check_policy(args: &Args, site: &SiteConfig, user: &Identity, image: &str) -> Result<(), PlanError> {
+fn check_policy(
+    args: &Args,
+    site: &SiteConfig,
+    user: &Identity,
+    image: &str,
+) -> Result<(), PlanError> {
     let p = &site.policy;
-    let refuse = |what: String, rule| Err(PlanError::Policy { what, rule, config: site.name() });
+    let refuse = |what: String, rule| {
+        Err(PlanError::Policy {
+            what,
+            rule,
+            config: site.name(),
+        })
+    };
     if !p.allowed_images.is_empty()
-        && !p.allowed_images.iter().any(|re| regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(image)))
+        && !p
+            .allowed_images
+            .iter()
+            .any(|re| regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(image)))
     {
         return refuse(format!("image '{image}'"), "policy.allowed_images");
     }
     if args.privileged && !p.allow_privileged {
         return refuse("--privileged".into(), "policy.allow_privileged");
     }
-    if args.dockopts.as_deref().is_some_and(|d| !d.trim().is_empty()) && !p.allow_dockopts {
+    if args
+        .dockopts
+        .as_deref()
+        .is_some_and(|d| !d.trim().is_empty())
+        && !p.allow_dockopts
+    {
         return refuse("--dockopts".into(), "policy.allow_dockopts");
     }
     if args.ib_devices && !p.allow_devices {
@@ -639,7 +812,13 @@ fn check_policy(args: &Args, site: &SiteConfig, user: &Identity, image: &str) ->
 
 fn check_dockopts_policy(opts: &DockOpts, site: &SiteConfig) -> Result<(), PlanError> {
     let p = &site.policy;
-    let refuse = |what: &str, rule| Err(PlanError::Policy { what: format!("--dockopts {what}"), rule, config: site.name() });
+    let refuse = |what: &str, rule| {
+        Err(PlanError::Policy {
+            what: format!("--dockopts {what}"),
+            rule,
+            config: site.name(),
+        })
+    };
     if opts.privileged && !p.allow_privileged {
         return refuse("--privileged", "policy.allow_privileged");
     }

@@ -36,7 +36,9 @@ fn names(v: &[String]) -> String {
 }
 
 fn describe_last(e: &Option<String>) -> String {
-    e.as_ref().map(|e| format!(" (last attempt: {e})")).unwrap_or_default()
+    e.as_ref()
+        .map(|e| format!(" (last attempt: {e})"))
+        .unwrap_or_default()
 }
 
 /// One attempt: connect and read the banner.
@@ -61,7 +63,10 @@ async fn banner(host: &str, port: u16, deadline: Instant) -> Result<(), String> 
     if buf.starts_with(b"SSH-2.0-") {
         Ok(())
     } else {
-        Err(format!("not an ssh server (got {:?})", String::from_utf8_lossy(&buf[..got])))
+        Err(format!(
+            "not an ssh server (got {:?})",
+            String::from_utf8_lossy(&buf[..got])
+        ))
     }
 }
 
@@ -119,7 +124,12 @@ pub async fn wait_all(hosts: &[String], port: u16, deadline: Instant) -> Result<
         return Ok(());
     }
     missing.sort_by_key(|m| hosts.iter().position(|h| h == m));
-    Err(NotReady { missing, port, secs: (deadline - started).as_secs_f64().round() as u64, last_error: first_error })
+    Err(NotReady {
+        missing,
+        port,
+        secs: (deadline - started).as_secs_f64().round() as u64,
+        last_error: first_error,
+    })
 }
 
 #[cfg(test)]
@@ -143,7 +153,9 @@ mod tests {
     async fn answers_when_the_banner_comes() {
         let port = fake_sshd(b"SSH-2.0-OpenSSH_9.2\r\n").await;
         let hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-        wait_all(&hosts, port, Instant::now() + Duration::from_secs(5)).await.unwrap();
+        wait_all(&hosts, port, Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -158,20 +170,34 @@ mod tests {
                 let _ = s.write_all(b"SSH-2.0-x\r\n").await;
             }
         });
-        wait_banner("127.0.0.1", port, Instant::now() + Duration::from_secs(5)).await.unwrap();
+        wait_banner("127.0.0.1", port, Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
     async fn dead_or_wrong_targets_are_named_at_the_deadline() {
         let http = fake_sshd(b"HTTP/1.1 400 Bad\r\n\r\n").await;
-        let e = wait_all(&["127.0.0.1".into()], http, Instant::now() + Duration::from_millis(400)).await.unwrap_err();
+        let e = wait_all(
+            &["127.0.0.1".into()],
+            http,
+            Instant::now() + Duration::from_millis(400),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.missing, ["127.0.0.1"]);
         assert!(e.to_string().contains("not an ssh server"), "{e}");
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let closed = l.local_addr().unwrap().port();
         drop(l);
         let t = Instant::now();
-        let e = wait_all(&["127.0.0.1".into()], closed, t + Duration::from_millis(500)).await.unwrap_err();
+        let e = wait_all(
+            &["127.0.0.1".into()],
+            closed,
+            t + Duration::from_millis(500),
+        )
+        .await
+        .unwrap_err();
         assert!(t.elapsed() < Duration::from_secs(3));
         assert!(e.to_string().starts_with("127.0.0.1 did not answer"), "{e}");
     }

@@ -94,7 +94,10 @@ impl StepContext {
 
     /// Reads the context through `var` (normally `std::env::var`); `hostname` is used only
     /// outside Slurm.
-    pub fn from_env(var: impl Fn(&str) -> Option<String>, hostname: &str) -> Result<Self, SlurmError> {
+    pub fn from_env(
+        var: impl Fn(&str) -> Option<String>,
+        hostname: &str,
+    ) -> Result<Self, SlurmError> {
         let get = |name: &str| var(name).filter(|v| !v.is_empty());
         if get("SLURM_JOB_ID").is_none() && get("SLURM_JOBID").is_none() {
             return Ok(Self::local(hostname));
@@ -144,14 +147,17 @@ impl StepContext {
         }
         let local_id = require(&get, "SLURM_LOCALID")? as u32;
         let proc_id = number(&get, "SLURM_PROCID")?.unwrap_or(0) as u32;
-        let tasks_per_node = match first_of(&get, &["SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"]) {
-            Some((v, text)) => hostlist::expand_tasks_per_node(&text).map_err(|e| SlurmError::Invalid {
-                var: v,
-                value: text.clone(),
-                reason: e.to_string(),
-            })?,
-            None => vec![1; nodes.len()],
-        };
+        let tasks_per_node =
+            match first_of(&get, &["SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"]) {
+                Some((v, text)) => {
+                    hostlist::expand_tasks_per_node(&text).map_err(|e| SlurmError::Invalid {
+                        var: v,
+                        value: text.clone(),
+                        reason: e.to_string(),
+                    })?
+                }
+                None => vec![1; nodes.len()],
+            };
         if tasks_per_node.len() != nodes.len() {
             return Err(SlurmError::Contradiction(format!(
                 "tasks per node '{}' lists {} nodes, the step has {}",
@@ -206,11 +212,17 @@ impl StepContext {
     }
 }
 
-fn first_of(get: &impl Fn(&str) -> Option<String>, names: &[&'static str]) -> Option<(&'static str, String)> {
+fn first_of(
+    get: &impl Fn(&str) -> Option<String>,
+    names: &[&'static str],
+) -> Option<(&'static str, String)> {
     names.iter().find_map(|&n| get(n).map(|v| (n, v)))
 }
 
-fn number(get: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<Option<u64>, SlurmError> {
+fn number(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<u64>, SlurmError> {
     get(name)
         .map(|v| {
             v.trim().parse().map_err(|_| SlurmError::Invalid {
@@ -248,7 +260,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn ctx(vars: &[(&str, &str)]) -> Result<StepContext, SlurmError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         StepContext::from_env(|k| map.get(k).cloned(), "laptop")
     }
 
@@ -266,7 +281,11 @@ mod tests {
     ];
 
     fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
-        let mut v: Vec<_> = STEP.iter().filter(|(k, _)| !extra.iter().any(|(e, _)| e == k)).copied().collect();
+        let mut v: Vec<_> = STEP
+            .iter()
+            .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
+            .copied()
+            .collect();
         v.extend(extra.iter().filter(|(_, val)| !val.is_empty()));
         v
     }
@@ -342,7 +361,10 @@ mod tests {
     #[test]
     fn errors_name_the_variable() {
         let e = ctx(&[("SLURM_JOB_ID", "7")]).unwrap_err();
-        assert!(e.to_string().contains("SLURM_STEP_ID") && e.to_string().contains("srun"), "{e}");
+        assert!(
+            e.to_string().contains("SLURM_STEP_ID") && e.to_string().contains("srun"),
+            "{e}"
+        );
         let e = ctx(&with(&[("SLURM_NODEID", "5")])).unwrap_err();
         assert!(e.to_string().contains("SLURM_NODEID=5"), "{e}");
         let e = ctx(&with(&[("SLURM_STEP_NODELIST", "node[3-1]")])).unwrap_err();

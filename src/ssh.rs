@@ -98,12 +98,22 @@ fn check_safe(path: &Path, uid: u32, private: bool) -> Result<(), SshError> {
         return Err(unsafe_("it is a symbolic link".into()));
     }
     if meta.uid() != uid {
-        return Err(unsafe_(format!("it is owned by uid {}, not by you (uid {uid})", meta.uid())));
+        return Err(unsafe_(format!(
+            "it is owned by uid {}, not by you (uid {uid})",
+            meta.uid()
+        )));
     }
     let mode = meta.mode() & 0o777;
     let forbidden = if private { 0o077 } else { 0o022 };
     if mode & forbidden != 0 {
-        return Err(unsafe_(format!("its mode is {mode:04o}, others can {}", if private { "read or write it" } else { "write it" })));
+        return Err(unsafe_(format!(
+            "its mode is {mode:04o}, others can {}",
+            if private {
+                "read or write it"
+            } else {
+                "write it"
+            }
+        )));
     }
     Ok(())
 }
@@ -137,11 +147,23 @@ fn generate(tmp: &Path, m: &Material, user: &str) -> Result<(), SshError> {
     let (client, client_pub) = new_key(&m.client_key, &format!("mnd-srun {user}"))?;
     let (host, host_pub) = new_key(&m.host_key, &format!("mnd-srun host key of {user}"))?;
     write_file(&name(&m.client_key), &client, 0o600)?;
-    write_file(&tmp.join("id_ed25519.pub"), &format!("{client_pub}\n"), 0o644)?;
+    write_file(
+        &tmp.join("id_ed25519.pub"),
+        &format!("{client_pub}\n"),
+        0o644,
+    )?;
     write_file(&name(&m.host_key), &host, 0o600)?;
-    write_file(&tmp.join("host_ed25519.pub"), &format!("{host_pub}\n"), 0o644)?;
+    write_file(
+        &tmp.join("host_ed25519.pub"),
+        &format!("{host_pub}\n"),
+        0o644,
+    )?;
     write_file(&name(&m.authorized_keys), &format!("{client_pub}\n"), 0o600)?;
-    write_file(&name(&m.known_hosts), &format!("{} {host_pub}\n", m.host_alias), 0o644)?;
+    write_file(
+        &name(&m.known_hosts),
+        &format!("{} {host_pub}\n", m.host_alias),
+        0o644,
+    )?;
     Ok(())
 }
 
@@ -208,7 +230,9 @@ PermitUserEnvironment no\nX11Forwarding no\nPrintMotd no\nLogLevel ERROR\nSubsys
 }
 
 fn quote_env(k: &str, v: &str) -> String {
-    if v.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\') {
+    if v.chars()
+        .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+    {
         format!("\"{k}={}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
     } else {
         format!("{k}={v}")
@@ -263,12 +287,19 @@ mod tests {
         let root = t.path().join("ssh");
         let keys: Vec<String> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..8)
-                .map(|_| s.spawn(|| fs::read_to_string(ensure(&root, &me()).unwrap().client_key).unwrap()))
+                .map(|_| {
+                    s.spawn(|| {
+                        fs::read_to_string(ensure(&root, &me()).unwrap().client_key).unwrap()
+                    })
+                })
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(keys.windows(2).all(|w| w[0] == w[1]));
-        let leftovers: Vec<_> = fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let leftovers: Vec<_> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(leftovers, [VERSION_DIR]);
     }
 
@@ -289,7 +320,10 @@ mod tests {
     #[test]
     fn configs_pin_the_host_key_and_allow_only_the_user() {
         let m = Material::paths(Path::new("/h/alice/.mnd/ssh"), "alice");
-        let env = [("PATH".to_string(), "/usr/bin".to_string()), ("X".to_string(), "a b".to_string())];
+        let env = [
+            ("PATH".to_string(), "/usr/bin".to_string()),
+            ("X".to_string(), "a b".to_string()),
+        ];
         let d = sshd_config(&m, "alice", 40123, &env);
         for want in [
             "Port 40123",
@@ -301,7 +335,12 @@ mod tests {
             assert!(d.contains(want), "sshd_config lacks {want}:\n{d}");
         }
         let c = client_config(&m, "alice", 40123);
-        for want in ["Port 40123", "StrictHostKeyChecking yes", "HostKeyAlias mnd-alice", "IdentityFile /h/alice/.mnd/ssh/v1/id_ed25519"] {
+        for want in [
+            "Port 40123",
+            "StrictHostKeyChecking yes",
+            "HostKeyAlias mnd-alice",
+            "IdentityFile /h/alice/.mnd/ssh/v1/id_ed25519",
+        ] {
             assert!(c.contains(want), "ssh_config lacks {want}:\n{c}");
         }
         assert!(!c.contains("StrictHostKeyChecking no"));

@@ -1,7 +1,9 @@
 //! `mnd-srun`: one launcher per node of a Slurm step (see the crate docs and `man mnd-srun`).
 
 use mnd::error::Error;
-use mnd::{cli, config::SiteConfig, identity::Identity, launch, node, plan, slurm::StepContext, ssh};
+use mnd::{
+    cli, config::SiteConfig, identity::Identity, launch, node, plan, slurm::StepContext, ssh,
+};
 use std::process::ExitCode;
 
 async fn run(args: cli::Args, hostname: &str) -> Result<i32, Error> {
@@ -9,7 +11,13 @@ async fn run(args: cli::Args, hostname: &str) -> Result<i32, Error> {
     let site = SiteConfig::load(std::env::var("MND_CONFIG").ok())?;
     let user = Identity::current()?;
     let facts = node::gather()?;
-    let plan = plan::build(&plan::Inputs { step: &step, args: &args, site: &site, user: &user, facts: &facts })?;
+    let plan = plan::build(&plan::Inputs {
+        step: &step,
+        args: &args,
+        site: &site,
+        user: &user,
+        facts: &facts,
+    })?;
     log::debug!("plan: {plan:#?}");
     if !matches!(plan.role, plan::Role::Idle(_)) {
         ssh::ensure(&plan.ssh_root, &user)?;
@@ -37,7 +45,10 @@ fn main() -> ExitCode {
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
     let node = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| hostname.clone());
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mnd-srun ({node}): cannot start: {e}");

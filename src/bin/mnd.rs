@@ -60,7 +60,11 @@ fn run(cli: Cli) -> Result<(), String> {
                     }
                 }),
                 HostlistAction::Compress { sorted, hosts } => expand_all(&hosts).map(|hosts| {
-                    let text = if sorted { hostlist::compress_sorted(&hosts) } else { hostlist::compress(&hosts) };
+                    let text = if sorted {
+                        hostlist::compress_sorted(&hosts)
+                    } else {
+                        hostlist::compress(&hosts)
+                    };
                     let _ = writeln!(out, "{text}");
                 }),
             };

@@ -11,9 +11,18 @@ fn alice() -> Identity {
         home: "/shared/home/alice".into(),
         shell: "/bin/bash".into(),
         groups: vec![
-            Group { name: "alice".into(), gid: 1001 },
-            Group { name: "docker".into(), gid: 998 },
-            Group { name: "mlteam".into(), gid: 1500 },
+            Group {
+                name: "alice".into(),
+                gid: 1001,
+            },
+            Group {
+                name: "docker".into(),
+                gid: 998,
+            },
+            Group {
+                name: "mlteam".into(),
+                gid: 1500,
+            },
         ],
     }
 }
@@ -37,7 +46,10 @@ fn step(node_index: usize, gpus: &[u32]) -> StepContext {
 fn facts() -> NodeFacts {
     NodeFacts {
         cwd: "/shared/home/alice/proj".into(),
-        env: BTreeMap::from([("WANDB_KEY".into(), "k".into()), ("X".into(), "from-env".into())]),
+        env: BTreeMap::from([
+            ("WANDB_KEY".into(), "k".into()),
+            ("X".into(), "from-env".into()),
+        ]),
         pid: 777,
         ..Default::default()
     }
@@ -48,28 +60,58 @@ fn args(extra: &[&str]) -> Args {
     cli::parse(base.iter().chain(extra).map(|s| s.to_string())).unwrap()
 }
 
-fn plan_with(step: &StepContext, a: &Args, site: &SiteConfig, f: &NodeFacts) -> Result<Plan, PlanError> {
-    build(&Inputs { step, args: a, site, user: &alice(), facts: f })
+fn plan_with(
+    step: &StepContext,
+    a: &Args,
+    site: &SiteConfig,
+    f: &NodeFacts,
+) -> Result<Plan, PlanError> {
+    build(&Inputs {
+        step,
+        args: a,
+        site,
+        user: &alice(),
+        facts: f,
+    })
 }
 
 fn plan(node: usize, extra: &[&str]) -> Plan {
-    plan_with(&step(node, &[]), &args(extra), &SiteConfig::default(), &facts()).unwrap()
+    plan_with(
+        &step(node, &[]),
+        &args(extra),
+        &SiteConfig::default(),
+        &facts(),
+    )
+    .unwrap()
 }
 
 fn env<'a>(p: &'a Plan, k: &str) -> Option<&'a str> {
-    p.job_env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+    p.job_env
+        .iter()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| v.as_str())
 }
 
 #[test]
 fn worker_plan_snapshot() {
-    let p = plan(1, &["--slots_per_node=2", "--envlist=WANDB_KEY", "--", "a b", ""]);
+    let p = plan(
+        1,
+        &["--slots_per_node=2", "--envlist=WANDB_KEY", "--", "a b", ""],
+    );
     let text = format!("{p:#?}\n");
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/snapshots/plan-worker.txt");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/snapshots/plan-worker.txt"
+    );
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
         std::fs::write(path, &text).unwrap();
     }
-    let want = std::fs::read_to_string(path).expect("snapshot missing: run with UPDATE_SNAPSHOTS=1");
-    assert_eq!(text, want, "plan changed; review and run with UPDATE_SNAPSHOTS=1");
+    let want =
+        std::fs::read_to_string(path).expect("snapshot missing: run with UPDATE_SNAPSHOTS=1");
+    assert_eq!(
+        text, want,
+        "plan changed; review and run with UPDATE_SNAPSHOTS=1"
+    );
 }
 
 #[test]
@@ -83,7 +125,10 @@ fn roles_and_injected_variables() {
     assert_eq!(env(&c, "MASTER_PORT"), Some("29542"));
     assert_eq!(env(&c, "NNODES"), Some("3"));
     assert_eq!(env(&c, "NODE_RANK"), Some("0"));
-    assert_eq!(c.script.as_ref().unwrap().path, PathBuf::from("/shared/home/alice/proj/job.sh"));
+    assert_eq!(
+        c.script.as_ref().unwrap().path,
+        PathBuf::from("/shared/home/alice/proj/job.sh")
+    );
     let w = plan(2, &[]);
     assert_eq!(w.role, Role::Worker);
     assert_eq!(env(&w, "NODE_RANK"), Some("2"));
@@ -93,7 +138,8 @@ fn roles_and_injected_variables() {
 #[test]
 fn ports_differ_between_jobs_and_steps_and_can_be_fixed() {
     let p = plan(0, &[]);
-    assert_eq!(p.ports.sshd, 40000 + 2 * (42 * 8 % 5000) as u16);
+    // job 42, step 0: pair index 42 * 8 = 336 of 5000.
+    assert_eq!(p.ports.sshd, 40000 + 2 * 336);
     assert_eq!(p.ports.control, p.ports.sshd + 1);
     let mut s = step(0, &[]);
     s.step_id = Some(1);
@@ -102,7 +148,13 @@ fn ports_differ_between_jobs_and_steps_and_can_be_fixed() {
     let p2 = plan_with(&s, &args(&[]), &SiteConfig::default(), &facts()).unwrap();
     assert!(p.ports.sshd != p1.ports.sshd && p1.ports.sshd != p2.ports.sshd);
     assert_eq!(plan(0, &["--sshdport=2222"]).ports.sshd, 2222);
-    let e = plan_with(&step(0, &[]), &args(&["--sshd-port=22"]), &SiteConfig::default(), &facts()).unwrap_err();
+    let e = plan_with(
+        &step(0, &[]),
+        &args(&["--sshd-port=22"]),
+        &SiteConfig::default(),
+        &facts(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("1024"), "{e}");
 }
 
@@ -113,7 +165,10 @@ fn names_and_labels_identify_job_step_user_node() {
     assert_eq!(p.container.labels["mnd.job"], "42");
     assert_eq!(p.container.labels["mnd.user"], "alice");
     assert_eq!(p.container.labels["mnd.node"], "node2");
-    assert_eq!(plan(1, &["--dockname=exp"]).container.name, "exp-42.0-node2");
+    assert_eq!(
+        plan(1, &["--dockname=exp"]).container.name,
+        "exp-42.0-node2"
+    );
 }
 
 #[test]
@@ -121,9 +176,24 @@ fn runs_as_the_user_with_all_groups_and_mounts() {
     let p = plan(0, &["--datamnts=/data,/scratch:/s:ro"]);
     assert_eq!(p.container.user, "1001:1001");
     assert_eq!(p.container.group_add, ["998", "1500"]);
-    let targets: Vec<_> = p.container.mounts.iter().map(|m| (m.target.to_str().unwrap(), m.read_only)).collect();
-    assert_eq!(targets, [("/shared/home/alice", false), ("/data", false), ("/s", true)]);
-    assert_eq!(p.container.workdir, PathBuf::from("/shared/home/alice/proj"));
+    let targets: Vec<_> = p
+        .container
+        .mounts
+        .iter()
+        .map(|m| (m.target.to_str().unwrap(), m.read_only))
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            ("/shared/home/alice", false),
+            ("/data", false),
+            ("/s", true)
+        ]
+    );
+    assert_eq!(
+        p.container.workdir,
+        PathBuf::from("/shared/home/alice/proj")
+    );
     assert_eq!(p.container.network, "host");
 }
 
@@ -133,8 +203,20 @@ fn cwd_and_script_outside_home_are_mounted() {
     f.cwd = "/scratch/run".into();
     let a = args(&["--script=/opt/scripts/train.sh"]);
     let p = plan_with(&step(0, &[]), &a, &SiteConfig::default(), &f).unwrap();
-    let targets: Vec<_> = p.container.mounts.iter().map(|m| (m.target.to_str().unwrap(), m.read_only)).collect();
-    assert_eq!(targets, [("/shared/home/alice", false), ("/scratch/run", false), ("/opt/scripts", true)]);
+    let targets: Vec<_> = p
+        .container
+        .mounts
+        .iter()
+        .map(|m| (m.target.to_str().unwrap(), m.read_only))
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            ("/shared/home/alice", false),
+            ("/scratch/run", false),
+            ("/opt/scripts", true)
+        ]
+    );
 }
 
 #[test]
@@ -148,7 +230,13 @@ fn gpus_use_physical_ids_from_slurm() {
     // Under Slurm with no GPU for the step: none, even though the node has some.
     let p = plan_with(&step(0, &[]), &args(&[]), &SiteConfig::default(), &f).unwrap();
     assert_eq!(p.container.gpus, Gpus::None);
-    let p = plan_with(&step(0, &[]), &args(&["--gpus=all"]), &SiteConfig::default(), &f).unwrap();
+    let p = plan_with(
+        &step(0, &[]),
+        &args(&["--gpus=all"]),
+        &SiteConfig::default(),
+        &f,
+    )
+    .unwrap();
     assert_eq!(p.container.gpus, Gpus::NvidiaAll);
     // No Slurm: all GPUs of the machine.
     let local = StepContext::local("node1");
@@ -159,11 +247,25 @@ fn gpus_use_physical_ids_from_slurm() {
 #[test]
 fn amd_gpus_get_kfd_render_nodes_and_groups() {
     let mut f = facts();
-    f.amd = Some(AmdFacts { render_nodes: vec![128, 129, 130, 131], device_gids: vec![44, 109] });
+    f.amd = Some(AmdFacts {
+        render_nodes: vec![128, 129, 130, 131],
+        device_gids: vec![44, 109],
+    });
     let p = plan_with(&step(0, &[1, 3]), &args(&[]), &SiteConfig::default(), &f).unwrap();
-    let devs: Vec<_> = p.container.devices.iter().map(|d| d.host.as_str()).collect();
-    assert_eq!(devs, ["/dev/kfd", "/dev/dri/renderD129", "/dev/dri/renderD131"]);
-    assert!(p.container.group_add.contains(&"44".to_string()) && p.container.group_add.contains(&"109".to_string()));
+    let devs: Vec<_> = p
+        .container
+        .devices
+        .iter()
+        .map(|d| d.host.as_str())
+        .collect();
+    assert_eq!(
+        devs,
+        ["/dev/kfd", "/dev/dri/renderD129", "/dev/dri/renderD131"]
+    );
+    assert!(
+        p.container.group_add.contains(&"44".to_string())
+            && p.container.group_add.contains(&"109".to_string())
+    );
     assert_eq!(p.container.gpus, Gpus::None);
 }
 
@@ -174,7 +276,13 @@ fn memlock_only_where_allowed() {
     f.can_raise_memlock = true;
     let p = plan_with(&step(0, &[]), &args(&[]), &SiteConfig::default(), &f).unwrap();
     assert_eq!(p.container.ulimits, [("memlock".to_string(), -1, -1)]);
-    let p = plan_with(&step(0, &[]), &args(&["--memlock=off"]), &SiteConfig::default(), &f).unwrap();
+    let p = plan_with(
+        &step(0, &[]),
+        &args(&["--memlock=off"]),
+        &SiteConfig::default(),
+        &f,
+    )
+    .unwrap();
     assert!(p.container.ulimits.is_empty());
 }
 
@@ -195,11 +303,32 @@ fn nodelist_selects_nodes_and_leader() {
     let p = plan(1, &["--nodelist=node[2-3]"]);
     assert_eq!(p.role, Role::Coordinator);
     assert_eq!(p.nodes, ["node2", "node3"]);
-    assert!(matches!(plan(0, &["--nodelist=node[2-3]"]).role, Role::Idle(_)));
-    let e = plan_with(&step(0, &[]), &args(&["--nodelist=node[3-1]"]), &SiteConfig::default(), &facts()).unwrap_err();
-    assert!(e.to_string().starts_with("--nodelist: invalid hostlist"), "{e}");
-    let e = plan_with(&step(0, &[]), &args(&["--nodelist=node9"]), &SiteConfig::default(), &facts()).unwrap_err();
-    assert!(e.to_string().contains("node9") && e.to_string().contains("srun -w"), "{e}");
+    assert!(matches!(
+        plan(0, &["--nodelist=node[2-3]"]).role,
+        Role::Idle(_)
+    ));
+    let e = plan_with(
+        &step(0, &[]),
+        &args(&["--nodelist=node[3-1]"]),
+        &SiteConfig::default(),
+        &facts(),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().starts_with("--nodelist: invalid hostlist"),
+        "{e}"
+    );
+    let e = plan_with(
+        &step(0, &[]),
+        &args(&["--nodelist=node9"]),
+        &SiteConfig::default(),
+        &facts(),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("node9") && e.to_string().contains("srun -w"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -219,13 +348,31 @@ fn bad_inputs_say_what_to_do() {
     let no_script = cli::parse(["mnd-srun", "--container=x"].map(String::from)).unwrap();
     let e = plan_with(&step(0, &[]), &no_script, &site, &facts()).unwrap_err();
     assert!(e.to_string().contains("--script"), "{e}");
-    let e = plan_with(&step(0, &[]), &args(&["--dockopts=--cpus 2"]), &site, &facts()).unwrap_err();
+    let e = plan_with(
+        &step(0, &[]),
+        &args(&["--dockopts=--cpus 2"]),
+        &site,
+        &facts(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("'--cpus'"), "{e}");
-    let e = plan_with(&step(0, &[]), &args(&["--datamnts=relative/dir"]), &site, &facts()).unwrap_err();
+    let e = plan_with(
+        &step(0, &[]),
+        &args(&["--datamnts=relative/dir"]),
+        &site,
+        &facts(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("absolute"), "{e}");
     let e = plan_with(&step(0, &[]), &args(&["--shm-size=lots"]), &site, &facts()).unwrap_err();
     assert!(e.to_string().contains("lots"), "{e}");
-    let e = plan_with(&step(0, &[]), &args(&["--dockopts=--network=bridge"]), &site, &facts()).unwrap_err();
+    let e = plan_with(
+        &step(0, &[]),
+        &args(&["--dockopts=--network=bridge"]),
+        &site,
+        &facts(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("host network"), "{e}");
 }
 
@@ -234,15 +381,35 @@ fn policy_refusals_name_rule_and_config() {
     let text = "[policy]\nallowed_images = ['registry\\.site/.*']\nallowed_mount_prefixes = ['/data']\nallow_privileged = false\nallow_dockopts = false\n";
     let site = SiteConfig::parse(text, Path::new("/etc/mnd-srun/config.toml")).unwrap();
     let e = plan_with(&step(0, &[]), &args(&[]), &site, &facts()).unwrap_err();
-    assert!(e.to_string().contains("image 'img:1'") && e.to_string().contains("policy.allowed_images in /etc/mnd-srun/config.toml"), "{e}");
+    assert!(
+        e.to_string().contains("image 'img:1'")
+            && e.to_string()
+                .contains("policy.allowed_images in /etc/mnd-srun/config.toml"),
+        "{e}"
+    );
     let ok = |extra: &[&str]| {
-        let a = cli::parse(["mnd-srun", "--container=registry.site/pt:2", "--script=j"].iter().chain(extra).map(|s| s.to_string())).unwrap();
+        let a = cli::parse(
+            ["mnd-srun", "--container=registry.site/pt:2", "--script=j"]
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string()),
+        )
+        .unwrap();
         plan_with(&step(0, &[]), &a, &site, &facts())
     };
     assert!(ok(&[]).is_ok());
-    assert!(ok(&["--privileged"]).unwrap_err().to_string().contains("policy.allow_privileged"));
-    assert!(ok(&["--dockopts=-e X=1"]).unwrap_err().to_string().contains("policy.allow_dockopts"));
-    assert!(ok(&["--datamnts=/etc"]).unwrap_err().to_string().contains("policy.allowed_mount_prefixes"));
+    assert!(ok(&["--privileged"])
+        .unwrap_err()
+        .to_string()
+        .contains("policy.allow_privileged"));
+    assert!(ok(&["--dockopts=-e X=1"])
+        .unwrap_err()
+        .to_string()
+        .contains("policy.allow_dockopts"));
+    assert!(ok(&["--datamnts=/etc"])
+        .unwrap_err()
+        .to_string()
+        .contains("policy.allowed_mount_prefixes"));
     assert!(ok(&["--datamnts=/data/x"]).is_ok());
 }
 

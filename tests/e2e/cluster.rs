@@ -21,7 +21,10 @@ fn repo() -> PathBuf {
 pub fn cluster() {
     static UP: OnceLock<Result<(), String>> = OnceLock::new();
     let r = UP.get_or_init(|| {
-        let bin_dir = Path::new(env!("CARGO_BIN_EXE_mnd-srun")).parent().unwrap().to_path_buf();
+        let bin_dir = Path::new(env!("CARGO_BIN_EXE_mnd-srun"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
         let out = Command::new(repo().join("scripts/vcluster"))
             .args(["up", "3"])
             .env("MND_VC_TARGET", bin_dir)
@@ -30,7 +33,11 @@ pub fn cluster() {
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
         }
     });
     if let Err(e) = r {
@@ -62,7 +69,10 @@ impl Run {
 
     /// Both streams, for assertion messages.
     pub fn all(&self) -> String {
-        format!("exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+        format!(
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -70,7 +80,16 @@ impl Run {
 pub fn on_node(node: &str, user: &str, argv: &[&str]) -> Command {
     cluster();
     let mut c = Command::new("docker");
-    c.args(["exec", "-u", user, "-w", &format!("/shared/home/{user}"), node, "timeout", "180"]);
+    c.args([
+        "exec",
+        "-u",
+        user,
+        "-w",
+        &format!("/shared/home/{user}"),
+        node,
+        "timeout",
+        "180",
+    ]);
     c.args(argv);
     c
 }
@@ -97,9 +116,17 @@ pub fn script(user: &str, name: &str, body: &str) -> String {
     };
     let path = Path::new(SHARED).join("home").join(user).join(name);
     std::fs::write(&path, body).unwrap();
-    let status = Command::new("chown").arg(format!("{uid}:{uid}")).arg(&path).status().unwrap();
+    let status = Command::new("chown")
+        .arg(format!("{uid}:{uid}"))
+        .arg(&path)
+        .status()
+        .unwrap();
     assert!(status.success());
-    let status = Command::new("chmod").arg("0755").arg(&path).status().unwrap();
+    let status = Command::new("chmod")
+        .arg("0755")
+        .arg(&path)
+        .status()
+        .unwrap();
     assert!(status.success());
     name.to_string()
 }
@@ -107,10 +134,23 @@ pub fn script(user: &str, name: &str, body: &str) -> String {
 /// Names of containers on `node` whose name starts with `prefix` (running or not).
 pub fn containers(node: &str, prefix: &str) -> Vec<String> {
     let out = Command::new("docker")
-        .args(["exec", node, "docker", "ps", "-a", "--format", "{{.Names}}", "--filter", &format!("name=^{prefix}")])
+        .args([
+            "exec",
+            node,
+            "docker",
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            &format!("name=^{prefix}"),
+        ])
         .output()
         .expect("docker ps on node");
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Waits up to `within` until no node has a container named `prefix*`; panics otherwise.
@@ -132,7 +172,15 @@ pub fn assert_clean(prefix: &str, within: Duration) -> Duration {
 /// sshd processes of `user` still running on `node`'s host (outside containers count too).
 pub fn stray_sshd(node: &str, user: &str) -> usize {
     let out = Command::new("docker")
-        .args(["exec", node, "pgrep", "-u", user, "-f", "sshd -D -e -f /etc/mnd"])
+        .args([
+            "exec",
+            node,
+            "pgrep",
+            "-u",
+            user,
+            "-f",
+            "sshd -D -e -f /etc/mnd",
+        ])
         .output()
         .expect("pgrep");
     String::from_utf8_lossy(&out.stdout).lines().count()
@@ -142,7 +190,11 @@ pub fn stray_sshd(node: &str, user: &str) -> usize {
 pub fn unique(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("t{}{}-{tag}", std::process::id() % 10000, N.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "t{}{}-{tag}",
+        std::process::id() % 10000,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// The `srun ... mnd-srun` command line for alice's job with the given extra flags.

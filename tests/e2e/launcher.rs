@@ -23,7 +23,20 @@ echo \"ranks=$(mpirun -H $hostlist -np $np hostname | sort | tr '\\n' ' ')\"\nex
     ));
     assert_eq!(r.code, 7, "{}", r.all());
     let args: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("arg=")).collect();
-    assert_eq!(args, ["arg=[--epochs=3]", "arg=[a]", "arg=[b c]", "arg=[]", "arg=[x:y]", "arg=[\"q\"]", "arg=[--lr=0.1]"], "{}", r.all());
+    assert_eq!(
+        args,
+        [
+            "arg=[--epochs=3]",
+            "arg=[a]",
+            "arg=[b c]",
+            "arg=[]",
+            "arg=[x:y]",
+            "arg=[\"q\"]",
+            "arg=[--lr=0.1]"
+        ],
+        "{}",
+        r.all()
+    );
     assert!(
         r.stdout.contains("hostlist=node1:1,node2:1,node3:1 np=3 NNODES=3 NODE_RANK=0 WORLD_SIZE=3 MASTER_ADDR=node1"),
         "{}",
@@ -46,7 +59,11 @@ fn mpi4py_allreduce_across_three_nodes() {
     let r = alice(&format!("{} --script=./{s}", srun_line(3, &name, "")));
     assert_eq!(r.code, 0, "{}", r.all());
     for (rank, node) in [(0, "node1"), (1, "node2"), (2, "node3")] {
-        assert!(r.stdout.contains(&format!("rank {rank} {node} sum 6")), "{}", r.all());
+        assert!(
+            r.stdout.contains(&format!("rank {rank} {node} sum 6")),
+            "{}",
+            r.all()
+        );
     }
     assert_clean(&name, CLEAN);
 }
@@ -58,7 +75,12 @@ fn pdsh_reaches_every_node_and_each_session_has_its_node_rank() {
     let r = alice(&format!("{} --script=./{s}", srun_line(3, &name, "")));
     assert_eq!(r.code, 0, "{}", r.all());
     for (rank, node) in [(0, "node1"), (1, "node2"), (2, "node3")] {
-        assert!(r.stdout.contains(&format!("{node}: rank={rank} of 3 master=node1")), "{}", r.all());
+        assert!(
+            r.stdout
+                .contains(&format!("{node}: rank={rank} of 3 master=node1")),
+            "{}",
+            r.all()
+        );
     }
     assert_clean(&name, CLEAN);
 }
@@ -66,25 +88,44 @@ fn pdsh_reaches_every_node_and_each_session_has_its_node_rank() {
 #[test]
 fn a_node_missing_the_image_ends_the_step_fast_and_is_named() {
     for n in ["node1", "node2"] {
-        let st = std::process::Command::new("docker").args(["exec", n, "docker", "tag", IMAGE, "mnd-vc-job:only-two"]).status().unwrap();
+        let st = std::process::Command::new("docker")
+            .args(["exec", n, "docker", "tag", IMAGE, "mnd-vc-job:only-two"])
+            .status()
+            .unwrap();
         assert!(st.success());
     }
-    let _ = std::process::Command::new("docker").args(["exec", "node3", "docker", "rmi", "mnd-vc-job:only-two"]).output();
+    let _ = std::process::Command::new("docker")
+        .args(["exec", "node3", "docker", "rmi", "mnd-vc-job:only-two"])
+        .output();
     let s = script("alice", "e2e-true.sh", "#!/bin/sh\ntrue\n");
     let name = unique("noimg");
     let r = alice(&format!(
         "srun -N3 -n3 mnd-srun --container=mnd-vc-job:only-two --dockname={name} --wait-timeout=60 --script=./{s}"
     ));
     assert_ne!(r.code, 0, "{}", r.all());
-    assert!(r.stderr.contains("node node3: image 'mnd-vc-job:only-two' is not available"), "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("node node3: image 'mnd-vc-job:only-two' is not available"),
+        "{}",
+        r.all()
+    );
     // Well before the 60 s deadline.
-    assert!(r.took < Duration::from_secs(30), "took {:?}\n{}", r.took, r.all());
+    assert!(
+        r.took < Duration::from_secs(30),
+        "took {:?}\n{}",
+        r.took,
+        r.all()
+    );
     assert_clean(&name, CLEAN);
 }
 
 #[test]
 fn two_jobs_of_the_same_user_on_the_same_nodes_both_succeed() {
-    let s = script("alice", "e2e-concurrent.sh", "#!/bin/bash\nsleep 2\nmpirun -H $hostlist -np $np hostname | sort | tr '\\n' ' '\n");
+    let s = script(
+        "alice",
+        "e2e-concurrent.sh",
+        "#!/bin/bash\nsleep 2\nmpirun -H $hostlist -np $np hostname | sort | tr '\\n' ' '\n",
+    );
     let (a, b) = (unique("conc-a"), unique("conc-b"));
     let ja = std::thread::spawn({
         let a = a.clone();
@@ -105,10 +146,21 @@ fn two_jobs_of_the_same_user_on_the_same_nodes_both_succeed() {
 fn bob_cannot_log_into_alices_sshd() {
     // bob's own key material comes from a run of his own.
     let t = script("bob", "e2e-true.sh", "#!/bin/sh\ntrue\n");
-    let r = run_on("node2", "bob", &["mnd-srun", &format!("--container={IMAGE}"), &format!("--script=./{t}")]);
+    let r = run_on(
+        "node2",
+        "bob",
+        &[
+            "mnd-srun",
+            &format!("--container={IMAGE}"),
+            &format!("--script=./{t}"),
+        ],
+    );
     assert_eq!(r.code, 0, "{}", r.all());
     let home = format!("{SHARED}/home/alice");
-    let (port_file, release) = (format!("{home}/e2e-port.txt"), format!("{home}/e2e-release"));
+    let (port_file, release) = (
+        format!("{home}/e2e-port.txt"),
+        format!("{home}/e2e-release"),
+    );
     let _ = std::fs::remove_file(&port_file);
     let _ = std::fs::remove_file(&release);
     let s = script(
@@ -117,10 +169,14 @@ fn bob_cannot_log_into_alices_sshd() {
         "#!/bin/bash\nawk '/Port/ {print $2}' /etc/ssh/ssh_config > ~/e2e-port.txt\nwhile [ ! -e ~/e2e-release ]; do sleep 0.1; done\n",
     );
     let name = unique("isolation");
-    let job = std::thread::spawn(move || alice(&format!("{} --script=./{s}", srun_line(3, &name, ""))));
+    let job =
+        std::thread::spawn(move || alice(&format!("{} --script=./{s}", srun_line(3, &name, ""))));
     let mut port = String::new();
     for _ in 0..600 {
-        port = std::fs::read_to_string(&port_file).unwrap_or_default().trim().to_string();
+        port = std::fs::read_to_string(&port_file)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         if !port.is_empty() {
             break;
         }
@@ -134,9 +190,28 @@ fn bob_cannot_log_into_alices_sshd() {
             "node1",
             user,
             &[
-                "ssh", "-F", "none", "-i", &key, "-p", &port, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-                "-o", &format!("UserKnownHostsFile={}", if user == "alice" { known } else { "/dev/null" }),
-                "-o", "HostKeyAlias=mnd-alice", "-o", "ConnectTimeout=10", &format!("{login}@node2"), "echo logged-in",
+                "ssh",
+                "-F",
+                "none",
+                "-i",
+                &key,
+                "-p",
+                &port,
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                &format!(
+                    "UserKnownHostsFile={}",
+                    if user == "alice" { known } else { "/dev/null" }
+                ),
+                "-o",
+                "HostKeyAlias=mnd-alice",
+                "-o",
+                "ConnectTimeout=10",
+                &format!("{login}@node2"),
+                "echo logged-in",
             ],
         )
     };
@@ -147,7 +222,12 @@ fn bob_cannot_log_into_alices_sshd() {
         let r = ssh("bob", "bob", login);
         assert_ne!(r.code, 0, "bob logged in as {login}: {}", r.all());
         assert!(!r.stdout.contains("logged-in"));
-        assert!(r.stderr.contains("Permission denied") || r.stderr.contains("Host key verification failed"), "{}", r.all());
+        assert!(
+            r.stderr.contains("Permission denied")
+                || r.stderr.contains("Host key verification failed"),
+            "{}",
+            r.all()
+        );
     }
     std::fs::write(&release, "").unwrap();
     let r = job.join().unwrap();
@@ -156,7 +236,11 @@ fn bob_cannot_log_into_alices_sshd() {
 
 #[test]
 fn sbatch_wrap_runs_the_job() {
-    let s = script("alice", "e2e-sbatch.sh", "#!/bin/bash\necho \"sbatch-ok $hostlist\"\n");
+    let s = script(
+        "alice",
+        "e2e-sbatch.sh",
+        "#!/bin/bash\necho \"sbatch-ok $hostlist\"\n",
+    );
     let name = unique("sbatch");
     let out = format!("e2e-{name}.out");
     let r = alice(&format!(
@@ -182,20 +266,45 @@ fn a_two_node_step_in_a_three_node_allocation_uses_the_steps_nodes() {
     ));
     assert_eq!(r.code, 0, "{}", r.all());
     let text = std::fs::read_to_string(format!("{SHARED}/home/alice/{out}")).unwrap();
-    let line = text.lines().find(|l| l.starts_with("sub hostlist=")).unwrap_or_else(|| panic!("{text}"));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("sub hostlist="))
+        .unwrap_or_else(|| panic!("{text}"));
     let hosts = line.split_whitespace().next().unwrap();
-    assert_eq!(line.split_whitespace().nth(1).unwrap().trim_start_matches("hostlist=").split(',').count(), 2, "{line}");
+    assert_eq!(
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .trim_start_matches("hostlist=")
+            .split(',')
+            .count(),
+        2,
+        "{line}"
+    );
     assert!(line.contains("NNODES=2 np=2 ranks=2"), "{line} ({hosts})");
     assert_clean(&name, CLEAN);
 }
 
 #[test]
 fn several_tasks_per_node_start_one_launcher_per_node() {
-    let s = script("alice", "e2e-extra.sh", "#!/bin/bash\necho \"extra hostlist=$hostlist\"\n");
+    let s = script(
+        "alice",
+        "e2e-extra.sh",
+        "#!/bin/bash\necho \"extra hostlist=$hostlist\"\n",
+    );
     let name = unique("extra");
-    let r = alice(&format!("srun -N3 -n6 mnd-srun --container={IMAGE} --dockname={name} --script=./{s}"));
+    let r = alice(&format!(
+        "srun -N3 -n6 mnd-srun --container={IMAGE} --dockname={name} --script=./{s}"
+    ));
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(r.stdout.matches("extra hostlist=node1:1,node2:1,node3:1").count(), 1, "{}", r.all());
+    assert_eq!(
+        r.stdout
+            .matches("extra hostlist=node1:1,node2:1,node3:1")
+            .count(),
+        1,
+        "{}",
+        r.all()
+    );
     assert_clean(&name, CLEAN);
 }
 
@@ -203,9 +312,22 @@ fn several_tasks_per_node_start_one_launcher_per_node() {
 fn single_node_without_slurm() {
     let s = script("alice", "e2e-local.sh", "#!/bin/bash\necho \"local np=$np hostlist=$hostlist\"\nssh $(hostname) echo ssh-to-self-ok\n");
     let name = unique("local");
-    let r = run_on("node3", "alice", &["mnd-srun", &format!("--container={IMAGE}"), &format!("--dockname={name}"), &format!("--script=./{s}")]);
+    let r = run_on(
+        "node3",
+        "alice",
+        &[
+            "mnd-srun",
+            &format!("--container={IMAGE}"),
+            &format!("--dockname={name}"),
+            &format!("--script=./{s}"),
+        ],
+    );
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(r.stdout.contains("local np=1 hostlist=node3:1"), "{}", r.all());
+    assert!(
+        r.stdout.contains("local np=1 hostlist=node3:1"),
+        "{}",
+        r.all()
+    );
     assert!(r.stdout.contains("ssh-to-self-ok"), "{}", r.all());
     assert_clean(&name, CLEAN);
 }
@@ -215,8 +337,14 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
     let s = script("alice", "e2e-true.sh", "#!/bin/sh\ntrue\n");
     let bad_dir = format!("{SHARED}/home/alice/e2e-open-ssh");
     std::fs::create_dir_all(&bad_dir).unwrap();
-    std::process::Command::new("chown").args(["1001:1001", &bad_dir]).status().unwrap();
-    std::process::Command::new("chmod").args(["0777", &bad_dir]).status().unwrap();
+    std::process::Command::new("chown")
+        .args(["1001:1001", &bad_dir])
+        .status()
+        .unwrap();
+    std::process::Command::new("chmod")
+        .args(["0777", &bad_dir])
+        .status()
+        .unwrap();
     let cases: [(&str, &str, &str); 6] = [
         ("nocontainer", "srun -N3 -n3 mnd-srun --script=./{s} --dockname={n}", "--container=IMAGE"),
         ("noscript", "srun -N3 -n3 mnd-srun --container={i} --dockname={n} --script=./e2e-missing.sh", "e2e-missing.sh cannot be used"),
@@ -227,10 +355,17 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
     ];
     for (tag, line, want) in cases {
         let name = unique(tag);
-        let cmd = line.replace("{s}", &s).replace("{n}", &name).replace("{i}", IMAGE);
+        let cmd = line
+            .replace("{s}", &s)
+            .replace("{n}", &name)
+            .replace("{i}", IMAGE);
         let r = alice(&cmd);
         assert_ne!(r.code, 0, "{tag}: {}", r.all());
-        assert!(r.stderr.contains(want), "{tag}: expected '{want}' in:\n{}", r.all());
+        assert!(
+            r.stderr.contains(want),
+            "{tag}: expected '{want}' in:\n{}",
+            r.all()
+        );
         assert!(r.took < Duration::from_secs(30), "{tag} took {:?}", r.took);
         assert_clean(&name, CLEAN);
     }
