@@ -1,6 +1,8 @@
 //! `mnd`: user and admin tools of mnd-srun (hostlists, container listing, cleanup).
 
 use clap::{Parser, Subcommand};
+use mnd::cleanup::{self, Selection};
+use mnd::docker::Engine;
 use mnd::hostlist;
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;
@@ -18,6 +20,28 @@ enum Command {
     Hostlist {
         #[command(subcommand)]
         action: HostlistAction,
+    },
+    /// List the mnd-srun containers on this node (yours, or everyone's with --all-users).
+    Ps {
+        /// Only this Slurm job.
+        #[arg(long, value_name = "ID")]
+        job: Option<u64>,
+        /// Every user's containers.
+        #[arg(long)]
+        all_users: bool,
+    },
+    /// Remove mnd-srun containers on this node. Safe as the Slurm Epilog: exits 0 when there
+    /// is nothing to do or no Docker engine on the node.
+    Cleanup {
+        /// Only this Slurm job (the Epilog passes $SLURM_JOB_ID).
+        #[arg(long, value_name = "ID", env = "SLURM_JOB_ID")]
+        job: Option<u64>,
+        /// Only containers older than this (90s, 30m, 2h, 1d).
+        #[arg(long, value_name = "AGE")]
+        older_than: Option<String>,
+        /// Every user's containers (root only).
+        #[arg(long)]
+        all_users: bool,
     },
 }
 
@@ -48,8 +72,83 @@ fn expand_all(exprs: &[String]) -> Result<Vec<String>, hostlist::HostlistError> 
     Ok(hosts)
 }
 
+/// Which uid a listing or cleanup is limited to: the caller's, or nobody's with --all-users.
+fn owner_filter(all_users: bool, needs_root: bool) -> Result<Option<u32>, String> {
+    let uid = nix::unistd::getuid().as_raw();
+    match (all_users, uid) {
+        (false, _) => Ok(Some(uid)),
+        (true, 0) => Ok(None),
+        (true, _) if needs_root => {
+            Err("--all-users needs root (it removes other users' containers)".into())
+        }
+        (true, _) => Ok(None),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Connects to Docker; `None` (after saying why on stderr) when this node has no engine.
+async fn engine_or_nothing() -> Option<Engine> {
+    match Engine::connect().await {
+        Ok(e) => Some(e),
+        Err(e) => {
+            eprintln!("mnd: {e}; nothing to do on this node");
+            None
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Command::Ps { job, all_users } => {
+            let sel = Selection {
+                job,
+                uid: owner_filter(all_users, false)?,
+                older_than: None,
+            };
+            runtime()?.block_on(async {
+                let Some(engine) = engine_or_nothing().await else {
+                    return Ok(());
+                };
+                let found = cleanup::list(&engine, &sel)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                print!("{}", cleanup::table(&found));
+                Ok(())
+            })
+        }
+        Command::Cleanup {
+            job,
+            older_than,
+            all_users,
+        } => {
+            let older_than = older_than
+                .map(|t| cleanup::parse_duration(&t))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            let sel = Selection {
+                job,
+                uid: owner_filter(all_users, true)?,
+                older_than,
+            };
+            runtime()?.block_on(async {
+                let Some(engine) = engine_or_nothing().await else {
+                    return Ok(());
+                };
+                let removed = cleanup::remove(&engine, &sel)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for name in &removed {
+                    eprintln!("mnd: removed {name}");
+                }
+                Ok(())
+            })
+        }
         Command::Hostlist { action } => {
             let out = std::io::stdout().lock();
             let mut out = BufWriter::with_capacity(1 << 16, out);

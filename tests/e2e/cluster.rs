@@ -169,21 +169,23 @@ pub fn assert_clean(prefix: &str, within: Duration) -> Duration {
     }
 }
 
-/// sshd processes of `user` still running on `node`'s host (outside containers count too).
+/// sshd processes of `user` on `node` that belong to no running container (containers of
+/// other jobs still running are not strays).
 pub fn stray_sshd(node: &str, user: &str) -> usize {
+    let script = format!(
+        "running=$(docker ps -q --no-trunc); for p in $(pgrep -u {user} -f 'sshd -D -e -f /etc/mnd'); do \
+         id=$(grep -o '[0-9a-f]\\{{64\\}}' /proc/$p/cgroup 2>/dev/null | head -n1); \
+         [ -e /proc/$p ] || continue; \
+         case \"$running\" in *\"$id\"*) [ -n \"$id\" ] && continue ;; esac; echo stray $p; done"
+    );
     let out = Command::new("docker")
-        .args([
-            "exec",
-            node,
-            "pgrep",
-            "-u",
-            user,
-            "-f",
-            "sshd -D -e -f /etc/mnd",
-        ])
+        .args(["exec", node, "sh", "-c", &script])
         .output()
-        .expect("pgrep");
-    String::from_utf8_lossy(&out.stdout).lines().count()
+        .expect("stray sshd check");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("stray"))
+        .count()
 }
 
 /// A unique container name prefix for one test (`--dockname`).
@@ -200,4 +202,40 @@ pub fn unique(tag: &str) -> String {
 /// The `srun ... mnd-srun` command line for alice's job with the given extra flags.
 pub fn srun_line(nodes: u32, name: &str, flags: &str) -> String {
     format!("srun -N{nodes} -n{nodes} mnd-srun --container={IMAGE} --dockname={name} {flags}")
+}
+
+static CLUSTER_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held by every test that only submits jobs: they may run side by side.
+pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    CLUSTER_LOCK.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held by a test that disturbs a node (restarts its dockerd): it runs alone.
+pub fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    CLUSTER_LOCK.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits until `cond` holds, up to `within`; panics with `what` otherwise.
+pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a command on a node as root (for signals and daemons).
+pub fn root_on(node: &str, argv: &[&str]) -> Run {
+    let t = Instant::now();
+    let out = Command::new("docker")
+        .arg("exec")
+        .arg(node)
+        .args(argv)
+        .output()
+        .expect("docker exec");
+    Run::from(out, t.elapsed())
 }

@@ -8,6 +8,7 @@ const CLEAN: Duration = Duration::from_secs(5);
 
 #[test]
 fn mpirun_across_three_nodes_with_exact_arguments_and_exit_code() {
+    let _g = shared();
     let s = script(
         "alice",
         "e2e-mpi.sh",
@@ -49,6 +50,7 @@ echo \"ranks=$(mpirun -H $hostlist -np $np hostname | sort | tr '\\n' ' ')\"\nex
 
 #[test]
 fn mpi4py_allreduce_across_three_nodes() {
+    let _g = shared();
     let s = script(
         "alice",
         "e2e-mpi4py.sh",
@@ -70,6 +72,7 @@ fn mpi4py_allreduce_across_three_nodes() {
 
 #[test]
 fn pdsh_reaches_every_node_and_each_session_has_its_node_rank() {
+    let _g = shared();
     let s = script("alice", "e2e-pdsh.sh", "#!/bin/bash\npdsh -w node[1-3] 'echo rank=$NODE_RANK of $NNODES master=$MASTER_ADDR' | sort\n");
     let name = unique("pdsh");
     let r = alice(&format!("{} --script=./{s}", srun_line(3, &name, "")));
@@ -87,6 +90,7 @@ fn pdsh_reaches_every_node_and_each_session_has_its_node_rank() {
 
 #[test]
 fn a_node_missing_the_image_ends_the_step_fast_and_is_named() {
+    let _g = shared();
     for n in ["node1", "node2"] {
         let st = std::process::Command::new("docker")
             .args(["exec", n, "docker", "tag", IMAGE, "mnd-vc-job:only-two"])
@@ -121,6 +125,7 @@ fn a_node_missing_the_image_ends_the_step_fast_and_is_named() {
 
 #[test]
 fn two_jobs_of_the_same_user_on_the_same_nodes_both_succeed() {
+    let _g = shared();
     let s = script(
         "alice",
         "e2e-concurrent.sh",
@@ -144,6 +149,7 @@ fn two_jobs_of_the_same_user_on_the_same_nodes_both_succeed() {
 
 #[test]
 fn bob_cannot_log_into_alices_sshd() {
+    let _g = shared();
     // bob's own key material comes from a run of his own.
     let t = script("bob", "e2e-true.sh", "#!/bin/sh\ntrue\n");
     let r = run_on(
@@ -236,6 +242,7 @@ fn bob_cannot_log_into_alices_sshd() {
 
 #[test]
 fn sbatch_wrap_runs_the_job() {
+    let _g = shared();
     let s = script(
         "alice",
         "e2e-sbatch.sh",
@@ -254,6 +261,7 @@ fn sbatch_wrap_runs_the_job() {
 
 #[test]
 fn a_two_node_step_in_a_three_node_allocation_uses_the_steps_nodes() {
+    let _g = shared();
     let s = script(
         "alice",
         "e2e-substep.sh",
@@ -287,6 +295,7 @@ fn a_two_node_step_in_a_three_node_allocation_uses_the_steps_nodes() {
 
 #[test]
 fn several_tasks_per_node_start_one_launcher_per_node() {
+    let _g = shared();
     let s = script(
         "alice",
         "e2e-extra.sh",
@@ -310,6 +319,7 @@ fn several_tasks_per_node_start_one_launcher_per_node() {
 
 #[test]
 fn single_node_without_slurm() {
+    let _g = shared();
     let s = script("alice", "e2e-local.sh", "#!/bin/bash\necho \"local np=$np hostlist=$hostlist\"\nssh $(hostname) echo ssh-to-self-ok\n");
     let name = unique("local");
     let r = run_on(
@@ -334,6 +344,7 @@ fn single_node_without_slurm() {
 
 #[test]
 fn bad_inputs_fail_clearly_and_leave_nothing() {
+    let _g = shared();
     let s = script("alice", "e2e-true.sh", "#!/bin/sh\ntrue\n");
     let bad_dir = format!("{SHARED}/home/alice/e2e-open-ssh");
     std::fs::create_dir_all(&bad_dir).unwrap();

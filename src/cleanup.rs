@@ -1,0 +1,175 @@
+//! Admin and user tools over the labelled containers: listing (`mnd ps`) and removal
+//! (`mnd cleanup`, also the Slurm Epilog's command).
+
+use crate::docker::{DockerError, Engine, Listed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+
+/// Which containers a listing or cleanup covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Only this job.
+    pub job: Option<u64>,
+    /// Only containers of this uid (`None`: every user's; root only).
+    pub uid: Option<u32>,
+    /// Only containers older than this.
+    pub older_than: Option<Duration>,
+}
+
+/// A cleanup that could not be done.
+#[derive(Debug, Error)]
+pub enum CleanupError {
+    /// Docker failed.
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Parses durations like "90s", "30m", "2h", "1d".
+pub fn parse_duration(text: &str) -> Result<Duration, CleanupError> {
+    let t = text.trim();
+    let bad = || {
+        CleanupError::Usage(format!(
+            "'{text}' is not a duration like 90s, 30m, 2h or 1d"
+        ))
+    };
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+impl Selection {
+    /// Docker label filters for this selection.
+    fn labels(&self) -> Vec<String> {
+        let mut l = vec!["mnd.job".to_string()];
+        if let Some(j) = self.job {
+            l.push(format!("mnd.job={j}"));
+        }
+        if let Some(u) = self.uid {
+            l.push(format!("mnd.uid={u}"));
+        }
+        l
+    }
+
+    fn keeps(&self, c: &Listed, now: i64) -> bool {
+        self.older_than
+            .is_none_or(|age| now - c.created >= age.as_secs() as i64)
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The mnd containers on this node matching the selection.
+pub async fn list(engine: &Engine, sel: &Selection) -> Result<Vec<Listed>, CleanupError> {
+    let t = now();
+    let mut found: Vec<Listed> = engine
+        .list(&sel.labels())
+        .await?
+        .into_iter()
+        .filter(|c| sel.keeps(c, t))
+        .collect();
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
+}
+
+/// Renders `mnd ps` output.
+pub fn table(containers: &[Listed]) -> String {
+    let t = now();
+    let mut out = format!(
+        "{:<40} {:>8} {:>5} {:<10} {:<10} {:>8} {}\n",
+        "NAME", "JOB", "STEP", "USER", "NODE", "AGE", "STATE"
+    );
+    for c in containers {
+        let l = |k: &str| c.labels.get(k).cloned().unwrap_or_default();
+        out.push_str(&format!(
+            "{:<40} {:>8} {:>5} {:<10} {:<10} {:>8} {}\n",
+            c.name,
+            l("mnd.job"),
+            l("mnd.step"),
+            l("mnd.user"),
+            l("mnd.node"),
+            age(t - c.created),
+            c.state
+        ));
+    }
+    out
+}
+
+fn age(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// Removes every matching container (all at once); returns the names removed.
+pub async fn remove(engine: &Engine, sel: &Selection) -> Result<Vec<String>, CleanupError> {
+    let victims = list(engine, sel).await?;
+    let removals = victims
+        .iter()
+        .map(|c| async move { (c.name.clone(), engine.remove(&c.name).await) });
+    let mut removed = Vec::new();
+    let mut failed = Vec::new();
+    for (name, r) in futures_util::future::join_all(removals).await {
+        match r {
+            Ok(()) => removed.push(name),
+            Err(e) => failed.push(format!("{name}: {e}")),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(CleanupError::Usage(format!(
+            "could not remove {}",
+            failed.join("; ")
+        )));
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
+        assert!(parse_duration("2 weeks").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn selection_labels() {
+        let s = Selection {
+            job: Some(7),
+            uid: Some(1001),
+            older_than: None,
+        };
+        assert_eq!(s.labels(), ["mnd.job", "mnd.job=7", "mnd.uid=1001"]);
+        assert_eq!(Selection::default().labels(), ["mnd.job"]);
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(age(5), "5s");
+        assert_eq!(age(600), "10m");
+        assert_eq!(age(10000), "2h");
+        assert_eq!(age(200000), "2d");
+    }
+}
