@@ -67,14 +67,44 @@ const NO_SSHD: i64 = 127;
 
 /// Runs this launcher's part of the job; returns the exit code for srun.
 pub async fn run(plan: Plan) -> Result<i32, LaunchError> {
-    match plan.role {
+    let result = match plan.role {
         Role::Idle(why) => {
             log::info!("nothing to do on this task: {why}");
-            Ok(0)
+            return Ok(0);
         }
         Role::Coordinator => coordinator(&plan).await,
         Role::Worker => worker(&plan).await,
+    };
+    if timing_enabled() {
+        let role = if plan.role == Role::Coordinator {
+            "coordinator"
+        } else {
+            "worker"
+        };
+        eprintln!(
+            "mnd-srun timing: {} {role} peak-rss-kb {}",
+            plan.this_node(),
+            peak_rss_kb().unwrap_or(0)
+        );
     }
+    result
+}
+
+fn timing_enabled() -> bool {
+    std::env::var_os("MND_TIMING").is_some()
+}
+
+/// Peak resident set size of this process (VmHWM), in KiB.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A running container of this node.
@@ -155,13 +185,16 @@ async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, Stri
         ));
     }
     let t0 = Instant::now();
+    let mut phases = Phases::new(plan.this_node());
     let engine = Engine::connect().await.map_err(|e| e.to_string())?;
+    phases.mark("connect");
     let image_env = engine
         .ensure_image(&spec.image, spec.pull)
         .await
         .map_err(|e| e.to_string())?;
-    log::debug!("image ready after {:?}", t0.elapsed());
+    phases.mark("image");
     engine.remove(&spec.name).await.map_err(|e| e.to_string())?;
+    phases.mark("remove-stale");
     let entry = vec![
         "/bin/sh".to_string(),
         "-c".to_string(),
@@ -172,20 +205,22 @@ async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, Stri
         .create(spec, entry)
         .await
         .map_err(|e| e.to_string())?;
+    phases.mark("create");
     let prepared = async {
-        let passwd = engine
-            .read_file(&spec.name, "/etc/passwd")
-            .await?
-            .unwrap_or_default();
-        let group = engine
-            .read_file(&spec.name, "/etc/group")
-            .await?
-            .unwrap_or_default();
+        let (passwd, group) = tokio::join!(
+            engine.read_file(&spec.name, "/etc/passwd"),
+            engine.read_file(&spec.name, "/etc/group")
+        );
+        let (passwd, group) = (passwd?.unwrap_or_default(), group?.unwrap_or_default());
+        phases.mark("read-passwd");
         engine
             .upload(&spec.name, &files(plan, &image_env, &passwd, &group))
             .await?;
+        phases.mark("upload");
         let lifeline = engine.attach_stdin(&spec.name).await?;
+        phases.mark("attach");
         engine.start(&spec.name).await?;
+        phases.mark("start");
         Ok::<_, DockerError>(lifeline)
     }
     .await;
@@ -215,6 +250,7 @@ async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, Stri
             });
         }
     }
+    phases.mark("sshd");
     log::info!(
         "{}: container {} up, sshd on port {port} after {:?}",
         plan.this_node(),
@@ -521,9 +557,35 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
     result
 }
 
+/// With `MND_TIMING=1`, prints how long each step of a container start took.
+struct Phases<'a> {
+    node: &'a str,
+    last: Instant,
+}
+
+impl<'a> Phases<'a> {
+    fn new(node: &'a str) -> Self {
+        Phases {
+            node,
+            last: Instant::now(),
+        }
+    }
+
+    fn mark(&mut self, phase: &str) {
+        if timing_enabled() {
+            eprintln!(
+                "mnd-srun timing: {} phase {phase} {:.3} s",
+                self.node,
+                self.last.elapsed().as_secs_f64()
+            );
+        }
+        self.last = Instant::now();
+    }
+}
+
 /// With `MND_TIMING=1`, prints a phase's duration (for benchmarks; quiet otherwise).
 fn eprintln_timing(phase: &str, since: Instant) {
-    if std::env::var_os("MND_TIMING").is_some() {
+    if timing_enabled() {
         eprintln!(
             "mnd-srun timing: {phase} {:.3} s",
             since.elapsed().as_secs_f64()
