@@ -72,7 +72,7 @@ pub struct Args {
         long,
         env = "MND_SLOTS_PER_NODE",
         value_name = "N",
-        alias = "slots_per_node"
+        visible_alias = "slots_per_node"
     )]
     pub slots_per_node: Option<u32>,
 
@@ -81,7 +81,7 @@ pub struct Args {
         long = "mounts",
         env = "MND_MOUNTS",
         value_name = "LIST",
-        alias = "datamnts",
+        visible_alias = "datamnts",
         value_delimiter = ','
     )]
     pub mounts: Vec<String>,
@@ -91,7 +91,7 @@ pub struct Args {
         long,
         env = "MND_ENVLIST",
         value_name = "A,B",
-        alias = "envlist",
+        visible_alias = "envlist",
         value_delimiter = ','
     )]
     pub envlist: Vec<String>,
@@ -102,7 +102,7 @@ pub struct Args {
         long,
         env = "MND_DOCKOPTS",
         value_name = "OPTS",
-        alias = "dockopts",
+        visible_alias = "dockopts",
         allow_hyphen_values = true
     )]
     pub dockopts: Option<String>,
@@ -112,7 +112,7 @@ pub struct Args {
     pub privileged: bool,
 
     /// Pass InfiniBand devices (/dev/infiniband) and raise memlock where allowed.
-    #[arg(long, env = "MND_IB_DEVICES", alias = "ibdevices")]
+    #[arg(long, env = "MND_IB_DEVICES", visible_alias = "ibdevices")]
     pub ib_devices: bool,
 
     /// Use only these nodes of the step (hostlist expression); the first one leads. Nodes of
@@ -121,19 +121,34 @@ pub struct Args {
     pub nodelist: Option<String>,
 
     /// sshd port inside the containers; default: derived from the job and step ids.
-    #[arg(long, env = "MND_SSHD_PORT", value_name = "PORT", alias = "sshdport")]
+    #[arg(
+        long,
+        env = "MND_SSHD_PORT",
+        value_name = "PORT",
+        visible_alias = "sshdport"
+    )]
     pub sshd_port: Option<u16>,
 
     /// Folder for your ssh key material; default ~/.mnd/ssh.
-    #[arg(long, env = "MND_SSH_DIR", value_name = "DIR", alias = "sshconfigdir")]
+    #[arg(
+        long,
+        env = "MND_SSH_DIR",
+        value_name = "DIR",
+        visible_alias = "sshconfigdir"
+    )]
     pub ssh_dir: Option<PathBuf>,
 
     /// Prefix of container names; default mnd-USER.
-    #[arg(long, env = "MND_NAME", value_name = "NAME", alias = "dockname")]
+    #[arg(
+        long,
+        env = "MND_NAME",
+        value_name = "NAME",
+        visible_alias = "dockname"
+    )]
     pub name: Option<String>,
 
     /// Run the script with --help in a container on this node only, then exit.
-    #[arg(long, alias = "script_help")]
+    #[arg(long, visible_alias = "script_help")]
     pub script_help: bool,
 
     /// Seconds the first node waits for every worker's sshd before giving up.

@@ -13,6 +13,7 @@ pub mod error;
 pub mod hostlist;
 pub mod identity;
 pub mod launch;
+pub mod manpage;
 pub mod node;
 pub mod plan;
 pub mod probe;

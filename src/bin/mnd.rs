@@ -1,6 +1,6 @@
 //! `mnd`: user and admin tools of mnd-srun (hostlists, container listing, cleanup).
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use mnd::cleanup::{self, Selection};
 use mnd::docker::Engine;
 use mnd::hostlist;
@@ -20,6 +20,15 @@ enum Command {
     Hostlist {
         #[command(subcommand)]
         action: HostlistAction,
+    },
+    /// Print shell completions for mnd or mnd-srun.
+    #[command(hide = true)]
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+        /// Which command.
+        #[arg(long, default_value = "mnd")]
+        command: String,
     },
     /// List the mnd-srun containers on this node (yours, or everyone's with --all-users).
     Ps {
@@ -105,6 +114,19 @@ async fn engine_or_nothing() -> Option<Engine> {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Command::Completions { shell, command } => {
+            let mut cmd = match command.as_str() {
+                "mnd" => Cli::command(),
+                "mnd-srun" => mnd::cli::Args::command(),
+                other => {
+                    return Err(format!(
+                        "no completions for '{other}' (use mnd or mnd-srun)"
+                    ))
+                }
+            };
+            clap_complete::generate(shell, &mut cmd, command, &mut std::io::stdout());
+            Ok(())
+        }
         Command::Ps { job, all_users } => {
             let sel = Selection {
                 job,
@@ -180,5 +202,17 @@ fn main() -> ExitCode {
             eprintln!("mnd: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn man_page_of_mnd_matches_the_cli() {
+        let page = mnd::manpage::render(Cli::command(), mnd::manpage::MND_SECTIONS);
+        assert!(page.contains("hostlist") && page.contains("cleanup"));
+        mnd::manpage::check_committed("mnd.1", &page);
     }
 }

@@ -1,0 +1,168 @@
+//! Man pages generated from the clap definitions (plus hand-written sections), and the
+//! test that fails when the committed pages in `man/` drift from the CLI.
+
+/// Extra sections of `mnd-srun(1)`, in roff.
+pub const MND_SRUN_SECTIONS: &str = r#".SH "INJECTED VARIABLES"
+Set in the script's environment and in every ssh session into the containers:
+.TP
+.B hostlist
+node1:S,node2:S,... in Slurm's node order (S = slots per node).
+.TP
+.B np ", " WORLD_SIZE
+S times the number of nodes.
+.TP
+.B MASTER_ADDR ", " MASTER_PORT
+The first node; a port derived from the job id (or \-\-master\-port).
+.TP
+.B NNODES ", " NODE_RANK
+Number of nodes; this node's index (0 in the script, each node's own in ssh sessions).
+.TP
+.B ENVLIST
+The names given with \-\-envlist (each also set).
+.TP
+.B MND_JOB ", " PDSH_RCMD_TYPE
+JOB.STEP; ssh.
+.SH "EXIT STATUS"
+The script's exit code after a normal end. 2: bad input (flags, config, policy, Slurm
+environment, script, ssh material). 125: a node could not start or the job could not run.
+128+N: stopped by signal N. Workers exit 0 after an orderly end.
+.SH ENVIRONMENT
+Every flag has an MND_* twin, listed with the flag. Also:
+.TP
+.B MND_LOG
+Log level (error, warn, info, debug, trace); quiet (warn) by default.
+.TP
+.B MND_CONFIG
+Site config file instead of /etc/mnd\-srun/config.toml.
+.TP
+.B MND_TIMING
+Print phase timings and peak memory (for benchmarks).
+.TP
+.B SLURM_STEP_NODELIST ", " SLURM_NODEID ", " SLURM_LOCALID ", " SLURM_STEP_GPUS
+Read from srun: the step's nodes, this node's index, the task on this node, the physical GPU ids.
+.SH FILES
+.TP
+.I ~/.mnd/ssh/v1/
+Per-user ssh material, created on first use (0700; keys 0600).
+.TP
+.I /etc/mnd\-srun/config.toml
+Site defaults and policy.
+.TP
+.I slurm/epilog.sh
+Slurm Epilog that removes a job's containers (mnd cleanup).
+.SH EXAMPLES
+.nf
+srun \-N4 \-n4 mnd\-srun \-\-container=IMAGE \-\-script=./train.sh \-\- \-\-epochs 3
+sbatch \-N4 \-\-wrap "srun \-N4 \-n4 mnd\-srun \-\-container=IMAGE \-\-script=./train.sh"
+mnd\-srun \-\-container=IMAGE \-\-script=./train.sh      # one machine, no Slurm
+# inside train.sh:
+mpirun \-H $hostlist \-np $np python train.py
+pdsh \-w node[1\-4] 'torchrun \-\-nnodes=$NNODES \-\-node_rank=$NODE_RANK \\
+    \-\-master_addr=$MASTER_ADDR \-\-master_port=$MASTER_PORT train.py'
+.fi
+.SH "SEE ALSO"
+.BR mnd (1),
+.BR srun (1),
+.BR sbatch (1)
+"#;
+
+/// Extra sections of `mnd(1)`, in roff.
+pub const MND_SECTIONS: &str = r#".SH "EXIT STATUS"
+0 on success, also when cleanup finds nothing or the node has no Docker engine; 1 on invalid
+input (such as a bad hostlist) or a failed removal; 2 on usage errors.
+.SH EXAMPLES
+.nf
+mnd hostlist expand 'node[01\-04],gpu[1\-2]'
+mnd hostlist compress \-\-sorted node3 node1 node2
+mnd ps \-\-all\-users
+mnd cleanup \-\-job $SLURM_JOB_ID \-\-all\-users     # the Slurm Epilog
+.fi
+.SH "SEE ALSO"
+.BR mnd\-srun (1)
+"#;
+
+/// Renders a man page: clap's sections, the flags' environment twins, then `extra`.
+pub fn render(cmd: clap::Command, extra: &str) -> String {
+    let twins: Vec<(String, String)> = cmd
+        .get_arguments()
+        .filter_map(|a| {
+            Some((
+                a.get_env()?.to_string_lossy().into_owned(),
+                a.get_long()?.to_string(),
+            ))
+        })
+        .collect();
+    let aliases: Vec<(String, String)> = cmd
+        .get_arguments()
+        .filter_map(|a| {
+            let long = a.get_long()?.to_string();
+            Some(
+                a.get_visible_aliases()?
+                    .into_iter()
+                    .map(move |al| (al.to_string(), long.clone())),
+            )
+        })
+        .flatten()
+        .collect();
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(cmd)
+        .render(&mut buf)
+        .expect("render to memory");
+    let mut page = String::from_utf8(buf).expect("roff is UTF-8");
+    if !twins.is_empty() {
+        page.push_str(".SH \"FLAG ENVIRONMENT\"\nEach flag can also be set through its environment twin (the flag wins):\n");
+        for (env, long) in twins {
+            page.push_str(&format!(
+                ".TP\n.B {}\nas \\-\\-{}\n",
+                env.replace('_', "_"),
+                long.replace('-', "\\-")
+            ));
+        }
+    }
+    if !aliases.is_empty() {
+        page.push_str(".SH \"SEED-SCRIPT SPELLINGS\"\nThe flags of srun_docker.sh/run_dock_asuser.sh are accepted as aliases; unknown \\-\\-name=value arguments are passed on to the script.\n");
+        for (alias, long) in aliases {
+            page.push_str(&format!(
+                ".TP\n.B \\-\\-{alias}\nas \\-\\-{}\n",
+                long.replace('-', "\\-")
+            ));
+        }
+    }
+    page.push_str(extra);
+    page
+}
+
+/// Compares a rendered page with the committed one (rewrites it with `UPDATE_SNAPSHOTS=1`).
+pub fn check_committed(name: &str, page: &str) {
+    let path = format!("{}/man/{name}", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, page).expect("write man page");
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == page,
+        "{path} is out of date with the CLI: regenerate with `UPDATE_SNAPSHOTS=1 cargo test man_page` and commit"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn man_page_of_mnd_srun_matches_the_cli() {
+        let page = render(crate::cli::Args::command(), MND_SRUN_SECTIONS);
+        check_committed("mnd-srun.1", &page);
+        for want in [
+            "MND_CONTAINER",
+            "slots_per_node",
+            "INJECTED VARIABLES",
+            "EXIT STATUS",
+            "EXAMPLES",
+            "FILES",
+        ] {
+            assert!(page.contains(want), "man page lacks {want}");
+        }
+    }
+}
