@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --bins
 scripts/vcluster up 3
-cargo test --all-targets -- --test-threads=2
+cargo test --lib --bins --tests -- --test-threads=3

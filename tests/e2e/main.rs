@@ -2,6 +2,7 @@
 //! Docker engine per node, jobs submitted as the test user alice. The cluster is brought up
 //! (or repaired) once; if that fails every test fails: nothing is skipped.
 
+mod admin;
 mod cluster;
 mod launcher;
 mod teardown;

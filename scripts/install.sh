@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Site-wide install of mnd-srun: binaries, man pages, completions, the Slurm Epilog, an
+# example site config, and module files (Lmod and Environment Modules).
+#
+#   scripts/install.sh [--prefix DIR]              install (default /opt/mnd-srun); safe to re-run
+#   scripts/install.sh [--prefix DIR] --uninstall  remove exactly what was installed
+# DESTDIR=/stage puts the files under /stage/DIR while they refer to DIR (packaging, or a
+# prefix that is mounted elsewhere on the nodes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+prefix=/opt/mnd-srun
+uninstall=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) [ $# -ge 2 ] || { echo "install.sh: --prefix needs a folder" >&2; exit 2; }; prefix=$2; shift 2 ;;
+    --prefix=*) prefix=${1#--prefix=}; shift ;;
+    --uninstall) uninstall=1; shift ;;
+    -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "install.sh: unknown argument '$1' (use --prefix DIR, --uninstall)" >&2; exit 2 ;;
+  esac
+done
+case "$prefix" in /*) ;; *) echo "install.sh: --prefix must be an absolute path, got '$prefix'" >&2; exit 2 ;; esac
+dest=${DESTDIR:-}$prefix
+manifest=$dest/share/mnd-srun/installed-files
+
+if [ "$uninstall" = 1 ]; then
+  [ -f "$manifest" ] || { echo "install.sh: nothing installed in $prefix (no $manifest)" >&2; exit 1; }
+  dirs=$(while read -r f; do rm -f "$dest/$f"; d=$(dirname "$f"); while [ "$d" != . ]; do echo "$d"; d=$(dirname "$d"); done; done <"$manifest" | sort -ru)
+  # Folders the install used, deepest first, only when nothing else is in them.
+  for d in $dirs; do rmdir "$dest/$d" 2>/dev/null || true; done
+  rmdir "$dest" 2>/dev/null || true
+  echo "mnd-srun removed from $dest"
+  exit 0
+fi
+
+# MND_INSTALL_FROM=DIR installs binaries already built there (tests); default: a release build.
+bin_dir=${MND_INSTALL_FROM:-target/release}
+if [ -z "${MND_INSTALL_FROM:-}" ]; then
+  echo "== building (release)"
+  cargo build --release --bins -q
+fi
+[ -x "$bin_dir/mnd-srun" ] && [ -x "$bin_dir/mnd" ] || { echo "install.sh: no mnd-srun/mnd in $bin_dir" >&2; exit 1; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+stage=$tmp/stage
+mkdir -p "$stage"/{bin,share/man/man1,share/bash-completion/completions,share/zsh/site-functions,share/fish/vendor_completions.d,slurm,etc,modulefiles/lmod/mnd-srun,modulefiles/tcl/mnd-srun,share/mnd-srun}
+install -m 0755 "$bin_dir/mnd-srun" "$bin_dir/mnd" "$stage/bin/"
+install -m 0644 man/mnd-srun.1 man/mnd.1 "$stage/share/man/man1/"
+for cmd in mnd-srun mnd; do
+  "$bin_dir/mnd" completions bash --command "$cmd" >"$stage/share/bash-completion/completions/$cmd"
+  "$bin_dir/mnd" completions zsh --command "$cmd" >"$stage/share/zsh/site-functions/_$cmd"
+  "$bin_dir/mnd" completions fish --command "$cmd" >"$stage/share/fish/vendor_completions.d/$cmd.fish"
+done
+sed "s|^for mnd in \"\$MND_BIN\" |for mnd in \"\$MND_BIN\" $prefix/bin/mnd |" slurm/epilog.sh >"$stage/slurm/epilog.sh"
+chmod 0755 "$stage/slurm/epilog.sh"
+install -m 0644 slurm/slurm.conf.snippet "$stage/slurm/"
+sed -i "s|/opt/mnd-srun/slurm/epilog.sh|$prefix/slurm/epilog.sh|" "$stage/slurm/slurm.conf.snippet"
+install -m 0644 slurm/config.toml.example "$stage/etc/config.toml.example"
+version=$("$bin_dir/mnd-srun" --version | awk '{print $2}')
+cat >"$stage/modulefiles/lmod/mnd-srun/$version.lua" <<LUA
+-- Lmod module for mnd-srun $version
+whatis("mnd-srun: run Docker containers across the nodes of a Slurm step")
+prepend_path("PATH", "$prefix/bin")
+prepend_path("MANPATH", "$prefix/share/man")
+LUA
+cat >"$stage/modulefiles/tcl/mnd-srun/$version" <<TCL
+#%Module1.0
+## Environment Modules (Tcl) module for mnd-srun $version
+module-whatis "mnd-srun: run Docker containers across the nodes of a Slurm step"
+prepend-path PATH $prefix/bin
+prepend-path MANPATH $prefix/share/man
+TCL
+(cd "$stage" && find . -type f | sed 's|^\./||' | sort) >"$stage/share/mnd-srun/installed-files"
+echo "share/mnd-srun/installed-files" >>"$stage/share/mnd-srun/installed-files"
+mkdir -p "$dest"
+# Copy file by file: re-running replaces what is there, nothing else in the prefix is touched.
+(cd "$stage" && find . -type f) | while read -r f; do
+  mkdir -p "$dest/$(dirname "$f")"
+  install -m "$(stat -c %a "$stage/$f")" "$stage/$f" "$dest/$f"
+done
+chmod -R go-w "$dest"
+echo "mnd-srun $version installed in $dest"
+echo "  users:  module use $prefix/modulefiles/lmod && module load mnd-srun   (Lmod)"
+echo "          module use $prefix/modulefiles/tcl && module load mnd-srun    (Environment Modules)"
+echo "  admins: add to slurm.conf: Epilog=$prefix/slurm/epilog.sh (see $prefix/slurm/slurm.conf.snippet)"
+echo "          site config: cp $prefix/etc/config.toml.example /etc/mnd-srun/config.toml"

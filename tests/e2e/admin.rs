@@ -1,0 +1,171 @@
+//! Admin side end to end: a site-wide install used through its module file, policy refusals
+//! from a site config, and `mnd ps` / `mnd cleanup` on a live job.
+
+use crate::cluster::*;
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn site_install_works_for_alice_through_the_module_file() {
+    let _g = shared();
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_mnd-srun"))
+        .parent()
+        .unwrap();
+    let install = |extra: &[&str]| {
+        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install.sh"))
+            .args(["--prefix", "/shared/opt/mnd-srun"])
+            .args(extra)
+            .env("DESTDIR", "/var/lib/mnd-vcluster")
+            .env("MND_INSTALL_FROM", bin_dir)
+            .output()
+            .unwrap()
+    };
+    let out = install(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Re-running is safe.
+    assert!(install(&[]).status.success());
+    let s = script(
+        "alice",
+        "e2e-module.sh",
+        "#!/bin/bash\necho module-job-ok $hostlist\n",
+    );
+    let name = unique("module");
+    let r = alice(&format!(
+        "source /etc/profile.d/lmod.sh && module use /shared/opt/mnd-srun/modulefiles/lmod && module load mnd-srun && \
+         echo using=$(command -v mnd-srun) && man -w mnd-srun && \
+         srun -N3 -n3 mnd-srun --container={IMAGE} --dockname={name} --script=./{s}"
+    ));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("using=/shared/opt/mnd-srun/bin/mnd-srun"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stdout
+            .contains("/shared/opt/mnd-srun/share/man/man1/mnd-srun.1"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stdout.contains("module-job-ok node1:1,node2:1,node3:1"),
+        "{}",
+        r.all()
+    );
+    assert_clean(&name, Duration::from_secs(5));
+    let out = install(&["--uninstall"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !std::path::Path::new("/var/lib/mnd-vcluster/shared/opt/mnd-srun").exists(),
+        "uninstall left files"
+    );
+}
+
+#[test]
+fn policy_refusals_name_the_rule_and_the_config() {
+    let _g = shared();
+    let policy = format!("{SHARED}/home/alice/e2e-policy.toml");
+    std::fs::write(
+        &policy,
+        "[policy]\nallowed_images = ['mnd-vc-job:.*']\nallowed_mount_prefixes = ['/shared']\nallow_privileged = false\nallow_dockopts = false\n",
+    )
+    .unwrap();
+    let s = script("alice", "e2e-true.sh", "#!/bin/sh\ntrue\n");
+    let cases = [
+        (
+            "image",
+            "--container=evil:latest",
+            "image 'evil:latest' is not allowed by the site policy (policy.allowed_images",
+        ),
+        (
+            "mount",
+            "--datamnts=/etc",
+            "mount source /etc is not allowed by the site policy (policy.allowed_mount_prefixes",
+        ),
+        (
+            "privileged",
+            "--privileged",
+            "--privileged is not allowed by the site policy (policy.allow_privileged",
+        ),
+        (
+            "dockopts",
+            "--dockopts='-e X=1'",
+            "--dockopts is not allowed by the site policy (policy.allow_dockopts",
+        ),
+    ];
+    for (tag, flag, want) in cases {
+        let name = unique(tag);
+        let r = alice(&format!(
+            "MND_CONFIG=/shared/home/alice/e2e-policy.toml srun -N3 -n3 mnd-srun --container={IMAGE} {flag} --dockname={name} --script=./{s}"
+        ));
+        assert_eq!(r.code, 2, "{tag}: {}", r.all());
+        assert!(
+            r.stderr.contains(want),
+            "{tag}: expected '{want}':\n{}",
+            r.all()
+        );
+        assert!(
+            r.stderr.contains("e2e-policy.toml"),
+            "{tag}: the config file is not named:\n{}",
+            r.all()
+        );
+        assert_clean(&name, Duration::from_secs(5));
+    }
+    // Within the policy the same config lets the job run.
+    let name = unique("allowed");
+    let r = alice(&format!(
+        "MND_CONFIG=/shared/home/alice/e2e-policy.toml {} --script=./{s}",
+        srun_line(3, &name, "")
+    ));
+    assert_eq!(r.code, 0, "{}", r.all());
+}
+
+#[test]
+fn mnd_ps_shows_a_running_job_and_cleanup_removes_it() {
+    let _g = shared();
+    let name = unique("ps");
+    let marker = format!("{SHARED}/home/alice/e2e-{name}.started");
+    let s = script(
+        "alice",
+        &format!("e2e-ps-{name}.sh"),
+        &format!("#!/bin/bash\ntouch ~/e2e-{name}.started\nsleep 600\n"),
+    );
+    let cmd = format!("{} --script=./{s}", srun_line(3, &name, ""));
+    let job = std::thread::spawn(move || alice(&cmd));
+    wait_until("the script to start", Duration::from_secs(90), || {
+        std::path::Path::new(&marker).exists()
+    });
+    let ps = run_on("node2", "alice", &["mnd", "ps"]);
+    assert_eq!(ps.code, 0, "{}", ps.all());
+    let line = ps
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .unwrap_or_else(|| panic!("{}", ps.all()));
+    assert!(
+        line.contains("alice") && line.contains("node2") && line.contains("running"),
+        "{line}"
+    );
+    // bob sees none of alice's containers by default, and may not remove them.
+    let bob = run_on("node2", "bob", &["mnd", "ps"]);
+    assert!(!bob.stdout.contains(&name), "{}", bob.all());
+    let denied = run_on("node2", "bob", &["mnd", "cleanup", "--all-users"]);
+    assert_ne!(denied.code, 0);
+    // The admin (root, as the Epilog) removes alice's container on node2: the job fails
+    // fast, naming node2, and every node is left clean.
+    let root = root_on("node2", &["mnd", "cleanup", "--all-users"]);
+    assert_eq!(root.code, 0, "{}", root.all());
+    assert!(root.stderr.contains(&name), "{}", root.all());
+    let r = job.join().unwrap();
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("node2"), "{}", r.all());
+    assert_clean(&name, Duration::from_secs(30));
+}
