@@ -114,7 +114,7 @@ pub fn render(cmd: clap::Command, extra: &str) -> String {
         for (env, long) in twins {
             page.push_str(&format!(
                 ".TP\n.B {}\nas \\-\\-{}\n",
-                env.replace('_', "_"),
+                env,
                 long.replace('-', "\\-")
             ));
         }
