@@ -129,38 +129,40 @@ impl Identity {
     }
 }
 
+/// The test user alice (uid 1001, groups docker and mlteam) for unit tests.
+#[cfg(test)]
+pub fn test_user() -> Identity {
+    Identity {
+        name: "alice".into(),
+        uid: 1001,
+        gid: 1001,
+        home: "/shared/home/alice".into(),
+        shell: "/bin/bash".into(),
+        groups: vec![
+            Group {
+                name: "alice".into(),
+                gid: 1001,
+            },
+            Group {
+                name: "docker".into(),
+                gid: 998,
+            },
+            Group {
+                name: "mlteam".into(),
+                gid: 1500,
+            },
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn alice() -> Identity {
-        Identity {
-            name: "alice".into(),
-            uid: 1001,
-            gid: 1001,
-            home: "/shared/home/alice".into(),
-            shell: "/bin/bash".into(),
-            groups: vec![
-                Group {
-                    name: "alice".into(),
-                    gid: 1001,
-                },
-                Group {
-                    name: "docker".into(),
-                    gid: 998,
-                },
-                Group {
-                    name: "mlteam".into(),
-                    gid: 1500,
-                },
-            ],
-        }
-    }
-
     #[test]
     fn passwd_replaces_clashing_entries_and_keeps_the_images() {
         let image = "root:x:0:0:root:/root:/bin/bash\nubuntu:x:1001:1001::/home/ubuntu:/bin/sh\n";
-        let merged = alice().merge_passwd(image);
+        let merged = test_user().merge_passwd(image);
         assert_eq!(
             merged,
             "root:x:0:0:root:/root:/bin/bash\nalice:x:1001:1001:alice:/shared/home/alice:/bin/bash\n"
@@ -170,7 +172,7 @@ mod tests {
     #[test]
     fn group_lists_every_group_with_the_user_as_member() {
         let image = "root:x:0:\ndocker:x:999:\nvideo:x:44:\n";
-        let merged = alice().merge_group(image);
+        let merged = test_user().merge_group(image);
         assert_eq!(
             merged,
             "root:x:0:\nvideo:x:44:\nalice:x:1001:alice\ndocker:x:998:alice\nmlteam:x:1500:alice\n"

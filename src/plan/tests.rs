@@ -1,30 +1,9 @@
 use super::*;
 use crate::cli;
 use crate::config::SiteConfig;
-use crate::identity::Group;
 
 fn alice() -> Identity {
-    Identity {
-        name: "alice".into(),
-        uid: 1001,
-        gid: 1001,
-        home: "/shared/home/alice".into(),
-        shell: "/bin/bash".into(),
-        groups: vec![
-            Group {
-                name: "alice".into(),
-                gid: 1001,
-            },
-            Group {
-                name: "docker".into(),
-                gid: 998,
-            },
-            Group {
-                name: "mlteam".into(),
-                gid: 1500,
-            },
-        ],
-    }
+    crate::identity::test_user()
 }
 
 fn step(node_index: usize, gpus: &[u32]) -> StepContext {
@@ -83,6 +62,15 @@ fn plan(node: usize, extra: &[&str]) -> Plan {
         &facts(),
     )
     .unwrap()
+}
+
+/// (target, read-only) of each mount, in order.
+fn mount_targets(p: &Plan) -> Vec<(&str, bool)> {
+    p.container
+        .mounts
+        .iter()
+        .map(|m| (m.target.to_str().unwrap(), m.read_only))
+        .collect()
 }
 
 fn env<'a>(p: &'a Plan, k: &str) -> Option<&'a str> {
@@ -176,12 +164,7 @@ fn runs_as_the_user_with_all_groups_and_mounts() {
     let p = plan(0, &["--datamnts=/data,/scratch:/s:ro"]);
     assert_eq!(p.container.user, "1001:1001");
     assert_eq!(p.container.group_add, ["998", "1500"]);
-    let targets: Vec<_> = p
-        .container
-        .mounts
-        .iter()
-        .map(|m| (m.target.to_str().unwrap(), m.read_only))
-        .collect();
+    let targets = mount_targets(&p);
     assert_eq!(
         targets,
         [
@@ -203,12 +186,7 @@ fn cwd_and_script_outside_home_are_mounted() {
     f.cwd = "/scratch/run".into();
     let a = args(&["--script=/opt/scripts/train.sh"]);
     let p = plan_with(&step(0, &[]), &a, &SiteConfig::default(), &f).unwrap();
-    let targets: Vec<_> = p
-        .container
-        .mounts
-        .iter()
-        .map(|m| (m.target.to_str().unwrap(), m.read_only))
-        .collect();
+    let targets = mount_targets(&p);
     assert_eq!(
         targets,
         [

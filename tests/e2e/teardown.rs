@@ -37,6 +37,20 @@ fn sbatch(name: &str, extra: &str, srun_cmd: &str) -> String {
     r.stdout.trim().to_string()
 }
 
+/// Submits a 3-node job whose script runs for a long time, and waits until it runs;
+/// returns the container name prefix and the job id.
+fn start_long_job(tag: &str, sbatch_flags: &str) -> (String, String) {
+    let name = unique(tag);
+    let s = long_script(&name);
+    let id = sbatch(
+        &name,
+        sbatch_flags,
+        &format!("{} --script=./{s}", srun_line(3, &name, "")),
+    );
+    wait_started(&name);
+    (name, id)
+}
+
 /// Asserts every node is clean; prints and returns the time since `since`.
 fn report_clean(path: &str, name: &str, since: Instant) -> Duration {
     assert_clean(name, CLEAN_WITHIN);
@@ -102,14 +116,7 @@ fn scancel_before_all_workers_are_ready() {
 #[test]
 fn scancel_while_the_script_runs() {
     let _g = shared();
-    let name = unique("cancel");
-    let s = long_script(&name);
-    let id = sbatch(
-        &name,
-        "",
-        &format!("{} --script=./{s}", srun_line(3, &name, "")),
-    );
-    wait_started(&name);
+    let (name, id) = start_long_job("cancel", "");
     let t = Instant::now();
     assert_eq!(alice(&format!("scancel {id}")).code, 0);
     report_clean("scancel while the script runs", &name, t);
@@ -123,14 +130,7 @@ fn scancel_while_the_script_runs() {
 #[test]
 fn time_limit() {
     let _g = shared();
-    let name = unique("timelimit");
-    let s = long_script(&name);
-    let id = sbatch(
-        &name,
-        "--time=1",
-        &format!("{} --script=./{s}", srun_line(3, &name, "")),
-    );
-    wait_started(&name);
+    let (name, id) = start_long_job("timelimit", "--time=1");
     wait_until(
         "Slurm to end the job at its time limit",
         Duration::from_secs(240),
@@ -180,14 +180,7 @@ fn srun_itself_killed_with_sigterm() {
 #[test]
 fn every_launcher_sigkilled_then_the_job_cancelled() {
     let _g = shared();
-    let name = unique("sigkill");
-    let s = long_script(&name);
-    let id = sbatch(
-        &name,
-        "",
-        &format!("{} --script=./{s}", srun_line(3, &name, "")),
-    );
-    wait_started(&name);
+    let (name, id) = start_long_job("sigkill", "");
     let t = Instant::now();
     for n in NODES {
         root_on(
