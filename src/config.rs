@@ -44,7 +44,9 @@ pub struct Defaults {
 impl Default for Defaults {
     fn default() -> Self {
         Defaults {
-            ssh_port_base: 40000,
+            // Below the Linux ephemeral port range (32768-60999): outgoing connections (MPI,
+            // ssh, the launchers) take ports from there and would clash with a listener.
+            ssh_port_base: 18000,
             ssh_port_span: 10000,
             master_port_base: 29500,
             mounts: Vec::new(),

@@ -80,7 +80,7 @@ impl Server {
         Ok(Server { listener, token })
     }
 
-    /// Waits for the coordinator (connections without the right token are dropped).
+    /// Waits for the coordinator; a connection without this job's token is told so and closed.
     pub async fn accept(&self, deadline: Instant) -> Result<CoordinatorLink, ControlError> {
         loop {
             let (stream, peer) = timeout_at(deadline, self.listener.accept())
@@ -89,18 +89,39 @@ impl Server {
                 .map_err(|e| ControlError::Broken(format!("accept failed: {e}")))?;
             let _ = stream.set_nodelay(true);
             let (r, w) = stream.into_split();
-            let mut reader = BufReader::new(r);
+            let mut link = CoordinatorLink {
+                reader: BufReader::new(r),
+                writer: w,
+            };
             let mut line = String::new();
             let hello_by = (Instant::now() + Duration::from_secs(5)).min(deadline);
-            let ok = matches!(timeout_at(hello_by, reader.read_line(&mut line)).await, Ok(Ok(n)) if n > 0)
+            let ok = matches!(timeout_at(hello_by, link.reader.read_line(&mut line)).await, Ok(Ok(n)) if n > 0)
                 && line.trim_end().strip_prefix("HELLO ") == Some(self.token.as_str());
             if ok {
-                return Ok(CoordinatorLink { reader, writer: w });
+                return Ok(link);
             }
-            log::warn!("control port: dropped a connection from {peer} without this job's token");
+            log::warn!("control port: refused a connection from {peer} without this job's token");
+            let _ = link.report(&Status::Failed(FOREIGN.into())).await;
+        }
+    }
+
+    /// After the coordinator is connected: answers every further connection (another job
+    /// whose ports clash with ours) with a refusal at once, so it fails fast, not at its
+    /// deadline.
+    pub async fn refuse_others(self) {
+        while let Ok((stream, _)) = self.listener.accept().await {
+            let (r, w) = stream.into_split();
+            let mut link = CoordinatorLink {
+                reader: BufReader::new(r),
+                writer: w,
+            };
+            let _ = link.report(&Status::Failed(FOREIGN.into())).await;
         }
     }
 }
+
+/// What a worker answers a coordinator of another job.
+const FOREIGN: &str = "its control port is in use by another mnd-srun job (ports clash). Fix: choose another --sshd-port";
 
 impl CoordinatorLink {
     /// Tells the coordinator how this node's start went.
@@ -238,7 +259,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn wrong_token_is_dropped_and_loss_is_seen() {
+    async fn wrong_token_is_refused_and_loss_is_seen() {
         let server = Server::bind(0, token(b"k", "1.0")).await.unwrap();
         let port = server.listener.local_addr().unwrap().port();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -250,13 +271,38 @@ mod tests {
             link.report(&Status::Ready).await.unwrap();
             link.next_order().await
         });
-        assert!(stranger.status(deadline).await.is_err());
+        match stranger.status(deadline).await {
+            Ok(Status::Failed(why)) => assert!(why.contains("another mnd-srun job"), "{why}"),
+            other => panic!("a foreign coordinator must be refused, got {other:?}"),
+        }
         let w = connect("127.0.0.1", port, &token(b"k", "1.0"), deadline)
             .await
             .unwrap();
         assert_eq!(w.status(deadline).await.unwrap(), Status::Ready);
         drop(w);
         assert_eq!(worker.await.unwrap(), Order::Lost);
+    }
+
+    #[tokio::test]
+    async fn after_the_coordinator_other_jobs_are_refused_at_once() {
+        let server = Server::bind(0, token(b"k", "1.0")).await.unwrap();
+        let port = server.listener.local_addr().unwrap().port();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let ours = connect("127.0.0.1", port, &token(b"k", "1.0"), deadline)
+            .await
+            .unwrap();
+        let link = server.accept(deadline).await.unwrap();
+        tokio::spawn(server.refuse_others());
+        let t = Instant::now();
+        let other = connect("127.0.0.1", port, &token(b"k", "2.0"), deadline)
+            .await
+            .unwrap();
+        assert!(matches!(
+            other.status(deadline).await,
+            Ok(Status::Failed(_))
+        ));
+        assert!(t.elapsed() < Duration::from_secs(2));
+        drop((ours, link));
     }
 
     #[tokio::test]

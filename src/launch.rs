@@ -320,6 +320,7 @@ async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
         }
     };
     let _ = link.report(&Status::Ready).await;
+    tokio::spawn(server.refuse_others());
     let outcome = tokio::select! {
         order = link.next_order() => Ok(order),
         sig = signals.recv() => Err(LaunchError::Signal(sig)),
@@ -395,26 +396,22 @@ async fn ready_worker(
     Ok(())
 }
 
-/// Waits for every worker, failing at the first one that fails; returns the links made so
-/// far with the error, so those workers can be told to abort.
+/// Waits for every worker, failing at the first one that fails. Links are recorded in
+/// `connected` as soon as they exist, so the caller can tell those workers to abort.
 async fn ready_workers(
     plan: &Plan,
     token: &str,
     deadline: Instant,
-) -> Result<Vec<Arc<WorkerLink>>, (LaunchError, Vec<Arc<WorkerLink>>)> {
-    let connected = std::sync::Mutex::new(Vec::new());
+    connected: &std::sync::Mutex<Vec<Arc<WorkerLink>>>,
+) -> Result<(), LaunchError> {
     let mut pending: FuturesUnordered<_> = plan.nodes[1..]
         .iter()
-        .map(|n| ready_worker(plan, n.clone(), token, deadline, &connected))
+        .map(|n| ready_worker(plan, n.clone(), token, deadline, connected))
         .collect();
     while let Some(r) = pending.next().await {
-        if let Err(e) = r {
-            drop(pending);
-            return Err((e, connected.into_inner().expect("not poisoned")));
-        }
+        r?;
     }
-    drop(pending);
-    Ok(connected.into_inner().expect("not poisoned"))
+    Ok(())
 }
 
 /// Tells every worker that could be reached to abort (best effort, a few seconds at most).
@@ -448,28 +445,51 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
     }
     let deadline = Instant::now() + plan.wait_timeout;
     let script = plan.script.as_ref().expect("coordinator has a script");
-    let both = tokio::select! {
-        both = async { tokio::join!(start_container(plan, deadline), ready_workers(plan, &token, deadline)) } => both,
-        sig = signals.recv() => {
-            abort_all(plan, &token, Vec::new(), &format!("coordinator got signal {sig}")).await;
-            tear_down(plan, None).await;
-            return Err(LaunchError::Signal(sig));
+    // Own container and every worker at once. The first failure ends the wait: when this
+    // node fails the workers are told at once; when a worker fails, our own start (bounded)
+    // is let finish so its container can be removed.
+    let connected = std::sync::Mutex::new(Vec::new());
+    let started: Result<Running, LaunchError> = {
+        let own = start_container(plan, deadline);
+        let workers = ready_workers(plan, &token, deadline, &connected);
+        tokio::pin!(own, workers);
+        tokio::select! {
+        r = &mut own => match r {
+            Ok(running) => match workers.await {
+                Ok(()) => Ok(running),
+                Err(e) => {
+                    tear_down(plan, Some(&running.engine)).await;
+                    Err(e)
+                }
+            },
+            Err(why) => Err(node_err(plan)(why)),
+        },
+        w = &mut workers => match (w, own.await) {
+            (Ok(()), Ok(running)) => Ok(running),
+            (Ok(()), Err(why)) => Err(node_err(plan)(why)),
+            (Err(e), own) => {
+                if let Ok(running) = own {
+                    tear_down(plan, Some(&running.engine)).await;
+                }
+                Err(e)
+            }
+        },
+        sig = signals.recv() => Err(LaunchError::Signal(sig)),
         }
     };
-    let (running, links) = match both {
-        (Ok(r), Ok(links)) => (r, links),
-        (own, workers) => {
-            let (err, links) = match (own, workers) {
-                (Err(why), Ok(links)) => (node_err(plan)(why), links),
-                (Err(why), Err((_, links))) => (node_err(plan)(why), links),
-                (Ok(r), Err((e, links))) => {
-                    tear_down(plan, Some(&r.engine)).await;
-                    (e, links)
-                }
-                (Ok(_), Ok(_)) => unreachable!("handled above"),
+    let links = connected.into_inner().expect("not poisoned");
+    let running = match started {
+        Ok(r) => r,
+        Err(e) => {
+            let why = match &e {
+                LaunchError::Signal(sig) => format!("coordinator got signal {sig}"),
+                other => other.to_string(),
             };
-            abort_all(plan, &token, links, &err.to_string()).await;
-            return Err(err);
+            abort_all(plan, &token, links, &why).await;
+            if matches!(e, LaunchError::Signal(_)) {
+                tear_down(plan, None).await;
+            }
+            return Err(e);
         }
     };
     log::info!(

@@ -159,9 +159,18 @@ fn mnd_ps_shows_a_running_job_and_cleanup_removes_it() {
     assert!(!bob.stdout.contains(&name), "{}", bob.all());
     let denied = run_on("node2", "bob", &["mnd", "cleanup", "--all-users"]);
     assert_ne!(denied.code, 0);
-    // The admin (root, as the Epilog) removes alice's container on node2: the job fails
-    // fast, naming node2, and every node is left clean.
-    let root = root_on("node2", &["mnd", "cleanup", "--all-users"]);
+    // The admin (root, as the Epilog does) removes that job's container on node2 (only that
+    // job: other tests run beside this one): the job fails fast, naming node2, and every node
+    // is left clean.
+    let job_id = line
+        .split_whitespace()
+        .nth(1)
+        .expect("JOB column")
+        .to_string();
+    let root = root_on(
+        "node2",
+        &["mnd", "cleanup", "--job", &job_id, "--all-users"],
+    );
     assert_eq!(root.code, 0, "{}", root.all());
     assert!(root.stderr.contains(&name), "{}", root.all());
     let r = job.join().unwrap();

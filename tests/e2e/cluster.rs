@@ -170,13 +170,15 @@ pub fn assert_clean(prefix: &str, within: Duration) -> Duration {
 }
 
 /// sshd processes of `user` on `node` that belong to no running container (containers of
-/// other jobs still running are not strays).
+/// other jobs still running are not strays). Processes are listed before containers, and a
+/// stray must still be one a second later, so containers starting or being removed by
+/// tests running alongside do not count.
 pub fn stray_sshd(node: &str, user: &str) -> usize {
     let script = format!(
-        "running=$(docker ps -q --no-trunc); for p in $(pgrep -u {user} -f 'sshd -D -e -f /etc/mnd'); do \
-         id=$(grep -o '[0-9a-f]\\{{64\\}}' /proc/$p/cgroup 2>/dev/null | head -n1); \
-         [ -e /proc/$p ] || continue; \
-         case \"$running\" in *\"$id\"*) [ -n \"$id\" ] && continue ;; esac; echo stray $p; done"
+        "strays() {{ pids=$(pgrep -u {user} -f 'sshd -D -e -f /etc/mnd'); running=$(docker ps -q --no-trunc); \
+         for p in $pids; do id=$(grep -o '[0-9a-f]\\{{64\\}}' /proc/$p/cgroup 2>/dev/null | head -n1); \
+         [ -e /proc/$p ] || continue; case \"$running\" in *\"$id\"*) [ -n \"$id\" ] && continue ;; esac; echo $p; done; }}; \
+         first=$(strays); sleep 1; second=$(strays); for p in $first; do case \" $(echo $second) \" in *\" $p \"*) echo stray $p ;; esac; done"
     );
     let out = Command::new("docker")
         .args(["exec", node, "sh", "-c", &script])

@@ -384,3 +384,70 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
         assert_eq!(stray_sshd(n, "alice"), 0, "stray sshd of alice on {n}");
     }
 }
+
+#[test]
+fn an_image_without_sshd_is_named_with_the_fix() {
+    let _g = shared();
+    for n in NODES {
+        let r = root_on(
+            n,
+            &["sh", "-c", "docker image inspect mnd-vc-nosshd:1 >/dev/null 2>&1 || { docker rm -f mk-nosshd >/dev/null 2>&1; \
+              docker run --name mk-nosshd mnd-vc-job:1 rm -f /usr/sbin/sshd && docker commit mk-nosshd mnd-vc-nosshd:1 >/dev/null && docker rm mk-nosshd >/dev/null; }"],
+        );
+        assert_eq!(r.code, 0, "{}", r.all());
+    }
+    let s = script("alice", "e2e-true.sh", "#!/bin/sh\ntrue\n");
+    let name = unique("nosshd");
+    let r = alice(&format!(
+        "srun -N3 -n3 mnd-srun --container=mnd-vc-nosshd:1 --dockname={name} --script=./{s}"
+    ));
+    assert_eq!(r.code, 125, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("image 'mnd-vc-nosshd:1' has no sshd. Fix: install openssh-server"),
+        "{}",
+        r.all()
+    );
+    assert_clean(&name, CLEAN);
+}
+
+#[test]
+fn a_taken_sshd_port_is_named_and_the_step_ends() {
+    let _g = shared();
+    let home = format!("{SHARED}/home/alice");
+    let _ = std::fs::remove_file(format!("{home}/e2e-port-holder.started"));
+    let _ = std::fs::remove_file(format!("{home}/e2e-port-release"));
+    let hold = script(
+        "alice",
+        "e2e-port-holder.sh",
+        "#!/bin/bash\ntouch ~/e2e-port-holder.started\nwhile [ ! -e ~/e2e-port-release ]; do sleep 0.1; done\n",
+    );
+    let first = unique("port-a");
+    let cmd = format!(
+        "{} --sshd-port=25678 --script=./{hold}",
+        srun_line(3, &first, "")
+    );
+    let holder = std::thread::spawn(move || alice(&cmd));
+    wait_until("the first job to run", Duration::from_secs(90), || {
+        std::path::Path::new(&format!("{home}/e2e-port-holder.started")).exists()
+    });
+    let s = script("alice", "e2e-true.sh", "#!/bin/sh\ntrue\n");
+    let second = unique("port-b");
+    let r = alice(&format!(
+        "{} --sshd-port=25678 --script=./{s}",
+        srun_line(3, &second, "")
+    ));
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("port 25678 is already in use on this node"),
+        "{}",
+        r.all()
+    );
+    assert!(r.took < Duration::from_secs(30), "took {:?}", r.took);
+    assert_clean(&second, CLEAN);
+    std::fs::write(format!("{home}/e2e-port-release"), "").unwrap();
+    let r = holder.join().unwrap();
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_clean(&first, CLEAN);
+}
