@@ -111,7 +111,12 @@ impl Engine {
     }
 
     /// Makes sure the image is on this node (pulling per `pull`); returns its environment.
-    pub async fn ensure_image(&self, image: &str, pull: Pull) -> Result<Vec<String>, DockerError> {
+    pub async fn ensure_image(
+        &self,
+        image: &str,
+        pull: Pull,
+        who: &str,
+    ) -> Result<Vec<String>, DockerError> {
         let have = self.docker.inspect_image(image).await;
         let need_pull = match (&have, pull) {
             (_, Pull::Always) => true,
@@ -125,7 +130,7 @@ impl Engine {
             (Err(_), Pull::Missing) => true,
         };
         if need_pull {
-            self.pull(image).await?;
+            self.pull(image, who).await?;
         }
         let info = self
             .docker
@@ -138,28 +143,56 @@ impl Engine {
         Ok(info.config.and_then(|c| c.env).unwrap_or_default())
     }
 
-    async fn pull(&self, image: &str) -> Result<(), DockerError> {
+    async fn pull(&self, image: &str, who: &str) -> Result<(), DockerError> {
+        use std::io::IsTerminal;
         let opts = CreateImageOptionsBuilder::default()
             .from_image(image)
             .build();
         let mut stream = self.docker.create_image(Some(opts), None, None);
         let started = Instant::now();
+        let terminal = std::io::stderr().is_terminal();
+        // In place on a terminal; a plain line now and then under srun (output goes to a file).
+        let every = if terminal {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_secs(5)
+        };
         let mut last_report = Instant::now();
-        log::info!("pulling {image}");
+        let mut progress = PullProgress::default();
+        log::info!("{who}: pulling {image}");
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| DockerError::Image {
                 image: image.into(),
                 reason: format!("pull failed: {}", reason(&e)),
             })?;
-            if last_report.elapsed() > Duration::from_secs(5) {
+            progress.update(
+                info.id.as_deref(),
+                info.status.as_deref(),
+                info.progress_detail
+                    .as_ref()
+                    .and_then(|d| Some((d.current?, d.total?))),
+            );
+            if last_report.elapsed() >= every {
                 last_report = Instant::now();
-                eprintln!(
-                    "mnd-srun: pulling {image}: {} ({:.0} s)",
-                    info.status.unwrap_or_default(),
+                let line = format!(
+                    "mnd-srun ({who}): pulling {image}: {} ({:.0} s)",
+                    progress.summary(),
                     started.elapsed().as_secs_f64()
                 );
+                if terminal {
+                    eprint!("\r{line}\x1b[K");
+                } else {
+                    eprintln!("{line}");
+                }
             }
         }
+        if terminal {
+            eprint!("\r\x1b[K");
+        }
+        eprintln!(
+            "mnd-srun ({who}): pulled {image} in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         Ok(())
     }
 
@@ -413,6 +446,53 @@ impl Engine {
     }
 }
 
+/// Download progress of an image pull, per layer.
+#[derive(Debug, Default)]
+pub struct PullProgress {
+    layers: std::collections::BTreeMap<String, (i64, i64, bool)>,
+}
+
+impl PullProgress {
+    /// Takes one status message of the pull stream.
+    pub fn update(&mut self, layer: Option<&str>, status: Option<&str>, bytes: Option<(i64, i64)>) {
+        let Some(layer) = layer.filter(|l| l.len() == 12) else {
+            return;
+        };
+        let entry = self
+            .layers
+            .entry(layer.to_string())
+            .or_insert((0, 0, false));
+        match status.unwrap_or_default() {
+            "Downloading" => {
+                if let Some((current, total)) = bytes {
+                    entry.0 = current;
+                    entry.1 = total;
+                }
+            }
+            "Download complete" | "Pull complete" | "Already exists" => {
+                entry.0 = entry.1;
+                entry.2 = true;
+            }
+            _ => {}
+        }
+    }
+
+    /// "12.0/40.5 MB, 2/5 layers".
+    pub fn summary(&self) -> String {
+        let (cur, total) = self
+            .layers
+            .values()
+            .fold((0, 0), |(c, t), l| (c + l.0, t + l.1));
+        let done = self.layers.values().filter(|l| l.2).count();
+        format!(
+            "{:.1}/{:.1} MB, {done}/{} layers",
+            cur as f64 / 1e6,
+            total as f64 / 1e6,
+            self.layers.len()
+        )
+    }
+}
+
 fn tar_err(e: std::io::Error) -> DockerError {
     DockerError::Api {
         action: "building an upload archive".into(),
@@ -510,5 +590,31 @@ fn gpu_request(ids: Option<Vec<String>>) -> DeviceRequest {
         device_ids: ids,
         capabilities: Some(vec![vec!["gpu".into()]]),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_progress_sums_layers() {
+        let mut p = PullProgress::default();
+        p.update(Some("aaaaaaaaaaaa"), Some("Pulling fs layer"), None);
+        p.update(
+            Some("bbbbbbbbbbbb"),
+            Some("Downloading"),
+            Some((2_000_000, 10_000_000)),
+        );
+        p.update(
+            Some("aaaaaaaaaaaa"),
+            Some("Downloading"),
+            Some((1_000_000, 4_000_000)),
+        );
+        assert_eq!(p.summary(), "3.0/14.0 MB, 0/2 layers");
+        p.update(Some("aaaaaaaaaaaa"), Some("Pull complete"), None);
+        assert_eq!(p.summary(), "6.0/14.0 MB, 1/2 layers");
+        p.update(Some("latest"), Some("Pulling from x"), None);
+        assert_eq!(p.summary(), "6.0/14.0 MB, 1/2 layers");
     }
 }

@@ -188,10 +188,15 @@ async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, Stri
     let mut phases = Phases::new(plan.this_node());
     let engine = Engine::connect().await.map_err(|e| e.to_string())?;
     phases.mark("connect");
-    let image_env = engine
-        .ensure_image(&spec.image, spec.pull)
-        .await
-        .map_err(|e| e.to_string())?;
+    // One image check/pull at a time per user on this node: several jobs starting at once
+    // then pull once (Docker alone re-downloads when two pulls overlap).
+    let image_env = {
+        let _lock = pull_lock(plan).await;
+        engine
+            .ensure_image(&spec.image, spec.pull, plan.this_node())
+            .await
+            .map_err(|e| e.to_string())?
+    };
     phases.mark("image");
     engine.remove(&spec.name).await.map_err(|e| e.to_string())?;
     phases.mark("remove-stale");
@@ -261,6 +266,47 @@ async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, Stri
         engine,
         _lifeline: lifeline,
     })
+}
+
+/// Takes this user's image lock on this node (`~/.mnd/locks/pull-NODE.lock`); released when
+/// dropped. Without a usable lock file the pull goes ahead unlocked (logged).
+async fn pull_lock(plan: &Plan) -> Option<nix::fcntl::Flock<std::fs::File>> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = plan.user.home.join(".mnd/locks");
+    let path = dir.join(format!("pull-{}.lock", plan.this_node()));
+    let opened = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+        });
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!(
+                "no image lock ({}: {e}); pulling without it",
+                path.display()
+            );
+            return None;
+        }
+    };
+    let locked = tokio::task::spawn_blocking(move || {
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+    })
+    .await;
+    match locked {
+        Ok(Ok(lock)) => Some(lock),
+        _ => {
+            log::warn!("could not lock {}; pulling without it", path.display());
+            None
+        }
+    }
 }
 
 /// Removes this node's container, whatever state it is in.

@@ -178,3 +178,103 @@ fn mnd_ps_shows_a_running_job_and_cleanup_removes_it() {
     assert!(r.stderr.contains("node2"), "{}", r.all());
     assert_clean(&name, Duration::from_secs(30));
 }
+
+#[test]
+fn a_missing_image_is_pulled_once_per_node_even_by_two_jobs_at_once() {
+    let _g = shared();
+    // A new layer on top of the job image, so every node really downloads something.
+    let local = format!("mnd-vc-job:pull{}", std::process::id());
+    let _ = Command::new("docker")
+        .args(["rm", "-f", "mk-pull"])
+        .output();
+    let marker = format!("echo {local} > /pull-marker");
+    let made = Command::new("docker")
+        .args(["run", "--name", "mk-pull", IMAGE, "sh", "-c", &marker])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert!(Command::new("docker")
+        .args(["commit", "mk-pull", &local])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let _ = Command::new("docker")
+        .args(["rm", "-f", "mk-pull"])
+        .output();
+    let log_path = "/var/log/mnd-vc-registry.log";
+    let log_start = std::fs::metadata(log_path).map(|m| m.len()).unwrap_or(0);
+    let pushed = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/vcluster"))
+        .args(["registry", &local])
+        .output()
+        .unwrap();
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let image = String::from_utf8_lossy(&pushed.stdout).trim().to_string();
+    assert!(image.ends_with(&local), "{image}");
+    let s = script("alice", "e2e-pulled.sh", "#!/bin/sh\necho pulled-job-ok\n");
+    let (a, b) = (unique("pull-a"), unique("pull-b"));
+    let cmd = |name: &str| {
+        format!("srun -N3 -n3 mnd-srun --container={image} --dockname={name} --script=./{s}")
+    };
+    let first = std::thread::spawn({
+        let c = cmd(&a);
+        move || alice(&c)
+    });
+    let second = alice(&cmd(&b));
+    let first = first.join().unwrap();
+    for r in [&first, &second] {
+        assert_eq!(r.code, 0, "{}", r.all());
+        assert!(r.stdout.contains("pulled-job-ok"), "{}", r.all());
+    }
+    let said = format!("{}{}", first.stderr, second.stderr);
+    for n in NODES {
+        assert!(
+            said.contains(&format!("mnd-srun ({n}): pulled {image} in ")),
+            "no pull report from {n}:\n{said}"
+        );
+    }
+    // The registry's access log: two jobs at once, yet every node fetched the manifest and
+    // every blob (the new layer, the config) exactly once.
+    let log = std::fs::read(log_path).unwrap();
+    let log = String::from_utf8_lossy(&log[log_start as usize..]);
+    for (i, _) in NODES.iter().enumerate() {
+        let addr = format!("10.213.77.{} ", 11 + i);
+        let gets = |what: &str| -> Vec<String> {
+            let prefix = format!("\"GET /v2/mnd-vc-job/{what}/");
+            log.lines()
+                .filter(|l| l.starts_with(&addr))
+                .filter_map(|l| l.split(&prefix).nth(1)?.split(' ').next().map(String::from))
+                .filter(|d| d.starts_with("sha256:"))
+                .collect()
+        };
+        for (what, at_least) in [("manifests", 1), ("blobs", 2)] {
+            let mut fetched = gets(what);
+            let all = fetched.len();
+            fetched.sort_unstable();
+            fetched.dedup();
+            assert!(
+                fetched.len() >= at_least,
+                "node{} fetched {all} {what}:\n{log}",
+                i + 1
+            );
+            assert_eq!(
+                all,
+                fetched.len(),
+                "node{} fetched {what} more than once: {all} requests",
+                i + 1
+            );
+        }
+    }
+    for n in NODES {
+        root_on(n, &["docker", "rmi", &image]);
+    }
+    let _ = Command::new("docker")
+        .args(["rmi", &local, &format!("127.0.0.1:5000/{local}")])
+        .output();
+    assert_clean(&a, Duration::from_secs(5));
+    assert_clean(&b, Duration::from_secs(5));
+}
