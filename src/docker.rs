@@ -75,6 +75,14 @@ pub struct Lifeline {
     _input: Pin<Box<dyn AsyncWrite + Send>>,
 }
 
+/// What the launcher needs to know of an image.
+pub struct ImageFacts {
+    /// Content-addressed id ("sha256:..."): the same id is the same content.
+    pub id: String,
+    /// The image's `ENV`.
+    pub env: Vec<String>,
+}
+
 /// A file to put into a container before it starts.
 pub struct FileUpload {
     /// Absolute path in the container.
@@ -110,37 +118,37 @@ impl Engine {
         Ok(Engine { docker })
     }
 
-    /// Makes sure the image is on this node (pulling per `pull`); returns its environment.
+    /// Makes sure the image is on this node (pulling per `pull`); returns its id and `ENV`.
     pub async fn ensure_image(
         &self,
         image: &str,
         pull: Pull,
         who: &str,
-    ) -> Result<Vec<String>, DockerError> {
+    ) -> Result<ImageFacts, DockerError> {
         let have = self.docker.inspect_image(image).await;
-        let need_pull = match (&have, pull) {
-            (_, Pull::Always) => true,
-            (Ok(_), _) => false,
+        let info = match (have, pull) {
+            (Ok(info), Pull::Missing | Pull::Never) => info,
             (Err(e), Pull::Never) => {
                 return Err(DockerError::Image {
                     image: image.into(),
-                    reason: format!("{} (and --pull=never)", reason(e)),
+                    reason: format!("{} (and --pull=never)", reason(&e)),
                 })
             }
-            (Err(_), Pull::Missing) => true,
+            (_, Pull::Missing | Pull::Always) => {
+                self.pull(image, who).await?;
+                self.docker
+                    .inspect_image(image)
+                    .await
+                    .map_err(|e| DockerError::Image {
+                        image: image.into(),
+                        reason: reason(&e),
+                    })?
+            }
         };
-        if need_pull {
-            self.pull(image, who).await?;
-        }
-        let info = self
-            .docker
-            .inspect_image(image)
-            .await
-            .map_err(|e| DockerError::Image {
-                image: image.into(),
-                reason: reason(&e),
-            })?;
-        Ok(info.config.and_then(|c| c.env).unwrap_or_default())
+        Ok(ImageFacts {
+            id: info.id.unwrap_or_default(),
+            env: info.config.and_then(|c| c.env).unwrap_or_default(),
+        })
     }
 
     async fn pull(&self, image: &str, who: &str) -> Result<(), DockerError> {

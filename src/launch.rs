@@ -190,7 +190,7 @@ async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, Stri
     phases.mark("connect");
     // One image check/pull at a time per user on this node: several jobs starting at once
     // then pull once (Docker alone re-downloads when two pulls overlap).
-    let image_env = {
+    let image = {
         let _lock = pull_lock(plan).await;
         engine
             .ensure_image(&spec.image, spec.pull, plan.this_node())
@@ -212,14 +212,10 @@ async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, Stri
         .map_err(|e| e.to_string())?;
     phases.mark("create");
     let prepared = async {
-        let (passwd, group) = tokio::join!(
-            engine.read_file(&spec.name, "/etc/passwd"),
-            engine.read_file(&spec.name, "/etc/group")
-        );
-        let (passwd, group) = (passwd?.unwrap_or_default(), group?.unwrap_or_default());
+        let (passwd, group) = image_accounts(plan, &engine, &image.id).await?;
         phases.mark("read-passwd");
         engine
-            .upload(&spec.name, &files(plan, &image_env, &passwd, &group))
+            .upload(&spec.name, &files(plan, &image.env, &passwd, &group))
             .await?;
         phases.mark("upload");
         let lifeline = engine.attach_stdin(&spec.name).await?;
@@ -266,6 +262,56 @@ async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, Stri
         engine,
         _lifeline: lifeline,
     })
+}
+
+/// The image's `/etc/passwd` and `/etc/group`: from `~/.mnd/cache/ID/` when there, else read
+/// from the created container and cached (image ids are content addresses, so the cache is
+/// never stale). A cache folder others could write is ignored.
+async fn image_accounts(
+    plan: &Plan,
+    engine: &Engine,
+    image_id: &str,
+) -> Result<(String, String), DockerError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let root = plan.user.home.join(".mnd/cache");
+    let dir = root.join(image_id.replace(':', "-"));
+    let ours = |p: &std::path::Path| {
+        std::fs::symlink_metadata(p)
+            .is_ok_and(|m| m.is_dir() && m.uid() == plan.user.uid && m.mode() & 0o022 == 0)
+    };
+    if ours(&root) && ours(&dir) {
+        if let (Ok(p), Ok(g)) = (
+            std::fs::read_to_string(dir.join("passwd")),
+            std::fs::read_to_string(dir.join("group")),
+        ) {
+            return Ok((p, g));
+        }
+    }
+    let name = &plan.container.name;
+    let (passwd, group) = tokio::join!(
+        engine.read_file(name, "/etc/passwd"),
+        engine.read_file(name, "/etc/group")
+    );
+    let (passwd, group) = (passwd?.unwrap_or_default(), group?.unwrap_or_default());
+    // Best effort: write into a temporary folder, then rename it into place.
+    let stored = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&root)
+        .and_then(|()| {
+            let tmp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(&root)?;
+            std::fs::write(tmp.path().join("passwd"), &passwd)?;
+            std::fs::write(tmp.path().join("group"), &group)?;
+            let tmp = tmp.keep();
+            if std::fs::rename(&tmp, &dir).is_err() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            Ok(())
+        });
+    if let Err(e) = stored {
+        log::debug!("image account cache not written: {e}");
+    }
+    Ok((passwd, group))
 }
 
 /// Takes this user's image lock on this node (`~/.mnd/locks/pull-NODE.lock`); released when

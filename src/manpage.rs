@@ -45,6 +45,9 @@ Read from srun: the step's nodes, this node's index, the task on this node, the 
 .I ~/.mnd/ssh/v1/
 Per-user ssh material, created on first use (0700; keys 0600).
 .TP
+.I ~/.mnd/cache/
+The /etc/passwd and /etc/group of each image used, by image id (content-addressed).
+.TP
 .I ~/.mnd/locks/
 Per-node lock files: one image check or pull at a time per user and node.
 .TP
