@@ -37,6 +37,7 @@ fn site_install_works_for_alice_through_the_module_file() {
     let r = alice(&format!(
         "source /etc/profile.d/lmod.sh && module use /shared/opt/mnd-srun/modulefiles/lmod && module load mnd-srun && \
          echo using=$(command -v mnd-srun) && man -w mnd-srun && \
+         man -l /shared/opt/mnd-srun/share/man/man1/mnd-srun.1 2>/dev/null | grep -c 'INJECTED VARIABLES' && \
          srun -N3 -n3 mnd-srun --container={IMAGE} --dockname={name} --script=./{s}"
     ));
     assert_eq!(r.code, 0, "{}", r.all());

@@ -451,3 +451,25 @@ fn a_taken_sshd_port_is_named_and_the_step_ends() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert_clean(&first, CLEAN);
 }
+
+#[test]
+fn script_help_runs_the_script_with_help_on_one_node_only() {
+    let _g = shared();
+    let s = script(
+        "alice",
+        "e2e-help.sh",
+        "#!/bin/sh\necho \"help-args=[$*] np=$np on $(hostname)\"\n",
+    );
+    let name = unique("help");
+    let r = alice(&format!(
+        "{} --script=./{s} --script_help",
+        srun_line(3, &name, "")
+    ));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("help-args=[--help] np=1 on node1"),
+        "{}",
+        r.all()
+    );
+    assert_clean(&name, CLEAN);
+}
