@@ -240,6 +240,17 @@ fn bob_cannot_log_into_alices_sshd() {
     assert_eq!(r.code, 0, "{}", r.all());
 }
 
+/// Runs `srun -N{step_nodes}` of the script inside `sbatch -N3 --wait --wrap`; returns the
+/// job's output.
+fn sbatch_wait(name: &str, step_nodes: u32, script: &str) -> String {
+    let out = format!("e2e-{name}.out");
+    let r = alice(&format!(
+        "sbatch -N3 --wait -o {out} --wrap \"srun -N{step_nodes} -n{step_nodes} mnd-srun --container={IMAGE} --dockname={name} --script=./{script}\""
+    ));
+    assert_eq!(r.code, 0, "{}", r.all());
+    std::fs::read_to_string(format!("{SHARED}/home/alice/{out}")).unwrap()
+}
+
 #[test]
 fn sbatch_wrap_runs_the_job() {
     let _g = shared();
@@ -249,12 +260,7 @@ fn sbatch_wrap_runs_the_job() {
         "#!/bin/bash\necho \"sbatch-ok $hostlist\"\n",
     );
     let name = unique("sbatch");
-    let out = format!("e2e-{name}.out");
-    let r = alice(&format!(
-        "sbatch -N3 --wait -o {out} --wrap \"srun -N3 -n3 mnd-srun --container={IMAGE} --dockname={name} --script=./{s}\""
-    ));
-    assert_eq!(r.code, 0, "{}", r.all());
-    let text = std::fs::read_to_string(format!("{SHARED}/home/alice/{out}")).unwrap();
+    let text = sbatch_wait(&name, 3, &s);
     assert!(text.contains("sbatch-ok node1:1,node2:1,node3:1"), "{text}");
     assert_clean(&name, CLEAN);
 }
@@ -268,12 +274,7 @@ fn a_two_node_step_in_a_three_node_allocation_uses_the_steps_nodes() {
         "#!/bin/bash\necho \"sub hostlist=$hostlist NNODES=$NNODES np=$np ranks=$(mpirun -H $hostlist -np $np hostname | sort -u | wc -l)\"\n",
     );
     let name = unique("substep");
-    let out = format!("e2e-{name}.out");
-    let r = alice(&format!(
-        "sbatch -N3 --wait -o {out} --wrap \"srun -N2 -n2 mnd-srun --container={IMAGE} --dockname={name} --script=./{s}\""
-    ));
-    assert_eq!(r.code, 0, "{}", r.all());
-    let text = std::fs::read_to_string(format!("{SHARED}/home/alice/{out}")).unwrap();
+    let text = sbatch_wait(&name, 2, &s);
     let line = text
         .lines()
         .find(|l| l.starts_with("sub hostlist="))
