@@ -272,13 +272,10 @@ async fn image_accounts(
     engine: &Engine,
     image_id: &str,
 ) -> Result<(String, String), DockerError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let root = plan.user.home.join(".mnd/cache");
     let dir = root.join(image_id.replace(':', "-"));
-    let ours = |p: &std::path::Path| {
-        std::fs::symlink_metadata(p)
-            .is_ok_and(|m| m.is_dir() && m.uid() == plan.user.uid && m.mode() & 0o022 == 0)
-    };
+    // The same rule as for ssh material: a folder of ours that nobody else can write.
+    let ours = |p: &std::path::Path| p.is_dir() && ssh::check_safe(p, plan.user.uid, false).is_ok();
     if ours(&root) && ours(&dir) {
         if let (Ok(p), Ok(g)) = (
             std::fs::read_to_string(dir.join("passwd")),
@@ -294,20 +291,16 @@ async fn image_accounts(
     );
     let (passwd, group) = (passwd?.unwrap_or_default(), group?.unwrap_or_default());
     // Best effort: write into a temporary folder, then rename it into place.
-    let stored = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&root)
-        .and_then(|()| {
-            let tmp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(&root)?;
-            std::fs::write(tmp.path().join("passwd"), &passwd)?;
-            std::fs::write(tmp.path().join("group"), &group)?;
-            let tmp = tmp.keep();
-            if std::fs::rename(&tmp, &dir).is_err() {
-                let _ = std::fs::remove_dir_all(&tmp);
-            }
-            Ok(())
-        });
+    let stored = ssh::create_private_dir(&root).and_then(|()| {
+        let tmp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(&root)?;
+        std::fs::write(tmp.path().join("passwd"), &passwd)?;
+        std::fs::write(tmp.path().join("group"), &group)?;
+        let tmp = tmp.keep();
+        if std::fs::rename(&tmp, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        Ok(())
+    });
     if let Err(e) = stored {
         log::debug!("image account cache not written: {e}");
     }
@@ -317,21 +310,17 @@ async fn image_accounts(
 /// Takes this user's image lock on this node (`~/.mnd/locks/pull-NODE.lock`); released when
 /// dropped. Without a usable lock file the pull goes ahead unlocked (logged).
 async fn pull_lock(plan: &Plan) -> Option<nix::fcntl::Flock<std::fs::File>> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = plan.user.home.join(".mnd/locks");
     let path = dir.join(format!("pull-{}.lock", plan.this_node()));
-    let opened = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .and_then(|()| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .open(&path)
-        });
+    let opened = ssh::create_private_dir(&dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+    });
     let file = match opened {
         Ok(f) => f,
         Err(e) => {

@@ -88,7 +88,7 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 
 /// Checks that `path` is owned by `uid` and not writable by group or others (and, for
 /// private keys, not readable by them either).
-fn check_safe(path: &Path, uid: u32, private: bool) -> Result<(), SshError> {
+pub(crate) fn check_safe(path: &Path, uid: u32, private: bool) -> Result<(), SshError> {
     let meta = fs::symlink_metadata(path).map_err(io("inspect", path))?;
     let unsafe_ = |reason: String| SshError::Unsafe {
         path: path.to_path_buf(),
@@ -116,6 +116,14 @@ fn check_safe(path: &Path, uid: u32, private: bool) -> Result<(), SshError> {
         )));
     }
     Ok(())
+}
+
+/// Creates `path` and its missing parents with mode 0700 (only the owner may enter).
+pub(crate) fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
 }
 
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), SshError> {
@@ -171,11 +179,7 @@ fn generate(tmp: &Path, m: &Material, user: &str) -> Result<(), SshError> {
 pub fn ensure(root: &Path, who: &Identity) -> Result<Material, SshError> {
     let m = Material::paths(root, &who.name);
     if !root.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(io("create", root))?;
+        create_private_dir(root).map_err(io("create", root))?;
     }
     check_safe(root, who.uid, false)?;
     if !m.dir.exists() {
