@@ -21,9 +21,9 @@ pdsh -w 'node[1-3]' 'echo NODE_RANK=$NODE_RANK' | sort
 JOB
 chmod 0755 "$home/demo-job.sh"
 chown 1001:1001 "$home/demo-job.sh"
-echo "== srun -N3 -n3 mnd-srun --container=mnd-vc-job:1 --script=./demo-job.sh   (as alice on node1)"
+echo "== srun -N3 -n3 mnd-srun --container=mnd-vc-job:2 --script=./demo-job.sh   (as alice on node1)"
 t1=$(date +%s.%N)
-docker exec -u alice -w /shared/home/alice node1 srun -N3 -n3 mnd-srun --container=mnd-vc-job:1 --script=./demo-job.sh
+docker exec -u alice -w /shared/home/alice node1 srun -N3 -n3 mnd-srun --container=mnd-vc-job:2 --script=./demo-job.sh
 t2=$(date +%s.%N)
 left=0
 for n in node1 node2 node3; do left=$((left + $(docker exec "$n" docker ps -aq --filter label=mnd.job | wc -l))); done

@@ -1,7 +1,13 @@
-//! Site configuration (`/etc/mnd-srun/config.toml`, or the file named by `MND_CONFIG`):
-//! defaults for every user and the admin's policy. A missing file means built-in defaults.
+//! Site configuration (`/etc/mnd-srun/config.toml`): defaults for every user and the admin's
+//! policy. A missing file means the built-in defaults, which are the safe ones.
+//!
+//! The policy comes from root-owned files only: the config file and every folder above it
+//! must be owned by root and writable by nobody else. `MND_CONFIG` may name another such
+//! file in the same folder (an admin's alternative, or a test's); a file a user can write,
+//! or one elsewhere, is refused with the reason, never silently used or skipped.
 
 use serde::Deserialize;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -67,14 +73,23 @@ pub struct Policy {
     pub allowed_mount_prefixes: Vec<String>,
     /// Whether `--privileged` is allowed.
     pub allow_privileged: bool,
-    /// Whether `--dockopts` is allowed.
+    /// Whether `--dockopts` is allowed at all (each option is still under its own rule).
     pub allow_dockopts: bool,
-    /// Whether extra devices (`--device`, `--ibdevices`) are allowed.
+    /// Whether extra devices (`--dockopts --device`) are allowed; the step's GPUs and
+    /// `--ibdevices` (InfiniBand) need no permission.
     pub allow_devices: bool,
-    /// Whether extra capabilities (`--cap-add`) are allowed.
+    /// Whether `--dockopts --cap-add` is allowed.
     pub allow_cap_add: bool,
-    /// Whether the container may run as root (uid 0).
+    /// Whether the launcher may be run by root (the container then runs as uid 0).
     pub allow_root: bool,
+    /// `--dockopts --security-opt` values allowed, exactly as written (default none).
+    pub allowed_security_opts: Vec<String>,
+    /// Whether `--dockopts --group-add` may name groups the user is not in on the host.
+    pub allow_any_group: bool,
+    /// Whether `--dockopts --ipc=host` is allowed (private and shareable always are).
+    pub allow_host_ipc: bool,
+    /// Resource limits `--dockopts --ulimit` may set.
+    pub allowed_ulimits: Vec<String>,
 }
 
 impl Default for Policy {
@@ -82,11 +97,17 @@ impl Default for Policy {
         Policy {
             allowed_images: Vec::new(),
             allowed_mount_prefixes: Vec::new(),
-            allow_privileged: true,
+            allow_privileged: false,
             allow_dockopts: true,
-            allow_devices: true,
-            allow_cap_add: true,
+            allow_devices: false,
+            allow_cap_add: false,
             allow_root: false,
+            allowed_security_opts: Vec::new(),
+            allow_any_group: false,
+            allow_host_ipc: false,
+            allowed_ulimits: ["memlock", "stack", "nofile", "core"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -111,6 +132,17 @@ pub enum ConfigError {
         line: usize,
         /// What the TOML parser said (names the key).
         message: String,
+    },
+    /// The file could be changed by someone other than root, or lies outside the config
+    /// folder: it cannot carry the site's policy.
+    #[error("site config {path} is not used: {reason}. The policy is read only from files that root owns and only root can write, in {dir}. Fix: unset MND_CONFIG, or ask your admin to fix the file's owner and mode")]
+    Untrusted {
+        /// The file.
+        path: PathBuf,
+        /// Why it is not trusted.
+        reason: String,
+        /// The folder config files must be in.
+        dir: String,
     },
     /// A value is well-formed TOML but unusable.
     #[error("site config {path}: {message}")]
@@ -150,15 +182,48 @@ impl SiteConfig {
         Ok(cfg)
     }
 
-    /// Loads the config from `MND_CONFIG` or the default path; a missing file gives defaults.
+    /// Loads the site config: `/etc/mnd-srun/config.toml`, or the file `MND_CONFIG` names
+    /// in that folder. A missing default file gives the built-in (safe) defaults; a file
+    /// that is not root's alone is an error.
     pub fn load(env_path: Option<String>) -> Result<Self, ConfigError> {
+        Self::load_from(Path::new(DEFAULT_CONFIG_PATH), env_path, 0)
+    }
+
+    /// `load` with the default file and the owner it must have as parameters (for tests).
+    pub fn load_from(
+        default: &Path,
+        env_path: Option<String>,
+        owner: u32,
+    ) -> Result<Self, ConfigError> {
         let explicit = env_path.is_some();
-        let path = PathBuf::from(env_path.unwrap_or_else(|| DEFAULT_CONFIG_PATH.into()));
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Self::parse(&text, &path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Self::default()),
-            Err(source) => Err(ConfigError::Read { path, source }),
+        let path = env_path.map_or_else(|| default.to_path_buf(), PathBuf::from);
+        let dir = default.parent().unwrap_or(Path::new("/"));
+        if explicit && path.parent() != Some(dir) {
+            return Err(ConfigError::Untrusted {
+                reason: "it is not in the site config folder".into(),
+                dir: dir.display().to_string(),
+                path,
+            });
         }
+        match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Self::default())
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+            Ok(_) => {}
+        }
+        if let Err(reason) = only_owner_can_change(&path, owner) {
+            return Err(ConfigError::Untrusted {
+                path,
+                reason,
+                dir: dir.display().to_string(),
+            });
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&text, &path)
     }
 
     /// How the config is named in policy messages.
@@ -168,6 +233,39 @@ impl SiteConfig {
             |p| p.display().to_string(),
         )
     }
+}
+
+/// Checks that `path` (a file, not a link) and every folder above it are owned by `owner`
+/// and writable by nobody else (a sticky folder such as /tmp is fine).
+fn only_owner_can_change(path: &Path, owner: u32) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if !meta.file_type().is_file() {
+        return Err("it is not a regular file".into());
+    }
+    for (p, m) in path
+        .ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| (p, std::fs::symlink_metadata(p)))
+    {
+        let m = m.map_err(|e| format!("{}: {e}", p.display()))?;
+        let what = if p == path { "it" } else { "its folder" };
+        if m.uid() != owner {
+            return Err(format!(
+                "{what} {} is owned by uid {}, not root",
+                p.display(),
+                m.uid()
+            ));
+        }
+        let sticky_dir = m.is_dir() && m.mode() & 0o1000 != 0;
+        if m.mode() & 0o022 != 0 && !sticky_dir {
+            return Err(format!(
+                "{what} {} has mode {:04o}: others can change it",
+                p.display(),
+                m.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -193,7 +291,7 @@ allow_dockopts = false
         let c = SiteConfig::parse(text, Path::new("/etc/x.toml")).unwrap();
         assert_eq!(c.defaults.ssh_port_base, 50000);
         assert_eq!(c.defaults.ssh_port_span, 10000);
-        assert!(!c.policy.allow_privileged && c.policy.allow_devices);
+        assert!(!c.policy.allow_privileged && !c.policy.allow_devices);
         assert_eq!(c.name(), "/etc/x.toml");
     }
 
@@ -221,7 +319,74 @@ allow_dockopts = false
     }
 
     #[test]
-    fn missing_default_file_gives_defaults_but_missing_explicit_file_is_an_error() {
-        assert!(SiteConfig::load(Some("/nonexistent/mnd.toml".into())).is_err());
+    fn missing_default_file_gives_safe_defaults_but_missing_explicit_file_is_an_error() {
+        let t = tempfile::tempdir().unwrap();
+        let default = t.path().join("config.toml");
+        let me = nix::unistd::getuid().as_raw();
+        let c = SiteConfig::load_from(&default, None, me).unwrap();
+        assert!(!c.policy.allow_privileged && !c.policy.allow_cap_add && !c.policy.allow_devices);
+        let other = t.path().join("x.toml").display().to_string();
+        assert!(SiteConfig::load_from(&default, Some(other), me).is_err());
+    }
+
+    #[test]
+    fn a_config_someone_else_can_change_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let me = nix::unistd::getuid().as_raw();
+        let dir = t.path().join("etc");
+        std::fs::create_dir(&dir).unwrap();
+        let default = dir.join("config.toml");
+        std::fs::write(&default, "[policy]\nallow_privileged = true\n").unwrap();
+        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        mode(&default, 0o644).unwrap();
+        mode(&dir, 0o755).unwrap();
+        // Root-owned (here: owned by the test's own uid) and not writable by others: used.
+        if std::fs::metadata(t.path()).unwrap().mode() & 0o022 == 0 {
+            assert!(
+                SiteConfig::load_from(&default, None, me)
+                    .unwrap()
+                    .policy
+                    .allow_privileged
+            );
+        }
+        // Not owned by the required owner: refused with the reason.
+        let e = SiteConfig::load_from(&default, None, me + 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is not used") && e.contains("owned by uid"),
+            "{e}"
+        );
+        // Group-writable file, or a folder others can write: refused.
+        mode(&default, 0o664).unwrap();
+        let e = SiteConfig::load_from(&default, None, me)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mode 0664"), "{e}");
+        mode(&default, 0o644).unwrap();
+        mode(&dir, 0o777).unwrap();
+        let e = SiteConfig::load_from(&default, None, me)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("its folder") && e.contains("0777"), "{e}");
+        mode(&dir, 0o755).unwrap();
+        // MND_CONFIG outside the config folder (e.g. the user's home): refused.
+        let home = t.path().join("mine.toml");
+        std::fs::write(&home, "").unwrap();
+        let e = SiteConfig::load_from(&default, Some(home.display().to_string()), me)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not in the site config folder") && e.contains("unset MND_CONFIG"),
+            "{e}"
+        );
+        // A symbolic link in the folder pointing at a user's file: refused.
+        let link = dir.join("link.toml");
+        std::os::unix::fs::symlink(&home, &link).unwrap();
+        let e = SiteConfig::load_from(&default, Some(link.display().to_string()), me)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 }

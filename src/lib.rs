@@ -16,6 +16,7 @@ pub mod launch;
 pub mod manpage;
 pub mod node;
 pub mod plan;
+pub mod policy;
 pub mod probe;
 pub mod signals;
 pub mod slurm;

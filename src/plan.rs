@@ -7,6 +7,7 @@ use crate::config::SiteConfig;
 use crate::dockopts::{self, DockOpts};
 use crate::hostlist;
 use crate::identity::Identity;
+use crate::policy::{self, GpuAsk, MountOrigin};
 use crate::slurm::{Role as SlurmRole, StepContext};
 use crate::ssh::Material;
 use std::collections::BTreeMap;
@@ -187,6 +188,21 @@ impl Plan {
     pub fn this_node(&self) -> &str {
         &self.nodes[self.node_rank]
     }
+
+    /// The plan with every environment value hidden (values of `--envlist` and `-e` may be
+    /// secrets), for logs.
+    pub fn redacted(&self) -> Plan {
+        let mut p = self.clone();
+        for (_, v) in &mut p.job_env {
+            *v = "<hidden>".into();
+        }
+        for e in &mut p.container.env {
+            if let Some((k, _)) = e.split_once('=') {
+                *e = format!("{k}=<hidden>");
+            }
+        }
+        p
+    }
 }
 
 /// A command line, config or environment that cannot be turned into a plan.
@@ -204,6 +220,16 @@ pub enum PlanError {
         rule: &'static str,
         /// The config file.
         config: String,
+    },
+    /// A built-in rule (not a site setting) forbids it.
+    #[error("{what} is refused: {why}. Fix: {fix}")]
+    Refused {
+        /// What was refused.
+        what: String,
+        /// The rule, in words.
+        why: String,
+        /// What to do instead.
+        fix: String,
     },
     /// `--nodelist` is wrong.
     #[error("--nodelist: {0}")]
@@ -229,6 +255,9 @@ pub struct Inputs<'a> {
     pub user: &'a Identity,
     /// Node facts.
     pub facts: &'a NodeFacts,
+    /// Resolves a host path to its real path (no `..`, no symbolic links); mount rules
+    /// apply to what this returns.
+    pub resolve: &'a dyn Fn(&Path) -> std::io::Result<PathBuf>,
 }
 
 /// Builds the plan.
@@ -239,6 +268,7 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         site,
         user,
         facts,
+        resolve,
     } = *i;
     let image = args
         .container
@@ -249,31 +279,56 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         .script
         .clone()
         .ok_or_else(|| usage("no script given: add --script=./job.sh (the script runs inside the first node's container)"))?;
-    check_policy(args, site, user, &image)?;
+    policy::check_request(
+        site,
+        user,
+        &policy::Request {
+            image: &image,
+            privileged: args.privileged,
+            dockopts: args
+                .dockopts
+                .as_deref()
+                .is_some_and(|d| !d.trim().is_empty()),
+        },
+    )?;
     let (nodes, node_rank, role) = choose_nodes(step, args)?;
     let job_label = match (step.job_id, step.step_id) {
         (Some(j), Some(s)) => format!("{j}.{s}"),
         _ => format!("local-{}", facts.pid),
     };
     let ports = ports(step, args, site, facts)?;
-    let slots = match args.slots_per_node {
-        Some(0) => return Err(usage("--slots-per-node must be at least 1")),
-        Some(n) => n,
-        None if !step.gpus.is_empty() => step.gpus.len() as u32,
-        None => step.gpus_on_node.filter(|&n| n > 0).unwrap_or(1),
+    let (gpu_ask, gpu_source) = gpu_ask(args, facts)?;
+    policy::check_gpus(&gpu_ask, gpu_source, step.under_slurm(), &step.gpus)?;
+    let slots = match (args.slots_per_node, &gpu_ask) {
+        (Some(0), _) => return Err(usage("--slots-per-node must be at least 1")),
+        (Some(n), _) => n,
+        (None, GpuAsk::Ids(ids)) if !ids.is_empty() => ids.len() as u32,
+        (None, _) if !step.gpus.is_empty() => step.gpus.len() as u32,
+        (None, _) => step.gpus_on_node.filter(|&n| n > 0).unwrap_or(1),
     };
     let opts = match &args.dockopts {
         Some(text) => dockopts::parse(text)?,
         None => DockOpts::default(),
     };
-    check_dockopts_policy(&opts, site)?;
+    policy::check_dockopts(site, user, &opts)?;
     let script_path = absolute(&facts.cwd, &script_arg);
     let ssh_root = args
         .ssh_dir
         .as_ref()
         .map_or_else(|| user.home.join(".mnd/ssh"), |d| absolute(&facts.cwd, d));
     let ssh = Material::paths(&ssh_root, &user.name);
-    let mounts = mounts(user, facts, site, args, &opts, &script_path, &ssh_root)?;
+    let mounts = mounts(
+        &MountInputs {
+            user,
+            facts,
+            site,
+            args,
+            opts: &opts,
+            script: &script_path,
+            ssh_root: &ssh_root,
+        },
+        resolve,
+    )?;
     let job_env = job_env(
         &nodes, node_rank, slots, ports, args, site, facts, &opts, &job_label,
     )?;
@@ -283,7 +338,7 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         format!("LOGNAME={}", user.name),
     ];
     env.extend(job_env.iter().map(|(k, v)| format!("{k}={v}")));
-    let (gpus, mut devices, gpu_groups) = gpus(step, args, facts)?;
+    let (gpus, mut devices, gpu_groups) = gpus(step, args, facts, gpu_ask);
     if args.ib_devices {
         devices.push(Device {
             host: "/dev/infiniband".into(),
@@ -366,6 +421,7 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
             labels.insert(k.to_string(), v.to_string());
         }
     }
+    let privileged = args.privileged || opts.privileged;
     let container = ContainerSpec {
         name,
         image,
@@ -383,8 +439,18 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         devices,
         gpus,
         cap_add: opts.cap_add.clone(),
-        cap_drop: opts.cap_drop.clone(),
-        security_opt: opts.security_opt.clone(),
+        // Nothing in a job needs a capability (sshd runs as the user); with
+        // no-new-privileges a setuid or file-capability program in the image gives nothing.
+        cap_drop: if privileged {
+            opts.cap_drop.clone()
+        } else {
+            std::iter::once("ALL".to_string())
+                .chain(opts.cap_drop.iter().cloned())
+                .collect()
+        },
+        security_opt: std::iter::once("no-new-privileges=true".to_string())
+            .chain(opts.security_opt.iter().cloned())
+            .collect(),
         tmpfs: opts
             .tmpfs
             .iter()
@@ -394,7 +460,7 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
             })
             .collect(),
         extra_hosts: opts.add_hosts.clone(),
-        privileged: args.privileged || opts.privileged,
+        privileged,
     };
     let script = (role == Role::Coordinator).then(|| ScriptSpec {
         path: script_path,
@@ -422,23 +488,8 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
 }
 
 fn absolute(cwd: &Path, p: &Path) -> PathBuf {
-    let joined = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        cwd.join(p)
-    };
     // Lexical clean-up of "." and ".." so the same path works inside the container.
-    let mut out = PathBuf::new();
-    for c in joined.components() {
-        match c {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
+    policy::lexical_clean(&cwd.join(p))
 }
 
 /// Which nodes take part, this node's rank among them, and this launcher's role.
@@ -534,59 +585,77 @@ fn parse_mount(spec: &str) -> Result<Mount, PlanError> {
     }
     Ok(Mount {
         source: src.into(),
-        target: dst.into(),
+        target: policy::lexical_clean(Path::new(dst)),
         read_only: ro,
     })
 }
 
+/// What the mounts are decided from.
+struct MountInputs<'a> {
+    user: &'a Identity,
+    facts: &'a NodeFacts,
+    site: &'a SiteConfig,
+    args: &'a Args,
+    opts: &'a DockOpts,
+    script: &'a Path,
+    ssh_root: &'a Path,
+}
+
+/// Every bind mount, with its source resolved (no `..`, no symbolic links) and checked:
+/// home, site mounts, `--mounts`/`-v`, then the working directory, the ssh folder and the
+/// script's folder when no mount already shows them at the same path.
 fn mounts(
-    user: &Identity,
-    facts: &NodeFacts,
-    site: &SiteConfig,
-    args: &Args,
-    opts: &DockOpts,
-    script: &Path,
-    ssh_root: &Path,
+    i: &MountInputs,
+    resolve: &dyn Fn(&Path) -> std::io::Result<PathBuf>,
 ) -> Result<Vec<Mount>, PlanError> {
+    let checked = |origin: MountOrigin, m: Mount| -> Result<Mount, PlanError> {
+        let source = resolve(&m.source).map_err(|e| {
+            usage(format!(
+                "mount source {} cannot be used: {e}. Fix: give an existing folder",
+                m.source.display()
+            ))
+        })?;
+        policy::check_mount_source(origin, &source)?;
+        policy::check_mount_prefix(i.site, origin, &source, &i.user.home, resolve)?;
+        policy::check_mount_target(&m.target)?;
+        Ok(Mount { source, ..m })
+    };
     let same = |p: &Path, ro: bool| Mount {
         source: p.to_path_buf(),
         target: p.to_path_buf(),
         read_only: ro,
     };
-    let mut out = vec![same(&user.home, false)];
-    for spec in &site.defaults.mounts {
-        out.push(parse_mount(spec)?);
+    let mut out = vec![checked(MountOrigin::Home, same(&i.user.home, false))?];
+    for spec in &i.site.defaults.mounts {
+        out.push(checked(MountOrigin::Site, parse_mount(spec)?)?);
     }
-    for spec in args
+    for spec in i
+        .args
         .mounts
         .iter()
-        .chain(&opts.mounts)
+        .chain(&i.opts.mounts)
         .filter(|s| !s.is_empty())
     {
-        let m = parse_mount(spec)?;
-        let allowed = &site.policy.allowed_mount_prefixes;
-        if !allowed.is_empty() && !allowed.iter().any(|p| m.source.starts_with(p)) {
-            return Err(PlanError::Policy {
-                what: format!("mount source {}", m.source.display()),
-                rule: "policy.allowed_mount_prefixes",
-                config: site.name(),
-            });
-        }
-        out.push(m);
+        out.push(checked(MountOrigin::User, parse_mount(spec)?)?);
     }
+    // A path shows inside the container at the same place when a mount of it (or of a
+    // folder above it) has the same source and target.
     let covered = |p: &Path, ms: &[Mount]| {
         ms.iter()
             .any(|m| p.starts_with(&m.target) && m.source == m.target)
     };
-    if !covered(&facts.cwd, &out) {
-        out.push(same(&facts.cwd, false));
+    if !covered(&i.facts.cwd, &out) {
+        let m = checked(MountOrigin::Workdir, same(&i.facts.cwd, false))?;
+        out.push(m);
     }
-    if !covered(ssh_root, &out) {
-        out.push(same(ssh_root, true));
+    if !covered(i.ssh_root, &out) {
+        let m = checked(MountOrigin::SshDir, same(i.ssh_root, true))?;
+        out.push(m);
     }
-    if let Some(dir) = script.parent() {
-        if !covered(script, &out) {
-            out.push(same(dir, true));
+    if let Some(dir) = i.script.parent() {
+        if !covered(i.script, &out) {
+            let m = checked(MountOrigin::ScriptDir, same(dir, true))?;
+            out.push(m);
         }
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -662,35 +731,62 @@ fn job_env(
             }
         }
     }
+    for (k, v) in &env {
+        check_env_value(k, v)?;
+    }
     Ok(env)
 }
 
-/// GPU request, devices and groups, from what Slurm gave the step (physical ids) or `--gpus`.
-fn gpus(
-    step: &StepContext,
-    args: &Args,
-    facts: &NodeFacts,
-) -> Result<(Gpus, Vec<Device>, Vec<u32>), PlanError> {
-    enum Want {
-        None,
-        All,
-        Ids(Vec<u32>),
+/// Every ssh session of the job gets these variables (sshd `SetEnv`), which cannot carry a
+/// line break or other control character; the value itself is never printed.
+pub fn check_env_value(name: &str, value: &str) -> Result<(), PlanError> {
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(usage(format!(
+            "variable {name} has a line break or control character in its value, which ssh sessions cannot carry. Fix: pass it through a file instead, or drop it from --envlist/-e"
+        )));
     }
-    let want = match args.gpus.as_deref() {
-        Some("none") | Some("") => Want::None,
-        Some("all") => Want::All,
-        Some(list) => Want::Ids(
+    Ok(())
+}
+
+/// The GPUs asked for: `--gpus` (or `MND_GPUS`), else the seed's `NV_GPU`; and which of
+/// the two it was, for messages.
+fn gpu_ask(args: &Args, facts: &NodeFacts) -> Result<(GpuAsk, &'static str), PlanError> {
+    let (text, source) = match (&args.gpus, facts.env.get("NV_GPU")) {
+        (Some(g), _) => (g.as_str(), "--gpus"),
+        (None, Some(nv)) => (nv.as_str(), "NV_GPU"),
+        (None, None) => return Ok((GpuAsk::Default, "--gpus")),
+    };
+    let ask = match text.trim() {
+        "none" | "" => GpuAsk::None,
+        "all" => GpuAsk::All,
+        list => GpuAsk::Ids(
             list.split(',')
                 .map(|s| {
                     s.trim().parse().map_err(|_| {
-                        usage(format!("--gpus '{list}': use all, none or ids like 0,1"))
+                        usage(format!(
+                            "{source} '{list}': use all, none or physical GPU ids like 0,1"
+                        ))
                     })
                 })
                 .collect::<Result<_, _>>()?,
         ),
-        None if !step.gpus.is_empty() => Want::Ids(step.gpus.clone()),
-        None if step.under_slurm() => Want::None,
-        None => Want::All,
+    };
+    Ok((ask, source))
+}
+
+/// GPU request, devices and groups, from what Slurm gave the step (physical ids) or what
+/// was asked (already checked against the step by the policy).
+fn gpus(
+    step: &StepContext,
+    args: &Args,
+    facts: &NodeFacts,
+    ask: GpuAsk,
+) -> (Gpus, Vec<Device>, Vec<u32>) {
+    let want = match ask {
+        GpuAsk::Default if !step.gpus.is_empty() => GpuAsk::Ids(step.gpus.clone()),
+        GpuAsk::Default if step.under_slurm() => GpuAsk::None,
+        GpuAsk::Default => GpuAsk::All,
+        other => other,
     };
     let vendor = match args.gpu_vendor {
         GpuVendor::Auto if facts.nvidia => GpuVendor::Nvidia,
@@ -698,14 +794,16 @@ fn gpus(
         GpuVendor::Auto => GpuVendor::None,
         v => v,
     };
-    Ok(match (vendor, want) {
-        (_, Want::None) | (GpuVendor::None | GpuVendor::Auto, _) => (Gpus::None, vec![], vec![]),
-        (GpuVendor::Nvidia, Want::All) => (Gpus::NvidiaAll, vec![], vec![]),
-        (GpuVendor::Nvidia, Want::Ids(ids)) => (Gpus::Nvidia(ids), vec![], vec![]),
+    match (vendor, want) {
+        (_, GpuAsk::None | GpuAsk::Default) | (GpuVendor::None | GpuVendor::Auto, _) => {
+            (Gpus::None, vec![], vec![])
+        }
+        (GpuVendor::Nvidia, GpuAsk::All) => (Gpus::NvidiaAll, vec![], vec![]),
+        (GpuVendor::Nvidia, GpuAsk::Ids(ids)) => (Gpus::Nvidia(ids), vec![], vec![]),
         (GpuVendor::Amd, want) => {
             let amd = facts.amd.clone().unwrap_or_default();
             let nodes: Vec<u32> = match want {
-                Want::Ids(ids) => ids
+                GpuAsk::Ids(ids) => ids
                     .iter()
                     .map(|&i| amd.render_nodes.get(i as usize).copied().unwrap_or(128 + i))
                     .collect(),
@@ -720,7 +818,7 @@ fn gpus(
             devices.extend(nodes.iter().map(|n| dev(format!("/dev/dri/renderD{n}"))));
             (Gpus::None, devices, amd.device_gids)
         }
-    })
+    }
 }
 
 fn parse_device(spec: &str) -> Device {
@@ -766,69 +864,6 @@ fn sanitize_name(s: &str) -> String {
             }
         })
         .collect()
-}
-
-fn check_policy(
-    args: &Args,
-    site: &SiteConfig,
-    user: &Identity,
-    image: &str,
-) -> Result<(), PlanError> {
-    let p = &site.policy;
-    let refuse = |what: String, rule| {
-        Err(PlanError::Policy {
-            what,
-            rule,
-            config: site.name(),
-        })
-    };
-    if !p.allowed_images.is_empty()
-        && !p
-            .allowed_images
-            .iter()
-            .any(|re| regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(image)))
-    {
-        return refuse(format!("image '{image}'"), "policy.allowed_images");
-    }
-    if args.privileged && !p.allow_privileged {
-        return refuse("--privileged".into(), "policy.allow_privileged");
-    }
-    if args
-        .dockopts
-        .as_deref()
-        .is_some_and(|d| !d.trim().is_empty())
-        && !p.allow_dockopts
-    {
-        return refuse("--dockopts".into(), "policy.allow_dockopts");
-    }
-    if args.ib_devices && !p.allow_devices {
-        return refuse("--ibdevices".into(), "policy.allow_devices");
-    }
-    if user.uid == 0 && !p.allow_root {
-        return refuse("running the container as root".into(), "policy.allow_root");
-    }
-    Ok(())
-}
-
-fn check_dockopts_policy(opts: &DockOpts, site: &SiteConfig) -> Result<(), PlanError> {
-    let p = &site.policy;
-    let refuse = |what: &str, rule| {
-        Err(PlanError::Policy {
-            what: format!("--dockopts {what}"),
-            rule,
-            config: site.name(),
-        })
-    };
-    if opts.privileged && !p.allow_privileged {
-        return refuse("--privileged", "policy.allow_privileged");
-    }
-    if !opts.devices.is_empty() && !p.allow_devices {
-        return refuse("--device", "policy.allow_devices");
-    }
-    if !opts.cap_add.is_empty() && !p.allow_cap_add {
-        return refuse("--cap-add", "policy.allow_cap_add");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

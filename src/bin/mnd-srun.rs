@@ -17,8 +17,9 @@ async fn run(args: cli::Args, hostname: &str) -> Result<i32, Error> {
         site: &site,
         user: &user,
         facts: &facts,
+        resolve: &|p| std::fs::canonicalize(p),
     })?;
-    log::debug!("plan: {plan:#?}");
+    log::debug!("plan: {:#?}", plan.redacted());
     if !matches!(plan.role, plan::Role::Idle(_)) {
         ssh::ensure(&plan.ssh_root, &user)?;
     }

@@ -51,6 +51,7 @@ fn plan_with(
         site,
         user: &alice(),
         facts: f,
+        resolve: &|p| Ok(p.to_path_buf()),
     })
 }
 
@@ -210,18 +211,46 @@ fn gpus_use_physical_ids_from_slurm() {
     // Under Slurm with no GPU for the step: none, even though the node has some.
     let p = plan_with(&step(0, &[]), &args(&[]), &SiteConfig::default(), &f).unwrap();
     assert_eq!(p.container.gpus, Gpus::None);
+    // Under Slurm, all or ids outside the step are refused; a subset is fine.
+    let refuse = |s: &StepContext, extra: &[&str], f: &NodeFacts| {
+        plan_with(s, &args(extra), &SiteConfig::default(), f)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = refuse(&step(0, &[]), &["--gpus=all"], &f);
+    assert!(
+        e.contains("--gpus=all is refused") && e.contains("no GPUs"),
+        "{e}"
+    );
+    let e = refuse(&step(0, &[2, 3]), &["--gpus=1,2"], &f);
+    assert!(
+        e.contains("GPU 1 in --gpus") && e.contains("GPUs 2,3"),
+        "{e}"
+    );
     let p = plan_with(
-        &step(0, &[]),
-        &args(&["--gpus=all"]),
+        &step(0, &[2, 3]),
+        &args(&["--gpus=3"]),
         &SiteConfig::default(),
         &f,
     )
     .unwrap();
-    assert_eq!(p.container.gpus, Gpus::NvidiaAll);
-    // No Slurm: all GPUs of the machine.
+    assert_eq!(p.container.gpus, Gpus::Nvidia(vec![3]));
+    assert_eq!(p.slots, 1);
+    // The seed's NV_GPU selects GPUs the same way, within the step's.
+    let mut nv = f.clone();
+    nv.env.insert("NV_GPU".into(), "2".into());
+    let p = plan_with(&step(0, &[2, 3]), &args(&[]), &SiteConfig::default(), &nv).unwrap();
+    assert_eq!(p.container.gpus, Gpus::Nvidia(vec![2]));
+    assert_eq!(env(&p, "hostlist"), Some("node1:1,node2:1,node3:1"));
+    nv.env.insert("NV_GPU".into(), "0,1".into());
+    let e = refuse(&step(0, &[2, 3]), &[], &nv);
+    assert!(e.contains("GPU 0 in NV_GPU"), "{e}");
+    // No Slurm: all GPUs of the machine, or any of them.
     let local = StepContext::local("node1");
     let p = plan_with(&local, &args(&[]), &SiteConfig::default(), &f).unwrap();
     assert_eq!(p.container.gpus, Gpus::NvidiaAll);
+    let p = plan_with(&local, &args(&["--gpus=5"]), &SiteConfig::default(), &f).unwrap();
+    assert_eq!(p.container.gpus, Gpus::Nvidia(vec![5]));
 }
 
 #[test]
@@ -268,7 +297,13 @@ fn memlock_only_where_allowed() {
 
 #[test]
 fn dockopts_become_container_options() {
-    let p = plan(0, &["--dockopts=--shm-size=1g -e X -e Y=2 --ulimit nofile=100:200 --device /dev/fuse --ipc=host"]);
+    let site = SiteConfig::parse(
+        "[policy]\nallow_devices = true\nallow_host_ipc = true\n",
+        Path::new("/etc/mnd-srun/config.toml"),
+    )
+    .unwrap();
+    let a = args(&["--dockopts=--shm-size=1g -e X -e Y=2 --ulimit nofile=100:200 --device /dev/fuse --ipc=host"]);
+    let p = plan_with(&step(0, &[]), &a, &site, &facts()).unwrap();
     assert_eq!(p.container.shm_size, Some(1 << 30));
     assert_eq!(env(&p, "X"), Some("from-env"));
     assert_eq!(env(&p, "Y"), Some("2"));
@@ -386,11 +421,149 @@ fn policy_refusals_name_rule_and_config() {
         .unwrap_err()
         .to_string()
         .contains("policy.allow_dockopts"));
-    assert!(ok(&["--datamnts=/etc"])
+    assert!(ok(&["--datamnts=/scratch"])
         .unwrap_err()
         .to_string()
         .contains("policy.allowed_mount_prefixes"));
     assert!(ok(&["--datamnts=/data/x"]).is_ok());
+}
+
+#[test]
+fn containers_never_gain_privileges() {
+    let p = plan(0, &[]);
+    assert_eq!(p.container.cap_drop, ["ALL"]);
+    assert_eq!(p.container.security_opt, ["no-new-privileges=true"]);
+    assert!(!p.container.privileged);
+}
+
+/// A resolver standing for a node where /shared/home/alice/etc-link -> /etc and
+/// /shared/home/alice/data -> /gpfs/alice.
+fn node_paths(p: &Path) -> std::io::Result<PathBuf> {
+    let links = [
+        ("/shared/home/alice/etc-link", "/etc"),
+        ("/shared/home/alice/data", "/gpfs/alice"),
+    ];
+    for (link, real) in links {
+        if let Ok(rest) = p.strip_prefix(link) {
+            return Ok(policy::lexical_clean(&Path::new(real).join(rest)));
+        }
+    }
+    if p.starts_with("/missing") {
+        return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+    }
+    Ok(policy::lexical_clean(p))
+}
+
+fn plan_on_node(f: &NodeFacts, extra: &[&str], site: &SiteConfig) -> Result<Plan, PlanError> {
+    build(&Inputs {
+        step: &step(0, &[]),
+        args: &args(extra),
+        site,
+        user: &alice(),
+        facts: f,
+        resolve: &node_paths,
+    })
+}
+
+#[test]
+fn host_system_folders_are_never_mounted_however_named() {
+    let d = SiteConfig::default();
+    let refused =
+        |f: &NodeFacts, extra: &[&str]| plan_on_node(f, extra, &d).unwrap_err().to_string();
+    // The working directory /etc (the node's own passwd would be overwritten).
+    let mut f = facts();
+    f.cwd = "/etc".into();
+    let e = refused(&f, &["--script=/shared/home/alice/job.sh"]);
+    assert!(
+        e.starts_with("the working directory /etc is refused") && e.contains("cd to your home"),
+        "{e}"
+    );
+    for (flag, shown) in [
+        (
+            "--datamnts=/shared/home/alice/../../../etc:/x",
+            "mount source /etc",
+        ),
+        (
+            "--datamnts=/shared/home/alice/etc-link:/x",
+            "mount source /etc",
+        ),
+        (
+            "--datamnts=/var/run/docker.sock:/d.sock",
+            "mount source /var/run/docker.sock",
+        ),
+        ("--datamnts=/:/host", "mount source /"),
+        ("--dockopts=-v /usr:/u", "mount source /usr"),
+        (
+            "--dockopts=--mount type=bind,source=/shared/home/alice/etc-link/ssh,target=/x",
+            "mount source /etc/ssh",
+        ),
+        ("--script=/etc/init.d/x", "the script's folder /etc/init.d"),
+    ] {
+        let e = refused(&facts(), &[flag]);
+        assert!(
+            e.starts_with(&format!("{shown} is refused")) && e.contains("system folder"),
+            "{flag}: {e}"
+        );
+    }
+    // Targets that would cover what mnd-srun writes.
+    for flag in [
+        "--datamnts=/data:/etc",
+        "--datamnts=/data:/",
+        "--datamnts=/data:/.mnd",
+    ] {
+        let e = refused(&facts(), &[flag]);
+        assert!(
+            e.contains("mount target") && e.contains("refused"),
+            "{flag}: {e}"
+        );
+    }
+    let e = refused(&facts(), &["--datamnts=/missing/x"]);
+    assert!(e.contains("/missing/x cannot be used"), "{e}");
+    // The resolved path is what gets mounted, and what the prefix rule sees.
+    let p = plan_on_node(&facts(), &["--datamnts=/shared/home/alice/data:/data"], &d).unwrap();
+    assert!(p
+        .container
+        .mounts
+        .iter()
+        .any(|m| m.source == Path::new("/gpfs/alice") && m.target == Path::new("/data")));
+    let site = SiteConfig::parse(
+        "[policy]\nallowed_mount_prefixes = ['/shared']\n",
+        Path::new("/etc/mnd-srun/config.toml"),
+    )
+    .unwrap();
+    let e = plan_on_node(&facts(), &["--datamnts=/shared/home/alice/data"], &site)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("mount source /gpfs/alice") && e.contains("allowed_mount_prefixes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn env_values_with_line_breaks_are_refused_and_never_logged() {
+    let mut f = facts();
+    f.env
+        .insert("TOKEN".into(), "s3cret\nAuthorizedKeysFile /tmp/k".into());
+    let e = plan_with(
+        &step(0, &[]),
+        &args(&["--envlist=TOKEN"]),
+        &SiteConfig::default(),
+        &f,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("variable TOKEN") && e.contains("line break") && !e.contains("s3cret"),
+        "{e}"
+    );
+    let p = plan(0, &["--envlist=WANDB_KEY", "--dockopts=-e PASS=hunter2"]);
+    let shown = format!("{:#?}", p.redacted());
+    assert!(
+        !shown.contains("hunter2") && shown.contains("PASS=<hidden>"),
+        "{shown}"
+    );
+    assert!(!shown.contains("\"k\""), "{shown}");
 }
 
 #[test]

@@ -1,0 +1,587 @@
+//! What a job may ask of Docker: the built-in rules no config can loosen (host system
+//! folders are never mounted, mnd-srun's own files are never covered by a mount, GPUs are
+//! the step's) and the site's policy from the root-owned config. Every option that reaches
+//! Docker passes one of these checks; the plan calls them, nothing else does.
+//!
+//! While users can reach the Docker socket themselves, these rules bind mnd-srun only (they
+//! are advisory for the user); behind the SPANK plugin's root side they are the boundary.
+
+use crate::config::SiteConfig;
+use crate::dockopts::DockOpts;
+use crate::identity::Identity;
+use crate::plan::PlanError;
+use std::path::{Component, Path, PathBuf};
+
+/// Host folders that are never bind-mounted, nor anything inside them or above them.
+pub const SYSTEM_FOLDERS: &[&str] = &[
+    "/etc",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/boot",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/var/run",
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/root",
+];
+
+/// The container folder holding the files mnd-srun gives a container (sshd and ssh
+/// configs, the ssh wrappers). It lies in the container's own layer: no mount may cover it.
+pub const PRIVATE_DIR: &str = "/.mnd";
+
+/// Container paths mnd-srun writes besides `PRIVATE_DIR`; no mount may cover them either.
+pub const WRITTEN_FILES: &[&str] = &["/etc/passwd", "/etc/group"];
+
+/// Container folders no mount may go into (the kernel's and the image's own).
+const NO_TARGETS_UNDER: &[&str] = &["/etc", "/proc", "/sys", "/dev", PRIVATE_DIR];
+
+/// Where a mount comes from, for messages and for which rules apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountOrigin {
+    /// The user's home.
+    Home,
+    /// The site config's `defaults.mounts` (the admin's own; not under the user rules).
+    Site,
+    /// `--mounts`/`--datamnts` or `--dockopts -v/--mount`.
+    User,
+    /// The working directory.
+    Workdir,
+    /// The script's folder.
+    ScriptDir,
+    /// The ssh material folder.
+    SshDir,
+}
+
+impl MountOrigin {
+    fn describe(self, source: &Path) -> String {
+        let s = source.display();
+        match self {
+            MountOrigin::Home => format!("your home {s}"),
+            MountOrigin::Site => format!("site mount {s}"),
+            MountOrigin::User => format!("mount source {s}"),
+            MountOrigin::Workdir => format!("the working directory {s}"),
+            MountOrigin::ScriptDir => format!("the script's folder {s}"),
+            MountOrigin::SshDir => format!("the ssh folder {s}"),
+        }
+    }
+
+    fn fix(self) -> &'static str {
+        match self {
+            MountOrigin::Workdir => "cd to your home or a project folder and start again",
+            MountOrigin::ScriptDir => "keep the script in your home or a project folder",
+            MountOrigin::Home => "ask your admin: a home in a system folder cannot be mounted",
+            MountOrigin::SshDir => "choose another folder with --ssh-dir",
+            MountOrigin::User | MountOrigin::Site => "mount a folder of your own data instead",
+        }
+    }
+}
+
+fn refused(what: String, why: String, fix: &str) -> PlanError {
+    PlanError::Refused {
+        what,
+        why,
+        fix: fix.to_string(),
+    }
+}
+
+fn policy(site: &SiteConfig, what: impl Into<String>, rule: &'static str) -> PlanError {
+    PlanError::Policy {
+        what: what.into(),
+        rule,
+        config: site.name(),
+    }
+}
+
+/// The system folder `path` is, is inside of, or contains (for `/`, `/var`, ...).
+fn system_folder_of(path: &Path) -> Option<&'static str> {
+    if path == Path::new("/") {
+        return Some("/");
+    }
+    SYSTEM_FOLDERS
+        .iter()
+        .find(|f| path.starts_with(f) || Path::new(f).starts_with(path))
+        .copied()
+}
+
+/// Built-in rule for a resolved (no `..`, no symbolic link) mount source: never a host
+/// system folder, never the Docker socket, whatever the config says.
+pub fn check_mount_source(origin: MountOrigin, resolved: &Path) -> Result<(), PlanError> {
+    if origin == MountOrigin::Site {
+        return Ok(());
+    }
+    if let Some(sys) = system_folder_of(resolved) {
+        let why = if resolved == Path::new(sys) {
+            format!("{sys} is a host system folder, and mnd-srun never mounts those")
+        } else if resolved.starts_with(sys) {
+            format!("it is inside the host system folder {sys}, and mnd-srun never mounts those")
+        } else {
+            format!("it contains the host system folder {sys}, and mnd-srun never mounts those")
+        };
+        return Err(refused(origin.describe(resolved), why, origin.fix()));
+    }
+    Ok(())
+}
+
+/// Built-in rule for a mount target: it may not cover the files mnd-srun writes into the
+/// container (so they can never land on the host through a mount), nor go into the
+/// container's own system folders.
+pub fn check_mount_target(target: &Path) -> Result<(), PlanError> {
+    let covers = |p: &str| Path::new(p).starts_with(target);
+    let bad = if target == Path::new("/") {
+        Some("it would cover the whole container".to_string())
+    } else if let Some(f) = WRITTEN_FILES
+        .iter()
+        .chain(&[PRIVATE_DIR])
+        .find(|f| covers(f))
+    {
+        Some(format!(
+            "it would cover {f}, which mnd-srun writes into the container"
+        ))
+    } else {
+        NO_TARGETS_UNDER
+            .iter()
+            .find(|f| target.starts_with(f))
+            .map(|f| format!("mounts into the container's {f} are not allowed"))
+    };
+    match bad {
+        Some(why) => Err(refused(
+            format!("mount target {}", target.display()),
+            why,
+            "mount it somewhere else, e.g. under /data or /workspace",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Site rule `allowed_mount_prefixes` for a resolved source. The user's own folders (home,
+/// working directory, script) may also be under the home; `--mounts` must be under a prefix.
+pub fn check_mount_prefix(
+    site: &SiteConfig,
+    origin: MountOrigin,
+    resolved: &Path,
+    home: &Path,
+    resolve: &dyn Fn(&Path) -> std::io::Result<PathBuf>,
+) -> Result<(), PlanError> {
+    let allowed = &site.policy.allowed_mount_prefixes;
+    if allowed.is_empty() || matches!(origin, MountOrigin::Home | MountOrigin::Site) {
+        return Ok(());
+    }
+    let under = |prefix: &Path| {
+        resolved.starts_with(prefix) || resolve(prefix).is_ok_and(|r| resolved.starts_with(r))
+    };
+    let own = matches!(
+        origin,
+        MountOrigin::Workdir | MountOrigin::ScriptDir | MountOrigin::SshDir
+    ) && under(home);
+    if own || allowed.iter().any(|p| under(Path::new(p))) {
+        return Ok(());
+    }
+    Err(policy(
+        site,
+        origin.describe(resolved),
+        "policy.allowed_mount_prefixes",
+    ))
+}
+
+/// Removes `.` and `..` without touching the file system (for container paths).
+pub fn lexical_clean(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// What the job asks for on the command line, as the policy sees it.
+pub struct Request<'a> {
+    /// The image.
+    pub image: &'a str,
+    /// `--privileged`.
+    pub privileged: bool,
+    /// `--dockopts` was given and is not empty.
+    pub dockopts: bool,
+}
+
+/// Site rules on the image, `--privileged`, `--dockopts` and running as root.
+pub fn check_request(site: &SiteConfig, user: &Identity, r: &Request) -> Result<(), PlanError> {
+    let p = &site.policy;
+    if !p.allowed_images.is_empty()
+        && !p.allowed_images.iter().any(|re| {
+            regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|rx| rx.is_match(r.image))
+        })
+    {
+        return Err(policy(
+            site,
+            format!("image '{}'", r.image),
+            "policy.allowed_images",
+        ));
+    }
+    if r.privileged && !p.allow_privileged {
+        return Err(policy(site, "--privileged", "policy.allow_privileged"));
+    }
+    if r.dockopts && !p.allow_dockopts {
+        return Err(policy(site, "--dockopts", "policy.allow_dockopts"));
+    }
+    if user.uid == 0 && !p.allow_root {
+        return Err(policy(
+            site,
+            "running the container as root",
+            "policy.allow_root",
+        ));
+    }
+    Ok(())
+}
+
+/// Site rules on each `--dockopts` option that reaches Docker.
+pub fn check_dockopts(site: &SiteConfig, user: &Identity, o: &DockOpts) -> Result<(), PlanError> {
+    let p = &site.policy;
+    let opt = |s: String| format!("--dockopts {s}");
+    if o.privileged && !p.allow_privileged {
+        return Err(policy(
+            site,
+            opt("--privileged".into()),
+            "policy.allow_privileged",
+        ));
+    }
+    if let Some(d) = o.devices.first().filter(|_| !p.allow_devices) {
+        return Err(policy(
+            site,
+            opt(format!("--device {d}")),
+            "policy.allow_devices",
+        ));
+    }
+    if let Some(c) = o.cap_add.first().filter(|_| !p.allow_cap_add) {
+        return Err(policy(
+            site,
+            opt(format!("--cap-add {c}")),
+            "policy.allow_cap_add",
+        ));
+    }
+    for s in &o.security_opt {
+        let compact = s.replace([' ', ':'], "=").to_ascii_lowercase();
+        if compact.starts_with("no-new-privileges") && compact != "no-new-privileges=true" {
+            return Err(refused(
+                opt(format!("--security-opt {s}")),
+                "every container runs with no-new-privileges".into(),
+                "drop the option",
+            ));
+        }
+        if !p.allowed_security_opts.iter().any(|a| a == s) {
+            return Err(policy(
+                site,
+                opt(format!("--security-opt {s}")),
+                "policy.allowed_security_opts",
+            ));
+        }
+    }
+    for g in &o.group_add {
+        let own = user
+            .groups
+            .iter()
+            .any(|mine| mine.name == *g || mine.gid.to_string() == *g);
+        if !own && !p.allow_any_group {
+            return Err(policy(
+                site,
+                opt(format!(
+                    "--group-add {g} (a group you are not in on this node)"
+                )),
+                "policy.allow_any_group",
+            ));
+        }
+    }
+    match o.ipc.as_deref() {
+        None | Some("private" | "shareable" | "none") => {}
+        Some("host") if p.allow_host_ipc => {}
+        Some("host") => return Err(policy(site, opt("--ipc=host".into()), "policy.allow_host_ipc")),
+        Some(other) => {
+            return Err(refused(
+                opt(format!("--ipc={other}")),
+                "a container may only have its own IPC namespace (or the host's, where the site allows it)".into(),
+                "drop the option; /dev/shm is sized with --shm-size",
+            ))
+        }
+    }
+    for (name, _, _) in &o.ulimits {
+        if !p.allowed_ulimits.iter().any(|a| a == name) {
+            return Err(policy(
+                site,
+                opt(format!("--ulimit {name}")),
+                "policy.allowed_ulimits",
+            ));
+        }
+    }
+    for t in &o.tmpfs {
+        let target = t.split_once(':').map_or(t.as_str(), |(p, _)| p);
+        if !target.starts_with('/') {
+            return Err(refused(
+                opt(format!("--tmpfs {t}")),
+                "the path must be absolute".into(),
+                "write --tmpfs /PATH[:OPTIONS]",
+            ));
+        }
+        check_mount_target(&lexical_clean(Path::new(target)))?;
+    }
+    Ok(())
+}
+
+/// Which GPUs a job asked for, and where the ask came from (for messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuAsk {
+    /// Nothing asked: the step's GPUs under Slurm, all of the machine's without Slurm.
+    Default,
+    /// `none`.
+    None,
+    /// `all`.
+    All,
+    /// Physical ids.
+    Ids(Vec<u32>),
+}
+
+/// Built-in rule: under Slurm a container gets only GPUs Slurm gave the step; without Slurm
+/// anything the node has.
+pub fn check_gpus(
+    ask: &GpuAsk,
+    source: &str,
+    under_slurm: bool,
+    step_gpus: &[u32],
+) -> Result<(), PlanError> {
+    if !under_slurm {
+        return Ok(());
+    }
+    let given = if step_gpus.is_empty() {
+        "no GPUs".to_string()
+    } else {
+        format!(
+            "GPUs {}",
+            step_gpus
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    };
+    let fix = "drop it to get the step's GPUs, ask Slurm for more (--gres=gpu:N or --gpus-per-node=N), or name a subset of the step's GPUs";
+    match ask {
+        GpuAsk::All => Err(refused(
+            format!("{source}=all"),
+            format!("under Slurm a job gets only the GPUs Slurm gave its step ({given})"),
+            fix,
+        )),
+        GpuAsk::Ids(ids) => match ids.iter().find(|i| !step_gpus.contains(i)) {
+            Some(outside) => Err(refused(
+                format!("GPU {outside} in {source}"),
+                format!("Slurm gave this step {given}; other GPUs belong to other jobs"),
+                fix,
+            )),
+            None => Ok(()),
+        },
+        GpuAsk::Default | GpuAsk::None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dockopts;
+
+    fn site(text: &str) -> SiteConfig {
+        SiteConfig::parse(text, Path::new("/etc/mnd-srun/config.toml")).unwrap()
+    }
+
+    #[test]
+    fn system_folders_their_insides_and_their_parents_are_never_sources() {
+        for p in [
+            "/",
+            "/etc",
+            "/etc/ssh",
+            "/usr/lib",
+            "/var",
+            "/var/run/docker.sock",
+            "/run/docker.sock",
+            "/dev/sda",
+            "/proc/1",
+            "/var/lib/docker/volumes",
+        ] {
+            let e = check_mount_source(MountOrigin::User, Path::new(p)).unwrap_err();
+            assert!(e.to_string().contains("system folder"), "{p}: {e}");
+        }
+        for p in [
+            "/shared/home/alice",
+            "/data",
+            "/scratch/x",
+            "/var/tmp/x",
+            "/opt/data",
+            "/etcetera",
+        ] {
+            assert!(
+                check_mount_source(MountOrigin::User, Path::new(p)).is_ok(),
+                "{p}"
+            );
+        }
+        let e = check_mount_source(MountOrigin::Workdir, Path::new("/etc")).unwrap_err();
+        assert_eq!(e.to_string(), "the working directory /etc is refused: /etc is a host system folder, and mnd-srun never mounts those. Fix: cd to your home or a project folder and start again");
+        // The admin's own site mounts are not under the user rules.
+        assert!(check_mount_source(MountOrigin::Site, Path::new("/etc/slurm")).is_ok());
+    }
+
+    #[test]
+    fn targets_never_cover_what_mnd_srun_writes() {
+        for t in [
+            "/",
+            "/etc",
+            "/etc/passwd",
+            "/etc/ssh",
+            "/.mnd",
+            "/.mnd/x",
+            "/proc/x",
+            "/dev/shm",
+        ] {
+            assert!(check_mount_target(Path::new(t)).is_err(), "{t}");
+        }
+        for t in [
+            "/data",
+            "/workspace",
+            "/usr/local/data",
+            "/opt/x",
+            "/shared/home/alice",
+        ] {
+            assert!(check_mount_target(Path::new(t)).is_ok(), "{t}");
+        }
+    }
+
+    #[test]
+    fn prefixes_apply_to_resolved_paths_and_the_users_own_folders_may_be_home() {
+        let s = site("[policy]\nallowed_mount_prefixes = ['/data']\n");
+        let home = Path::new("/shared/home/alice");
+        let real = |p: &Path| Ok(p.to_path_buf());
+        let check = |o, p: &str| check_mount_prefix(&s, o, Path::new(p), home, &real);
+        assert!(check(MountOrigin::User, "/data/x").is_ok());
+        assert!(check(MountOrigin::User, "/database").is_err());
+        assert!(check(MountOrigin::User, "/shared/home/alice/x").is_err());
+        assert!(check(MountOrigin::Workdir, "/shared/home/alice/proj").is_ok());
+        let e = check(MountOrigin::Workdir, "/scratch/run").unwrap_err();
+        assert!(
+            e.to_string().contains("policy.allowed_mount_prefixes"),
+            "{e}"
+        );
+        // A prefix that is itself a symbolic link (/data -> /gpfs/data) matches its target.
+        let linked = |p: &Path| {
+            Ok(if p == Path::new("/data") {
+                PathBuf::from("/gpfs/data")
+            } else {
+                p.to_path_buf()
+            })
+        };
+        assert!(check_mount_prefix(
+            &s,
+            MountOrigin::User,
+            Path::new("/gpfs/data/x"),
+            home,
+            &linked
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn every_docker_option_is_under_a_rule_and_defaults_are_safe() {
+        let d = SiteConfig::default();
+        let alice = crate::identity::test_user();
+        let check = |s: &SiteConfig, text: &str| {
+            check_dockopts(s, &alice, &dockopts::parse(text).unwrap()).map_err(|e| e.to_string())
+        };
+        for (opts, rule) in [
+            ("--privileged", "policy.allow_privileged"),
+            ("--device /dev/sda", "policy.allow_devices"),
+            ("--cap-add SYS_ADMIN", "policy.allow_cap_add"),
+            (
+                "--security-opt seccomp=unconfined",
+                "policy.allowed_security_opts",
+            ),
+            (
+                "--security-opt apparmor=unconfined",
+                "policy.allowed_security_opts",
+            ),
+            ("--group-add 6", "policy.allow_any_group"),
+            ("--group-add disk", "policy.allow_any_group"),
+            ("--ipc=host", "policy.allow_host_ipc"),
+            ("--ulimit rtprio=99", "policy.allowed_ulimits"),
+        ] {
+            let e = check(&d, opts).unwrap_err();
+            assert!(
+                e.contains(rule) && e.contains("the built-in defaults"),
+                "{opts}: {e}"
+            );
+        }
+        for never in [
+            "--security-opt no-new-privileges=false",
+            "--security-opt no-new-privileges:false",
+            "--ipc=container:other",
+            "--tmpfs /etc",
+            "--tmpfs /.mnd",
+        ] {
+            let e = check(&d, never).unwrap_err();
+            assert!(e.contains("refused"), "{never}: {e}");
+        }
+        for fine in [
+            "--group-add mlteam",
+            "--group-add 1500",
+            "--ipc=private",
+            "--ulimit memlock=-1",
+            "--ulimit nofile=1024:4096",
+            "--shm-size 1g -e X=1",
+            "--tmpfs /scratch:size=1g",
+            "--cap-drop NET_RAW",
+        ] {
+            assert!(check(&d, fine).is_ok(), "{fine}");
+        }
+        let open = site("[policy]\nallow_privileged = true\nallow_devices = true\nallow_cap_add = true\nallowed_security_opts = ['seccomp=unconfined']\nallow_any_group = true\nallow_host_ipc = true\nallowed_ulimits = ['rtprio']\n");
+        for opts in [
+            "--privileged",
+            "--device /dev/fuse",
+            "--cap-add SYS_PTRACE",
+            "--security-opt seccomp=unconfined",
+            "--group-add 6",
+            "--ipc=host",
+            "--ulimit rtprio=10",
+        ] {
+            assert!(check(&open, opts).is_ok(), "{opts}");
+        }
+        assert!(check(&open, "--security-opt no-new-privileges=false").is_err());
+    }
+
+    #[test]
+    fn gpus_are_the_steps_under_slurm_and_anything_without() {
+        let e = check_gpus(&GpuAsk::All, "--gpus", true, &[2, 3])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--gpus=all") && e.contains("GPUs 2,3"), "{e}");
+        let e = check_gpus(&GpuAsk::Ids(vec![1]), "NV_GPU", true, &[2, 3])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("GPU 1 in NV_GPU") && e.contains("other jobs"),
+            "{e}"
+        );
+        let e = check_gpus(&GpuAsk::Ids(vec![0]), "--gpus", true, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no GPUs"), "{e}");
+        assert!(check_gpus(&GpuAsk::Ids(vec![3]), "--gpus", true, &[2, 3]).is_ok());
+        assert!(check_gpus(&GpuAsk::All, "--gpus", false, &[]).is_ok());
+        assert!(check_gpus(&GpuAsk::Ids(vec![7]), "--gpus", false, &[]).is_ok());
+    }
+}
