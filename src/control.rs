@@ -1,20 +1,34 @@
 //! The control channel between launchers: each worker's launcher listens on the job's
-//! control port; the coordinator connects, proves it belongs to the job (a token derived
-//! from the user's private key and the job), learns whether the worker's container is ready
-//! or why it failed, and later says STOP or ABORT. A closed connection means the other side
-//! is gone, so a dead coordinator or worker is noticed at once.
+//! control port; the coordinator connects, and the two prove to each other that they hold
+//! the user's control key (a 0600 file beside the ssh material, not the ssh identity),
+//! learns whether the worker's container is ready or why it failed, and later says STOP or
+//! ABORT. A closed connection means the other side is gone, so a dead coordinator or worker
+//! is noticed at once.
 //!
-//! Lines: `HELLO <token>` (coordinator), `READY` / `FAILED <why>` (worker), `STOP` /
-//! `ABORT <why>` (coordinator).
+//! Handshake (mutual challenge-response; nothing secret or replayable ever crosses):
+//!   coordinator: `HELLO <job> <nonce_c>`
+//!   worker:      `CHALLENGE <nonce_w> <HMAC(key, "worker", job, nonce_c, nonce_w)>`
+//!                (or `FAILED <why>` when `<job>` is another job: ports clash)
+//!   coordinator: `PROVE <HMAC(key, "coordinator", job, nonce_c, nonce_w)>`
+//! then `READY` / `FAILED <why>` (worker) and `STOP` / `ABORT <why>` (coordinator). Every
+//! line is at most `MAX_LINE` bytes; the worker serves connections concurrently, each with
+//! `HANDSHAKE_TIME` to prove itself, so a silent or slow peer holds nobody up.
 
-use sha2::{Digest, Sha256};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio::time::{timeout_at, Instant};
+
+/// Longest line either side accepts (a status line carries a short reason).
+pub const MAX_LINE: u64 = 4096;
+/// Time a connecting peer has to complete the handshake.
+pub const HANDSHAKE_TIME: Duration = Duration::from_secs(5);
 
 /// A worker's state as reported to the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +46,6 @@ pub enum Order {
     Stop,
     /// The job failed elsewhere: remove the container and exit.
     Abort(String),
-    /// The connection closed without an order: the coordinator is gone.
-    Lost,
 }
 
 /// A control-channel failure.
@@ -42,29 +54,92 @@ pub enum ControlError {
     /// Nobody answered in time.
     #[error("{0}")]
     Timeout(String),
-    /// The other side broke the protocol or closed the connection.
+    /// The other side broke the protocol, failed to prove itself, or closed the connection.
     #[error("{0}")]
     Broken(String),
 }
 
-/// The token proving a connection comes from the same user's job: SHA-256 of the user's
-/// private key and the job label.
-pub fn token(secret: &[u8], job_label: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(secret);
-    h.update(b"\0mnd-control\0");
-    h.update(job_label.as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+/// What both ends of one job's control channel share: the user's control key and the job.
+#[derive(Clone)]
+pub struct JobKey {
+    key: Vec<u8>,
+    job: String,
+}
+
+impl JobKey {
+    /// The key of `job` ("JOB.STEP") from the user's control key bytes.
+    pub fn new(key: &[u8], job: &str) -> Self {
+        JobKey {
+            key: key.to_vec(),
+            job: job.to_string(),
+        }
+    }
+
+    fn mac(&self, role: &str, nonce_c: &str, nonce_w: &str) -> Hmac<Sha256> {
+        let mut m = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key");
+        for part in ["mnd-control-v2", role, &self.job, nonce_c, nonce_w] {
+            m.update(part.as_bytes());
+            m.update(b"\0");
+        }
+        m
+    }
+
+    fn prove(&self, role: &str, nonce_c: &str, nonce_w: &str) -> String {
+        hex(&self.mac(role, nonce_c, nonce_w).finalize().into_bytes())
+    }
+
+    /// Constant-time check of the other side's proof.
+    fn verify(&self, role: &str, nonce_c: &str, nonce_w: &str, proof: &str) -> bool {
+        unhex(proof).is_some_and(|p| self.mac(role, nonce_c, nonce_w).verify_slice(&p).is_ok())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A fresh random nonce (128 bits, hex).
+fn nonce() -> String {
+    use ssh_key::rand_core::{OsRng, RngCore};
+    let mut b = [0u8; 16];
+    OsRng.fill_bytes(&mut b);
+    hex(&b)
 }
 
 fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " / ")
 }
 
+/// Reads one line of at most `MAX_LINE` bytes, without its line end; `None` at end of
+/// input or when the line is too long.
+async fn read_bounded<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> Option<String> {
+    let mut buf = Vec::new();
+    let n = reader
+        .take(MAX_LINE)
+        .read_until(b'\n', &mut buf)
+        .await
+        .ok()?;
+    if n == 0 || buf.last() != Some(&b'\n') {
+        return None;
+    }
+    let line = String::from_utf8_lossy(&buf);
+    Some(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
 /// Worker side: the listening control port.
 pub struct Server {
     listener: TcpListener,
-    token: String,
+    key: JobKey,
 }
 
 /// Worker side: the authenticated connection from the coordinator.
@@ -75,39 +150,73 @@ pub struct CoordinatorLink {
 
 impl Server {
     /// Binds the control port on all addresses.
-    pub async fn bind(port: u16, token: String) -> std::io::Result<Self> {
+    pub async fn bind(port: u16, key: JobKey) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("0.0.0.0", port)).await?;
-        Ok(Server { listener, token })
+        Ok(Server { listener, key })
     }
 
-    /// Waits for the coordinator; a connection without this job's token is told so and closed.
+    /// Waits for the coordinator: connections are served concurrently, and the first that
+    /// proves it holds this job's key wins; the rest are refused and logged.
     pub async fn accept(&self, deadline: Instant) -> Result<CoordinatorLink, ControlError> {
+        let mut pending = FuturesUnordered::new();
         loop {
-            let (stream, peer) = timeout_at(deadline, self.listener.accept())
-                .await
-                .map_err(|_| ControlError::Timeout("the coordinator never connected".into()))?
-                .map_err(|e| ControlError::Broken(format!("accept failed: {e}")))?;
-            let _ = stream.set_nodelay(true);
-            let (r, w) = stream.into_split();
-            let mut link = CoordinatorLink {
-                reader: BufReader::new(r),
-                writer: w,
-            };
-            let mut line = String::new();
-            let hello_by = (Instant::now() + Duration::from_secs(5)).min(deadline);
-            let ok = matches!(timeout_at(hello_by, link.reader.read_line(&mut line)).await, Ok(Ok(n)) if n > 0)
-                && line.trim_end().strip_prefix("HELLO ") == Some(self.token.as_str());
-            if ok {
-                return Ok(link);
+            tokio::select! {
+                accepted = timeout_at(deadline, self.listener.accept()) => {
+                    let (stream, peer) = accepted
+                        .map_err(|_| ControlError::Timeout("the coordinator never connected".into()))?
+                        .map_err(|e| ControlError::Broken(format!("accept failed: {e}")))?;
+                    pending.push(async move {
+                        let by = (Instant::now() + HANDSHAKE_TIME).min(deadline);
+                        let r = timeout_at(by, self.handshake(stream)).await;
+                        (peer, r.unwrap_or_else(|_| Err("no handshake in time".into())))
+                    });
+                }
+                Some((peer, r)) = pending.next(), if !pending.is_empty() => match r {
+                    Ok(link) => return Ok(link),
+                    Err(why) => log::warn!("control port: refused a connection from {peer}: {why}"),
+                },
             }
-            log::warn!("control port: refused a connection from {peer} without this job's token");
+        }
+    }
+
+    /// The worker's half of the handshake on one connection.
+    async fn handshake(&self, stream: TcpStream) -> Result<CoordinatorLink, String> {
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        let mut link = CoordinatorLink {
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        let hello = read_bounded(&mut link.reader)
+            .await
+            .ok_or("closed or sent an over-long line")?;
+        let mut words = hello.split(' ');
+        let (Some("HELLO"), Some(job), Some(nonce_c), None) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            return Err("not a coordinator's greeting".into());
+        };
+        if job != self.key.job {
             let _ = link.report(&Status::Failed(FOREIGN.into())).await;
+            return Err(format!("a coordinator of another job ({})", one_line(job)));
+        }
+        let nonce_w = nonce();
+        let proof = self.key.prove("worker", nonce_c, &nonce_w);
+        link.writer
+            .write_all(format!("CHALLENGE {nonce_w} {proof}\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = read_bounded(&mut link.reader)
+            .await
+            .ok_or("closed or sent an over-long line")?;
+        match answer.strip_prefix("PROVE ") {
+            Some(p) if self.key.verify("coordinator", nonce_c, &nonce_w, p) => Ok(link),
+            _ => Err("it could not prove it holds this job's key".into()),
         }
     }
 
     /// After the coordinator is connected: answers every further connection (another job
-    /// whose ports clash with ours) with a refusal at once, so it fails fast, not at its
-    /// deadline.
+    /// whose ports clash with ours, or a stranger) with a refusal at once.
     pub async fn refuse_others(self) {
         while let Ok((stream, _)) = self.listener.accept().await {
             let (r, w) = stream.into_split();
@@ -133,16 +242,14 @@ impl CoordinatorLink {
         self.writer.write_all(line.as_bytes()).await
     }
 
-    /// Waits for the coordinator's order (or its loss).
-    pub async fn next_order(&mut self) -> Order {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line).await {
-            Ok(n) if n > 0 => match line.trim_end() {
-                "STOP" => Order::Stop,
-                l => Order::Abort(l.strip_prefix("ABORT ").unwrap_or(l).to_string()),
-            },
-            _ => Order::Lost,
-        }
+    /// Waits for the coordinator's order; `None` when the connection closed without one
+    /// (the coordinator is gone).
+    pub async fn next_order(&mut self) -> Option<Order> {
+        let line = read_bounded(&mut self.reader).await?;
+        Some(match line.as_str() {
+            "STOP" => Order::Stop,
+            l => Order::Abort(l.strip_prefix("ABORT ").unwrap_or(l).to_string()),
+        })
     }
 }
 
@@ -155,11 +262,12 @@ pub struct WorkerLink {
     writer: Mutex<OwnedWriteHalf>,
 }
 
-/// Connects to a worker's control port, retrying until its launcher listens or the deadline.
+/// Connects to a worker's control port, retrying until its launcher listens or the deadline,
+/// and runs the coordinator's half of the handshake.
 pub async fn connect(
     node: &str,
     port: u16,
-    token: &str,
+    key: &JobKey,
     deadline: Instant,
 ) -> Result<WorkerLink, ControlError> {
     let mut pause = Duration::from_millis(10);
@@ -178,12 +286,39 @@ pub async fn connect(
     };
     let _ = stream.set_nodelay(true);
     let (r, mut w) = stream.into_split();
-    w.write_all(format!("HELLO {token}\n").as_bytes())
+    let mut reader = BufReader::new(r);
+    let broken = |why: String| ControlError::Broken(format!("{node}: {why}"));
+    let nonce_c = nonce();
+    w.write_all(format!("HELLO {} {nonce_c}\n", key.job).as_bytes())
         .await
-        .map_err(|e| ControlError::Broken(format!("{node}: {e}")))?;
+        .map_err(|e| broken(e.to_string()))?;
+    let by = (Instant::now() + HANDSHAKE_TIME).min(deadline);
+    let challenge = timeout_at(by, read_bounded(&mut reader))
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| broken(format!("the program on control port {port} did not answer the handshake; it is not this job's launcher")))?;
+    if let Some(why) = challenge.strip_prefix("FAILED ") {
+        return Err(broken(why.to_string()));
+    }
+    let mut words = challenge.split(' ');
+    let proven = match (words.next(), words.next(), words.next(), words.next()) {
+        (Some("CHALLENGE"), Some(nonce_w), Some(proof), None)
+            if key.verify("worker", &nonce_c, nonce_w, proof) =>
+        {
+            Some(key.prove("coordinator", &nonce_c, nonce_w))
+        }
+        _ => None,
+    };
+    let Some(proof) = proven else {
+        return Err(broken(format!("the program on control port {port} could not prove it is this job's launcher (another program, or another user, holds the port). Fix: choose another --sshd-port, or ask your admin to look at that port")));
+    };
+    w.write_all(format!("PROVE {proof}\n").as_bytes())
+        .await
+        .map_err(|e| broken(e.to_string()))?;
     Ok(WorkerLink {
         node: node.to_string(),
-        reader: Mutex::new(BufReader::new(r)),
+        reader: Mutex::new(reader),
         writer: Mutex::new(w),
     })
 }
@@ -191,21 +326,20 @@ pub async fn connect(
 impl WorkerLink {
     /// Waits for the worker's status line.
     pub async fn status(&self, deadline: Instant) -> Result<Status, ControlError> {
-        let mut line = String::new();
         let mut reader = self.reader.lock().await;
-        match timeout_at(deadline, reader.read_line(&mut line)).await {
+        match timeout_at(deadline, read_bounded(&mut *reader)).await {
             Err(_) => Err(ControlError::Timeout(format!(
                 "{} did not get its container ready in time",
                 self.node
             ))),
-            Ok(Ok(n)) if n > 0 => match line.trim_end() {
+            Ok(Some(line)) => match line.as_str() {
                 "READY" => Ok(Status::Ready),
                 l => Ok(Status::Failed(
                     l.strip_prefix("FAILED ").unwrap_or(l).to_string(),
                 )),
             },
-            _ => Err(ControlError::Broken(format!(
-                "the launcher on {} went away (or refused this job's token)",
+            Ok(None) => Err(ControlError::Broken(format!(
+                "the launcher on {} went away",
                 self.node
             ))),
         }
@@ -216,18 +350,14 @@ impl WorkerLink {
         let line = match order {
             Order::Stop => "STOP\n".to_string(),
             Order::Abort(why) => format!("ABORT {}\n", one_line(why)),
-            Order::Lost => return,
         };
         let _ = self.writer.lock().await.write_all(line.as_bytes()).await;
     }
 
     /// Resolves when the worker's launcher closes the connection (it died or left).
     pub async fn closed(&self) {
-        let mut line = String::new();
         let mut reader = self.reader.lock().await;
-        while matches!(reader.read_line(&mut line).await, Ok(n) if n > 0) {
-            line.clear();
-        }
+        while read_bounded(&mut *reader).await.is_some() {}
     }
 }
 
@@ -235,11 +365,24 @@ impl WorkerLink {
 mod tests {
     use super::*;
 
+    fn key(secret: &[u8], job: &str) -> JobKey {
+        JobKey::new(secret, job)
+    }
+
+    async fn server(k: JobKey) -> (Server, u16) {
+        let server = Server::bind(0, k).await.unwrap();
+        let port = server.listener.local_addr().unwrap().port();
+        (server, port)
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
     #[tokio::test]
     async fn handshake_status_and_orders() {
-        let server = Server::bind(0, token(b"k", "1.0")).await.unwrap();
-        let port = server.listener.local_addr().unwrap().port();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let (server, port) = server(key(b"k", "1.0")).await;
+        let deadline = soon();
         let worker = tokio::spawn(async move {
             let mut link = server.accept(deadline).await.unwrap();
             link.report(&Status::Failed("image x\nmissing".into()))
@@ -247,7 +390,7 @@ mod tests {
                 .unwrap();
             link.next_order().await
         });
-        let w = connect("127.0.0.1", port, &token(b"k", "1.0"), deadline)
+        let w = connect("127.0.0.1", port, &key(b"k", "1.0"), deadline)
             .await
             .unwrap();
         assert_eq!(
@@ -255,52 +398,131 @@ mod tests {
             Status::Failed("image x / missing".into())
         );
         w.send(&Order::Abort("node2 failed".into())).await;
-        assert_eq!(worker.await.unwrap(), Order::Abort("node2 failed".into()));
+        assert_eq!(
+            worker.await.unwrap(),
+            Some(Order::Abort("node2 failed".into()))
+        );
     }
 
     #[tokio::test]
-    async fn wrong_token_is_refused_and_loss_is_seen() {
-        let server = Server::bind(0, token(b"k", "1.0")).await.unwrap();
-        let port = server.listener.local_addr().unwrap().port();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let stranger = connect("127.0.0.1", port, &token(b"other", "1.0"), deadline)
-            .await
-            .unwrap();
+    async fn another_job_is_told_and_a_wrong_key_is_refused_and_loss_is_seen() {
+        let (server, port) = server(key(b"k", "1.0")).await;
+        let deadline = soon();
         let worker = tokio::spawn(async move {
             let mut link = server.accept(deadline).await.unwrap();
             link.report(&Status::Ready).await.unwrap();
             link.next_order().await
         });
-        match stranger.status(deadline).await {
-            Ok(Status::Failed(why)) => assert!(why.contains("another mnd-srun job"), "{why}"),
-            other => panic!("a foreign coordinator must be refused, got {other:?}"),
-        }
-        let w = connect("127.0.0.1", port, &token(b"k", "1.0"), deadline)
+        let e = connect("127.0.0.1", port, &key(b"k", "2.0"), deadline)
+            .await
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("another mnd-srun job"), "{e}");
+        // Same job, another user's key: the worker's proof does not verify.
+        let e = connect("127.0.0.1", port, &key(b"other", "1.0"), deadline)
+            .await
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("could not prove"), "{e}");
+        let w = connect("127.0.0.1", port, &key(b"k", "1.0"), deadline)
             .await
             .unwrap();
         assert_eq!(w.status(deadline).await.unwrap(), Status::Ready);
         drop(w);
-        assert_eq!(worker.await.unwrap(), Order::Lost);
+        assert_eq!(worker.await.unwrap(), None);
+    }
+
+    /// A raw peer speaking the protocol by hand: returns the lines it got.
+    async fn raw(port: u16, lines: &[String]) -> Vec<String> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (r, mut w) = stream.into_split();
+        let mut r = BufReader::new(r);
+        let mut got = Vec::new();
+        for l in lines {
+            if w.write_all(format!("{l}\n").as_bytes()).await.is_err() {
+                break;
+            }
+            match timeout_at(soon(), read_bounded(&mut r)).await {
+                Ok(Some(line)) => got.push(line),
+                _ => break,
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_forged_or_replayed_proof_is_refused() {
+        let k = key(b"k", "1.0");
+        let (server, port) = server(k.clone()).await;
+        let accepted = tokio::spawn(async move { server.accept(soon()).await.is_ok() });
+        // A stranger learns a challenge but cannot answer it.
+        let got = raw(port, &["HELLO 1.0 aa".into(), "PROVE 00ff".into()]).await;
+        assert!(got[0].starts_with("CHALLENGE "), "{got:?}");
+        assert_eq!(got.len(), 1, "a forged proof must get no answer: {got:?}");
+        // A proof recorded from one session is useless in the next (fresh worker nonce).
+        let nonce_w = got[0].split(' ').nth(1).unwrap();
+        let recorded = k.prove("coordinator", "aa", nonce_w);
+        let got = raw(port, &["HELLO 1.0 aa".into(), format!("PROVE {recorded}")]).await;
+        assert_ne!(got[0].split(' ').nth(1).unwrap(), nonce_w);
+        assert_eq!(got.len(), 1, "a replayed proof must be refused: {got:?}");
+        // The real coordinator still gets in.
+        connect("127.0.0.1", port, &k, soon()).await.unwrap();
+        assert!(accepted.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn silent_peers_and_long_lines_hold_nobody_up() {
+        let k = key(b"k", "1.0");
+        let (server, port) = server(k.clone()).await;
+        let accepted = tokio::spawn(async move { server.accept(soon()).await.is_ok() });
+        // Ten connections that never speak, and one that streams a line without end.
+        let mut silent = Vec::new();
+        for _ in 0..10 {
+            silent.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+        }
+        let mut flood = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let _ = flood.write_all(&vec![b'x'; 2 * MAX_LINE as usize]).await;
+        let t = Instant::now();
+        connect("127.0.0.1", port, &k, soon()).await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert!(accepted.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_port_squatter_is_named_as_not_this_jobs_launcher() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let _ = read_bounded(&mut BufReader::new(r)).await;
+            let _ = w.write_all(b"CHALLENGE 00 00\nREADY\n").await;
+            std::future::pending::<()>().await;
+        });
+        let e = connect("127.0.0.1", port, &key(b"k", "1.0"), soon())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("could not prove it is this job's launcher"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
     async fn after_the_coordinator_other_jobs_are_refused_at_once() {
-        let server = Server::bind(0, token(b"k", "1.0")).await.unwrap();
-        let port = server.listener.local_addr().unwrap().port();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let ours = connect("127.0.0.1", port, &token(b"k", "1.0"), deadline)
-            .await
-            .unwrap();
-        let link = server.accept(deadline).await.unwrap();
+        let (server, port) = server(key(b"k", "1.0")).await;
+        let deadline = soon();
+        let k = key(b"k", "1.0");
+        let (ours, link) = tokio::join!(
+            connect("127.0.0.1", port, &k, deadline),
+            server.accept(deadline)
+        );
         tokio::spawn(server.refuse_others());
         let t = Instant::now();
-        let other = connect("127.0.0.1", port, &token(b"k", "2.0"), deadline)
-            .await
-            .unwrap();
-        assert!(matches!(
-            other.status(deadline).await,
-            Ok(Status::Failed(_))
-        ));
+        let other = connect("127.0.0.1", port, &key(b"k", "2.0"), deadline).await;
+        assert!(other.is_err());
         assert!(t.elapsed() < Duration::from_secs(2));
         drop((ours, link));
     }
@@ -313,7 +535,7 @@ mod tests {
         let e = connect(
             "127.0.0.1",
             port,
-            "t",
+            &key(b"k", "1.0"),
             Instant::now() + Duration::from_millis(300),
         )
         .await

@@ -303,7 +303,12 @@ impl Engine {
                 .map_err(tar_err)?;
         }
         let tar = builder.into_inner().map_err(tar_err)?;
-        let opts = UploadToContainerOptionsBuilder::default().path("/").build();
+        // A folder the image made a link or file (a hostile image's /etc -> /home/...) is
+        // refused rather than followed or replaced.
+        let opts = UploadToContainerOptionsBuilder::default()
+            .path("/")
+            .no_overwrite_dir_non_dir("true")
+            .build();
         self.docker
             .upload_to_container(name, Some(opts), bollard::body_full(tar.into()))
             .await

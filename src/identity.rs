@@ -77,8 +77,8 @@ impl Identity {
         })
     }
 
-    /// The user's `/etc/passwd` line.
-    pub fn passwd_line(&self) -> String {
+    /// The user's `/etc/passwd` line in a container, with `shell` as login shell.
+    pub fn passwd_line(&self, shell: &str) -> String {
         format!(
             "{}:x:{}:{}:{}:{}:{}",
             self.name,
@@ -86,42 +86,71 @@ impl Identity {
             self.gid,
             self.name,
             self.home.display(),
-            self.shell
+            shell
         )
     }
 
-    /// The image's `/etc/passwd` with the user's entry in place of any same name or uid.
-    pub fn merge_passwd(&self, image_passwd: &str) -> String {
-        let mut out: String = image_passwd
-            .lines()
-            .filter(|l| {
-                let mut f = l.split(':');
-                let (name, uid) = (f.next(), f.nth(1));
-                name != Some(self.name.as_str()) && uid != Some(self.uid.to_string().as_str())
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        out.push_str(&self.passwd_line());
+    /// The login shell the container account gets: the user's own when the image lists it
+    /// in its `/etc/shells`, else bash, else sh (a shell the image lacks would make every
+    /// ssh login into the container fail).
+    pub fn container_shell(&self, image_shells: &str) -> String {
+        let listed = |s: &str| image_shells.lines().any(|l| l.trim() == s);
+        if listed(&self.shell) || (image_shells.trim().is_empty() && self.shell == "/bin/sh") {
+            self.shell.clone()
+        } else if listed("/bin/bash") || listed("/usr/bin/bash") {
+            "/bin/bash".into()
+        } else {
+            "/bin/sh".into()
+        }
+    }
+
+    /// The container's `/etc/passwd`: the image's accounts, then the user's entry (which
+    /// replaces any of the same name or uid). The image's text may come from the user's own
+    /// cache, so nothing in it may grant anything: a uid 0 account other than `root` is
+    /// dropped and every password field becomes `x` (no passwordless account).
+    pub fn merge_passwd(&self, image_passwd: &str, shell: &str) -> String {
+        let uid = self.uid.to_string();
+        let mut out = String::new();
+        for line in image_passwd.lines() {
+            let mut f: Vec<&str> = line.split(':').collect();
+            if f.len() != 7 || f[0] == self.name || f[2] == uid || (f[2] == "0" && f[0] != "root") {
+                continue;
+            }
+            f[1] = "x";
+            out.push_str(&f.join(":"));
+            out.push('\n');
+        }
+        out.push_str(&self.passwd_line(shell));
         out.push('\n');
         out
     }
 
-    /// The image's `/etc/group` with the user's groups (user as member) in place of any same
-    /// name or gid.
+    /// The container's `/etc/group`: the image's groups, then the user's groups with the
+    /// user as member (replacing any of the same name or gid). From the image's groups the
+    /// user's name is removed (no membership the user does not have on the host), a gid 0
+    /// group other than `root` is dropped, and group passwords become `x`.
     pub fn merge_group(&self, image_group: &str) -> String {
         let ours = |name: &str, gid: &str| {
             self.groups
                 .iter()
                 .any(|g| g.name == name || g.gid.to_string() == gid)
         };
-        let mut out: String = image_group
-            .lines()
-            .filter(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                f.len() < 3 || !ours(f[0], f[2])
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let mut out = String::new();
+        for line in image_group.lines() {
+            let mut f: Vec<&str> = line.split(':').collect();
+            if f.len() != 4 || ours(f[0], f[2]) || (f[2] == "0" && f[0] != "root") {
+                continue;
+            }
+            let members: Vec<&str> = f[3]
+                .split(',')
+                .filter(|m| !m.is_empty() && *m != self.name)
+                .collect();
+            let members = members.join(",");
+            f[1] = "x";
+            f[3] = &members;
+            out.push_str(&f.join(":"));
+            out.push('\n');
+        }
         for g in &self.groups {
             out.push_str(&format!("{}:x:{}:{}\n", g.name, g.gid, self.name));
         }
@@ -162,7 +191,7 @@ mod tests {
     #[test]
     fn passwd_replaces_clashing_entries_and_keeps_the_images() {
         let image = "root:x:0:0:root:/root:/bin/bash\nubuntu:x:1001:1001::/home/ubuntu:/bin/sh\n";
-        let merged = test_user().merge_passwd(image);
+        let merged = test_user().merge_passwd(image, "/bin/bash");
         assert_eq!(
             merged,
             "root:x:0:0:root:/root:/bin/bash\nalice:x:1001:1001:alice:/shared/home/alice:/bin/bash\n"
@@ -177,6 +206,39 @@ mod tests {
             merged,
             "root:x:0:\nvideo:x:44:\nalice:x:1001:alice\ndocker:x:998:alice\nmlteam:x:1500:alice\n"
         );
+    }
+
+    #[test]
+    fn a_tampered_account_cache_grants_nothing() {
+        // What a user could write into ~/.mnd/cache: a second uid 0 account without a
+        // password, a password for root, and themselves as member of sudo and root.
+        let passwd = "root::0:0:root:/root:/bin/bash\ntoor::0:0::/root:/bin/bash\nalice::0:0::/:/bin/sh\ndaemon:x:1:1::/:/bin/false\nbroken line\n";
+        let merged = test_user().merge_passwd(passwd, "/bin/bash");
+        assert_eq!(
+            merged,
+            "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/:/bin/false\nalice:x:1001:1001:alice:/shared/home/alice:/bin/bash\n"
+        );
+        let group = "root:pw:0:alice\nwheel:x:0:alice\nsudo:x:27:bob,alice\ndisk:x:6:alice\n";
+        let merged = test_user().merge_group(group);
+        assert_eq!(
+            merged,
+            "root:x:0:\nsudo:x:27:bob\ndisk:x:6:\nalice:x:1001:alice\ndocker:x:998:alice\nmlteam:x:1500:alice\n"
+        );
+    }
+
+    #[test]
+    fn login_shell_is_one_the_image_has() {
+        let mut u = test_user();
+        u.shell = "/usr/bin/zsh".into();
+        assert_eq!(u.container_shell("/bin/sh\n/bin/bash\n"), "/bin/bash");
+        assert_eq!(u.container_shell("/bin/sh\n"), "/bin/sh");
+        assert_eq!(
+            u.container_shell("# comment\n/bin/sh\n/usr/bin/zsh\n"),
+            "/usr/bin/zsh"
+        );
+        assert_eq!(u.container_shell(""), "/bin/sh");
+        u.shell = "/bin/bash".into();
+        assert_eq!(u.container_shell("/bin/sh\n/bin/bash\n"), "/bin/bash");
     }
 
     #[test]

@@ -8,10 +8,10 @@
 //! node's container by name, and a launcher killed with SIGKILL leaves a container whose
 //! stdin closes, so it ends and removes itself.
 
-use crate::control::{self, ControlError, Order, Status, WorkerLink};
+use crate::control::{self, ControlError, JobKey, Order, Status, WorkerLink};
 use crate::docker::{DockerError, Engine, FileUpload, Lifeline};
 use crate::identity::Identity;
-use crate::plan::{Plan, Role};
+use crate::plan::{self, Plan, Role};
 use crate::probe;
 use crate::signals::Signals;
 use crate::ssh;
@@ -53,8 +53,8 @@ pub enum LaunchError {
 /// PID 1 of every container: start sshd, exit when the launcher's stdin closes or sshd dies.
 const ENTRYPOINT: &str = r#"sshd=$(command -v sshd 2>/dev/null || echo /usr/sbin/sshd)
 if [ ! -x "$sshd" ]; then echo "mnd-srun: this image has no sshd ($sshd)" >&2; exit 127; fi
-cfg=/etc/mnd/sshd_config
-"$sshd" -t -f "$cfg" >/dev/null 2>&1 || cfg=/etc/mnd/sshd_config.compat
+cfg=/.mnd/sshd_config
+"$sshd" -t -f "$cfg" >/dev/null 2>&1 || cfg=/.mnd/sshd_config.compat
 "$sshd" -D -e -f "$cfg" &
 sshd_pid=$!
 exec 3<&0
@@ -120,59 +120,90 @@ fn node_err(plan: &Plan) -> impl Fn(String) -> LaunchError + '_ {
     }
 }
 
-/// The secret both sides of the control channel share: the user's private key.
-fn job_token(plan: &Plan) -> Result<String, LaunchError> {
-    let key = std::fs::read(&plan.ssh.client_key).map_err(|e| {
+/// What both sides of the control channel prove they hold: the user's control key, for
+/// this job.
+fn job_key(plan: &Plan) -> Result<JobKey, LaunchError> {
+    let key = std::fs::read(&plan.ssh.control_key).map_err(|e| {
         LaunchError::Ssh(ssh::SshError::Io {
             action: "read",
-            path: plan.ssh.client_key.clone(),
+            path: plan.ssh.control_key.clone(),
             source: e,
         })
     })?;
-    Ok(control::token(&key, &plan.job_label))
+    Ok(JobKey::new(&key, &plan.job_label))
 }
 
 fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
 }
 
-/// Environment for ssh sessions: the image's (PATH, CUDA paths, ...) then the job's.
-fn session_env(plan: &Plan, image_env: &[String]) -> Vec<(String, String)> {
-    let skip = ["HOME", "USER", "LOGNAME", "SHELL", "HOSTNAME", "TERM"];
+/// `PATH` of the container and its ssh sessions: the ssh wrappers, then the image's.
+fn container_path(image_env: &[String]) -> String {
+    let image_path = image_env.iter().find_map(|e| e.strip_prefix("PATH="));
+    ssh::path_with_wrappers(image_path)
+}
+
+/// Environment for ssh sessions: the image's (CUDA paths, ...), PATH with the wrappers,
+/// then the job's. A value sshd's `SetEnv` cannot carry is refused, naming the variable.
+fn session_env(plan: &Plan, image_env: &[String]) -> Result<Vec<(String, String)>, String> {
+    let skip = [
+        "HOME", "USER", "LOGNAME", "SHELL", "HOSTNAME", "TERM", "PATH",
+    ];
     let mut env: Vec<(String, String)> = image_env
         .iter()
         .filter_map(|e| e.split_once('='))
         .filter(|(k, _)| !skip.contains(k))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    for (k, v) in &env {
+        plan::check_env_value(k, v).map_err(|e| format!("the image's ENV: {e}"))?;
+    }
+    env.push(("PATH".into(), container_path(image_env)));
     env.extend(plan.job_env.iter().cloned());
-    env
+    Ok(env)
 }
 
-fn files(plan: &Plan, image_env: &[String], passwd: &str, group: &str) -> Vec<FileUpload> {
+/// The files this node's container gets: its accounts in /etc (the container's own layer:
+/// no mount may cover /etc) and the rest in `/.mnd`.
+fn files(plan: &Plan, env: &[(String, String)], image: &ImageAccounts) -> Vec<FileUpload> {
     let user: &Identity = &plan.user;
     let port = plan.ports.sshd;
-    let file = |path: &str, content: String| FileUpload {
-        path: path.into(),
+    let file = |path: String, content: String, mode: u32| FileUpload {
+        path,
         content,
-        mode: 0o644,
+        mode,
     };
-    vec![
-        file("/etc/passwd", user.merge_passwd(passwd)),
-        file("/etc/group", user.merge_group(group)),
+    let dir = ssh::CONTAINER_DIR;
+    let shell = user.container_shell(&image.shells);
+    let mut files = vec![
         file(
-            "/etc/ssh/ssh_config",
-            ssh::client_config(&plan.ssh, &user.name, port),
+            "/etc/passwd".into(),
+            user.merge_passwd(&image.passwd, &shell),
+            0o644,
+        ),
+        file("/etc/group".into(), user.merge_group(&image.group), 0o644),
+        file(
+            format!("{dir}/ssh_config"),
+            ssh::client_config(&plan.ssh, &user.name, port, &plan.nodes),
+            0o644,
         ),
         file(
-            "/etc/mnd/sshd_config",
-            ssh::sshd_config(&plan.ssh, &user.name, port, &session_env(plan, image_env)),
+            format!("{dir}/sshd_config"),
+            ssh::sshd_config(&plan.ssh, &user.name, port, env),
+            0o644,
         ),
         file(
-            "/etc/mnd/sshd_config.compat",
+            format!("{dir}/sshd_config.compat"),
             ssh::sshd_config(&plan.ssh, &user.name, port, &[]),
+            0o644,
         ),
-    ]
+    ];
+    files.extend(
+        ssh::WRAPPED
+            .iter()
+            .map(|p| file(format!("{dir}/bin/{p}"), ssh::wrapper(p), 0o755)),
+    );
+    files
 }
 
 /// Creates, prepares and starts this node's container and waits until its sshd answers.
@@ -198,6 +229,11 @@ async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, Stri
             .map_err(|e| e.to_string())?
     };
     phases.mark("image");
+    let env = session_env(plan, &image.env)?;
+    let mut spec = spec.clone();
+    spec.env
+        .push(format!("PATH={}", container_path(&image.env)));
+    let spec = &spec;
     engine.remove(&spec.name).await.map_err(|e| e.to_string())?;
     phases.mark("remove-stale");
     let entry = vec![
@@ -212,10 +248,10 @@ async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, Stri
         .map_err(|e| e.to_string())?;
     phases.mark("create");
     let prepared = async {
-        let (passwd, group) = image_accounts(plan, &engine, &image.id).await?;
+        let accounts = image_accounts(plan, &engine, &image.id).await?;
         phases.mark("read-passwd");
         engine
-            .upload(&spec.name, &files(plan, &image.env, &passwd, &group))
+            .upload(&spec.name, &files(plan, &env, &accounts))
             .await?;
         phases.mark("upload");
         let lifeline = engine.attach_stdin(&spec.name).await?;
@@ -264,37 +300,62 @@ async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, Stri
     })
 }
 
-/// The image's `/etc/passwd` and `/etc/group`: from `~/.mnd/cache/ID/` when there, else read
-/// from the created container and cached (image ids are content addresses, so the cache is
-/// never stale). A cache folder others could write is ignored.
+/// What the container's accounts are made from: the image's own files.
+struct ImageAccounts {
+    passwd: String,
+    group: String,
+    shells: String,
+}
+
+/// The files of the image that `ImageAccounts` holds.
+const ACCOUNT_FILES: [&str; 3] = ["passwd", "group", "shells"];
+
+/// The image's `/etc/passwd`, `/etc/group` and `/etc/shells`: from
+/// `~/.mnd/cache/v2/ID/` when there, else read from the created container and cached (image
+/// ids are content addresses, so the cache is never stale). The user can write the cache,
+/// so what is read from it is never trusted to grant anything (`Identity::merge_passwd`,
+/// `merge_group`). A cache folder others could write is ignored.
 async fn image_accounts(
     plan: &Plan,
     engine: &Engine,
     image_id: &str,
-) -> Result<(String, String), DockerError> {
-    let root = plan.user.home.join(".mnd/cache");
+) -> Result<ImageAccounts, DockerError> {
+    let root = plan.user.home.join(".mnd/cache/v2");
     let dir = root.join(image_id.replace(':', "-"));
     // The same rule as for ssh material: a folder of ours that nobody else can write.
     let ours = |p: &std::path::Path| p.is_dir() && ssh::check_safe(p, plan.user.uid, false).is_ok();
     if ours(&root) && ours(&dir) {
-        if let (Ok(p), Ok(g)) = (
-            std::fs::read_to_string(dir.join("passwd")),
-            std::fs::read_to_string(dir.join("group")),
-        ) {
-            return Ok((p, g));
+        let read = |f: &str| std::fs::read_to_string(dir.join(f));
+        if let (Ok(passwd), Ok(group), Ok(shells)) = (read("passwd"), read("group"), read("shells"))
+        {
+            return Ok(ImageAccounts {
+                passwd,
+                group,
+                shells,
+            });
         }
     }
     let name = &plan.container.name;
-    let (passwd, group) = tokio::join!(
+    let (passwd, group, shells) = tokio::join!(
         engine.read_file(name, "/etc/passwd"),
-        engine.read_file(name, "/etc/group")
+        engine.read_file(name, "/etc/group"),
+        engine.read_file(name, "/etc/shells")
     );
-    let (passwd, group) = (passwd?.unwrap_or_default(), group?.unwrap_or_default());
+    let accounts = ImageAccounts {
+        passwd: passwd?.unwrap_or_default(),
+        group: group?.unwrap_or_default(),
+        shells: shells?.unwrap_or_default(),
+    };
     // Best effort: write into a temporary folder, then rename it into place.
     let stored = ssh::create_private_dir(&root).and_then(|()| {
         let tmp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(&root)?;
-        std::fs::write(tmp.path().join("passwd"), &passwd)?;
-        std::fs::write(tmp.path().join("group"), &group)?;
+        for (file, text) in
+            ACCOUNT_FILES
+                .iter()
+                .zip([&accounts.passwd, &accounts.group, &accounts.shells])
+        {
+            std::fs::write(tmp.path().join(file), text)?;
+        }
         let tmp = tmp.keep();
         if std::fs::rename(&tmp, &dir).is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -304,7 +365,7 @@ async fn image_accounts(
     if let Err(e) = stored {
         log::debug!("image account cache not written: {e}");
     }
-    Ok((passwd, group))
+    Ok(accounts)
 }
 
 /// Takes this user's image lock on this node (`~/.mnd/locks/pull-NODE.lock`); released when
@@ -371,8 +432,8 @@ async fn tear_down(plan: &Plan, engine: Option<&Engine>) {
 async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
     let mut signals =
         Signals::install().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
-    let token = job_token(plan)?;
-    let server = control::Server::bind(plan.ports.control, token).await.map_err(|e| {
+    let key = job_key(plan)?;
+    let server = control::Server::bind(plan.ports.control, key).await.map_err(|e| {
         node_err(plan)(format!(
             "control port {} is not free ({e}); another job may use it. Fix: pick another pair with --sshd-port",
             plan.ports.control
@@ -409,15 +470,15 @@ async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
     };
     tear_down(plan, Some(&running.engine)).await;
     match outcome? {
-        Order::Stop => Ok(0),
-        Order::Abort(why) => {
+        Some(Order::Stop) => Ok(0),
+        Some(Order::Abort(why)) => {
             log::info!(
                 "{}: job aborted by the coordinator: {why}",
                 plan.this_node()
             );
             Ok(0)
         }
-        Order::Lost => Err(LaunchError::Control(ControlError::Broken(format!(
+        None => Err(LaunchError::Control(ControlError::Broken(format!(
             "the coordinator on {} went away; container removed",
             plan.nodes[0]
         )))),
@@ -454,11 +515,11 @@ fn check_script(plan: &Plan) -> Result<(), LaunchError> {
 async fn ready_worker(
     plan: &Plan,
     node: String,
-    token: &str,
+    key: &JobKey,
     deadline: Instant,
     connected: &std::sync::Mutex<Vec<Arc<WorkerLink>>>,
 ) -> Result<(), LaunchError> {
-    let link = Arc::new(control::connect(&node, plan.ports.control, token, deadline).await?);
+    let link = Arc::new(control::connect(&node, plan.ports.control, key, deadline).await?);
     connected.lock().expect("not poisoned").push(link.clone());
     match link.status(deadline).await? {
         Status::Ready => {}
@@ -481,13 +542,13 @@ async fn ready_worker(
 /// `connected` as soon as they exist, so the caller can tell those workers to abort.
 async fn ready_workers(
     plan: &Plan,
-    token: &str,
+    key: &JobKey,
     deadline: Instant,
     connected: &std::sync::Mutex<Vec<Arc<WorkerLink>>>,
 ) -> Result<(), LaunchError> {
     let mut pending: FuturesUnordered<_> = plan.nodes[1..]
         .iter()
-        .map(|n| ready_worker(plan, n.clone(), token, deadline, connected))
+        .map(|n| ready_worker(plan, n.clone(), key, deadline, connected))
         .collect();
     while let Some(r) = pending.next().await {
         r?;
@@ -496,7 +557,7 @@ async fn ready_workers(
 }
 
 /// Tells every worker that could be reached to abort (best effort, a few seconds at most).
-async fn abort_all(plan: &Plan, token: &str, links: Vec<Arc<WorkerLink>>, why: &str) {
+async fn abort_all(plan: &Plan, key: &JobKey, links: Vec<Arc<WorkerLink>>, why: &str) {
     let order = Order::Abort(why.to_string());
     let reached: Vec<String> = links.iter().map(|l| l.node.clone()).collect();
     let by = Instant::now() + Duration::from_secs(3);
@@ -504,7 +565,7 @@ async fn abort_all(plan: &Plan, token: &str, links: Vec<Arc<WorkerLink>>, why: &
         .iter()
         .filter(|n| !reached.contains(n))
         .map(|n| async {
-            if let Ok(l) = control::connect(n, plan.ports.control, token, by).await {
+            if let Ok(l) = control::connect(n, plan.ports.control, key, by).await {
                 l.send(&order).await;
             }
         });
@@ -519,9 +580,9 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
     let t0 = Instant::now();
     let mut signals =
         Signals::install().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
-    let token = job_token(plan)?;
+    let key = job_key(plan)?;
     if let Err(e) = check_script(plan) {
-        abort_all(plan, &token, Vec::new(), &e.to_string()).await;
+        abort_all(plan, &key, Vec::new(), &e.to_string()).await;
         return Err(e);
     }
     let deadline = Instant::now() + plan.wait_timeout;
@@ -532,7 +593,7 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
     let connected = std::sync::Mutex::new(Vec::new());
     let started: Result<Running, LaunchError> = {
         let own = start_container(plan, deadline);
-        let workers = ready_workers(plan, &token, deadline, &connected);
+        let workers = ready_workers(plan, &key, deadline, &connected);
         tokio::pin!(own, workers);
         tokio::select! {
         r = &mut own => match r {
@@ -566,7 +627,7 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
                 LaunchError::Signal(sig) => format!("coordinator got signal {sig}"),
                 other => other.to_string(),
             };
-            abort_all(plan, &token, links, &why).await;
+            abort_all(plan, &key, links, &why).await;
             if matches!(e, LaunchError::Signal(_)) {
                 tear_down(plan, None).await;
             }
@@ -624,18 +685,12 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
                 .unwrap_or(1))
         }
         Outcome::Signal(sig) => {
-            abort_all(
-                plan,
-                &token,
-                links,
-                &format!("coordinator got signal {sig}"),
-            )
-            .await;
+            abort_all(plan, &key, links, &format!("coordinator got signal {sig}")).await;
             Err(LaunchError::Signal(sig))
         }
         Outcome::Lost(node) => {
             let why = format!("the launcher on {node} went away while the script ran");
-            abort_all(plan, &token, links, &why).await;
+            abort_all(plan, &key, links, &why).await;
             Err(LaunchError::Node { node, reason: "its launcher went away while the script ran (killed, or the node failed); job stopped".into() })
         }
         Outcome::Died(code) => {
@@ -643,13 +698,13 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
                 "the container on {} ended by itself (code {code})",
                 plan.this_node()
             );
-            abort_all(plan, &token, links, &why).await;
+            abort_all(plan, &key, links, &why).await;
             Err(node_err(plan)(format!(
                 "the container ended by itself (code {code}) while the script ran"
             )))
         }
         Outcome::Failed(e) => {
-            abort_all(plan, &token, links, &e.to_string()).await;
+            abort_all(plan, &key, links, &e.to_string()).await;
             Err(e.into())
         }
     };

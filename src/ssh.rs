@@ -57,6 +57,8 @@ pub struct Material {
     pub authorized_keys: PathBuf,
     /// Pinned host key.
     pub known_hosts: PathBuf,
+    /// Secret of the launchers' control channel (random, 0600; not an ssh key).
+    pub control_key: PathBuf,
     /// Name the host key is pinned under (`HostKeyAlias`).
     pub host_alias: String,
 }
@@ -72,6 +74,7 @@ impl Material {
             host_key: dir.join("host_ed25519"),
             authorized_keys: dir.join("authorized_keys"),
             known_hosts: dir.join("known_hosts"),
+            control_key: dir.join("control_key"),
             dir,
             host_alias: format!("mnd-{user}"),
         }
@@ -114,6 +117,32 @@ pub(crate) fn check_safe(path: &Path, uid: u32, private: bool) -> Result<(), Ssh
                 "write it"
             }
         )));
+    }
+    Ok(())
+}
+
+/// Checks that no folder above `path` can be changed by anyone but `uid` or root: someone
+/// who could rename a parent could swap the keys (and sshd's StrictModes refuses them).
+fn check_parents(path: &Path, uid: u32) -> Result<(), SshError> {
+    // Folders that do not exist yet are created 0700 by `ensure`.
+    for parent in path.ancestors().skip(1).filter(|p| p.exists()) {
+        let meta = fs::metadata(parent).map_err(io("inspect", parent))?;
+        let unsafe_ = |reason: String| SshError::Unsafe {
+            path: parent.to_path_buf(),
+            reason,
+        };
+        if meta.uid() != uid && meta.uid() != 0 {
+            return Err(unsafe_(format!(
+                "this folder above your ssh material is owned by uid {}, so its owner could swap your keys",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(unsafe_(format!(
+                "this folder above your ssh material has mode {:04o}: others could swap your keys (and sshd refuses them)",
+                meta.mode() & 0o7777
+            )));
+        }
     }
     Ok(())
 }
@@ -172,12 +201,38 @@ fn generate(tmp: &Path, m: &Material, user: &str) -> Result<(), SshError> {
         &format!("{} {host_pub}\n", m.host_alias),
         0o644,
     )?;
-    Ok(())
+    write_file(&name(&m.control_key), &random_hex(32), 0o600)
+}
+
+fn random_hex(bytes: usize) -> String {
+    use ssh_key::rand_core::{OsRng, RngCore};
+    let mut b = vec![0u8; bytes];
+    OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect::<String>() + "\n"
+}
+
+/// Adds the control key to material made before it existed: written aside, then linked
+/// into place (a link never replaces, so when several nodes do it at once all use one).
+fn add_control_key(m: &Material) -> Result<(), SshError> {
+    if m.control_key.exists() {
+        return Ok(());
+    }
+    let tmp = m.dir.join(format!(".control_key.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    write_file(&tmp, &random_hex(32), 0o600)?;
+    let linked = fs::hard_link(&tmp, &m.control_key);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(_) if m.control_key.exists() => Ok(()),
+        Err(e) => Err(io("create", &m.control_key)(e)),
+    }
 }
 
 /// Makes sure the material exists under `root` and is safe to use; creates it on first use.
 pub fn ensure(root: &Path, who: &Identity) -> Result<Material, SshError> {
     let m = Material::paths(root, &who.name);
+    check_parents(root, who.uid)?;
     if !root.exists() {
         create_private_dir(root).map_err(io("create", root))?;
     }
@@ -203,7 +258,9 @@ pub fn ensure(root: &Path, who: &Identity) -> Result<Material, SshError> {
         placed?;
     }
     check_safe(&m.dir, who.uid, false)?;
+    add_control_key(&m)?;
     for (p, private) in [
+        (&m.control_key, true),
         (&m.client_key, true),
         (&m.host_key, true),
         (&m.authorized_keys, false),
@@ -214,15 +271,18 @@ pub fn ensure(root: &Path, who: &Identity) -> Result<Material, SshError> {
     Ok(m)
 }
 
-/// sshd configuration for a container: only `user`, only the client key, no passwords.
-/// `set_env` is given to every session (`SetEnv`, OpenSSH 8.7+); without it the config also
-/// works with older sshd.
+/// Folder, inside every container, of the files below (see `policy::PRIVATE_DIR`).
+pub const CONTAINER_DIR: &str = "/.mnd";
+
+/// sshd configuration for a container: only `user`, only the client key, no passwords, no
+/// forwarding, strict modes. `set_env` is given to every session (`SetEnv`, OpenSSH 8.7+);
+/// without it the config also works with older sshd.
 pub fn sshd_config(m: &Material, user: &str, port: u16, set_env: &[(String, String)]) -> String {
     let mut s = format!(
         "# written by mnd-srun\nPort {port}\nListenAddress 0.0.0.0\nHostKey {}\nAuthorizedKeysFile {}\n\
-PidFile none\nUsePAM no\nStrictModes no\nPermitRootLogin no\nAllowUsers {user}\nPubkeyAuthentication yes\n\
+PidFile none\nUsePAM no\nStrictModes yes\nPermitRootLogin no\nAllowUsers {user}\nPubkeyAuthentication yes\n\
 PasswordAuthentication no\nKbdInteractiveAuthentication no\nChallengeResponseAuthentication no\nHostbasedAuthentication no\n\
-PermitUserEnvironment no\nX11Forwarding no\nPrintMotd no\nLogLevel ERROR\nSubsystem sftp internal-sftp\n",
+PermitUserEnvironment no\nDisableForwarding yes\nX11Forwarding no\nPrintMotd no\nLogLevel ERROR\nSubsystem sftp internal-sftp\n",
         m.host_key.display(),
         m.authorized_keys.display()
     );
@@ -233,9 +293,10 @@ PermitUserEnvironment no\nX11Forwarding no\nPrintMotd no\nLogLevel ERROR\nSubsys
     s
 }
 
+/// One `SetEnv` item; values never hold control characters (`plan::check_env_value`).
 fn quote_env(k: &str, v: &str) -> String {
     if v.chars()
-        .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+        .any(|c| c.is_whitespace() || c == '"' || c == '\\' || c == '#' || c == '\'')
     {
         format!("\"{k}={}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
     } else {
@@ -243,16 +304,44 @@ fn quote_env(k: &str, v: &str) -> String {
     }
 }
 
-/// ssh client configuration for a container (`/etc/ssh/ssh_config`): the job's port, the
-/// client key, and the pinned host key with strict checking.
-pub fn client_config(m: &Material, user: &str, port: u16) -> String {
+/// ssh client configuration for a container (`/.mnd/ssh_config`, used through the ssh
+/// wrappers): for the job's nodes the job's port, key and pinned host key, whatever the
+/// user's `~/.ssh/config` says (ssh keeps the first value it reads, and this block comes
+/// first); every other host gets the user's own settings, then the image's.
+pub fn client_config(m: &Material, user: &str, port: u16, nodes: &[String]) -> String {
     format!(
-        "# written by mnd-srun\nHost *\n  Port {port}\n  User {user}\n  IdentityFile {}\n  IdentitiesOnly yes\n\
+        "# written by mnd-srun: the job's nodes use the job's sshd; other hosts keep your settings\n\
+Host {}\n  HostName %h\n  Port {port}\n  User {user}\n  IdentityFile {}\n  IdentitiesOnly yes\n\
   UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n  HostKeyAlias {}\n  StrictHostKeyChecking yes\n\
-  CheckHostIP no\n  PasswordAuthentication no\n  KbdInteractiveAuthentication no\n  BatchMode yes\n  LogLevel ERROR\n",
+  CheckHostIP no\n  ProxyCommand none\n  ControlMaster no\n  ControlPath none\n  CanonicalizeHostname no\n\
+  PasswordAuthentication no\n  KbdInteractiveAuthentication no\n  BatchMode yes\n  LogLevel ERROR\n\
+Match all\n  Include ~/.ssh/config\n  Include /etc/ssh/ssh_config\n",
+        nodes.join(" "),
         m.client_key.display(),
         m.known_hosts.display(),
         m.host_alias
+    )
+}
+
+/// The programs wrapped in `/.mnd/bin` (first on PATH in the container and its ssh
+/// sessions) so that mpirun, pdsh, rsync and the user's own commands read the job's config.
+pub const WRAPPED: &[&str] = &["ssh", "scp", "sftp"];
+
+/// The wrapper script for `program` (one of `WRAPPED`).
+pub fn wrapper(program: &str) -> String {
+    format!(
+        "#!/bin/sh\n# written by mnd-srun: {program} with the job's settings for the job's nodes\n\
+for p in /usr/bin/{program} /bin/{program} /usr/local/bin/{program}; do\n\
+  [ -x \"$p\" ] && exec \"$p\" -F {CONTAINER_DIR}/ssh_config \"$@\"\n\
+done\necho \"{program}: not found in this image\" >&2\nexit 127\n"
+    )
+}
+
+/// `PATH` for the container and its ssh sessions: the wrappers first, then the image's.
+pub fn path_with_wrappers(image_path: Option<&str>) -> String {
+    format!(
+        "{CONTAINER_DIR}/bin:{}",
+        image_path.unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     )
 }
 
@@ -264,9 +353,16 @@ mod tests {
         Identity::current().unwrap()
     }
 
+    /// A temporary folder whose parents only root or the owner can change (not /tmp).
+    fn tempdir() -> tempfile::TempDir {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        fs::create_dir_all(&base).unwrap();
+        tempfile::tempdir_in(base).unwrap()
+    }
+
     #[test]
     fn creates_material_once_with_safe_modes() {
-        let t = tempfile::tempdir().unwrap();
+        let t = tempdir();
         let root = t.path().join(".mnd/ssh");
         let m = ensure(&root, &me()).unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
@@ -287,7 +383,7 @@ mod tests {
 
     #[test]
     fn concurrent_creation_agrees_on_one_key() {
-        let t = tempfile::tempdir().unwrap();
+        let t = tempdir();
         let root = t.path().join("ssh");
         let keys: Vec<String> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..8)
@@ -309,7 +405,7 @@ mod tests {
 
     #[test]
     fn refuses_writable_or_readable_material() {
-        let t = tempfile::tempdir().unwrap();
+        let t = tempdir();
         let root = t.path().join("ssh");
         let m = ensure(&root, &me()).unwrap();
         fs::set_permissions(&m.host_key, fs::Permissions::from_mode(0o640)).unwrap();
@@ -338,7 +434,22 @@ mod tests {
         ] {
             assert!(d.contains(want), "sshd_config lacks {want}:\n{d}");
         }
-        let c = client_config(&m, "alice", 40123);
+        assert!(
+            d.contains("StrictModes yes") && d.contains("DisableForwarding yes"),
+            "{d}"
+        );
+        let nodes = ["node1".to_string(), "node2".to_string()];
+        let c = client_config(&m, "alice", 40123, &nodes);
+        assert!(c.contains("\nHost node1 node2\n"), "{c}");
+        let user_config = c.find("Include ~/.ssh/config").unwrap();
+        assert!(
+            c.find("Port 40123").unwrap() < user_config,
+            "the job's block must come first:\n{c}"
+        );
+        assert!(
+            !c.contains("Host *"),
+            "other hosts must keep the user's settings:\n{c}"
+        );
         for want in [
             "Port 40123",
             "StrictHostKeyChecking yes",
@@ -348,5 +459,28 @@ mod tests {
             assert!(c.contains(want), "ssh_config lacks {want}:\n{c}");
         }
         assert!(!c.contains("StrictHostKeyChecking no"));
+        let w = wrapper("ssh");
+        assert!(w.contains("exec \"$p\" -F /.mnd/ssh_config \"$@\""), "{w}");
+        assert_eq!(
+            path_with_wrappers(Some("/usr/bin:/bin")),
+            "/.mnd/bin:/usr/bin:/bin"
+        );
+    }
+
+    #[test]
+    fn refuses_material_below_a_folder_others_can_write() {
+        let t = tempdir();
+        let shared = t.path().join("group-home");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o775)).unwrap();
+        let e = ensure(&shared.join(".mnd/ssh"), &me())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("group-home") && e.contains("0775") && e.contains("swap"),
+            "{e}"
+        );
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(ensure(&shared.join(".mnd/ssh"), &me()).is_ok());
     }
 }

@@ -73,12 +73,10 @@ fn site_install_works_for_alice_through_the_module_file() {
 #[test]
 fn policy_refusals_name_the_rule_and_the_config() {
     let _g = shared();
-    let policy = format!("{SHARED}/home/alice/e2e-policy.toml");
-    std::fs::write(
-        &policy,
+    let policy = site_config(
+        "e2e-policy.toml",
         "[policy]\nallowed_images = ['mnd-vc-job:.*']\nallowed_mount_prefixes = ['/shared']\nallow_privileged = false\nallow_dockopts = false\n",
-    )
-    .unwrap();
+    );
     let s = script("alice", "e2e-true.sh", "#!/bin/sh\ntrue\n");
     let cases = [
         (
@@ -88,8 +86,8 @@ fn policy_refusals_name_the_rule_and_the_config() {
         ),
         (
             "mount",
-            "--datamnts=/etc",
-            "mount source /etc is not allowed by the site policy (policy.allowed_mount_prefixes",
+            "--datamnts=/var/tmp",
+            "mount source /var/tmp is not allowed by the site policy (policy.allowed_mount_prefixes",
         ),
         (
             "privileged",
@@ -105,7 +103,7 @@ fn policy_refusals_name_the_rule_and_the_config() {
     for (tag, flag, want) in cases {
         let name = unique(tag);
         let r = alice(&format!(
-            "MND_CONFIG=/shared/home/alice/e2e-policy.toml srun -N3 -n3 mnd-srun --container={IMAGE} {flag} --dockname={name} --script=./{s}"
+            "MND_CONFIG={policy} srun -N3 -n3 mnd-srun --container={IMAGE} {flag} --dockname={name} --script=./{s}"
         ));
         assert_eq!(r.code, 2, "{tag}: {}", r.all());
         assert!(
@@ -123,7 +121,7 @@ fn policy_refusals_name_the_rule_and_the_config() {
     // Within the policy the same config lets the job run.
     let name = unique("allowed");
     let r = alice(&format!(
-        "MND_CONFIG=/shared/home/alice/e2e-policy.toml {} --script=./{s}",
+        "MND_CONFIG={policy} {} --script=./{s}",
         srun_line(3, &name, "")
     ));
     assert_eq!(r.code, 0, "{}", r.all());

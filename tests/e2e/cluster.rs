@@ -175,7 +175,7 @@ pub fn assert_clean(prefix: &str, within: Duration) -> Duration {
 /// tests running alongside do not count.
 pub fn stray_sshd(node: &str, user: &str) -> usize {
     let script = format!(
-        "strays() {{ pids=$(pgrep -u {user} -f 'sshd -D -e -f /etc/mnd'); running=$(docker ps -q --no-trunc); \
+        "strays() {{ pids=$(pgrep -u {user} -f 'sshd -D -e -f /.mnd'); running=$(docker ps -q --no-trunc); \
          for p in $pids; do id=$(grep -o '[0-9a-f]\\{{64\\}}' /proc/$p/cgroup 2>/dev/null | head -n1); \
          [ -e /proc/$p ] || continue; case \"$running\" in *\"$id\"*) [ -n \"$id\" ] && continue ;; esac; echo $p; done; }}; \
          first=$(strays); sleep 1; second=$(strays); for p in $first; do case \" $(echo $second) \" in *\" $p \"*) echo stray $p ;; esac; done"
@@ -240,4 +240,31 @@ pub fn root_on(node: &str, argv: &[&str]) -> Run {
         .output()
         .expect("docker exec");
     Run::from(out, t.elapsed())
+}
+
+/// Installs a site config as root at `/etc/mnd-srun/NAME` on every node (where `MND_CONFIG`
+/// may point); returns its path.
+pub fn site_config(name: &str, text: &str) -> String {
+    cluster();
+    let path = format!("/etc/mnd-srun/{name}");
+    for node in NODES {
+        let mut child = Command::new("docker")
+            .args(["exec", "-i", node, "sh", "-c"])
+            .arg(format!("mkdir -p /etc/mnd-srun && cat > {path}.new && chmod 0644 {path}.new && mv {path}.new {path}"))
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("docker exec");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        assert!(
+            child.wait().unwrap().success(),
+            "could not write {path} on {node}"
+        );
+    }
+    path
 }

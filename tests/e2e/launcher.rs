@@ -172,7 +172,7 @@ fn bob_cannot_log_into_alices_sshd() {
     let s = script(
         "alice",
         "e2e-hold.sh",
-        "#!/bin/bash\nawk '/Port/ {print $2}' /etc/ssh/ssh_config > ~/e2e-port.txt\nwhile [ ! -e ~/e2e-release ]; do sleep 0.1; done\n",
+        "#!/bin/bash\nawk '/Port/ {print $2; exit}' /.mnd/ssh_config > ~/e2e-port.txt\nwhile [ ! -e ~/e2e-release ]; do sleep 0.1; done\n",
     );
     let name = unique("isolation");
     let job =
