@@ -122,7 +122,8 @@ pub async fn remove(engine: &Engine, sel: &Selection) -> Result<Vec<String>, Cle
     let victims = list(engine, sel).await?;
     let removals = victims
         .iter()
-        .map(|c| async move { (c.name.clone(), engine.remove(&c.name).await) });
+        // By the id that was listed: a new container may take a listed name meanwhile.
+        .map(|c| async move { (c.name.clone(), engine.remove(&c.id).await) });
     let mut removed = Vec::new();
     let mut failed = Vec::new();
     for (name, r) in futures_util::future::join_all(removals).await {

@@ -96,6 +96,8 @@ pub struct FileUpload {
 /// One mnd container as listed by `mnd ps`.
 #[derive(Debug, Clone)]
 pub struct Listed {
+    /// Container id (what removal uses: a name may be reused by a new container).
+    pub id: String,
     /// Container name.
     pub name: String,
     /// Labels.
@@ -407,7 +409,7 @@ impl Engine {
         Ok(info.exit_code.unwrap_or(-1))
     }
 
-    /// Kills and removes a container; a container already gone is fine.
+    /// Kills and removes a container (by name or id); a container already gone is fine.
     pub async fn remove(&self, name: &str) -> Result<(), DockerError> {
         let opts = RemoveContainerOptionsBuilder::default().force(true).build();
         match tokio::time::timeout(
@@ -445,6 +447,7 @@ impl Engine {
         Ok(found
             .into_iter()
             .map(|c| Listed {
+                id: c.id.unwrap_or_default(),
                 name: c
                     .names
                     .unwrap_or_default()

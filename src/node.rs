@@ -3,7 +3,7 @@
 
 use crate::plan::{AmdFacts, NodeFacts};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// CAP_SYS_RESOURCE's bit in /proc/self/status `CapBnd`.
 const CAP_SYS_RESOURCE: u32 = 24;
@@ -51,4 +51,46 @@ fn amd_facts() -> Option<AmdFacts> {
         render_nodes,
         device_gids,
     })
+}
+
+/// The real path of `path`: no `.`, `..` or symbolic link. A part that does not exist yet
+/// (a folder mnd-srun will create) is kept as written after the real path of what exists.
+pub fn real_path(path: &Path) -> std::io::Result<PathBuf> {
+    match std::fs::canonicalize(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                return Err(e);
+            };
+            if name == ".." {
+                return Err(e);
+            }
+            Ok(real_path(parent)?.join(name))
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_paths_follow_links_and_keep_missing_tails() {
+        let t = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(t.path()).unwrap();
+        std::fs::create_dir(real.join("data")).unwrap();
+        std::os::unix::fs::symlink("/etc", real.join("etc-link")).unwrap();
+        assert_eq!(
+            real_path(&real.join("etc-link/ssh")).unwrap(),
+            Path::new("/etc/ssh")
+        );
+        assert_eq!(
+            real_path(&real.join("data/../etc-link")).unwrap(),
+            Path::new("/etc")
+        );
+        assert_eq!(
+            real_path(&real.join("data/new/deeper")).unwrap(),
+            real.join("data/new/deeper")
+        );
+    }
 }

@@ -382,8 +382,15 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         .map(|g| g.gid.to_string())
         .collect();
     group_add.extend(gpu_groups.iter().map(u32::to_string));
-    group_add.extend(opts.group_add.iter().cloned());
-    group_add.dedup();
+    // Group names are the host's: Docker would look them up in the image instead.
+    group_add.extend(opts.group_add.iter().map(|g| {
+        user.groups
+            .iter()
+            .find(|mine| mine.name == *g)
+            .map_or_else(|| g.clone(), |mine| mine.gid.to_string())
+    }));
+    let mut seen = std::collections::BTreeSet::new();
+    group_add.retain(|g| seen.insert(g.clone()));
     let this = nodes[node_rank].clone();
     let prefix = args
         .name

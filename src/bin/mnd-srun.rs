@@ -17,7 +17,7 @@ async fn run(args: cli::Args, hostname: &str) -> Result<i32, Error> {
         site: &site,
         user: &user,
         facts: &facts,
-        resolve: &|p| std::fs::canonicalize(p),
+        resolve: &node::real_path,
     })?;
     log::debug!("plan: {:#?}", plan.redacted());
     if !matches!(plan.role, plan::Role::Idle(_)) {

@@ -147,6 +147,12 @@ pub fn containers(node: &str, prefix: &str) -> Vec<String> {
         ])
         .output()
         .expect("docker ps on node");
+    // A failing `docker ps` must never read as "no containers left".
+    assert!(
+        out.status.success(),
+        "docker ps on {node} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
@@ -184,6 +190,11 @@ pub fn stray_sshd(node: &str, user: &str) -> usize {
         .args(["exec", node, "sh", "-c", &script])
         .output()
         .expect("stray sshd check");
+    assert!(
+        out.status.success() && root_on(node, &["docker", "ps", "-q"]).code == 0,
+        "the stray sshd check on {node} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with("stray"))

@@ -363,7 +363,7 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
         ("nodelist", "srun -N3 -n3 mnd-srun --container={i} --dockname={n} --script=./{s} --nodelist='node[3-1]'", "--nodelist: invalid hostlist item 'node[3-1]'"),
         ("dockopts", "srun -N3 -n3 mnd-srun --container={i} --dockname={n} --script=./{s} --dockopts='--cpus 2'", "option '--cpus' is not supported"),
         ("opensshdir", "srun -N3 -n3 mnd-srun --container={i} --dockname={n} --script=./{s} --sshconfigdir=/shared/home/alice/e2e-open-ssh", "chmod go-w"),
-        ("rootsshdir", "srun -N3 -n3 mnd-srun --container={i} --dockname={n} --script=./{s} --ssh-dir=/etc/mnd-e2e", "cannot create /etc/mnd-e2e"),
+        ("rootsshdir", "srun -N3 -n3 mnd-srun --container={i} --dockname={n} --script=./{s} --ssh-dir=/etc/mnd-e2e", "the ssh folder /etc/mnd-e2e is refused: it is inside the host system folder /etc"),
     ];
     for (tag, line, want) in cases {
         let name = unique(tag);

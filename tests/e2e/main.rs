@@ -4,5 +4,6 @@
 
 mod admin;
 mod cluster;
+mod hardening;
 mod launcher;
 mod teardown;
