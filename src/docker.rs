@@ -93,6 +93,13 @@ pub struct FileUpload {
     pub mode: u32,
 }
 
+/// A command started in a container by `Engine::exec`.
+pub struct Started {
+    id: String,
+    /// Carries its input and output; resolves when its output ends (it exited).
+    pub io: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
 /// One mnd container as listed by `mnd ps`.
 #[derive(Debug, Clone)]
 pub struct Listed {
@@ -371,18 +378,23 @@ impl Engine {
         lines.concat().trim().to_string()
     }
 
-    /// Runs a command in the running container as `user`, streaming its output to ours;
-    /// returns its exit code.
+    /// Starts a command in the running container as `user`: its output goes to ours, and
+    /// `stdin` (when given) feeds its input until that closes. Returns the started command;
+    /// await `Started::io` for its end, then `exit_code`.
     pub async fn exec(
         &self,
         name: &str,
         user: &str,
         workdir: &str,
         cmd: Vec<String>,
-    ) -> Result<i64, DockerError> {
+        tty: bool,
+        stdin: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+    ) -> Result<Started, DockerError> {
         let config = bollard::models::ExecConfig {
+            attach_stdin: Some(stdin.is_some()),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
+            tty: Some(tty),
             user: Some(user.to_string()),
             working_dir: Some(workdir.to_string()),
             cmd: Some(cmd),
@@ -398,15 +410,61 @@ impl Engine {
             .start_exec(&exec.id, None)
             .await
             .map_err(api("exec start"))?;
-        if let bollard::exec::StartExecResults::Attached { output, .. } = started {
-            forward_output(output).await;
-        }
+        let io: Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match started {
+            bollard::exec::StartExecResults::Attached { output, mut input } => {
+                Box::pin(async move {
+                    let feed = async {
+                        if let Some(mut rx) = stdin {
+                            use tokio::io::AsyncWriteExt;
+                            while let Some(chunk) = rx.recv().await {
+                                if input.write_all(&chunk).await.is_err() {
+                                    return;
+                                }
+                                let _ = input.flush().await;
+                            }
+                            let _ = input.shutdown().await;
+                        }
+                        std::future::pending::<()>().await;
+                    };
+                    tokio::select! {
+                        () = forward_output(output) => {}
+                        () = feed => {}
+                    }
+                })
+            }
+            bollard::exec::StartExecResults::Detached => Box::pin(async {}),
+        };
+        Ok(Started { id: exec.id, io })
+    }
+
+    /// The process id on this node of a running command started with `exec` (for passing
+    /// signals on); `None` when it is not running.
+    pub async fn pid(&self, started: &Started) -> Option<i32> {
+        let info = self.docker.inspect_exec(&started.id).await.ok()?;
+        info.pid
+            .and_then(|p| i32::try_from(p).ok())
+            .filter(|p| *p > 0)
+    }
+
+    /// The exit code of a finished command started with `exec`.
+    pub async fn exit_code(&self, started: &Started) -> Result<i64, DockerError> {
         let info = self
             .docker
-            .inspect_exec(&exec.id)
+            .inspect_exec(&started.id)
             .await
             .map_err(api("exec inspect"))?;
         Ok(info.exit_code.unwrap_or(-1))
+    }
+
+    /// Sets the terminal size of a command started with `tty`.
+    pub async fn resize(&self, started: &Started, rows: u16, cols: u16) {
+        let opts = bollard::query_parameters::ResizeExecOptionsBuilder::default()
+            .h(i32::from(rows))
+            .w(i32::from(cols))
+            .build();
+        if let Err(e) = self.docker.resize_exec(&started.id, opts).await {
+            log::debug!("terminal resize: {}", reason(&e));
+        }
     }
 
     /// Kills and removes a container (by name or id); a container already gone is fine.

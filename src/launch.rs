@@ -13,8 +13,9 @@ use crate::docker::{DockerError, Engine, FileUpload, Lifeline};
 use crate::identity::Identity;
 use crate::plan::{self, Plan, Role};
 use crate::probe;
-use crate::signals::Signals;
+use crate::signals::{self, Signals};
 use crate::ssh;
+use crate::terminal;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -432,6 +433,9 @@ async fn tear_down(plan: &Plan, engine: Option<&Engine>) {
 async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
     let mut signals =
         Signals::install().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
+    // Checkpoint signals go to the script on the first node; here they end nothing.
+    let _ignored =
+        Signals::forwarded().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
     let key = job_key(plan)?;
     let server = control::Server::bind(plan.ports.control, key).await.map_err(|e| {
         node_err(plan)(format!(
@@ -576,10 +580,104 @@ async fn abort_all(plan: &Plan, key: &JobKey, links: Vec<Arc<WorkerLink>>, why: 
     );
 }
 
+/// How the script's run ended.
+enum Outcome {
+    /// The script exited with this code.
+    Finished(i64),
+    /// A signal that ends the job.
+    Signal(i32),
+    /// A worker's launcher went away.
+    Lost(String),
+    /// The coordinator's own container ended.
+    Died(i64),
+    /// Docker failed to run the script.
+    Failed(DockerError),
+}
+
+/// Runs the script in this node's container: the launcher's stdin is its stdin (a terminal
+/// under `srun --pty`, following the window size), SIGUSR1/SIGUSR2 are passed on to it and
+/// its children; ends with the script, a terminating signal, a lost worker or the
+/// container's end.
+async fn run_script(
+    plan: &Plan,
+    running: &Running,
+    links: &[Arc<WorkerLink>],
+    signals: &mut Signals,
+    forwarded: &mut Signals,
+) -> Outcome {
+    let script = plan.script.as_ref().expect("coordinator has a script");
+    let mut cmd = vec![script.path.display().to_string()];
+    cmd.extend(script.args.iter().cloned());
+    let workdir = plan.container.workdir.display().to_string();
+    let engine = &running.engine;
+    let tty = terminal::stdin_is_terminal();
+    let started = engine
+        .exec(
+            &plan.container.name,
+            &plan.container.user,
+            &workdir,
+            cmd,
+            tty,
+            Some(terminal::stdin_chunks()),
+        )
+        .await;
+    let mut started = match started {
+        Ok(s) => s,
+        Err(e) => return Outcome::Failed(e),
+    };
+    let _raw = tty.then(terminal::RawMode::enter).flatten();
+    let mut winch = tty
+        .then(|| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok())
+        .flatten();
+    if let Some((rows, cols)) = tty.then(terminal::window_size).flatten() {
+        engine.resize(&started, rows, cols).await;
+    }
+    let lost = async {
+        if links.is_empty() {
+            return std::future::pending().await;
+        }
+        let watchers = links.iter().map(|l| {
+            Box::pin(async move {
+                l.closed().await;
+                l.node.clone()
+            })
+        });
+        futures_util::future::select_all(watchers).await.0
+    };
+    let died = engine.wait_exit(&plan.container.name);
+    tokio::pin!(lost, died);
+    loop {
+        tokio::select! {
+            () = &mut started.io => {
+                return match engine.exit_code(&started).await {
+                    Ok(code) => Outcome::Finished(code),
+                    Err(e) => Outcome::Failed(e),
+                };
+            }
+            sig = signals.recv() => return Outcome::Signal(sig),
+            node = &mut lost => return Outcome::Lost(node),
+            code = &mut died => return Outcome::Died(code),
+            sig = forwarded.recv() => {
+                let pid = engine.pid(&started).await;
+                let reached = pid.map_or(0, |pid| signals::signal_tree(pid, sig));
+                log::info!("signal {sig} passed on to {reached} process(es) of the script");
+            }
+            Some(()) = async { winch.as_mut()?.recv().await }, if winch.is_some() => {
+                if let Some((rows, cols)) = terminal::window_size() {
+                    engine.resize(&started, rows, cols).await;
+                }
+            }
+        }
+    }
+}
+
 async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
     let t0 = Instant::now();
     let mut signals =
         Signals::install().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
+    // From the start, so a checkpoint signal never ends the launcher.
+    let mut forwarded =
+        Signals::forwarded().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
     let key = job_key(plan)?;
     if let Err(e) = check_script(plan) {
         abort_all(plan, &key, Vec::new(), &e.to_string()).await;
@@ -641,39 +739,7 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
         script.path.display()
     );
     eprintln_timing("ready", t0);
-    enum Outcome {
-        Finished(i64),
-        Signal(i32),
-        Lost(String),
-        Died(i64),
-        Failed(DockerError),
-    }
-    let mut cmd = vec![script.path.display().to_string()];
-    cmd.extend(script.args.iter().cloned());
-    let workdir = plan.container.workdir.display().to_string();
-    let outcome = {
-        let lost = async {
-            if links.is_empty() {
-                return std::future::pending().await;
-            }
-            let watchers = links.iter().map(|l| {
-                Box::pin(async move {
-                    l.closed().await;
-                    l.node.clone()
-                })
-            });
-            futures_util::future::select_all(watchers).await.0
-        };
-        tokio::select! {
-            r = running.engine.exec(&plan.container.name, &plan.container.user, &workdir, cmd) => match r {
-                Ok(code) => Outcome::Finished(code),
-                Err(e) => Outcome::Failed(e),
-            },
-            sig = signals.recv() => Outcome::Signal(sig),
-            node = lost => Outcome::Lost(node),
-            code = running.engine.wait_exit(&plan.container.name) => Outcome::Died(code),
-        }
-    };
+    let outcome = run_script(plan, &running, &links, &mut signals, &mut forwarded).await;
     let t_end = Instant::now();
     let result = match outcome {
         Outcome::Finished(code) => {

@@ -21,3 +21,4 @@ pub mod probe;
 pub mod signals;
 pub mod slurm;
 pub mod ssh;
+pub mod terminal;

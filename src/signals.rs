@@ -115,7 +115,19 @@ mod tests {
             .args(["-c", "trap 'exit 7' USR1; sleep 30 & wait; wait"])
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // Once the shell has started its child (the trap is set before), signal both.
+        let has_child = || {
+            std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
+                .is_ok_and(|c| !c.trim().is_empty())
+        };
+        let t = std::time::Instant::now();
+        while !has_child() {
+            assert!(
+                t.elapsed().as_secs() < 10,
+                "the shell never started its child"
+            );
+            std::thread::yield_now();
+        }
         assert!(signal_tree(child.id() as i32, libc_num::SIGUSR1) >= 2);
         assert_eq!(child.wait().unwrap().code(), Some(7));
     }

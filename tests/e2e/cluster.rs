@@ -112,6 +112,7 @@ pub fn script(user: &str, name: &str, body: &str) -> String {
     let uid = match user {
         "alice" => 1001,
         "bob" => 1002,
+        "carol" => 1003,
         _ => panic!("unknown test user {user}"),
     };
     let path = Path::new(SHARED).join("home").join(user).join(name);

@@ -7,3 +7,4 @@ mod cluster;
 mod hardening;
 mod launcher;
 mod teardown;
+mod users;

@@ -1,0 +1,200 @@
+//! Real users end to end: the `~/.ssh/config` the seed's README told users to write, a zsh
+//! login shell the image lacks with a home behind a symbolic link and chatty startup files,
+//! checkpoint signals, a script reading srun's stdin, and an interactive shell under
+//! `srun --pty` driven through a real terminal.
+
+use crate::cluster::*;
+use std::time::Duration;
+
+const CLEAN: Duration = Duration::from_secs(10);
+
+/// The job script used by the ssh tests: mpirun, pdsh and plain ssh to every node, then ssh
+/// to a host that is not part of the job (must keep the user's own settings).
+const SSH_JOB: &str = "#!/bin/bash\n\
+mpirun -H \"$hostlist\" -np \"$np\" hostname | sort | tr '\\n' ' '; echo\n\
+pdsh -w \"$(echo $hostlist | sed 's/:[0-9]*//g')\" 'echo rank=$NODE_RANK' 2>&1 | sort | tr '\\n' ' '; echo\n\
+for n in $(echo $hostlist | tr ',' ' ' | sed 's/:[0-9]*//g'); do ssh $n hostname; done 2>&1 | sort | tr '\\n' ' '; echo\n\
+ssh -G elsewhere.example | grep -E '^(port|stricthostkeychecking) ' | sort | tr '\\n' ' '; echo\n";
+
+#[test]
+fn the_seed_readmes_ssh_config_does_not_break_jobs() {
+    let _g = shared();
+    // What the seed's README told every user to write, for the cluster's node names.
+    let r = alice(
+        "mkdir -p ~/.ssh && chmod 700 ~/.ssh && cp -f ~/.ssh/config ~/.ssh/config.e2e-saved 2>/dev/null; \
+         printf 'Host node* elsewhere.example\\n  Port 12345\\n  StrictHostKeyChecking no\\n  UserKnownHostsFile /dev/null\\n  IdentityFile ~/.ssh/id_rsa_mpi\\n' > ~/.ssh/config && chmod 600 ~/.ssh/config",
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    let s = script("alice", "e2e-sshconf.sh", SSH_JOB);
+    let name = unique("sshconf");
+    let r = alice(&format!("{} --script=./{s}", srun_line(3, &name, "")));
+    let _ =
+        alice("rm -f ~/.ssh/config; mv -f ~/.ssh/config.e2e-saved ~/.ssh/config 2>/dev/null; true");
+    assert_eq!(r.code, 0, "{}", r.all());
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0].trim(), "node1 node2 node3", "mpirun:\n{}", r.all());
+    assert_eq!(
+        lines[1].trim(),
+        "node1: rank=0 node2: rank=1 node3: rank=2",
+        "pdsh:\n{}",
+        r.all()
+    );
+    assert_eq!(lines[2].trim(), "node1 node2 node3", "ssh:\n{}", r.all());
+    // Any other host keeps the user's own settings.
+    assert_eq!(
+        lines[3].trim(),
+        "port 12345 stricthostkeychecking false",
+        "{}",
+        r.all()
+    );
+    assert_clean(&name, CLEAN);
+}
+
+#[test]
+fn a_zsh_user_with_a_linked_home_and_chatty_startup_files_runs_jobs() {
+    let _g = shared();
+    let home = format!("{SHARED}/home/carol");
+    for (file, text) in [
+        (".zshenv", "echo hello from zshenv\n"),
+        (
+            ".bashrc",
+            "echo welcome to the cluster\nmodule load cuda 2>/dev/null\n",
+        ),
+        (".profile", "echo profile says hi\n"),
+    ] {
+        std::fs::write(format!("{home}/{file}"), text).unwrap();
+    }
+    let r = root_on(
+        "node1",
+        &["chown", "-R", "carol:carol", "/shared/home/carol"],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    let s = script(
+        "carol",
+        "e2e-carol.sh",
+        &format!(
+            "{SSH_JOB}echo shell=$(getent passwd carol | cut -d: -f7) home=$HOME pwd=$(pwd)\n"
+        ),
+    );
+    let name = unique("carol");
+    // carol starts from her home as she knows it: the link.
+    let r = run_on(
+        "node1",
+        "carol",
+        &["bash", "-c", &format!("cd /shared/home/carol-link && srun -N3 -n3 mnd-srun --container={IMAGE} --dockname={name} --script=./{s}")],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    // Her .bashrc talks on every ssh session; the job still reaches every node.
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("node1 node2 node3"),
+        "mpirun:\n{}",
+        r.all()
+    );
+    for want in ["node1: rank=0", "node2: rank=1", "node3: rank=2"] {
+        assert!(lines[1].contains(want), "pdsh:\n{}", r.all());
+    }
+    assert!(
+        lines[2].starts_with("node1 node2 node3"),
+        "ssh:\n{}",
+        r.all()
+    );
+    assert!(
+        r.stdout
+            .contains("shell=/bin/bash home=/shared/home/carol-link"),
+        "{}",
+        r.all()
+    );
+    assert_clean(&name, CLEAN);
+}
+
+#[test]
+fn usr1_reaches_the_script_and_the_job_ends_with_its_code() {
+    let _g = shared();
+    let home = format!("{SHARED}/home/alice");
+    let name = unique("usr1");
+    let (started, ckpt) = (
+        format!("{home}/e2e-{name}.started"),
+        format!("{home}/e2e-{name}.ckpt"),
+    );
+    let s = script(
+        "alice",
+        &format!("e2e-usr1-{name}.sh"),
+        &format!(
+            "#!/bin/bash\ntrap 'echo step-1234 > ~/e2e-{name}.ckpt; echo checkpointed; exit 0' USR1\n\
+             echo $MND_JOB > ~/e2e-{name}.started.tmp; mv ~/e2e-{name}.started.tmp ~/e2e-{name}.started\nwhile true; do sleep 0.2; done\n"
+        ),
+    );
+    let job = {
+        let name = name.clone();
+        std::thread::spawn(move || alice(&format!("{} --script=./{s}", srun_line(3, &name, ""))))
+    };
+    wait_until("the script to start", Duration::from_secs(60), || {
+        std::path::Path::new(&started).exists()
+    });
+    // What `srun --signal=USR1@T` does at T: SIGUSR1 to every task of the step.
+    let step = std::fs::read_to_string(&started).unwrap();
+    let r = alice(&format!("scancel --signal=USR1 {}", step.trim()));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let r = job.join().unwrap();
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("checkpointed"), "{}", r.all());
+    assert_eq!(
+        std::fs::read_to_string(&ckpt).unwrap_or_default(),
+        "step-1234\n"
+    );
+    assert_clean(&name, CLEAN);
+}
+
+#[test]
+fn the_script_reads_sruns_stdin() {
+    let _g = shared();
+    let s = script(
+        "alice",
+        "e2e-reads.sh",
+        "#!/bin/bash\nwhile read -r l; do echo \"got:$l\"; done\necho eof\n",
+    );
+    let name = unique("stdin");
+    let r = alice(&format!(
+        "printf 'one\\ntwo words\\n' | {} --script=./{s}",
+        srun_line(2, &name, "")
+    ));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(r.stdout, "got:one\ngot:two words\neof\n", "{}", r.all());
+    assert_clean(&name, CLEAN);
+}
+
+#[test]
+fn an_interactive_shell_under_srun_pty_gets_a_terminal() {
+    let _g = shared();
+    let name = unique("pty");
+    let marker = format!("e2e-{name}.sleeping");
+    let s = script("alice", "e2e-shell.sh", "#!/bin/bash\nexec bash -i\n");
+    // The keys a user types, each sent when the shell is ready for it; Ctrl-C interrupts
+    // the foreground sleep inside the container.
+    let keys = format!(
+        "printf 'stty size; tty; echo answer=$((6*7))\\n'; \
+         printf '(while ! pgrep -u alice -x sleep >/dev/null; do :; done; touch ~/{marker}) & sleep 300\\n'; \
+         while [ ! -e ~/{marker} ]; do sleep 0.1; done; printf '\\003'; \
+         printf 'echo after-interrupt; exit 3\\n'"
+    );
+    let session = format!(
+        "rm -f ~/{marker}; ({keys}) | script -qefc 'stty rows 33 cols 111; srun -N2 -n2 --pty mnd-srun --container={IMAGE} --dockname={name} --script=./{s}' /dev/null"
+    );
+    let r = alice(&session);
+    assert_eq!(r.code, 3, "{}", r.all());
+    for want in ["33 111", "/dev/pts/", "answer=42", "after-interrupt"] {
+        assert!(r.stdout.contains(want), "expected '{want}':\n{}", r.all());
+    }
+    assert!(
+        !r.stdout.contains("cannot set terminal process group") && !r.stdout.contains("not a tty"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.took < Duration::from_secs(120),
+        "Ctrl-C did not interrupt the sleep: {:?}",
+        r.took
+    );
+    assert_clean(&name, CLEAN);
+}
