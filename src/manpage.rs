@@ -33,20 +33,30 @@ Every flag has an MND_* twin, listed with the flag. Also:
 Log level (error, warn, info, debug, trace); quiet (warn) by default.
 .TP
 .B MND_CONFIG
-Site config file instead of /etc/mnd\-srun/config.toml.
+Another site config in /etc/mnd\-srun/; used only when it and its folders are root's
+alone (a file a user can change is refused).
+.TP
+.B NV_GPU
+GPU ids, as with the seed script (like \-\-gpus; under Slurm a subset of the step's).
 .TP
 .B MND_TIMING
 Print phase timings and peak memory (for benchmarks).
 .TP
-.B SLURM_STEP_NODELIST ", " SLURM_NODEID ", " SLURM_LOCALID ", " SLURM_STEP_GPUS
-Read from srun: the step's nodes, this node's index, the task on this node, the physical GPU ids.
+.B SLURM_STEP_NODELIST ", " SLURM_NODEID ", " SLURM_LOCALID ", " SLURM_STEP_GPUS ", " SLURM_STEP_RESV_PORTS
+Read from srun: the step's nodes, this node's index, the task on this node, the physical GPU
+ids, the ports Slurm reserved for the step.
 .SH FILES
 .TP
 .I ~/.mnd/ssh/v1/
-Per-user ssh material, created on first use (0700; keys 0600).
+Per-user ssh material and the control-channel key, created on first use (0700; keys 0600;
+no folder above it may be writable by others).
 .TP
-.I ~/.mnd/cache/
-The /etc/passwd and /etc/group of each image used, by image id (content-addressed).
+.I ~/.mnd/cache/v2/
+The /etc/passwd, /etc/group and /etc/shells of each image used, by image id
+(content-addressed; never trusted to grant anything).
+.TP
+.I /.mnd/
+Inside each container: sshd and ssh configs, and the ssh/scp/sftp wrappers first on PATH.
 .TP
 .I ~/.mnd/locks/
 Per-node lock files: one image check or pull at a time per user and node.

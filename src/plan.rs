@@ -540,8 +540,15 @@ fn choose_nodes(step: &StepContext, args: &Args) -> Result<(Vec<String>, usize, 
     Ok((nodes, rank.unwrap_or(0), role))
 }
 
-/// Ports: sshd and control derived from job and step (so concurrent jobs differ), MASTER_PORT
-/// from the job id; each overridable.
+/// Steps of one job that get different ports when they run at once (a sweep's `srun ... &`).
+const STEPS_APART: u64 = 50;
+/// Jobs on one node whose ports differ (jobs whose ids differ by a multiple of this, on
+/// the same nodes at the same time, get the same ports unless Slurm reserves them).
+const JOBS_APART: u64 = 100;
+
+/// Ports: `--sshd-port`, else the ports Slurm reserved for the step
+/// (`SLURM_STEP_RESV_PORTS`, unique per node), else derived from job and step so that
+/// concurrent steps of a job and concurrent jobs differ; MASTER_PORT likewise per step.
 fn ports(
     step: &StepContext,
     args: &Args,
@@ -550,26 +557,36 @@ fn ports(
 ) -> Result<Ports, PlanError> {
     let d = &site.defaults;
     let pairs = u64::from(d.ssh_port_span / 2);
-    let seed = match (step.job_id, step.step_id) {
-        (Some(j), Some(s)) => j.wrapping_mul(8).wrapping_add(s),
+    let (job, step_id) = (step.job_id.unwrap_or(0), step.step_id.unwrap_or(0));
+    let slot = match (step.job_id, step.step_id) {
+        (Some(_), Some(_)) => (job % JOBS_APART) * STEPS_APART + step_id % STEPS_APART,
         _ => u64::from(facts.pid),
     };
-    let sshd = match args.sshd_port {
-        Some(p) if p < 1024 || p == u16::MAX => {
+    let reserved = (args.sshd_port.is_none() && step.resv_ports.len() >= 2)
+        .then(|| (step.resv_ports[0], step.resv_ports[1]));
+    let (sshd, control) = match (args.sshd_port, reserved) {
+        (Some(p), _) if p < 1024 || p == u16::MAX => {
             return Err(usage(format!("--sshd-port {p}: use a port from 1024 to 65534 (the next port is the control port)")));
         }
-        Some(p) => p,
-        None => d.ssh_port_base + (2 * (seed % pairs)) as u16,
+        (Some(p), _) => (p, p + 1),
+        (None, Some(pair)) => pair,
+        (None, None) => {
+            let p = d.ssh_port_base + (2 * (slot % pairs)) as u16;
+            (p, p + 1)
+        }
     };
-    let master = match args.master_port {
-        Some(p) => p,
-        None => d
-            .master_port_base
-            .saturating_add((step.job_id.unwrap_or(0) % 1000) as u16),
+    let master = match (args.master_port, step.resv_ports.get(2)) {
+        (Some(p), _) => p,
+        (None, Some(&p)) if reserved.is_some() => p,
+        _ => {
+            let per_job = 10;
+            let offset = (job % 100) * per_job + step_id % per_job;
+            d.master_port_base.saturating_add((offset % 1000) as u16)
+        }
     };
     Ok(Ports {
         sshd,
-        control: sshd + 1,
+        control,
         master,
     })
 }

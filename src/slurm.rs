@@ -43,6 +43,9 @@ pub struct StepContext {
     pub gpus_on_node: Option<u32>,
     /// This node's name as Slurm knows it.
     pub node_name: String,
+    /// Ports Slurm reserved for this step on every node of it (`SLURM_STEP_RESV_PORTS`,
+    /// when the site sets `MpiParams=ports=...`): no other step running at once has them.
+    pub resv_ports: Vec<u16>,
 }
 
 /// A Slurm environment that is missing something or contradicts itself.
@@ -89,6 +92,7 @@ impl StepContext {
             gpus: Vec::new(),
             gpus_on_node: None,
             node_name: hostname.to_string(),
+            resv_ports: Vec::new(),
         }
     }
 
@@ -174,6 +178,14 @@ impl StepContext {
             None => Vec::new(),
         };
         let gpus_on_node = number(&get, "SLURM_GPUS_ON_NODE")?.map(|n| n as u32);
+        let resv_ports = match get("SLURM_STEP_RESV_PORTS") {
+            Some(text) => parse_ports(&text).map_err(|reason| SlurmError::Invalid {
+                var: "SLURM_STEP_RESV_PORTS",
+                value: text.clone(),
+                reason,
+            })?,
+            None => Vec::new(),
+        };
         let node_name = get("SLURMD_NODENAME").unwrap_or_else(|| nodes[node_index].clone());
         if node_name != nodes[node_index] {
             return Err(SlurmError::Contradiction(format!(
@@ -192,6 +204,7 @@ impl StepContext {
             tasks_per_node,
             gpus,
             gpus_on_node,
+            resv_ports,
             node_name,
         })
     }
@@ -252,6 +265,21 @@ fn parse_ids(var: &'static str, text: &str) -> Result<Vec<u32>, SlurmError> {
             })
         })
         .collect()
+}
+
+/// Reads a port list like `12000-12003` or `12000,12005-12006`.
+fn parse_ports(text: &str) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for item in text.split(',').map(str::trim) {
+        let bad = || format!("'{item}' is not a port or a range of ports like 12000-12003");
+        let (a, b) = item.split_once('-').unwrap_or((item, item));
+        let (a, b): (u16, u16) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        if a == 0 || b < a {
+            return Err(bad());
+        }
+        ports.extend(a..=b);
+    }
+    Ok(ports)
 }
 
 #[cfg(test)]
@@ -354,6 +382,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.gpus, [2, 3]);
         assert_eq!(c.gpus_on_node, Some(2));
+        assert_eq!(
+            parse_ports("12000-12002,12010"),
+            Ok(vec![12000, 12001, 12002, 12010])
+        );
+        assert!(parse_ports("12003-12000").is_err() && parse_ports("x").is_err());
         let c = ctx(&with(&[("SLURM_JOB_GPUS", "5")])).unwrap();
         assert_eq!(c.gpus, [5]);
     }

@@ -19,6 +19,7 @@ fn step(node_index: usize, gpus: &[u32]) -> StepContext {
         gpus: gpus.to_vec(),
         gpus_on_node: (!gpus.is_empty()).then_some(gpus.len() as u32),
         node_name: format!("node{}", node_index + 1),
+        resv_ports: Vec::new(),
     }
 }
 
@@ -111,7 +112,7 @@ fn roles_and_injected_variables() {
     assert_eq!(env(&c, "np"), Some("6"));
     assert_eq!(env(&c, "WORLD_SIZE"), Some("6"));
     assert_eq!(env(&c, "MASTER_ADDR"), Some("node1"));
-    assert_eq!(env(&c, "MASTER_PORT"), Some("29542"));
+    assert_eq!(env(&c, "MASTER_PORT"), Some("29920"));
     assert_eq!(env(&c, "NNODES"), Some("3"));
     assert_eq!(env(&c, "NODE_RANK"), Some("0"));
     assert_eq!(
@@ -127,8 +128,8 @@ fn roles_and_injected_variables() {
 #[test]
 fn ports_differ_between_jobs_and_steps_and_can_be_fixed() {
     let p = plan(0, &[]);
-    // job 42, step 0: pair index 42 * 8 = 336 of 5000.
-    assert_eq!(p.ports.sshd, 18000 + 2 * 336);
+    // job 42, step 0: pair index 42 * 50 = 2100 of 5000.
+    assert_eq!(p.ports.sshd, 18000 + 2 * 2100);
     // Below the Linux ephemeral range (32768-60999), so outgoing connections never hold it.
     assert!(p.ports.control < 32768);
     assert_eq!(p.ports.control, p.ports.sshd + 1);
@@ -147,6 +148,45 @@ fn ports_differ_between_jobs_and_steps_and_can_be_fixed() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("1024"), "{e}");
+}
+
+#[test]
+fn concurrent_steps_and_neighbouring_jobs_get_their_own_ports() {
+    let ports = |job: u64, step_id: u64| {
+        let mut s = step(0, &[]);
+        s.job_id = Some(job);
+        s.step_id = Some(step_id);
+        plan_with(&s, &args(&[]), &SiteConfig::default(), &facts())
+            .unwrap()
+            .ports
+    };
+    // A sweep: ten steps of job 42 at once, and the next job's first steps.
+    let mut all: Vec<Ports> = (0..10).map(|st| ports(42, st)).collect();
+    all.extend((0..10).map(|st| ports(43, st)));
+    for (i, a) in all.iter().enumerate() {
+        for b in &all[i + 1..] {
+            assert!(
+                a.sshd != b.sshd && a.control != b.control && a.master != b.master,
+                "{a:?} {b:?}"
+            );
+        }
+    }
+    // Job J step 8 used to land on job J+1 step 0.
+    assert_ne!(ports(42, 8).sshd, ports(43, 0).sshd);
+    // Ports Slurm reserved for the step win over the derivation.
+    let mut s = step(0, &[]);
+    s.resv_ports = vec![12000, 12001, 12002];
+    let p = plan_with(&s, &args(&[]), &SiteConfig::default(), &facts()).unwrap();
+    assert_eq!(
+        (p.ports.sshd, p.ports.control, p.ports.master),
+        (12000, 12001, 12002)
+    );
+    s.resv_ports = vec![12000, 12001];
+    let p = plan_with(&s, &args(&[]), &SiteConfig::default(), &facts()).unwrap();
+    assert_eq!(
+        (p.ports.sshd, p.ports.control, p.ports.master),
+        (12000, 12001, 29920)
+    );
 }
 
 #[test]

@@ -198,3 +198,60 @@ fn an_interactive_shell_under_srun_pty_gets_a_terminal() {
     );
     assert_clean(&name, CLEAN);
 }
+
+#[test]
+fn ten_concurrent_steps_of_a_job_and_a_second_job_get_distinct_ports() {
+    let _g = shared();
+    let name = unique("sweep");
+    let dir = format!("e2e-{name}");
+    // Every step waits until all eleven have started, so they provably run at once.
+    let s = script(
+        "alice",
+        &format!("e2e-sweep-{name}.sh"),
+        &format!(
+            "#!/bin/bash\nport=$(awk '/Port/ {{print $2; exit}}' /.mnd/ssh_config)\n\
+             echo \"$MND_JOB $port $MASTER_PORT\" > ~/{dir}/started.$MND_JOB\n\
+             for i in $(seq 600); do [ $(ls ~/{dir} | wc -l) -ge 11 ] && break; sleep 0.1; done\n\
+             [ $(ls ~/{dir} | wc -l) -ge 11 ] || {{ echo 'not all steps ran at once' >&2; exit 9; }}\n\
+             mpirun -H \"$hostlist\" -np \"$np\" true && echo step-ok\n"
+        ),
+    );
+    let r = alice(&format!("rm -rf ~/{dir}; mkdir ~/{dir}"));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let batch = format!(
+        "pids=; for i in $(seq 10); do srun --overlap -N3 -n3 mnd-srun --container={IMAGE} --dockname={name}-s$i --script=./{s} & pids=\"$pids $!\"; done; \
+         f=0; for p in $pids; do wait $p || f=$((f+1)); done; exit $f"
+    );
+    let sweep = {
+        let batch = batch.clone();
+        std::thread::spawn(move || {
+            alice(&format!("sbatch -N3 --wait -o ~/e2e-sweep.out --wrap '{batch}' >/dev/null; echo sbatch-exit=$?; cat ~/e2e-sweep.out"))
+        })
+    };
+    let other = alice(&format!(
+        "{} --script=./{s}",
+        srun_line(3, &format!("{name}-other"), "")
+    ));
+    let sweep = sweep.join().unwrap();
+    assert_eq!(other.code, 0, "{}", other.all());
+    assert!(sweep.stdout.contains("sbatch-exit=0"), "{}", sweep.all());
+    let started = alice(&format!("cat ~/{dir}/*"));
+    let lines: Vec<&str> = started.stdout.lines().collect();
+    assert_eq!(lines.len(), 11, "{}", started.all());
+    for column in [1, 2] {
+        let mut seen: Vec<&str> = lines
+            .iter()
+            .map(|l| l.split(' ').nth(column).unwrap())
+            .collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(
+            seen.len(),
+            11,
+            "ports are not distinct (column {column}):\n{}",
+            started.stdout
+        );
+    }
+    let _ = alice(&format!("rm -rf ~/{dir}"));
+    assert_clean(&name, CLEAN);
+}
