@@ -10,7 +10,8 @@
 //!   worker:      `CHALLENGE <nonce_w> <HMAC(key, "worker", job, nonce_c, nonce_w)>`
 //!                (or `FAILED <why>` when `<job>` is another job: ports clash)
 //!   coordinator: `PROVE <HMAC(key, "coordinator", job, nonce_c, nonce_w)>`
-//! then `READY` / `FAILED <why>` (worker) and `STOP` / `ABORT <why>` (coordinator). Every
+//! then `PULLING <how far>` (any number, while the image comes), `READY` / `FAILED <why>`
+//! (worker) and `STOP` / `ABORT <why>` (coordinator). Every
 //! line is at most `MAX_LINE` bytes; the worker serves connections concurrently, each with
 //! `HANDSHAKE_TIME` to prove itself, so a silent or slow peer holds nobody up.
 
@@ -33,6 +34,8 @@ pub const HANDSHAKE_TIME: Duration = Duration::from_secs(5);
 /// A worker's state as reported to the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
+    /// Still pulling the image, and making progress (the summary says how far).
+    Pulling(String),
     /// Container up, sshd answering.
     Ready,
     /// The worker could not start; why.
@@ -236,6 +239,7 @@ impl CoordinatorLink {
     /// Tells the coordinator how this node's start went.
     pub async fn report(&mut self, status: &Status) -> std::io::Result<()> {
         let line = match status {
+            Status::Pulling(how_far) => format!("PULLING {}\n", one_line(how_far)),
             Status::Ready => "READY\n".to_string(),
             Status::Failed(why) => format!("FAILED {}\n", one_line(why)),
         };
@@ -324,24 +328,47 @@ pub async fn connect(
 }
 
 impl WorkerLink {
-    /// Waits for the worker's status line.
-    pub async fn status(&self, deadline: Instant) -> Result<Status, ControlError> {
+    /// Waits for the worker's final status line: `Ok(Ok(()))` for READY, `Ok(Err(why))` for
+    /// FAILED. Every PULLING line on the way moves `deadline` to at least `grace` from then:
+    /// a pull that makes progress keeps the job waiting, one that stalls for `grace` does not.
+    pub async fn status(
+        &self,
+        deadline: &mut Instant,
+        grace: Duration,
+    ) -> Result<Result<(), String>, ControlError> {
         let mut reader = self.reader.lock().await;
-        match timeout_at(deadline, read_bounded(&mut *reader)).await {
-            Err(_) => Err(ControlError::Timeout(format!(
-                "{} did not get its container ready in time",
-                self.node
-            ))),
-            Ok(Some(line)) => match line.as_str() {
-                "READY" => Ok(Status::Ready),
-                l => Ok(Status::Failed(
-                    l.strip_prefix("FAILED ").unwrap_or(l).to_string(),
-                )),
-            },
-            Ok(None) => Err(ControlError::Broken(format!(
-                "the launcher on {} went away",
-                self.node
-            ))),
+        let mut how_far = String::new();
+        loop {
+            match timeout_at(*deadline, read_bounded(&mut *reader)).await {
+                Err(_) if how_far.is_empty() => {
+                    return Err(ControlError::Timeout(format!(
+                        "{} did not get its container ready in time",
+                        self.node
+                    )))
+                }
+                Err(_) => {
+                    return Err(ControlError::Timeout(format!(
+                        "{}: the image pull made no progress for {} s (at {how_far})",
+                        self.node,
+                        grace.as_secs()
+                    )))
+                }
+                Ok(Some(line)) => match line.split_once(' ').unwrap_or((&line, "")) {
+                    ("PULLING", text) => {
+                        how_far = text.to_string();
+                        *deadline = (*deadline).max(Instant::now() + grace);
+                    }
+                    ("READY", _) => return Ok(Ok(())),
+                    ("FAILED", why) => return Ok(Err(why.to_string())),
+                    _ => return Ok(Err(line.clone())),
+                },
+                Ok(None) => {
+                    return Err(ControlError::Broken(format!(
+                        "the launcher on {} went away",
+                        self.node
+                    )))
+                }
+            }
         }
     }
 
@@ -394,8 +421,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            w.status(deadline).await.unwrap(),
-            Status::Failed("image x / missing".into())
+            w.status(&mut deadline.clone(), Duration::from_secs(1))
+                .await
+                .unwrap(),
+            Err("image x / missing".into())
         );
         w.send(&Order::Abort("node2 failed".into())).await;
         assert_eq!(
@@ -427,7 +456,12 @@ mod tests {
         let w = connect("127.0.0.1", port, &key(b"k", "1.0"), deadline)
             .await
             .unwrap();
-        assert_eq!(w.status(deadline).await.unwrap(), Status::Ready);
+        assert_eq!(
+            w.status(&mut deadline.clone(), Duration::from_secs(1))
+                .await
+                .unwrap(),
+            Ok(())
+        );
         drop(w);
         assert_eq!(worker.await.unwrap(), None);
     }
@@ -468,6 +502,48 @@ mod tests {
         // The real coordinator still gets in.
         connect("127.0.0.1", port, &k, soon()).await.unwrap();
         assert!(accepted.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn pull_progress_moves_the_deadline_and_a_stall_ends_it() {
+        let k = key(b"k", "1.0");
+        let (server, port) = server(k.clone()).await;
+        let worker = tokio::spawn(async move {
+            let mut link = server.accept(soon()).await.unwrap();
+            // Progress for longer than the grace, then ready.
+            for i in 0..6 {
+                link.report(&Status::Pulling(format!("{i}/6 MB")))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            link.report(&Status::Ready).await.unwrap();
+            // Then progress that stops: the coordinator gives up after the grace.
+            link.report(&Status::Pulling("7/9 MB".into()))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let w = connect("127.0.0.1", port, &k, soon()).await.unwrap();
+        let grace = Duration::from_millis(300);
+        let t = Instant::now();
+        let mut deadline = Instant::now() + grace;
+        assert_eq!(w.status(&mut deadline, grace).await.unwrap(), Ok(()));
+        assert!(
+            t.elapsed() > grace * 2,
+            "the wait should have outlasted the grace"
+        );
+        let mut deadline = Instant::now() + grace;
+        let e = w
+            .status(&mut deadline, grace)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("made no progress") && e.contains("7/9 MB"),
+            "{e}"
+        );
+        worker.abort();
     }
 
     #[tokio::test]

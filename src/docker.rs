@@ -93,6 +93,36 @@ pub struct FileUpload {
     pub mode: u32,
 }
 
+/// Longest any one Docker call may take (but a pull, which may take as long as it makes
+/// progress, the script's run, and waiting for a container's end, which are the job).
+pub const CALL_TIME: Duration = Duration::from_secs(30);
+
+/// Runs one Docker call with the `CALL_TIME` bound.
+async fn within<T>(
+    action: &str,
+    call: impl std::future::Future<Output = T>,
+) -> Result<T, DockerError> {
+    tokio::time::timeout(CALL_TIME, call)
+        .await
+        .map_err(|_| DockerError::Api {
+            action: action.into(),
+            reason: format!(
+                "dockerd gave no answer within {} s (overloaded or hung; `docker info` on this node tells)",
+                CALL_TIME.as_secs()
+            ),
+        })
+}
+
+/// How far an image pull has come: a count that grows with every progress message, and a
+/// summary for people.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullReport {
+    /// Progress messages seen so far.
+    pub events: u64,
+    /// "12.0/40.5 MB, 2/5 layers".
+    pub summary: String,
+}
+
 /// A command started in a container by `Engine::exec`.
 pub struct Started {
     id: String,
@@ -128,13 +158,17 @@ impl Engine {
     }
 
     /// Makes sure the image is on this node (pulling per `pull`); returns its id and `ENV`.
+    /// A pull may take as long as it keeps making progress (reported through `progress`);
+    /// one that makes none for `stall` fails.
     pub async fn ensure_image(
         &self,
         image: &str,
         pull: Pull,
         who: &str,
+        stall: Duration,
+        progress: &tokio::sync::watch::Sender<PullReport>,
     ) -> Result<ImageFacts, DockerError> {
-        let have = self.docker.inspect_image(image).await;
+        let have = within("image inspect", self.docker.inspect_image(image)).await?;
         let info = match (have, pull) {
             (Ok(info), Pull::Missing | Pull::Never) => info,
             (Err(e), Pull::Never) => {
@@ -144,10 +178,9 @@ impl Engine {
                 })
             }
             (_, Pull::Missing | Pull::Always) => {
-                self.pull(image, who).await?;
-                self.docker
-                    .inspect_image(image)
-                    .await
+                self.pull(image, who, stall, progress).await?;
+                within("image inspect", self.docker.inspect_image(image))
+                    .await?
                     .map_err(|e| DockerError::Image {
                         image: image.into(),
                         reason: reason(&e),
@@ -160,7 +193,13 @@ impl Engine {
         })
     }
 
-    async fn pull(&self, image: &str, who: &str) -> Result<(), DockerError> {
+    async fn pull(
+        &self,
+        image: &str,
+        who: &str,
+        stall: Duration,
+        report: &tokio::sync::watch::Sender<PullReport>,
+    ) -> Result<(), DockerError> {
         use std::io::IsTerminal;
         let opts = CreateImageOptionsBuilder::default()
             .from_image(image)
@@ -177,7 +216,21 @@ impl Engine {
         let mut last_report = Instant::now();
         let mut progress = PullProgress::default();
         log::info!("{who}: pulling {image}");
-        while let Some(item) = stream.next().await {
+        loop {
+            let item = match tokio::time::timeout(stall, stream.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(DockerError::Image {
+                        image: image.into(),
+                        reason: format!(
+                            "the pull made no progress for {} s (at {}); the registry or the network stalled",
+                            stall.as_secs(),
+                            progress.summary()
+                        ),
+                    })
+                }
+            };
             let info = item.map_err(|e| DockerError::Image {
                 image: image.into(),
                 reason: format!("pull failed: {}", reason(&e)),
@@ -189,6 +242,10 @@ impl Engine {
                     .as_ref()
                     .and_then(|d| Some((d.current?, d.total?))),
             );
+            report.send_modify(|r| {
+                r.events += 1;
+                r.summary = progress.summary();
+            });
             if last_report.elapsed() >= every {
                 last_report = Instant::now();
                 let line = format!(
@@ -237,9 +294,8 @@ impl Engine {
         let opts = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
-        self.docker
-            .create_container(Some(opts), body)
-            .await
+        within("create", self.docker.create_container(Some(opts), body))
+            .await?
             .map_err(api(format!("create of container {}", spec.name)))?;
         Ok(())
     }
@@ -249,11 +305,13 @@ impl Engine {
         let opts = DownloadFromContainerOptionsBuilder::default()
             .path(path)
             .build();
-        let chunks: Result<Vec<_>, _> = self
-            .docker
-            .download_from_container(name, Some(opts))
-            .try_collect()
-            .await;
+        let chunks: Result<Vec<_>, _> = within(
+            "file read",
+            self.docker
+                .download_from_container(name, Some(opts))
+                .try_collect(),
+        )
+        .await?;
         let bytes = match chunks {
             Ok(c) => c.concat(),
             Err(e) if is_status(&e, &[404]) => return Ok(None),
@@ -318,10 +376,13 @@ impl Engine {
             .path("/")
             .no_overwrite_dir_non_dir("true")
             .build();
-        self.docker
-            .upload_to_container(name, Some(opts), bollard::body_full(tar.into()))
-            .await
-            .map_err(api(format!("upload of files into {name}")))
+        within(
+            "upload",
+            self.docker
+                .upload_to_container(name, Some(opts), bollard::body_full(tar.into())),
+        )
+        .await?
+        .map_err(api(format!("upload of files into {name}")))
     }
 
     /// Attaches to the container's stdin; keep the returned lifeline while the job runs.
@@ -330,10 +391,8 @@ impl Engine {
             .stdin(true)
             .stream(true)
             .build();
-        let res = self
-            .docker
-            .attach_container(name, Some(opts))
-            .await
+        let res = within("attach", self.docker.attach_container(name, Some(opts)))
+            .await?
             .map_err(api(format!("attach to {name}")))?;
         // The output side is not needed; keep only the writer.
         drop(res.output);
@@ -342,9 +401,8 @@ impl Engine {
 
     /// Starts a created container.
     pub async fn start(&self, name: &str) -> Result<(), DockerError> {
-        self.docker
-            .start_container(name, None)
-            .await
+        within("start", self.docker.start_container(name, None))
+            .await?
             .map_err(api(format!("start of {name}")))
     }
 
@@ -369,12 +427,15 @@ impl Engine {
             .stderr(true)
             .tail("5")
             .build();
-        let lines: Vec<String> = self
-            .docker
-            .logs(name, Some(opts))
-            .filter_map(|l| async move { l.ok().map(|l| l.to_string()) })
-            .collect()
-            .await;
+        let lines: Vec<String> = within(
+            "logs",
+            self.docker
+                .logs(name, Some(opts))
+                .filter_map(|l| async move { l.ok().map(|l| l.to_string()) })
+                .collect(),
+        )
+        .await
+        .unwrap_or_default();
         lines.concat().trim().to_string()
     }
 
@@ -400,15 +461,11 @@ impl Engine {
             cmd: Some(cmd),
             ..Default::default()
         };
-        let exec = self
-            .docker
-            .create_exec(name, config)
-            .await
+        let exec = within("exec create", self.docker.create_exec(name, config))
+            .await?
             .map_err(api("exec create"))?;
-        let started = self
-            .docker
-            .start_exec(&exec.id, None)
-            .await
+        let started = within("exec start", self.docker.start_exec(&exec.id, None))
+            .await?
             .map_err(api("exec start"))?;
         let io: Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match started {
             bollard::exec::StartExecResults::Attached { output, mut input } => {
@@ -440,7 +497,10 @@ impl Engine {
     /// The process id on this node of a running command started with `exec` (for passing
     /// signals on); `None` when it is not running.
     pub async fn pid(&self, started: &Started) -> Option<i32> {
-        let info = self.docker.inspect_exec(&started.id).await.ok()?;
+        let info = within("exec inspect", self.docker.inspect_exec(&started.id))
+            .await
+            .ok()?
+            .ok()?;
         info.pid
             .and_then(|p| i32::try_from(p).ok())
             .filter(|p| *p > 0)
@@ -448,10 +508,8 @@ impl Engine {
 
     /// The exit code of a finished command started with `exec`.
     pub async fn exit_code(&self, started: &Started) -> Result<i64, DockerError> {
-        let info = self
-            .docker
-            .inspect_exec(&started.id)
-            .await
+        let info = within("exec inspect", self.docker.inspect_exec(&started.id))
+            .await?
             .map_err(api("exec inspect"))?;
         Ok(info.exit_code.unwrap_or(-1))
     }
@@ -470,23 +528,12 @@ impl Engine {
     /// Kills and removes a container (by name or id); a container already gone is fine.
     pub async fn remove(&self, name: &str) -> Result<(), DockerError> {
         let opts = RemoveContainerOptionsBuilder::default().force(true).build();
-        match tokio::time::timeout(
-            Duration::from_secs(20),
-            self.docker.remove_container(name, Some(opts)),
-        )
-        .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e))
-                if is_status(&e, &[404, 409]) || reason(&e).contains("already in progress") =>
-            {
+        match within("remove", self.docker.remove_container(name, Some(opts))).await? {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, &[404, 409]) || reason(&e).contains("already in progress") => {
                 Ok(())
             }
-            Ok(Err(e)) => Err(api(format!("remove of {name}"))(e)),
-            Err(_) => Err(DockerError::Api {
-                action: format!("remove of {name}"),
-                reason: "no answer within 20 s".into(),
-            }),
+            Err(e) => Err(api(format!("remove of {name}"))(e)),
         }
     }
 
@@ -497,10 +544,8 @@ impl Engine {
             .all(true)
             .filters(&filters)
             .build();
-        let found: Vec<ContainerSummary> = self
-            .docker
-            .list_containers(Some(opts))
-            .await
+        let found: Vec<ContainerSummary> = within("list", self.docker.list_containers(Some(opts)))
+            .await?
             .map_err(api("list of containers"))?;
         Ok(found
             .into_iter()

@@ -9,7 +9,7 @@
 //! stdin closes, so it ends and removes itself.
 
 use crate::control::{self, ControlError, JobKey, Order, Status, WorkerLink};
-use crate::docker::{DockerError, Engine, FileUpload, Lifeline};
+use crate::docker::{DockerError, Engine, FileUpload, Lifeline, PullReport};
 use crate::identity::Identity;
 use crate::plan::{self, Plan, Role};
 use crate::probe;
@@ -21,6 +21,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Why a launch failed.
@@ -208,7 +209,11 @@ fn files(plan: &Plan, env: &[(String, String)], image: &ImageAccounts) -> Vec<Fi
 }
 
 /// Creates, prepares and starts this node's container and waits until its sshd answers.
-async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, String> {
+/// Pull progress (and waiting for another job's pull) is reported through `progress`.
+async fn start_container(
+    plan: &Plan,
+    progress: &watch::Sender<PullReport>,
+) -> Result<Running, String> {
     let spec = &plan.container;
     let port = plan.ports.sshd;
     if !port_is_free(port) {
@@ -223,9 +228,29 @@ async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, Stri
     // One image check/pull at a time per user on this node: several jobs starting at once
     // then pull once (Docker alone re-downloads when two pulls overlap).
     let image = {
-        let _lock = pull_lock(plan).await;
+        // Waiting for another job's pull counts as progress: that pull has its own bound.
+        let _lock = {
+            let lock = pull_lock(plan);
+            tokio::pin!(lock);
+            let mut beat = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    l = &mut lock => break l,
+                    _ = beat.tick() => progress.send_modify(|r| {
+                        r.events += 1;
+                        r.summary = "waiting for another job's pull of the image".into();
+                    }),
+                }
+            }
+        };
         engine
-            .ensure_image(&spec.image, spec.pull, plan.this_node())
+            .ensure_image(
+                &spec.image,
+                spec.pull,
+                plan.this_node(),
+                plan.wait_timeout,
+                progress,
+            )
             .await
             .map_err(|e| e.to_string())?
     };
@@ -270,7 +295,8 @@ async fn start_container(plan: &Plan, deadline: Instant) -> Result<Running, Stri
         }
     };
     log::debug!("container started after {:?}", t0.elapsed());
-    let sshd_by = deadline.min(Instant::now() + Duration::from_secs(30));
+    // Readiness once the image is there is bounded by --wait-timeout (at most 30 s).
+    let sshd_by = Instant::now() + plan.wait_timeout.min(Duration::from_secs(30));
     tokio::select! {
         r = probe::wait_banner("127.0.0.1", port, sshd_by) => {
             if let Err(e) = r {
@@ -443,16 +469,72 @@ async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
             plan.ports.control
         ))
     })?;
-    // The coordinator waits `wait_timeout` for us; we wait a little longer for it.
+    // The coordinator connects at once; we wait a little longer than it waits for us.
     let deadline = Instant::now() + plan.wait_timeout + Duration::from_secs(10);
-    let started = tokio::select! {
-        both = async { tokio::join!(start_container(plan, deadline), server.accept(deadline)) } => both,
+    let (progress, mut pulled) = watch::channel(PullReport::default());
+    let start = start_container(plan, &progress);
+    tokio::pin!(start);
+    // Listening + StartingContainer: whichever ends first.
+    let mut link = tokio::select! {
+        link = server.accept(deadline) => match link {
+            Ok(link) => link,
+            Err(e) => {
+                // Nobody came: let a start under way end, then remove what it made.
+                tear_down(plan, None).await;
+                return Err(e.into());
+            }
+        },
+        started = &mut start => {
+            let link = tokio::select! {
+                link = server.accept(deadline) => link,
+                sig = signals.recv() => {
+                    tear_down(plan, None).await;
+                    return Err(LaunchError::Signal(sig));
+                }
+            };
+            return worker_report(plan, server, link, started, signals).await;
+        }
         sig = signals.recv() => {
             tear_down(plan, None).await;
             return Err(LaunchError::Signal(sig));
         }
     };
-    let (running, mut link) = match started {
+    // StartingContainer with the coordinator connected: report pull progress (it keeps the
+    // coordinator waiting), and obey ABORT at once.
+    let mut last_report = Instant::now() - Duration::from_secs(1);
+    let started = loop {
+        tokio::select! {
+            started = &mut start => break started,
+            order = link.next_order() => {
+                tear_down(plan, None).await;
+                return Ok(after_order(plan, order)?);
+            }
+            Ok(()) = pulled.changed() => {
+                if last_report.elapsed() >= Duration::from_secs(1) {
+                    last_report = Instant::now();
+                    let summary = pulled.borrow_and_update().summary.clone();
+                    let _ = link.report(&Status::Pulling(summary)).await;
+                }
+            }
+            sig = signals.recv() => {
+                tear_down(plan, None).await;
+                return Err(LaunchError::Signal(sig));
+            }
+        }
+    };
+    worker_report(plan, server, Ok(link), started, signals).await
+}
+
+/// Reporting -> Serving -> TearingDown: tells the coordinator how the start went, then
+/// serves until STOP, ABORT, a lost coordinator, a signal or the container's end.
+async fn worker_report(
+    plan: &Plan,
+    server: control::Server,
+    link: Result<control::CoordinatorLink, ControlError>,
+    started: Result<Running, String>,
+    mut signals: Signals,
+) -> Result<i32, LaunchError> {
+    let (running, mut link) = match (started, link) {
         (Ok(r), Ok(link)) => (r, link),
         (Err(why), Ok(mut link)) => {
             let _ = link.report(&Status::Failed(why.clone())).await;
@@ -473,7 +555,12 @@ async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
         code = running.engine.wait_exit(&plan.container.name) => Err(node_err(plan)(format!("the container ended by itself (code {code}) while the job ran"))),
     };
     tear_down(plan, Some(&running.engine)).await;
-    match outcome? {
+    after_order(plan, outcome?)
+}
+
+/// A worker's exit after the coordinator's order (or its loss).
+fn after_order(plan: &Plan, order: Option<Order>) -> Result<i32, LaunchError> {
+    match order {
         Some(Order::Stop) => Ok(0),
         Some(Order::Abort(why)) => {
             log::info!(
@@ -525,11 +612,13 @@ async fn ready_worker(
 ) -> Result<(), LaunchError> {
     let link = Arc::new(control::connect(&node, plan.ports.control, key, deadline).await?);
     connected.lock().expect("not poisoned").push(link.clone());
-    match link.status(deadline).await? {
-        Status::Ready => {}
-        Status::Failed(reason) => return Err(LaunchError::Node { node, reason }),
+    // The deadline moves while the worker's image pull makes progress.
+    let mut deadline = deadline;
+    if let Err(reason) = link.status(&mut deadline, plan.wait_timeout).await? {
+        return Err(LaunchError::Node { node, reason });
     }
-    probe::wait_banner(&node, plan.ports.sshd, deadline)
+    let banner_by = deadline.max(Instant::now() + plan.wait_timeout.min(Duration::from_secs(30)));
+    probe::wait_banner(&node, plan.ports.sshd, banner_by)
         .await
         .map_err(|e| LaunchError::Node {
             node: node.clone(),
@@ -690,7 +779,8 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
     // is let finish so its container can be removed.
     let connected = std::sync::Mutex::new(Vec::new());
     let started: Result<Running, LaunchError> = {
-        let own = start_container(plan, deadline);
+        let (progress, _) = watch::channel(PullReport::default());
+        let own = start_container(plan, &progress);
         let workers = ready_workers(plan, &key, deadline, &connected);
         tokio::pin!(own, workers);
         tokio::select! {

@@ -5,6 +5,7 @@
 mod admin;
 mod cluster;
 mod hardening;
+mod images;
 mod launcher;
 mod teardown;
 mod users;

@@ -1,0 +1,163 @@
+//! Big images: a pull that takes longer than `--wait-timeout` succeeds while it makes
+//! progress, a stalled pull fails naming the node and leaves nothing, and ABORT reaches
+//! workers that are still pulling. The registry on the cluster bridge is reached through
+//! `slow_registry.py`, a proxy that makes its answers trickle or stop.
+
+use crate::cluster::*;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The proxy process; killed when dropped.
+struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the proxy on `port` in front of the registry (127.0.0.1:5000), once it listens.
+fn proxy(port: u16, mode: &str, amount: u64) -> Proxy {
+    let mut child = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/e2e/slow_registry.py"
+        ))
+        .args([
+            &port.to_string(),
+            "127.0.0.1",
+            "5000",
+            mode,
+            &amount.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "listening");
+    Proxy(child)
+}
+
+/// The job image with a 40 MB layer on top, pushed to the registry; its name there
+/// without the port (`10.213.77.1`, `mnd-vc-job:bigN`).
+fn big_image() -> (String, String) {
+    let local = format!("mnd-vc-job:big{}", std::process::id());
+    let _ = Command::new("docker").args(["rm", "-f", "mk-big"]).output();
+    let made = Command::new("docker")
+        .args([
+            "run",
+            "--name",
+            "mk-big",
+            IMAGE,
+            "sh",
+            "-c",
+            "head -c 40000000 /dev/urandom > /big-layer",
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert!(Command::new("docker")
+        .args(["commit", "mk-big", &local])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let _ = Command::new("docker").args(["rm", "-f", "mk-big"]).output();
+    let pushed = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/vcluster"))
+        .args(["registry", &local])
+        .output()
+        .unwrap();
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let name = String::from_utf8_lossy(&pushed.stdout).trim().to_string();
+    let (host, rest) = name.split_once(":5000/").expect("ADDR:5000/NAME");
+    (host.to_string(), rest.to_string())
+}
+
+/// Removes the image from every node, so the next job pulls it.
+fn forget(image: &str) {
+    for n in NODES {
+        let r = root_on(n, &["sh", "-c", &format!("docker rmi -f {image} >/dev/null 2>&1; ! docker image inspect {image} >/dev/null 2>&1")]);
+        assert_eq!(r.code, 0, "{n} still has {image}: {}", r.all());
+    }
+}
+
+#[test]
+fn a_slow_pull_outlasts_the_wait_timeout_and_a_stalled_one_fails_naming_the_node() {
+    let _g = exclusive();
+    cluster();
+    let (host, repo) = big_image();
+    let s = script("alice", "e2e-big.sh", "#!/bin/sh\necho big-image-job-ok\n");
+
+    // 1. About 4 MB/s per node: the 40 MB layer takes about 10 s, five times --wait-timeout.
+    let slow = format!("{host}:5101/{repo}");
+    forget(&slow);
+    let p = proxy(5101, "slow", 4_000_000);
+    let name = unique("slowpull");
+    let r = alice(&format!(
+        "{} --wait-timeout=2 --script=./{s}",
+        srun_line(3, &name, "").replace(IMAGE, &slow)
+    ));
+    drop(p);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("big-image-job-ok"), "{}", r.all());
+    assert!(
+        r.took > Duration::from_secs(6),
+        "the pull was not slow ({:?}); the test proves nothing",
+        r.took
+    );
+    assert_clean(&name, Duration::from_secs(10));
+    forget(&slow);
+
+    // 2. The registry stops answering after 5 MB: every node's pull stalls.
+    let stalled = format!("{host}:5102/{repo}");
+    forget(&stalled);
+    let p = proxy(5102, "stall", 5_000_000);
+    let name = unique("stallpull");
+    let r = alice(&format!(
+        "{} --wait-timeout=3 --script=./{s}",
+        srun_line(3, &name, "").replace(IMAGE, &stalled)
+    ));
+    assert_eq!(r.code, 125, "{}", r.all());
+    assert!(
+        r.stderr.contains("made no progress for 3 s") && r.stderr.contains("node"),
+        "{}",
+        r.all()
+    );
+    assert!(r.took < Duration::from_secs(40), "{:?}", r.took);
+    assert_clean(&name, Duration::from_secs(10));
+
+    // 3. The coordinator fails at once while the workers are pulling (stalled): they are
+    // told and end, long before their 60 s.
+    let bad = script("alice", "e2e-not-executable.sh", "#!/bin/sh\ntrue\n");
+    let r = root_on(
+        "node1",
+        &["chmod", "0644", &format!("/shared/home/alice/{bad}")],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    let name = unique("abortpull");
+    let r = alice(&format!(
+        "{} --wait-timeout=60 --script=./{bad}",
+        srun_line(3, &name, "").replace(IMAGE, &stalled)
+    ));
+    drop(p);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("is not executable"), "{}", r.all());
+    assert!(
+        r.took < Duration::from_secs(20),
+        "workers did not obey ABORT while pulling: {:?}",
+        r.took
+    );
+    assert_clean(&name, Duration::from_secs(10));
+    for n in NODES {
+        assert_eq!(stray_sshd(n, "alice"), 0, "stray sshd of alice on {n}");
+    }
+}
