@@ -507,7 +507,7 @@ async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
             started = &mut start => break started,
             order = link.next_order() => {
                 tear_down(plan, None).await;
-                return Ok(after_order(plan, order)?);
+                return after_order(plan, order);
             }
             Ok(()) = pulled.changed() => {
                 if last_report.elapsed() >= Duration::from_secs(1) {
