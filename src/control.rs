@@ -45,6 +45,9 @@ pub enum Status {
 /// What the coordinator tells a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Order {
+    /// Some nodes took other ports than the preferred ones: each node's sshd port, for the
+    /// container's ssh config; answer READY (or FAILED) again.
+    Ports(Vec<(String, u16)>),
     /// The script ended: remove the container and exit 0.
     Stop,
     /// The job failed elsewhere: remove the container and exit.
@@ -137,6 +140,16 @@ async fn read_bounded<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> Opt
     }
     let line = String::from_utf8_lossy(&buf);
     Some(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Reads `node1=18000 node2=18004`.
+fn parse_ports(map: &str) -> Option<Vec<(String, u16)>> {
+    map.split(' ')
+        .map(|item| {
+            let (node, port) = item.split_once('=')?;
+            Some((node.to_string(), port.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Worker side: the listening control port.
@@ -250,9 +263,13 @@ impl CoordinatorLink {
     /// (the coordinator is gone).
     pub async fn next_order(&mut self) -> Option<Order> {
         let line = read_bounded(&mut self.reader).await?;
-        Some(match line.as_str() {
-            "STOP" => Order::Stop,
-            l => Order::Abort(l.strip_prefix("ABORT ").unwrap_or(l).to_string()),
+        Some(match line.split_once(' ').unwrap_or((&line, "")) {
+            ("STOP", _) => Order::Stop,
+            ("PORTS", map) => match parse_ports(map) {
+                Some(ports) => Order::Ports(ports),
+                None => Order::Abort(format!("a PORTS order that cannot be read: {map}")),
+            },
+            _ => Order::Abort(line.strip_prefix("ABORT ").unwrap_or(&line).to_string()),
         })
     }
 }
@@ -274,20 +291,79 @@ pub async fn connect(
     key: &JobKey,
     deadline: Instant,
 ) -> Result<WorkerLink, ControlError> {
+    connect_any(node, &[port], key, deadline)
+        .await
+        .map(|(link, _)| link)
+}
+
+/// Like `connect`, for a worker that listens on one of `ports` (the first it found free):
+/// tries each in turn until one answers as this job's launcher; returns the link and the
+/// index of its port.
+pub async fn connect_any(
+    node: &str,
+    ports: &[u16],
+    key: &JobKey,
+    deadline: Instant,
+) -> Result<(WorkerLink, usize), ControlError> {
     let mut pause = Duration::from_millis(10);
-    let stream = loop {
-        let attempt = timeout_at(deadline, TcpStream::connect((node, port))).await;
-        match attempt {
-            Ok(Ok(s)) => break s,
-            Ok(Err(e)) if Instant::now() + pause < deadline => {
-                log::trace!("{node}:{port}: {e}; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(100));
+    let mut refused_only = true;
+    let mut last = String::new();
+    // A port where something else answered is not tried again: it is not our worker's.
+    let mut others = vec![false; ports.len()];
+    loop {
+        for (i, &port) in ports.iter().enumerate() {
+            if others[i] {
+                continue;
             }
-            Ok(Err(e)) => return Err(ControlError::Timeout(format!("the launcher on {node} never answered on control port {port} ({e}); is mnd-srun running there (srun -N with one task per node)?"))),
-            Err(_) => return Err(ControlError::Timeout(format!("the launcher on {node} never answered on control port {port}"))),
+            let stream = match timeout_at(deadline, TcpStream::connect((node, port))).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    log::trace!("{node}:{port}: {e}; retrying");
+                    if refused_only {
+                        last = format!("the launcher on {node} never answered on control port {port} ({e}); is mnd-srun running there (srun -N with one task per node)?");
+                    }
+                    continue;
+                }
+                Err(_) => break,
+            };
+            match handshake(node, port, stream, key, deadline).await {
+                Ok(link) => return Ok((link, i)),
+                Err(why) => {
+                    log::debug!("{node}:{port}: {why}");
+                    refused_only = false;
+                    others[i] = true;
+                    last = why.to_string();
+                }
+            }
         }
-    };
+        if others.iter().all(|o| *o) {
+            return Err(ControlError::Broken(last));
+        }
+        if Instant::now() + pause >= deadline {
+            return Err(if last.is_empty() {
+                ControlError::Timeout(format!(
+                    "the launcher on {node} never answered on control port {}",
+                    ports[0]
+                ))
+            } else if refused_only {
+                ControlError::Timeout(last)
+            } else {
+                ControlError::Broken(last)
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// The coordinator's half of the handshake on a fresh connection.
+async fn handshake(
+    node: &str,
+    port: u16,
+    stream: TcpStream,
+    key: &JobKey,
+    deadline: Instant,
+) -> Result<WorkerLink, ControlError> {
     let _ = stream.set_nodelay(true);
     let (r, mut w) = stream.into_split();
     let mut reader = BufReader::new(r);
@@ -375,6 +451,10 @@ impl WorkerLink {
     /// Sends an order; a worker already gone is not an error.
     pub async fn send(&self, order: &Order) {
         let line = match order {
+            Order::Ports(ports) => {
+                let map: Vec<String> = ports.iter().map(|(n, p)| format!("{n}={p}")).collect();
+                format!("PORTS {}\n", map.join(" "))
+            }
             Order::Stop => "STOP\n".to_string(),
             Order::Abort(why) => format!("ABORT {}\n", one_line(why)),
         };

@@ -9,9 +9,9 @@
 //! stdin closes, so it ends and removes itself.
 
 use crate::control::{self, ControlError, JobKey, Order, Status, WorkerLink};
-use crate::docker::{DockerError, Engine, FileUpload, Lifeline, PullReport};
+use crate::docker::{self, DockerError, Engine, FileUpload, Lifeline, PullReport};
 use crate::identity::Identity;
-use crate::plan::{self, Plan, Role};
+use crate::plan::{self, Plan, PortPair, Role};
 use crate::probe;
 use crate::signals::{self, Signals};
 use crate::ssh;
@@ -113,6 +113,8 @@ fn peak_rss_kb() -> Option<u64> {
 struct Running {
     engine: Engine,
     _lifeline: Lifeline,
+    /// The port its sshd listens on.
+    sshd_port: u16,
 }
 
 fn node_err(plan: &Plan) -> impl Fn(String) -> LaunchError + '_ {
@@ -167,9 +169,40 @@ fn session_env(plan: &Plan, image_env: &[String]) -> Result<Vec<(String, String)
 
 /// The files this node's container gets: its accounts in /etc (the container's own layer:
 /// no mount may cover /etc) and the rest in `/.mnd`.
-fn files(plan: &Plan, env: &[(String, String)], image: &ImageAccounts) -> Vec<FileUpload> {
+/// Each node's sshd port as this node first assumes it: the preferred one, but its own.
+fn assumed_ports(plan: &Plan, own: u16) -> Vec<(String, u16)> {
+    let preferred = plan.ports.preferred().sshd;
+    plan.nodes
+        .iter()
+        .map(|n| {
+            (
+                n.clone(),
+                if n == plan.this_node() {
+                    own
+                } else {
+                    preferred
+                },
+            )
+        })
+        .collect()
+}
+
+/// The container's ssh client config, for these sshd ports of the job's nodes.
+fn ssh_config_file(plan: &Plan, node_ports: &[(String, u16)]) -> FileUpload {
+    FileUpload {
+        path: format!("{}/ssh_config", ssh::CONTAINER_DIR),
+        content: ssh::client_config(&plan.ssh, &plan.user.name, node_ports),
+        mode: 0o644,
+    }
+}
+
+fn files(
+    plan: &Plan,
+    env: &[(String, String)],
+    image: &ImageAccounts,
+    port: u16,
+) -> Vec<FileUpload> {
     let user: &Identity = &plan.user;
-    let port = plan.ports.sshd;
     let file = |path: String, content: String, mode: u32| FileUpload {
         path,
         content,
@@ -184,11 +217,7 @@ fn files(plan: &Plan, env: &[(String, String)], image: &ImageAccounts) -> Vec<Fi
             0o644,
         ),
         file("/etc/group".into(), user.merge_group(&image.group), 0o644),
-        file(
-            format!("{dir}/ssh_config"),
-            ssh::client_config(&plan.ssh, &user.name, port, &plan.nodes),
-            0o644,
-        ),
+        ssh_config_file(plan, &assumed_ports(plan, port)),
         file(
             format!("{dir}/sshd_config"),
             ssh::sshd_config(&plan.ssh, &user.name, port, env),
@@ -209,13 +238,14 @@ fn files(plan: &Plan, env: &[(String, String)], image: &ImageAccounts) -> Vec<Fi
 }
 
 /// Creates, prepares and starts this node's container and waits until its sshd answers.
-/// Pull progress (and waiting for another job's pull) is reported through `progress`.
+/// Its sshd listens on `port`. Pull progress (and waiting for another job's pull) is
+/// reported through `progress`.
 async fn start_container(
     plan: &Plan,
+    port: u16,
     progress: &watch::Sender<PullReport>,
 ) -> Result<Running, String> {
     let spec = &plan.container;
-    let port = plan.ports.sshd;
     if !port_is_free(port) {
         return Err(format!(
             "port {port} is already in use on this node (another job's sshd or another program). Fix: pick another with --sshd-port"
@@ -277,7 +307,7 @@ async fn start_container(
         let accounts = image_accounts(plan, &engine, &image.id).await?;
         phases.mark("read-passwd");
         engine
-            .upload(&spec.name, &files(plan, &env, &accounts))
+            .upload(&spec.name, &files(plan, &env, &accounts, port))
             .await?;
         phases.mark("upload");
         let lifeline = engine.attach_stdin(&spec.name).await?;
@@ -324,6 +354,7 @@ async fn start_container(
     Ok(Running {
         engine,
         _lifeline: lifeline,
+        sshd_port: port,
     })
 }
 
@@ -463,16 +494,11 @@ async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
     let _ignored =
         Signals::forwarded().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
     let key = job_key(plan)?;
-    let server = control::Server::bind(plan.ports.control, key).await.map_err(|e| {
-        node_err(plan)(format!(
-            "control port {} is not free ({e}); another job may use it. Fix: pick another pair with --sshd-port",
-            plan.ports.control
-        ))
-    })?;
+    let (server, pair) = bind_port_pair(plan, key).await?;
     // The coordinator connects at once; we wait a little longer than it waits for us.
     let deadline = Instant::now() + plan.wait_timeout + Duration::from_secs(10);
     let (progress, mut pulled) = watch::channel(PullReport::default());
-    let start = start_container(plan, &progress);
+    let start = start_container(plan, pair.sshd, &progress);
     tokio::pin!(start);
     // Listening + StartingContainer: whichever ends first.
     let mut link = tokio::select! {
@@ -525,6 +551,42 @@ async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
     worker_report(plan, server, Ok(link), started, signals).await
 }
 
+/// The first of the step's port pairs whose ports are both free here, with its control
+/// port bound. When none is, the first whose control port is free: the container's start
+/// then fails naming the taken sshd port, and the coordinator hears why.
+async fn bind_port_pair(
+    plan: &Plan,
+    key: JobKey,
+) -> Result<(control::Server, PortPair), LaunchError> {
+    let pairs = &plan.ports.pairs;
+    let ordered = pairs
+        .iter()
+        .filter(|p| port_is_free(p.sshd))
+        .chain(pairs.iter().filter(|p| !port_is_free(p.sshd)));
+    let mut why = String::new();
+    for pair in ordered {
+        match control::Server::bind(pair.control, key.clone()).await {
+            Ok(server) => {
+                if *pair != plan.ports.preferred() {
+                    log::info!(
+                        "{}: ports {}/{} taken here; using {}/{}",
+                        plan.this_node(),
+                        plan.ports.preferred().sshd,
+                        plan.ports.preferred().control,
+                        pair.sshd,
+                        pair.control
+                    );
+                }
+                return Ok((server, *pair));
+            }
+            Err(e) => why = format!("control port {} is not free ({e})", pair.control),
+        }
+    }
+    Err(node_err(plan)(format!(
+        "{why}; another job may use it. Fix: pick another pair with --sshd-port"
+    )))
+}
+
 /// Reporting -> Serving -> TearingDown: tells the coordinator how the start went, then
 /// serves until STOP, ABORT, a lost coordinator, a signal or the container's end.
 async fn worker_report(
@@ -549,10 +611,25 @@ async fn worker_report(
     };
     let _ = link.report(&Status::Ready).await;
     tokio::spawn(server.refuse_others());
-    let outcome = tokio::select! {
-        order = link.next_order() => Ok(order),
-        sig = signals.recv() => Err(LaunchError::Signal(sig)),
-        code = running.engine.wait_exit(&plan.container.name) => Err(node_err(plan)(format!("the container ended by itself (code {code}) while the job ran"))),
+    let outcome = loop {
+        let order = tokio::select! {
+            order = link.next_order() => order,
+            sig = signals.recv() => break Err(LaunchError::Signal(sig)),
+            code = running.engine.wait_exit(&plan.container.name) => break Err(node_err(plan)(format!("the container ended by itself (code {code}) while the job ran"))),
+        };
+        // Other nodes took other ports: rewrite the ssh config, then report again.
+        let Some(Order::Ports(node_ports)) = order else {
+            break Ok(order);
+        };
+        let status = match running
+            .engine
+            .upload(&plan.container.name, &[ssh_config_file(plan, &node_ports)])
+            .await
+        {
+            Ok(()) => Status::Ready,
+            Err(e) => Status::Failed(e.to_string()),
+        };
+        let _ = link.report(&status).await;
     };
     tear_down(plan, Some(&running.engine)).await;
     after_order(plan, outcome?)
@@ -562,6 +639,9 @@ async fn worker_report(
 fn after_order(plan: &Plan, order: Option<Order>) -> Result<i32, LaunchError> {
     match order {
         Some(Order::Stop) => Ok(0),
+        Some(Order::Ports(_)) => Err(node_err(plan)(
+            "the coordinator sent ports before this node was ready".into(),
+        )),
         Some(Order::Abort(why)) => {
             log::info!(
                 "{}: job aborted by the coordinator: {why}",
@@ -609,8 +689,11 @@ async fn ready_worker(
     key: &JobKey,
     deadline: Instant,
     connected: &std::sync::Mutex<Vec<Arc<WorkerLink>>>,
-) -> Result<(), LaunchError> {
-    let link = Arc::new(control::connect(&node, plan.ports.control, key, deadline).await?);
+) -> Result<(String, u16), LaunchError> {
+    let controls: Vec<u16> = plan.ports.pairs.iter().map(|p| p.control).collect();
+    let (link, pair) = control::connect_any(&node, &controls, key, deadline).await?;
+    let sshd_port = plan.ports.pairs[pair].sshd;
+    let link = Arc::new(link);
     connected.lock().expect("not poisoned").push(link.clone());
     // The deadline moves while the worker's image pull makes progress.
     let mut deadline = deadline;
@@ -618,17 +701,17 @@ async fn ready_worker(
         return Err(LaunchError::Node { node, reason });
     }
     let banner_by = deadline.max(Instant::now() + plan.wait_timeout.min(Duration::from_secs(30)));
-    probe::wait_banner(&node, plan.ports.sshd, banner_by)
+    probe::wait_banner(&node, sshd_port, banner_by)
         .await
         .map_err(|e| LaunchError::Node {
             node: node.clone(),
             reason: format!(
-                "sshd on port {} does not answer from {}: {e}",
-                plan.ports.sshd, plan.nodes[0]
+                "sshd on port {sshd_port} does not answer from {}: {e}",
+                plan.nodes[0]
             ),
         })?;
-    log::debug!("worker {node} ready");
-    Ok(())
+    log::debug!("worker {node} ready (sshd port {sshd_port})");
+    Ok((node, sshd_port))
 }
 
 /// Waits for every worker, failing at the first one that fails. Links are recorded in
@@ -638,14 +721,54 @@ async fn ready_workers(
     key: &JobKey,
     deadline: Instant,
     connected: &std::sync::Mutex<Vec<Arc<WorkerLink>>>,
-) -> Result<(), LaunchError> {
+) -> Result<Vec<(String, u16)>, LaunchError> {
     let mut pending: FuturesUnordered<_> = plan.nodes[1..]
         .iter()
         .map(|n| ready_worker(plan, n.clone(), key, deadline, connected))
         .collect();
+    let mut ports = Vec::new();
     while let Some(r) = pending.next().await {
-        r?;
+        ports.push(r?);
     }
+    Ok(ports)
+}
+
+/// When some node took another port pair than the preferred one, every container learns
+/// each node's sshd port (workers rewrite their ssh config and answer READY again).
+async fn share_ports(
+    plan: &Plan,
+    running: &Running,
+    links: &[Arc<WorkerLink>],
+    mut node_ports: Vec<(String, u16)>,
+) -> Result<(), LaunchError> {
+    node_ports.push((plan.this_node().to_string(), running.sshd_port));
+    let preferred = plan.ports.preferred().sshd;
+    if node_ports.iter().all(|(_, p)| *p == preferred) {
+        return Ok(());
+    }
+    node_ports.sort_by_key(|(n, _)| plan.nodes.iter().position(|m| m == n));
+    log::info!("nodes on other ports than {preferred}: {node_ports:?}");
+    let order = Order::Ports(node_ports.clone());
+    let by = Instant::now() + docker::CALL_TIME;
+    let answers = links.iter().map(|l| async {
+        l.send(&order).await;
+        let mut by = by;
+        match l.status(&mut by, plan.wait_timeout).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(LaunchError::Node {
+                node: l.node.clone(),
+                reason,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    });
+    for answer in futures_util::future::join_all(answers).await {
+        answer?;
+    }
+    running
+        .engine
+        .upload(&plan.container.name, &[ssh_config_file(plan, &node_ports)])
+        .await?;
     Ok(())
 }
 
@@ -658,7 +781,8 @@ async fn abort_all(plan: &Plan, key: &JobKey, links: Vec<Arc<WorkerLink>>, why: 
         .iter()
         .filter(|n| !reached.contains(n))
         .map(|n| async {
-            if let Ok(l) = control::connect(n, plan.ports.control, key, by).await {
+            let controls: Vec<u16> = plan.ports.pairs.iter().map(|p| p.control).collect();
+            if let Ok((l, _)) = control::connect_any(n, &controls, key, by).await {
                 l.send(&order).await;
             }
         });
@@ -778,15 +902,21 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
     // node fails the workers are told at once; when a worker fails, our own start (bounded)
     // is let finish so its container can be removed.
     let connected = std::sync::Mutex::new(Vec::new());
-    let started: Result<Running, LaunchError> = {
+    let started: Result<(Running, Vec<(String, u16)>), LaunchError> = {
         let (progress, _) = watch::channel(PullReport::default());
-        let own = start_container(plan, &progress);
+        let pairs = &plan.ports.pairs;
+        let own_port = pairs
+            .iter()
+            .find(|p| port_is_free(p.sshd))
+            .unwrap_or(&pairs[0])
+            .sshd;
+        let own = start_container(plan, own_port, &progress);
         let workers = ready_workers(plan, &key, deadline, &connected);
         tokio::pin!(own, workers);
         tokio::select! {
         r = &mut own => match r {
             Ok(running) => match workers.await {
-                Ok(()) => Ok(running),
+                Ok(ports) => Ok((running, ports)),
                 Err(e) => {
                     tear_down(plan, Some(&running.engine)).await;
                     Err(e)
@@ -795,8 +925,8 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
             Err(why) => Err(node_err(plan)(why)),
         },
         w = &mut workers => match (w, own.await) {
-            (Ok(()), Ok(running)) => Ok(running),
-            (Ok(()), Err(why)) => Err(node_err(plan)(why)),
+            (Ok(ports), Ok(running)) => Ok((running, ports)),
+            (Ok(_), Err(why)) => Err(node_err(plan)(why)),
             (Err(e), own) => {
                 if let Ok(running) = own {
                     tear_down(plan, Some(&running.engine)).await;
@@ -808,6 +938,16 @@ async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
         }
     };
     let links = connected.into_inner().expect("not poisoned");
+    let started = match started {
+        Ok((running, ports)) => match share_ports(plan, &running, &links, ports).await {
+            Ok(()) => Ok(running),
+            Err(e) => {
+                tear_down(plan, Some(&running.engine)).await;
+                Err(e)
+            }
+        },
+        Err(e) => Err(e),
+    };
     let running = match started {
         Ok(r) => r,
         Err(e) => {

@@ -52,15 +52,30 @@ pub struct AmdFacts {
     pub device_gids: Vec<u32>,
 }
 
-/// Ports of one job step on every node.
+/// The two ports a node of a job step listens on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ports {
-    /// sshd inside the containers.
+pub struct PortPair {
+    /// sshd inside the container.
     pub sshd: u16,
     /// The launchers' control channel (worker listens, coordinator connects).
     pub control: u16,
+}
+
+/// Ports of one job step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports {
+    /// The pairs a node may take, in order: each node takes the first whose ports are free
+    /// there (one pair when the user or Slurm chose it).
+    pub pairs: Vec<PortPair>,
     /// MASTER_PORT for torch.distributed and friends.
     pub master: u16,
+}
+
+impl Ports {
+    /// The pair every node takes when its ports are free.
+    pub fn preferred(&self) -> PortPair {
+        self.pairs[0]
+    }
 }
 
 /// A bind mount.
@@ -330,7 +345,7 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         resolve,
     )?;
     let job_env = job_env(
-        &nodes, node_rank, slots, ports, args, site, facts, &opts, &job_label,
+        &nodes, node_rank, slots, &ports, args, site, facts, &opts, &job_label,
     )?;
     let mut env: Vec<String> = vec![
         format!("HOME={}", user.home.display()),
@@ -546,9 +561,13 @@ const STEPS_APART: u64 = 50;
 /// the same nodes at the same time, get the same ports unless Slurm reserves them).
 const JOBS_APART: u64 = 100;
 
+/// Other pairs a node may move to when its derived pair is taken.
+const ALTERNATIVE_PAIRS: u64 = 4;
+
 /// Ports: `--sshd-port`, else the ports Slurm reserved for the step
 /// (`SLURM_STEP_RESV_PORTS`, unique per node), else derived from job and step so that
-/// concurrent steps of a job and concurrent jobs differ; MASTER_PORT likewise per step.
+/// concurrent steps of a job and concurrent jobs differ, with alternatives spread over the
+/// range for a node where the derived pair is taken; MASTER_PORT likewise per step.
 fn ports(
     step: &StepContext,
     args: &Args,
@@ -564,15 +583,23 @@ fn ports(
     };
     let reserved = (args.sshd_port.is_none() && step.resv_ports.len() >= 2)
         .then(|| (step.resv_ports[0], step.resv_ports[1]));
-    let (sshd, control) = match (args.sshd_port, reserved) {
+    let pair = |sshd: u16, control: u16| PortPair { sshd, control };
+    let candidates = match (args.sshd_port, reserved) {
         (Some(p), _) if p < 1024 || p == u16::MAX => {
             return Err(usage(format!("--sshd-port {p}: use a port from 1024 to 65534 (the next port is the control port)")));
         }
-        (Some(p), _) => (p, p + 1),
-        (None, Some(pair)) => pair,
+        (Some(p), _) => vec![pair(p, p + 1)],
+        (None, Some((s, c))) => vec![pair(s, c)],
         (None, None) => {
-            let p = d.ssh_port_base + (2 * (slot % pairs)) as u16;
-            (p, p + 1)
+            let spread = (pairs / (ALTERNATIVE_PAIRS + 1)).max(1);
+            let mut out: Vec<PortPair> = Vec::new();
+            for k in 0..=ALTERNATIVE_PAIRS {
+                let p = d.ssh_port_base + (2 * ((slot + k * spread) % pairs)) as u16;
+                if !out.iter().any(|q| q.sshd == p) {
+                    out.push(pair(p, p + 1));
+                }
+            }
+            out
         }
     };
     let master = match (args.master_port, step.resv_ports.get(2)) {
@@ -585,8 +612,7 @@ fn ports(
         }
     };
     Ok(Ports {
-        sshd,
-        control,
+        pairs: candidates,
         master,
     })
 }
@@ -699,7 +725,7 @@ fn job_env(
     nodes: &[String],
     rank: usize,
     slots: u32,
-    ports: Ports,
+    ports: &Ports,
     args: &Args,
     site: &SiteConfig,
     facts: &NodeFacts,

@@ -305,22 +305,36 @@ fn quote_env(k: &str, v: &str) -> String {
 }
 
 /// ssh client configuration for a container (`/.mnd/ssh_config`, used through the ssh
-/// wrappers): for the job's nodes the job's port, key and pinned host key, whatever the
-/// user's `~/.ssh/config` says (ssh keeps the first value it reads, and this block comes
-/// first); every other host gets the user's own settings, then the image's.
-pub fn client_config(m: &Material, user: &str, port: u16, nodes: &[String]) -> String {
-    format!(
-        "# written by mnd-srun: the job's nodes use the job's sshd; other hosts keep your settings\n\
-Host {}\n  HostName %h\n  Port {port}\n  User {user}\n  IdentityFile {}\n  IdentitiesOnly yes\n\
+/// wrappers): for the job's nodes the job's port (each node's own, when some took another),
+/// key and pinned host key, whatever the user's `~/.ssh/config` says (ssh keeps the first
+/// value it reads, and these blocks come first); every other host gets the user's own
+/// settings, then the image's.
+pub fn client_config(m: &Material, user: &str, node_ports: &[(String, u16)]) -> String {
+    let mut ports: Vec<u16> = node_ports.iter().map(|(_, p)| *p).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let mut s =
+        "# written by mnd-srun: the job's nodes use the job's sshd; other hosts keep your settings\n"
+            .to_string();
+    for port in ports {
+        let hosts: Vec<&str> = node_ports
+            .iter()
+            .filter(|(_, p)| *p == port)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        s.push_str(&format!(
+            "Host {}\n  HostName %h\n  Port {port}\n  User {user}\n  IdentityFile {}\n  IdentitiesOnly yes\n\
   UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n  HostKeyAlias {}\n  StrictHostKeyChecking yes\n\
   CheckHostIP no\n  ProxyCommand none\n  ControlMaster no\n  ControlPath none\n  CanonicalizeHostname no\n\
-  PasswordAuthentication no\n  KbdInteractiveAuthentication no\n  BatchMode yes\n  LogLevel ERROR\n\
-Match all\n  Include ~/.ssh/config\n  Include /etc/ssh/ssh_config\n",
-        nodes.join(" "),
-        m.client_key.display(),
-        m.known_hosts.display(),
-        m.host_alias
-    )
+  PasswordAuthentication no\n  KbdInteractiveAuthentication no\n  BatchMode yes\n  LogLevel ERROR\n",
+            hosts.join(" "),
+            m.client_key.display(),
+            m.known_hosts.display(),
+            m.host_alias
+        ));
+    }
+    s.push_str("Match all\n  Include ~/.ssh/config\n  Include /etc/ssh/ssh_config\n");
+    s
 }
 
 /// The programs wrapped in `/.mnd/bin` (first on PATH in the container and its ssh
@@ -438,9 +452,16 @@ mod tests {
             d.contains("StrictModes yes") && d.contains("DisableForwarding yes"),
             "{d}"
         );
-        let nodes = ["node1".to_string(), "node2".to_string()];
-        let c = client_config(&m, "alice", 40123, &nodes);
+        let nodes = [("node1".to_string(), 40123), ("node2".to_string(), 40123)];
+        let c = client_config(&m, "alice", &nodes);
         assert!(c.contains("\nHost node1 node2\n"), "{c}");
+        let moved = [("node1".to_string(), 40123), ("node2".to_string(), 40201)];
+        let c2 = client_config(&m, "alice", &moved);
+        assert!(
+            c2.contains("Host node1\n  HostName %h\n  Port 40123\n")
+                && c2.contains("Host node2\n  HostName %h\n  Port 40201\n"),
+            "{c2}"
+        );
         let user_config = c.find("Include ~/.ssh/config").unwrap();
         assert!(
             c.find("Port 40123").unwrap() < user_config,

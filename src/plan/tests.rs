@@ -129,17 +129,21 @@ fn roles_and_injected_variables() {
 fn ports_differ_between_jobs_and_steps_and_can_be_fixed() {
     let p = plan(0, &[]);
     // job 42, step 0: pair index 42 * 50 = 2100 of 5000.
-    assert_eq!(p.ports.sshd, 18000 + 2 * 2100);
+    assert_eq!(p.ports.preferred().sshd, 18000 + 2 * 2100);
     // Below the Linux ephemeral range (32768-60999), so outgoing connections never hold it.
-    assert!(p.ports.control < 32768);
-    assert_eq!(p.ports.control, p.ports.sshd + 1);
+    assert!(p.ports.preferred().control < 32768);
+    assert_eq!(p.ports.preferred().control, p.ports.preferred().sshd + 1);
     let mut s = step(0, &[]);
     s.step_id = Some(1);
     let p1 = plan_with(&s, &args(&[]), &SiteConfig::default(), &facts()).unwrap();
     s.job_id = Some(43);
     let p2 = plan_with(&s, &args(&[]), &SiteConfig::default(), &facts()).unwrap();
-    assert!(p.ports.sshd != p1.ports.sshd && p1.ports.sshd != p2.ports.sshd);
-    assert_eq!(plan(0, &["--sshdport=2222"]).ports.sshd, 2222);
+    assert!(
+        p.ports.preferred().sshd != p1.ports.preferred().sshd
+            && p1.ports.preferred().sshd != p2.ports.preferred().sshd
+    );
+    assert_eq!(plan(0, &["--sshdport=2222"]).ports.preferred().sshd, 2222);
+    assert_eq!(plan(0, &["--sshdport=2222"]).ports.pairs.len(), 1);
     let e = plan_with(
         &step(0, &[]),
         &args(&["--sshd-port=22"]),
@@ -160,31 +164,51 @@ fn concurrent_steps_and_neighbouring_jobs_get_their_own_ports() {
             .unwrap()
             .ports
     };
+    // Where the derived pair is taken, a node may move to one of four others.
+    let p = ports(42, 0);
+    assert_eq!(p.pairs.len(), 5);
+    let mut sshd: Vec<u16> = p.pairs.iter().map(|q| q.sshd).collect();
+    sshd.sort_unstable();
+    sshd.dedup();
+    assert_eq!(sshd.len(), 5);
+    assert!(p
+        .pairs
+        .iter()
+        .all(|q| q.control == q.sshd + 1 && (18000..28000).contains(&q.sshd)));
     // A sweep: ten steps of job 42 at once, and the next job's first steps.
     let mut all: Vec<Ports> = (0..10).map(|st| ports(42, st)).collect();
     all.extend((0..10).map(|st| ports(43, st)));
     for (i, a) in all.iter().enumerate() {
         for b in &all[i + 1..] {
+            let (pa, pb) = (a.preferred(), b.preferred());
             assert!(
-                a.sshd != b.sshd && a.control != b.control && a.master != b.master,
+                pa.sshd != pb.sshd && pa.control != pb.control && a.master != b.master,
                 "{a:?} {b:?}"
             );
         }
     }
     // Job J step 8 used to land on job J+1 step 0.
-    assert_ne!(ports(42, 8).sshd, ports(43, 0).sshd);
+    assert_ne!(ports(42, 8).preferred(), ports(43, 0).preferred());
     // Ports Slurm reserved for the step win over the derivation.
     let mut s = step(0, &[]);
     s.resv_ports = vec![12000, 12001, 12002];
     let p = plan_with(&s, &args(&[]), &SiteConfig::default(), &facts()).unwrap();
     assert_eq!(
-        (p.ports.sshd, p.ports.control, p.ports.master),
+        (
+            p.ports.preferred().sshd,
+            p.ports.preferred().control,
+            p.ports.master
+        ),
         (12000, 12001, 12002)
     );
     s.resv_ports = vec![12000, 12001];
     let p = plan_with(&s, &args(&[]), &SiteConfig::default(), &facts()).unwrap();
     assert_eq!(
-        (p.ports.sshd, p.ports.control, p.ports.master),
+        (
+            p.ports.preferred().sshd,
+            p.ports.preferred().control,
+            p.ports.master
+        ),
         (12000, 12001, 29920)
     );
 }

@@ -255,3 +255,56 @@ fn ten_concurrent_steps_of_a_job_and_a_second_job_get_distinct_ports() {
     let _ = alice(&format!("rm -rf ~/{dir}"));
     assert_clean(&name, CLEAN);
 }
+
+#[test]
+fn a_node_whose_ports_are_taken_moves_to_a_free_pair() {
+    let _g = shared();
+    // Two pairs in all (27000/27001 and 27002/27003); bob holds 27000 on node2 and 27002 on
+    // node3, so whatever pair the job prefers, one of them must move to the other.
+    let policy = site_config(
+        "e2e-twopairs.toml",
+        "[defaults]\nssh_port_base = 27000\nssh_port_span = 4\n",
+    );
+    let mut holders = Vec::new();
+    for (node, port) in [("node2", 27000), ("node3", 27002)] {
+        let hold = format!(
+            "perl -MIO::Socket::INET -e '$l = IO::Socket::INET->new(LocalPort => {port}, Listen => 5, ReuseAddr => 1) or die; sleep 600' >/dev/null 2>&1 & echo $!"
+        );
+        let r = run_on(node, "bob", &["bash", "-c", &hold]);
+        assert_eq!(r.code, 0, "{}", r.all());
+        holders.push((node, r.stdout.trim().to_string()));
+        wait_until("bob's port holder", Duration::from_secs(10), || {
+            root_on(
+                node,
+                &["sh", "-c", &format!("ss -ltn | grep -q ':{port} '")],
+            )
+            .code
+                == 0
+        });
+    }
+    let s = script("alice", "e2e-moved.sh", SSH_JOB);
+    let name = unique("moved");
+    let r = alice(&format!(
+        "MND_CONFIG={policy} {} -v --script=./{s}",
+        srun_line(3, &name, "")
+    ));
+    for (node, pid) in &holders {
+        root_on(node, &["kill", pid]);
+    }
+    assert_eq!(r.code, 0, "{}", r.all());
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0].trim(), "node1 node2 node3", "mpirun:\n{}", r.all());
+    assert_eq!(
+        lines[1].trim(),
+        "node1: rank=0 node2: rank=1 node3: rank=2",
+        "pdsh:\n{}",
+        r.all()
+    );
+    assert_eq!(lines[2].trim(), "node1 node2 node3", "ssh:\n{}", r.all());
+    assert!(
+        r.stderr.contains("taken here; using") && r.stderr.contains("nodes on other ports"),
+        "no node moved:\n{}",
+        r.all()
+    );
+    assert_clean(&name, CLEAN);
+}
