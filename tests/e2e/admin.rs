@@ -182,38 +182,10 @@ fn mnd_ps_shows_a_running_job_and_cleanup_removes_it() {
 fn a_missing_image_is_pulled_once_per_node_even_by_two_jobs_at_once() {
     let _g = shared();
     // A new layer on top of the job image, so every node really downloads something.
-    let local = format!("mnd-vc-job:pull{}", std::process::id());
-    let _ = Command::new("docker")
-        .args(["rm", "-f", "mk-pull"])
-        .output();
-    let marker = format!("echo {local} > /pull-marker");
-    let made = Command::new("docker")
-        .args(["run", "--name", "mk-pull", IMAGE, "sh", "-c", &marker])
-        .status()
-        .unwrap();
-    assert!(made.success());
-    assert!(Command::new("docker")
-        .args(["commit", "mk-pull", &local])
-        .output()
-        .unwrap()
-        .status
-        .success());
-    let _ = Command::new("docker")
-        .args(["rm", "-f", "mk-pull"])
-        .output();
+    let tag = format!("pull{}", std::process::id());
     let log_path = "/var/log/mnd-vc-registry.log";
     let log_start = std::fs::metadata(log_path).map(|m| m.len()).unwrap_or(0);
-    let pushed = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/vcluster"))
-        .args(["registry", &local])
-        .output()
-        .unwrap();
-    assert!(
-        pushed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pushed.stderr)
-    );
-    let image = String::from_utf8_lossy(&pushed.stdout).trim().to_string();
-    assert!(image.ends_with(&local), "{image}");
+    let image = pushed_image(&tag, &format!("echo {tag} > /pull-marker"));
     let s = script("alice", "e2e-pulled.sh", "#!/bin/sh\necho pulled-job-ok\n");
     let (a, b) = (unique("pull-a"), unique("pull-b"));
     let cmd = |name: &str| {
@@ -271,6 +243,7 @@ fn a_missing_image_is_pulled_once_per_node_even_by_two_jobs_at_once() {
     for n in NODES {
         root_on(n, &["docker", "rmi", &image]);
     }
+    let local = format!("mnd-vc-job:{tag}");
     let _ = Command::new("docker")
         .args(["rmi", &local, &format!("127.0.0.1:5000/{local}")])
         .output();

@@ -280,3 +280,35 @@ pub fn site_config(name: &str, text: &str) -> String {
     }
     path
 }
+
+/// The job image with one more layer (made by `layer_cmd`), tagged `mnd-vc-job:TAG`, pushed
+/// to the registry on the cluster bridge; returns the name the nodes pull (`ADDR:5000/...`).
+pub fn pushed_image(tag: &str, layer_cmd: &str) -> String {
+    cluster();
+    let local = format!("mnd-vc-job:{tag}");
+    let maker = format!("mk-{tag}");
+    let _ = Command::new("docker").args(["rm", "-f", &maker]).output();
+    let made = Command::new("docker")
+        .args(["run", "--name", &maker, IMAGE, "sh", "-c", layer_cmd])
+        .status()
+        .unwrap();
+    assert!(made.success(), "could not make the layer of {local}");
+    let committed = Command::new("docker")
+        .args(["commit", &maker, &local])
+        .output()
+        .unwrap();
+    assert!(committed.status.success(), "could not commit {local}");
+    let _ = Command::new("docker").args(["rm", "-f", &maker]).output();
+    let pushed = Command::new(repo().join("scripts/vcluster"))
+        .args(["registry", &local])
+        .output()
+        .unwrap();
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let image = String::from_utf8_lossy(&pushed.stdout).trim().to_string();
+    assert!(image.ends_with(&local), "{image}");
+    image
+}

@@ -43,41 +43,11 @@ fn proxy(port: u16, mode: &str, amount: u64) -> Proxy {
     Proxy(child)
 }
 
-/// The job image with a 40 MB layer on top, pushed to the registry; its name there
-/// without the port (`10.213.77.1`, `mnd-vc-job:bigN`).
+/// The job image with a 40 MB layer on top, pushed to the registry; its registry host and
+/// its name there (`10.213.77.1`, `mnd-vc-job:bigN`).
 fn big_image() -> (String, String) {
-    let local = format!("mnd-vc-job:big{}", std::process::id());
-    let _ = Command::new("docker").args(["rm", "-f", "mk-big"]).output();
-    let made = Command::new("docker")
-        .args([
-            "run",
-            "--name",
-            "mk-big",
-            IMAGE,
-            "sh",
-            "-c",
-            "head -c 40000000 /dev/urandom > /big-layer",
-        ])
-        .status()
-        .unwrap();
-    assert!(made.success());
-    assert!(Command::new("docker")
-        .args(["commit", "mk-big", &local])
-        .output()
-        .unwrap()
-        .status
-        .success());
-    let _ = Command::new("docker").args(["rm", "-f", "mk-big"]).output();
-    let pushed = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/vcluster"))
-        .args(["registry", &local])
-        .output()
-        .unwrap();
-    assert!(
-        pushed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pushed.stderr)
-    );
-    let name = String::from_utf8_lossy(&pushed.stdout).trim().to_string();
+    let tag = format!("big{}", std::process::id());
+    let name = pushed_image(&tag, "head -c 40000000 /dev/urandom > /big-layer");
     let (host, rest) = name.split_once(":5000/").expect("ADDR:5000/NAME");
     (host.to_string(), rest.to_string())
 }

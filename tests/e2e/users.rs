@@ -10,6 +10,20 @@ const CLEAN: Duration = Duration::from_secs(10);
 
 /// The job script used by the ssh tests: mpirun, pdsh and plain ssh to every node, then ssh
 /// to a host that is not part of the job (must keep the user's own settings).
+/// Checks the first three lines `SSH_JOB` printed: mpirun, pdsh and ssh reached every node.
+fn reached_every_node(r: &Run) {
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(lines.len() >= 3, "{}", r.all());
+    assert_eq!(lines[0].trim(), "node1 node2 node3", "mpirun:\n{}", r.all());
+    assert_eq!(
+        lines[1].trim(),
+        "node1: rank=0 node2: rank=1 node3: rank=2",
+        "pdsh:\n{}",
+        r.all()
+    );
+    assert_eq!(lines[2].trim(), "node1 node2 node3", "ssh:\n{}", r.all());
+}
+
 const SSH_JOB: &str = "#!/bin/bash\n\
 mpirun -H \"$hostlist\" -np \"$np\" hostname | sort | tr '\\n' ' '; echo\n\
 pdsh -w \"$(echo $hostlist | sed 's/:[0-9]*//g')\" 'echo rank=$NODE_RANK' 2>&1 | sort | tr '\\n' ' '; echo\n\
@@ -31,18 +45,10 @@ fn the_seed_readmes_ssh_config_does_not_break_jobs() {
     let _ =
         alice("rm -f ~/.ssh/config; mv -f ~/.ssh/config.e2e-saved ~/.ssh/config 2>/dev/null; true");
     assert_eq!(r.code, 0, "{}", r.all());
-    let lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(lines[0].trim(), "node1 node2 node3", "mpirun:\n{}", r.all());
-    assert_eq!(
-        lines[1].trim(),
-        "node1: rank=0 node2: rank=1 node3: rank=2",
-        "pdsh:\n{}",
-        r.all()
-    );
-    assert_eq!(lines[2].trim(), "node1 node2 node3", "ssh:\n{}", r.all());
+    reached_every_node(&r);
     // Any other host keeps the user's own settings.
     assert_eq!(
-        lines[3].trim(),
+        r.stdout.lines().nth(3).unwrap_or_default().trim(),
         "port 12345 stricthostkeychecking false",
         "{}",
         r.all()
@@ -292,15 +298,7 @@ fn a_node_whose_ports_are_taken_moves_to_a_free_pair() {
         root_on(node, &["kill", pid]);
     }
     assert_eq!(r.code, 0, "{}", r.all());
-    let lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(lines[0].trim(), "node1 node2 node3", "mpirun:\n{}", r.all());
-    assert_eq!(
-        lines[1].trim(),
-        "node1: rank=0 node2: rank=1 node3: rank=2",
-        "pdsh:\n{}",
-        r.all()
-    );
-    assert_eq!(lines[2].trim(), "node1 node2 node3", "ssh:\n{}", r.all());
+    reached_every_node(&r);
     assert!(
         r.stderr.contains("taken here; using") && r.stderr.contains("nodes on other ports"),
         "no node moved:\n{}",
