@@ -306,3 +306,39 @@ fn a_node_whose_ports_are_taken_moves_to_a_free_pair() {
     );
     assert_clean(&name, CLEAN);
 }
+
+#[test]
+fn the_readmes_torchrun_recipe_runs_one_ddp_step_over_gloo_on_three_nodes() {
+    let _g = shared();
+    let built = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/vcluster"))
+        .arg("torch-image")
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let image = String::from_utf8_lossy(&built.stdout).trim().to_string();
+    let train = "import torch, torch.distributed as dist\n\
+dist.init_process_group('gloo')\n\
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 1))\n\
+model(torch.ones(8, 4)).sum().backward()\n\
+grad = model.module.weight.grad.clone()\n\
+dist.all_reduce(grad)\n\
+print(f'rank {dist.get_rank()}/{dist.get_world_size()} grad-sum {grad.sum().item():.1f}')\n";
+    std::fs::write(format!("{SHARED}/home/alice/e2e-ddp.py"), train).unwrap();
+    // The README's recipe, as written there.
+    let s = script(
+        "alice",
+        "e2e-torchrun.sh",
+        "#!/bin/bash\npdsh -w \"$(echo $hostlist | sed 's/:[0-9]*//g')\" \\\n  \
+         'cd '\"$PWD\"' && torchrun --nnodes=$NNODES --node_rank=$NODE_RANK --nproc_per_node=1 \\\n     \
+         --master_addr=$MASTER_ADDR --master_port=$MASTER_PORT --redirects 1 --tee 1 e2e-ddp.py'\n",
+    );
+    let name = unique("torchrun");
+    let r = alice(&format!("{} --script=./{s}", srun_line(3, &name, "").replace(IMAGE, &image)));
+    assert_eq!(r.code, 0, "{}", r.all());
+    for rank in 0..3 {
+        // Each rank's gradient (8 per weight, 4 weights) summed over 3 ranks.
+        let want = format!("rank {rank}/3 grad-sum 96.0");
+        assert!(r.stdout.contains(&want), "expected '{want}':\n{}", r.all());
+    }
+    assert_clean(&name, CLEAN);
+}
