@@ -310,11 +310,16 @@ fn a_node_whose_ports_are_taken_moves_to_a_free_pair() {
 #[test]
 fn the_readmes_torchrun_recipe_runs_one_ddp_step_over_gloo_on_three_nodes() {
     let _g = shared();
-    let built = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/vcluster"))
-        .arg("torch-image")
-        .output()
-        .unwrap();
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let built =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/vcluster"))
+            .arg("torch-image")
+            .output()
+            .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     let image = String::from_utf8_lossy(&built.stdout).trim().to_string();
     let train = "import torch, torch.distributed as dist\n\
 dist.init_process_group('gloo')\n\
@@ -333,7 +338,10 @@ print(f'rank {dist.get_rank()}/{dist.get_world_size()} grad-sum {grad.sum().item
          --master_addr=$MASTER_ADDR --master_port=$MASTER_PORT --redirects 1 --tee 1 e2e-ddp.py'\n",
     );
     let name = unique("torchrun");
-    let r = alice(&format!("{} --script=./{s}", srun_line(3, &name, "").replace(IMAGE, &image)));
+    let r = alice(&format!(
+        "{} --script=./{s}",
+        srun_line(3, &name, "").replace(IMAGE, &image)
+    ));
     assert_eq!(r.code, 0, "{}", r.all());
     for rank in 0..3 {
         // Each rank's gradient (8 per weight, 4 weights) summed over 3 ranks.

@@ -1,0 +1,351 @@
+//! This node's container: its files (accounts, sshd and ssh configs, ssh wrappers), the
+//! image check or pull under the per-user lock, create, upload, start, and the wait for its
+//! sshd.
+
+use super::timing::Phases;
+use super::{port_is_free, Running};
+use crate::docker::{DockerError, Engine, FileUpload, PullReport};
+use crate::identity::Identity;
+use crate::plan::{self, Plan};
+use crate::probe;
+use crate::ssh;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// PID 1 of every container: start sshd, exit when the launcher's stdin closes or sshd dies.
+const ENTRYPOINT: &str = r#"sshd=$(command -v sshd 2>/dev/null || echo /usr/sbin/sshd)
+if [ ! -x "$sshd" ]; then echo "mnd-srun: this image has no sshd ($sshd)" >&2; exit 127; fi
+cfg=/.mnd/sshd_config
+"$sshd" -t -f "$cfg" >/dev/null 2>&1 || cfg=/.mnd/sshd_config.compat
+"$sshd" -D -e -f "$cfg" &
+sshd_pid=$!
+exec 3<&0
+( while read -r _ <&3; do :; done; kill "$sshd_pid" 2>/dev/null ) &
+wait "$sshd_pid"
+"#;
+
+/// Exit code the entrypoint uses when the image has no sshd.
+const NO_SSHD: i64 = 127;
+
+/// `PATH` of the container and its ssh sessions: the ssh wrappers, then the image's.
+fn container_path(image_env: &[String]) -> String {
+    let image_path = image_env.iter().find_map(|e| e.strip_prefix("PATH="));
+    ssh::path_with_wrappers(image_path)
+}
+
+/// Environment for ssh sessions: the image's (CUDA paths, ...), PATH with the wrappers,
+/// then the job's. A value sshd's `SetEnv` cannot carry is refused, naming the variable.
+fn session_env(plan: &Plan, image_env: &[String]) -> Result<Vec<(String, String)>, String> {
+    let skip = [
+        "HOME", "USER", "LOGNAME", "SHELL", "HOSTNAME", "TERM", "PATH",
+    ];
+    let mut env: Vec<(String, String)> = image_env
+        .iter()
+        .filter_map(|e| e.split_once('='))
+        .filter(|(k, _)| !skip.contains(k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (k, v) in &env {
+        plan::check_env_value(k, v).map_err(|e| format!("the image's ENV: {e}"))?;
+    }
+    env.push(("PATH".into(), container_path(image_env)));
+    env.extend(plan.job_env.iter().cloned());
+    Ok(env)
+}
+
+/// The files this node's container gets: its accounts in /etc (the container's own layer:
+/// no mount may cover /etc) and the rest in `/.mnd`.
+/// Each node's sshd port as this node first assumes it: the preferred one, but its own.
+fn assumed_ports(plan: &Plan, own: u16) -> Vec<(String, u16)> {
+    let preferred = plan.ports.preferred().sshd;
+    plan.nodes
+        .iter()
+        .map(|n| {
+            (
+                n.clone(),
+                if n == plan.this_node() {
+                    own
+                } else {
+                    preferred
+                },
+            )
+        })
+        .collect()
+}
+
+/// The container's ssh client config, for these sshd ports of the job's nodes.
+pub(super) fn ssh_config_file(plan: &Plan, node_ports: &[(String, u16)]) -> FileUpload {
+    FileUpload {
+        path: format!("{}/ssh_config", ssh::CONTAINER_DIR),
+        content: ssh::client_config(&plan.ssh, &plan.user.name, node_ports),
+        mode: 0o644,
+    }
+}
+
+fn files(
+    plan: &Plan,
+    env: &[(String, String)],
+    image: &ImageAccounts,
+    port: u16,
+) -> Vec<FileUpload> {
+    let user: &Identity = &plan.user;
+    let file = |path: String, content: String, mode: u32| FileUpload {
+        path,
+        content,
+        mode,
+    };
+    let dir = ssh::CONTAINER_DIR;
+    let shell = user.container_shell(&image.shells);
+    let mut files = vec![
+        file(
+            "/etc/passwd".into(),
+            user.merge_passwd(&image.passwd, &shell),
+            0o644,
+        ),
+        file("/etc/group".into(), user.merge_group(&image.group), 0o644),
+        ssh_config_file(plan, &assumed_ports(plan, port)),
+        file(
+            format!("{dir}/sshd_config"),
+            ssh::sshd_config(&plan.ssh, &user.name, port, env),
+            0o644,
+        ),
+        file(
+            format!("{dir}/sshd_config.compat"),
+            ssh::sshd_config(&plan.ssh, &user.name, port, &[]),
+            0o644,
+        ),
+    ];
+    files.extend(
+        ssh::WRAPPED
+            .iter()
+            .map(|p| file(format!("{dir}/bin/{p}"), ssh::wrapper(p), 0o755)),
+    );
+    files
+}
+
+/// Creates, prepares and starts this node's container and waits until its sshd answers.
+/// Its sshd listens on `port`. Pull progress (and waiting for another job's pull) is
+/// reported through `progress`.
+pub(super) async fn start_container(
+    plan: &Plan,
+    port: u16,
+    progress: &watch::Sender<PullReport>,
+) -> Result<Running, String> {
+    let spec = &plan.container;
+    if !port_is_free(port) {
+        return Err(format!(
+            "port {port} is already in use on this node (another job's sshd or another program). Fix: pick another with --sshd-port"
+        ));
+    }
+    let t0 = Instant::now();
+    let mut phases = Phases::new(plan.this_node());
+    let engine = Engine::connect().await.map_err(|e| e.to_string())?;
+    phases.mark("connect");
+    // One image check/pull at a time per user on this node: several jobs starting at once
+    // then pull once (Docker alone re-downloads when two pulls overlap).
+    let image = {
+        // Waiting for another job's pull counts as progress: that pull has its own bound.
+        let _lock = {
+            let lock = pull_lock(plan);
+            tokio::pin!(lock);
+            let mut beat = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    l = &mut lock => break l,
+                    _ = beat.tick() => progress.send_modify(|r| {
+                        r.events += 1;
+                        r.summary = "waiting for another job's pull of the image".into();
+                    }),
+                }
+            }
+        };
+        engine
+            .ensure_image(
+                &spec.image,
+                spec.pull,
+                plan.this_node(),
+                plan.wait_timeout,
+                progress,
+            )
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    phases.mark("image");
+    let env = session_env(plan, &image.env)?;
+    let mut spec = spec.clone();
+    spec.env
+        .push(format!("PATH={}", container_path(&image.env)));
+    let spec = &spec;
+    engine.remove(&spec.name).await.map_err(|e| e.to_string())?;
+    phases.mark("remove-stale");
+    let entry = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        ENTRYPOINT.to_string(),
+        "mnd-entry".to_string(),
+    ];
+    engine
+        .create(spec, entry)
+        .await
+        .map_err(|e| e.to_string())?;
+    phases.mark("create");
+    let prepared = async {
+        let accounts = image_accounts(plan, &engine, &image.id).await?;
+        phases.mark("read-passwd");
+        engine
+            .upload(&spec.name, &files(plan, &env, &accounts, port))
+            .await?;
+        phases.mark("upload");
+        let lifeline = engine.attach_stdin(&spec.name).await?;
+        phases.mark("attach");
+        engine.start(&spec.name).await?;
+        phases.mark("start");
+        Ok::<_, DockerError>(lifeline)
+    }
+    .await;
+    let lifeline = match prepared {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = engine.remove(&spec.name).await;
+            return Err(e.to_string());
+        }
+    };
+    log::debug!("container started after {:?}", t0.elapsed());
+    // Readiness once the image is there is bounded by --wait-timeout (at most 30 s).
+    let sshd_by = Instant::now() + plan.wait_timeout.min(Duration::from_secs(30));
+    tokio::select! {
+        r = probe::wait_banner("127.0.0.1", port, sshd_by) => {
+            if let Err(e) = r {
+                let _ = engine.remove(&spec.name).await;
+                return Err(format!("sshd in the container did not answer on port {port}: {e}"));
+            }
+        }
+        code = engine.wait_exit(&spec.name) => {
+            let tail = engine.log_tail(&spec.name).await;
+            let _ = engine.remove(&spec.name).await;
+            return Err(if code == NO_SSHD {
+                format!("image '{}' has no sshd. Fix: install openssh-server in the image (apt-get install openssh-server)", spec.image)
+            } else {
+                format!("the container exited with code {code} before sshd answered{}", if tail.is_empty() { String::new() } else { format!(": {tail}") })
+            });
+        }
+    }
+    phases.mark("sshd");
+    log::info!(
+        "{}: container {} up, sshd on port {port} after {:?}",
+        plan.this_node(),
+        spec.name,
+        t0.elapsed()
+    );
+    Ok(Running {
+        engine,
+        _lifeline: lifeline,
+        sshd_port: port,
+    })
+}
+
+/// What the container's accounts are made from: the image's own files.
+struct ImageAccounts {
+    passwd: String,
+    group: String,
+    shells: String,
+}
+
+/// The files of the image that `ImageAccounts` holds.
+const ACCOUNT_FILES: [&str; 3] = ["passwd", "group", "shells"];
+
+/// The image's `/etc/passwd`, `/etc/group` and `/etc/shells`: from
+/// `~/.mnd/cache/v2/ID/` when there, else read from the created container and cached (image
+/// ids are content addresses, so the cache is never stale). The user can write the cache,
+/// so what is read from it is never trusted to grant anything (`Identity::merge_passwd`,
+/// `merge_group`). A cache folder others could write is ignored.
+async fn image_accounts(
+    plan: &Plan,
+    engine: &Engine,
+    image_id: &str,
+) -> Result<ImageAccounts, DockerError> {
+    let root = plan.user.home.join(".mnd/cache/v2");
+    let dir = root.join(image_id.replace(':', "-"));
+    // The same rule as for ssh material: a folder of ours that nobody else can write.
+    let ours = |p: &std::path::Path| p.is_dir() && ssh::check_safe(p, plan.user.uid, false).is_ok();
+    if ours(&root) && ours(&dir) {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f));
+        if let (Ok(passwd), Ok(group), Ok(shells)) = (read("passwd"), read("group"), read("shells"))
+        {
+            return Ok(ImageAccounts {
+                passwd,
+                group,
+                shells,
+            });
+        }
+    }
+    let name = &plan.container.name;
+    let (passwd, group, shells) = tokio::join!(
+        engine.read_file(name, "/etc/passwd"),
+        engine.read_file(name, "/etc/group"),
+        engine.read_file(name, "/etc/shells")
+    );
+    let accounts = ImageAccounts {
+        passwd: passwd?.unwrap_or_default(),
+        group: group?.unwrap_or_default(),
+        shells: shells?.unwrap_or_default(),
+    };
+    // Best effort: write into a temporary folder, then rename it into place.
+    let stored = ssh::create_private_dir(&root).and_then(|()| {
+        let tmp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(&root)?;
+        for (file, text) in
+            ACCOUNT_FILES
+                .iter()
+                .zip([&accounts.passwd, &accounts.group, &accounts.shells])
+        {
+            std::fs::write(tmp.path().join(file), text)?;
+        }
+        let tmp = tmp.keep();
+        if std::fs::rename(&tmp, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        Ok(())
+    });
+    if let Err(e) = stored {
+        log::debug!("image account cache not written: {e}");
+    }
+    Ok(accounts)
+}
+
+/// Takes this user's image lock on this node (`~/.mnd/locks/pull-NODE.lock`); released when
+/// dropped. Without a usable lock file the pull goes ahead unlocked (logged).
+async fn pull_lock(plan: &Plan) -> Option<nix::fcntl::Flock<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = plan.user.home.join(".mnd/locks");
+    let path = dir.join(format!("pull-{}.lock", plan.this_node()));
+    let opened = ssh::create_private_dir(&dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+    });
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!(
+                "no image lock ({}: {e}); pulling without it",
+                path.display()
+            );
+            return None;
+        }
+    };
+    let locked = tokio::task::spawn_blocking(move || {
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+    })
+    .await;
+    match locked {
+        Ok(Ok(lock)) => Some(lock),
+        _ => {
+            log::warn!("could not lock {}; pulling without it", path.display());
+            None
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! Coordinator: Preflight -> StartingAll (own container, every worker READY + sshd banner,
+//! fail fast; ports shared when some node moved) -> RunningScript -> Stopping (STOP to
+//! workers, own container removed) -> exit with the script's code.
+
+use super::container::{ssh_config_file, start_container};
+use super::timing::eprintln_timing;
+use super::{job_key, node_err, port_is_free, tear_down, LaunchError, Running};
+use crate::control::{self, JobKey, Order, WorkerLink};
+use crate::docker::{self, DockerError, PullReport};
+use crate::plan::Plan;
+use crate::probe;
+use crate::signals::{self, Signals};
+use crate::terminal;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Checks the script before anything starts.
+fn check_script(plan: &Plan) -> Result<(), LaunchError> {
+    let Some(script) = &plan.script else {
+        return Ok(());
+    };
+    let p = &script.path;
+    let meta = std::fs::metadata(p).map_err(|e| {
+        LaunchError::Script(format!("script {} cannot be used: {e}. Fix: give the path of an existing script (relative paths start from the current directory)", p.display()))
+    })?;
+    if !meta.is_file() {
+        return Err(LaunchError::Script(format!(
+            "script {} is not a file",
+            p.display()
+        )));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(LaunchError::Script(format!(
+            "script {} is not executable. Fix: chmod +x {}",
+            p.display(),
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Connects to a worker (recording the link in `connected` at once, so it can be told to
+/// abort whatever happens), waits for READY, then for its sshd banner from here.
+async fn ready_worker(
+    plan: &Plan,
+    node: String,
+    key: &JobKey,
+    deadline: Instant,
+    connected: &std::sync::Mutex<Vec<Arc<WorkerLink>>>,
+) -> Result<(String, u16), LaunchError> {
+    let controls: Vec<u16> = plan.ports.pairs.iter().map(|p| p.control).collect();
+    let (link, pair) = control::connect_any(&node, &controls, key, deadline).await?;
+    let sshd_port = plan.ports.pairs[pair].sshd;
+    let link = Arc::new(link);
+    connected.lock().expect("not poisoned").push(link.clone());
+    // The deadline moves while the worker's image pull makes progress.
+    let mut deadline = deadline;
+    if let Err(reason) = link.status(&mut deadline, plan.wait_timeout).await? {
+        return Err(LaunchError::Node { node, reason });
+    }
+    let banner_by = deadline.max(Instant::now() + plan.wait_timeout.min(Duration::from_secs(30)));
+    probe::wait_banner(&node, sshd_port, banner_by)
+        .await
+        .map_err(|e| LaunchError::Node {
+            node: node.clone(),
+            reason: format!(
+                "sshd on port {sshd_port} does not answer from {}: {e}",
+                plan.nodes[0]
+            ),
+        })?;
+    log::debug!("worker {node} ready (sshd port {sshd_port})");
+    Ok((node, sshd_port))
+}
+
+/// Waits for every worker, failing at the first one that fails. Links are recorded in
+/// `connected` as soon as they exist, so the caller can tell those workers to abort.
+async fn ready_workers(
+    plan: &Plan,
+    key: &JobKey,
+    deadline: Instant,
+    connected: &std::sync::Mutex<Vec<Arc<WorkerLink>>>,
+) -> Result<Vec<(String, u16)>, LaunchError> {
+    let mut pending: FuturesUnordered<_> = plan.nodes[1..]
+        .iter()
+        .map(|n| ready_worker(plan, n.clone(), key, deadline, connected))
+        .collect();
+    let mut ports = Vec::new();
+    while let Some(r) = pending.next().await {
+        ports.push(r?);
+    }
+    Ok(ports)
+}
+
+/// When some node took another port pair than the preferred one, every container learns
+/// each node's sshd port (workers rewrite their ssh config and answer READY again).
+async fn share_ports(
+    plan: &Plan,
+    running: &Running,
+    links: &[Arc<WorkerLink>],
+    mut node_ports: Vec<(String, u16)>,
+) -> Result<(), LaunchError> {
+    node_ports.push((plan.this_node().to_string(), running.sshd_port));
+    let preferred = plan.ports.preferred().sshd;
+    if node_ports.iter().all(|(_, p)| *p == preferred) {
+        return Ok(());
+    }
+    node_ports.sort_by_key(|(n, _)| plan.nodes.iter().position(|m| m == n));
+    log::info!("nodes on other ports than {preferred}: {node_ports:?}");
+    let order = Order::Ports(node_ports.clone());
+    let by = Instant::now() + docker::CALL_TIME;
+    let answers = links.iter().map(|l| async {
+        l.send(&order).await;
+        let mut by = by;
+        match l.status(&mut by, plan.wait_timeout).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(LaunchError::Node {
+                node: l.node.clone(),
+                reason,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    });
+    for answer in futures_util::future::join_all(answers).await {
+        answer?;
+    }
+    running
+        .engine
+        .upload(&plan.container.name, &[ssh_config_file(plan, &node_ports)])
+        .await?;
+    Ok(())
+}
+
+/// Tells every worker that could be reached to abort (best effort, a few seconds at most).
+async fn abort_all(plan: &Plan, key: &JobKey, links: Vec<Arc<WorkerLink>>, why: &str) {
+    let order = Order::Abort(why.to_string());
+    let reached: Vec<String> = links.iter().map(|l| l.node.clone()).collect();
+    let by = Instant::now() + Duration::from_secs(3);
+    let others = plan.nodes[1..]
+        .iter()
+        .filter(|n| !reached.contains(n))
+        .map(|n| async {
+            let controls: Vec<u16> = plan.ports.pairs.iter().map(|p| p.control).collect();
+            if let Ok((l, _)) = control::connect_any(n, &controls, key, by).await {
+                l.send(&order).await;
+            }
+        });
+    let known = links.iter().map(|l| l.send(&order));
+    tokio::join!(
+        futures_util::future::join_all(known),
+        futures_util::future::join_all(others)
+    );
+}
+
+/// How the script's run ended.
+enum Outcome {
+    /// The script exited with this code.
+    Finished(i64),
+    /// A signal that ends the job.
+    Signal(i32),
+    /// A worker's launcher went away.
+    Lost(String),
+    /// The coordinator's own container ended.
+    Died(i64),
+    /// Docker failed to run the script.
+    Failed(DockerError),
+}
+
+/// Runs the script in this node's container: the launcher's stdin is its stdin (a terminal
+/// under `srun --pty`, following the window size), SIGUSR1/SIGUSR2 are passed on to it and
+/// its children; ends with the script, a terminating signal, a lost worker or the
+/// container's end.
+async fn run_script(
+    plan: &Plan,
+    running: &Running,
+    links: &[Arc<WorkerLink>],
+    signals: &mut Signals,
+    forwarded: &mut Signals,
+) -> Outcome {
+    let script = plan.script.as_ref().expect("coordinator has a script");
+    let mut cmd = vec![script.path.display().to_string()];
+    cmd.extend(script.args.iter().cloned());
+    let workdir = plan.container.workdir.display().to_string();
+    let engine = &running.engine;
+    let tty = terminal::stdin_is_terminal();
+    let started = engine
+        .exec(
+            &plan.container.name,
+            &plan.container.user,
+            &workdir,
+            cmd,
+            tty,
+            Some(terminal::stdin_chunks()),
+        )
+        .await;
+    let mut started = match started {
+        Ok(s) => s,
+        Err(e) => return Outcome::Failed(e),
+    };
+    let _raw = tty.then(terminal::RawMode::enter).flatten();
+    let mut winch = tty
+        .then(|| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok())
+        .flatten();
+    if let Some((rows, cols)) = tty.then(terminal::window_size).flatten() {
+        engine.resize(&started, rows, cols).await;
+    }
+    let lost = async {
+        if links.is_empty() {
+            return std::future::pending().await;
+        }
+        let watchers = links.iter().map(|l| {
+            Box::pin(async move {
+                l.closed().await;
+                l.node.clone()
+            })
+        });
+        futures_util::future::select_all(watchers).await.0
+    };
+    let died = engine.wait_exit(&plan.container.name);
+    tokio::pin!(lost, died);
+    loop {
+        tokio::select! {
+            () = &mut started.io => {
+                return match engine.exit_code(&started).await {
+                    Ok(code) => Outcome::Finished(code),
+                    Err(e) => Outcome::Failed(e),
+                };
+            }
+            sig = signals.recv() => return Outcome::Signal(sig),
+            node = &mut lost => return Outcome::Lost(node),
+            code = &mut died => return Outcome::Died(code),
+            sig = forwarded.recv() => {
+                let pid = engine.pid(&started).await;
+                let reached = pid.map_or(0, |pid| signals::signal_tree(pid, sig));
+                log::info!("signal {sig} passed on to {reached} process(es) of the script");
+            }
+            Some(()) = async { winch.as_mut()?.recv().await }, if winch.is_some() => {
+                if let Some((rows, cols)) = terminal::window_size() {
+                    engine.resize(&started, rows, cols).await;
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
+    let t0 = Instant::now();
+    let mut signals =
+        Signals::install().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
+    // From the start, so a checkpoint signal never ends the launcher.
+    let mut forwarded =
+        Signals::forwarded().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
+    let key = job_key(plan)?;
+    if let Err(e) = check_script(plan) {
+        abort_all(plan, &key, Vec::new(), &e.to_string()).await;
+        return Err(e);
+    }
+    let deadline = Instant::now() + plan.wait_timeout;
+    let script = plan.script.as_ref().expect("coordinator has a script");
+    // Own container and every worker at once. The first failure ends the wait: when this
+    // node fails the workers are told at once; when a worker fails, our own start (bounded)
+    // is let finish so its container can be removed.
+    let connected = std::sync::Mutex::new(Vec::new());
+    let started: Result<(Running, Vec<(String, u16)>), LaunchError> = {
+        let (progress, _) = watch::channel(PullReport::default());
+        let pairs = &plan.ports.pairs;
+        let own_port = pairs
+            .iter()
+            .find(|p| port_is_free(p.sshd))
+            .unwrap_or(&pairs[0])
+            .sshd;
+        let own = start_container(plan, own_port, &progress);
+        let workers = ready_workers(plan, &key, deadline, &connected);
+        tokio::pin!(own, workers);
+        tokio::select! {
+        r = &mut own => match r {
+            Ok(running) => match workers.await {
+                Ok(ports) => Ok((running, ports)),
+                Err(e) => {
+                    tear_down(plan, Some(&running.engine)).await;
+                    Err(e)
+                }
+            },
+            Err(why) => Err(node_err(plan)(why)),
+        },
+        w = &mut workers => match (w, own.await) {
+            (Ok(ports), Ok(running)) => Ok((running, ports)),
+            (Ok(_), Err(why)) => Err(node_err(plan)(why)),
+            (Err(e), own) => {
+                if let Ok(running) = own {
+                    tear_down(plan, Some(&running.engine)).await;
+                }
+                Err(e)
+            }
+        },
+        sig = signals.recv() => Err(LaunchError::Signal(sig)),
+        }
+    };
+    let links = connected.into_inner().expect("not poisoned");
+    let started = match started {
+        Ok((running, ports)) => match share_ports(plan, &running, &links, ports).await {
+            Ok(()) => Ok(running),
+            Err(e) => {
+                tear_down(plan, Some(&running.engine)).await;
+                Err(e)
+            }
+        },
+        Err(e) => Err(e),
+    };
+    let running = match started {
+        Ok(r) => r,
+        Err(e) => {
+            let why = match &e {
+                LaunchError::Signal(sig) => format!("coordinator got signal {sig}"),
+                other => other.to_string(),
+            };
+            abort_all(plan, &key, links, &why).await;
+            if matches!(e, LaunchError::Signal(_)) {
+                tear_down(plan, None).await;
+            }
+            return Err(e);
+        }
+    };
+    log::info!(
+        "all {} nodes ready after {:?}; running {}",
+        plan.nodes.len(),
+        t0.elapsed(),
+        script.path.display()
+    );
+    eprintln_timing("ready", t0);
+    let outcome = run_script(plan, &running, &links, &mut signals, &mut forwarded).await;
+    let t_end = Instant::now();
+    let result = match outcome {
+        Outcome::Finished(code) => {
+            let stops = links.iter().map(|l| l.send(&Order::Stop));
+            futures_util::future::join_all(stops).await;
+            Ok(i32::try_from(code)
+                .ok()
+                .filter(|c| (0..=255).contains(c))
+                .unwrap_or(1))
+        }
+        Outcome::Signal(sig) => {
+            abort_all(plan, &key, links, &format!("coordinator got signal {sig}")).await;
+            Err(LaunchError::Signal(sig))
+        }
+        Outcome::Lost(node) => {
+            let why = format!("the launcher on {node} went away while the script ran");
+            abort_all(plan, &key, links, &why).await;
+            Err(LaunchError::Node { node, reason: "its launcher went away while the script ran (killed, or the node failed); job stopped".into() })
+        }
+        Outcome::Died(code) => {
+            let why = format!(
+                "the container on {} ended by itself (code {code})",
+                plan.this_node()
+            );
+            abort_all(plan, &key, links, &why).await;
+            Err(node_err(plan)(format!(
+                "the container ended by itself (code {code}) while the script ran"
+            )))
+        }
+        Outcome::Failed(e) => {
+            abort_all(plan, &key, links, &e.to_string()).await;
+            Err(e.into())
+        }
+    };
+    tear_down(plan, Some(&running.engine)).await;
+    eprintln_timing("teardown", t_end);
+    result
+}

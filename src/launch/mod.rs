@@ -1,0 +1,132 @@
+//! The launcher's two state machines, driven by a `Plan`: `worker` and `coordinator`, each a
+//! module of its own; `container` starts and prepares this node's container; `timing` prints
+//! phase timings for the benchmarks.
+//!
+//! Worker:      Listening + StartingContainer -> Reporting -> Serving -> TearingDown -> exit 0
+//! Coordinator: Preflight -> StartingAll (own container, every worker READY + sshd banner,
+//!              fail fast) -> RunningScript -> Stopping (STOP to workers, own container
+//!              removed) -> exit with the script's code.
+//! Any signal, lost peer or dead container leads to TearingDown; every path removes this
+//! node's container by name, and a launcher killed with SIGKILL leaves a container whose
+//! stdin closes, so it ends and removes itself.
+
+mod container;
+mod coordinator;
+mod timing;
+mod worker;
+
+use crate::control::{ControlError, JobKey};
+use crate::docker::{DockerError, Engine, Lifeline};
+use crate::plan::{Plan, Role};
+use crate::ssh;
+use thiserror::Error;
+use tokio::time::Instant;
+
+/// Why a launch failed.
+#[derive(Debug, Error)]
+pub enum LaunchError {
+    /// A node could not start its container or sshd.
+    #[error("node {node}: {reason}")]
+    Node {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// The job ended because of a signal.
+    #[error("stopped by signal {0}; containers removed")]
+    Signal(i32),
+    /// The script cannot be run.
+    #[error("{0}")]
+    Script(String),
+    /// Ssh material problem.
+    #[error(transparent)]
+    Ssh(#[from] ssh::SshError),
+    /// The local Docker engine.
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    /// Control channel problem (a peer never came or went away).
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
+/// Runs this launcher's part of the job; returns the exit code for srun.
+pub async fn run(plan: Plan) -> Result<i32, LaunchError> {
+    let result = match plan.role {
+        Role::Idle(why) => {
+            log::info!("nothing to do on this task: {why}");
+            return Ok(0);
+        }
+        Role::Coordinator => coordinator::coordinator(&plan).await,
+        Role::Worker => worker::worker(&plan).await,
+    };
+    if timing::timing_enabled() {
+        let role = if plan.role == Role::Coordinator {
+            "coordinator"
+        } else {
+            "worker"
+        };
+        eprintln!(
+            "mnd-srun timing: {} {role} peak-rss-kb {}",
+            plan.this_node(),
+            timing::peak_rss_kb().unwrap_or(0)
+        );
+    }
+    result
+}
+
+/// A running container of this node.
+struct Running {
+    engine: Engine,
+    _lifeline: Lifeline,
+    /// The port its sshd listens on.
+    sshd_port: u16,
+}
+
+fn node_err(plan: &Plan) -> impl Fn(String) -> LaunchError + '_ {
+    move |reason| LaunchError::Node {
+        node: plan.this_node().to_string(),
+        reason,
+    }
+}
+
+/// What both sides of the control channel prove they hold: the user's control key, for
+/// this job.
+fn job_key(plan: &Plan) -> Result<JobKey, LaunchError> {
+    let key = std::fs::read(&plan.ssh.control_key).map_err(|e| {
+        LaunchError::Ssh(ssh::SshError::Io {
+            action: "read",
+            path: plan.ssh.control_key.clone(),
+            source: e,
+        })
+    })?;
+    Ok(JobKey::new(&key, &plan.job_label))
+}
+
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+}
+
+/// Removes this node's container, whatever state it is in.
+async fn tear_down(plan: &Plan, engine: Option<&Engine>) {
+    let t0 = Instant::now();
+    let result = match engine {
+        Some(e) => e.remove(&plan.container.name).await,
+        None => match Engine::connect().await {
+            Ok(e) => e.remove(&plan.container.name).await,
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => log::info!(
+            "{}: container removed in {:?}",
+            plan.this_node(),
+            t0.elapsed()
+        ),
+        Err(e) => log::error!(
+            "{}: could not remove container {}: {e}",
+            plan.this_node(),
+            plan.container.name
+        ),
+    }
+}
