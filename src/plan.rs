@@ -344,16 +344,17 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         },
         resolve,
     )?;
-    let job_env = job_env(
+    let (gpus, mut devices, gpu_groups) = gpus(step, args, facts, gpu_ask);
+    let mut job_env = job_env(
         &nodes, node_rank, slots, &ports, args, site, facts, &opts, &job_label,
     )?;
+    job_env.extend(gpu_env(&gpus, &devices));
     let mut env: Vec<String> = vec![
         format!("HOME={}", user.home.display()),
         format!("USER={}", user.name),
         format!("LOGNAME={}", user.name),
     ];
     env.extend(job_env.iter().map(|(k, v)| format!("{k}={v}")));
-    let (gpus, mut devices, gpu_groups) = gpus(step, args, facts, gpu_ask);
     if args.ib_devices {
         devices.push(Device {
             host: "/dev/infiniband".into(),
@@ -867,6 +868,36 @@ fn gpus(
             let mut devices = vec![dev("/dev/kfd".into())];
             devices.extend(nodes.iter().map(|n| dev(format!("/dev/dri/renderD{n}"))));
             (Gpus::None, devices, amd.device_gids)
+        }
+    }
+}
+
+/// What programs in the container are told about their GPUs, consistent with what they
+/// see: the GPUs given appear as 0..n-1 (NVIDIA's runtime and AMD's render nodes alike),
+/// and `NVIDIA_VISIBLE_DEVICES` names the node's physical ones.
+fn gpu_env(gpus: &Gpus, devices: &[Device]) -> Vec<(String, String)> {
+    let first_n = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    match gpus {
+        Gpus::Nvidia(ids) => vec![
+            ("CUDA_VISIBLE_DEVICES".into(), first_n(ids.len())),
+            (
+                "NVIDIA_VISIBLE_DEVICES".into(),
+                ids.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+            ),
+        ],
+        Gpus::NvidiaAll => vec![("NVIDIA_VISIBLE_DEVICES".into(), "all".into())],
+        Gpus::None => {
+            let render = devices
+                .iter()
+                .filter(|d| d.host.starts_with("/dev/dri/renderD"))
+                .count();
+            if render == 0 {
+                return vec![];
+            }
+            vec![
+                ("ROCR_VISIBLE_DEVICES".into(), first_n(render)),
+                ("HIP_VISIBLE_DEVICES".into(), first_n(render)),
+            ]
         }
     }
 }

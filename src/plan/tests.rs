@@ -271,6 +271,9 @@ fn gpus_use_physical_ids_from_slurm() {
     let p = plan_with(&step(0, &[2, 3]), &args(&[]), &SiteConfig::default(), &f).unwrap();
     assert_eq!(p.container.gpus, Gpus::Nvidia(vec![2, 3]));
     assert_eq!(p.slots, 2);
+    // Inside, the step's GPUs are 0..n-1; NVIDIA_VISIBLE_DEVICES names the physical ones.
+    assert_eq!(env(&p, "CUDA_VISIBLE_DEVICES"), Some("0,1"));
+    assert_eq!(env(&p, "NVIDIA_VISIBLE_DEVICES"), Some("2,3"));
     assert_eq!(env(&p, "hostlist"), Some("node1:2,node2:2,node3:2"));
     // Under Slurm with no GPU for the step: none, even though the node has some.
     let p = plan_with(&step(0, &[]), &args(&[]), &SiteConfig::default(), &f).unwrap();
@@ -335,6 +338,8 @@ fn amd_gpus_get_kfd_render_nodes_and_groups() {
         devs,
         ["/dev/kfd", "/dev/dri/renderD129", "/dev/dri/renderD131"]
     );
+    assert_eq!(env(&p, "ROCR_VISIBLE_DEVICES"), Some("0,1"));
+    assert_eq!(env(&p, "HIP_VISIBLE_DEVICES"), Some("0,1"));
     assert!(
         p.container.group_add.contains(&"44".to_string())
             && p.container.group_add.contains(&"109".to_string())

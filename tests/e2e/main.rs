@@ -4,6 +4,7 @@
 
 mod admin;
 mod cluster;
+mod gpus;
 mod hardening;
 mod images;
 mod launcher;

@@ -1,0 +1,186 @@
+//! GPUs through Slurm's real allocation, on stand-in devices: every node has gres
+//! `gpu:4` backed by /dev/nvidia0..3 (and /dev/kfd with /dev/dri/renderD128..131 for AMD),
+//! and a stand-in NVIDIA runtime hook that records what Docker was asked for
+//! (/var/log/nvidia-hook.log on each node).
+
+use crate::cluster::*;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const CLEAN: Duration = Duration::from_secs(10);
+
+/// Prints, from every node's ssh session: node, Slurm's GPUs for the step there, and what
+/// the container says. The first line is the coordinator's hostlist.
+const GPU_JOB: &str = "#!/bin/bash\necho hostlist=$hostlist\n\
+pdsh -w \"$(echo $hostlist | sed 's/:[0-9]*//g')\" \
+'echo slurm=$SLURM_STEP_GPUS nvidia=$NVIDIA_VISIBLE_DEVICES cuda=$CUDA_VISIBLE_DEVICES rocr=$ROCR_VISIBLE_DEVICES hip=$HIP_VISIBLE_DEVICES dri=$(ls /dev/dri 2>/dev/null | tr \"\\n\" ,) kfd=$(ls /dev/kfd 2>/dev/null) groups=$(id -G | tr \" \" ,)' | sort\n";
+
+/// One node's line of `GPU_JOB`'s output, as key=value pairs.
+fn node_line(out: &str, node: &str) -> std::collections::BTreeMap<String, String> {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("{node}: ")))
+        .unwrap_or_else(|| panic!("no line from {node} in:\n{out}"));
+    line.split_whitespace()
+        .skip(1)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The GPU ids Docker was asked for on `node` for the job step `label` (from the hook log).
+fn asked_of_docker(node: &str, label: &str) -> String {
+    let log = root_on(node, &["cat", "/var/log/nvidia-hook.log"]).stdout;
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("MND_JOB={label} ")))
+        .unwrap_or_else(|| panic!("Docker on {node} was asked for no GPU for {label}:\n{log}"));
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("NVIDIA_VISIBLE_DEVICES="))
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn ids(text: &str) -> BTreeSet<u32> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn two_jobs_sharing_nodes_each_get_exactly_their_steps_nvidia_gpus() {
+    let _g = shared();
+    let name = unique("gpus");
+    let barrier = format!("e2e-{name}.started");
+    let s = script(
+        "alice",
+        &format!("e2e-gpu-{name}.sh"),
+        &format!("#!/bin/bash\necho label=$MND_JOB\necho $MND_JOB >> ~/{barrier}\n\
+                  for i in $(seq 600); do [ $(wc -l < ~/{barrier}) -ge 2 ] && break; sleep 0.1; done\n\
+                  {}", GPU_JOB.trim_start_matches("#!/bin/bash\n")),
+    );
+    let _ = alice(&format!("rm -f ~/{barrier}"));
+    let run = |tag: &str| {
+        let line = format!(
+            "srun -N3 -n3 --gres=gpu:2 mnd-srun --container={IMAGE} --dockname={name}-{tag} --envlist=SLURM_STEP_GPUS --script=./{s}"
+        );
+        std::thread::spawn(move || alice(&line))
+    };
+    let (a, b) = (run("a"), run("b"));
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    let mut per_node: Vec<Vec<BTreeSet<u32>>> = vec![Vec::new(); 3];
+    for r in [&a, &b] {
+        assert_eq!(r.code, 0, "{}", r.all());
+        assert!(
+            r.stdout.contains("hostlist=node1:2,node2:2,node3:2"),
+            "{}",
+            r.all()
+        );
+        let label = r
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("label="))
+            .unwrap()
+            .to_string();
+        for (i, node) in NODES.iter().enumerate() {
+            let line = node_line(&r.stdout, node);
+            let slurm = ids(&line["slurm"]);
+            assert_eq!(slurm.len(), 2, "{node}: {line:?}");
+            // Docker was asked for exactly Slurm's GPUs; inside they are 0 and 1.
+            assert_eq!(ids(&asked_of_docker(node, &label)), slurm, "{node}");
+            assert_eq!(ids(&line["nvidia"]), slurm, "{node}: {line:?}");
+            assert_eq!(line["cuda"], "0,1", "{node}: {line:?}");
+            per_node[i].push(slurm);
+        }
+    }
+    for (node, sets) in NODES.iter().zip(&per_node) {
+        assert!(
+            sets[0].is_disjoint(&sets[1]),
+            "{node}: both jobs got {sets:?}"
+        );
+    }
+    let _ = alice(&format!("rm -f ~/{barrier}"));
+    assert_clean(&name, CLEAN);
+}
+
+#[test]
+fn amd_gets_kfd_the_steps_render_nodes_and_the_render_group() {
+    let _g = shared();
+    let s = script("alice", "e2e-gpu-amd.sh", GPU_JOB);
+    let name = unique("amd");
+    let r = alice(&format!(
+        "srun -N3 -n3 --gpus-per-node=2 mnd-srun --container={IMAGE} --dockname={name} --gpu-vendor=amd --envlist=SLURM_STEP_GPUS --script=./{s}"
+    ));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("hostlist=node1:2,node2:2,node3:2"),
+        "{}",
+        r.all()
+    );
+    let render = root_on("node1", &["getent", "group", "render"]).stdout;
+    let render_gid = render.split(':').nth(2).unwrap().to_string();
+    for node in NODES {
+        let line = node_line(&r.stdout, node);
+        let want: Vec<String> = ids(&line["slurm"])
+            .iter()
+            .map(|i| format!("renderD{}", 128 + i))
+            .collect();
+        assert_eq!(want.len(), 2, "{node}: {line:?}");
+        assert_eq!(
+            line["dri"],
+            format!("{},", want.join(",")),
+            "{node}: {line:?}"
+        );
+        assert_eq!(line["kfd"], "/dev/kfd", "{node}: {line:?}");
+        assert!(
+            line["groups"].split(',').any(|g| g == render_gid),
+            "{node}: {line:?}"
+        );
+        assert_eq!(
+            (line["rocr"].as_str(), line["hip"].as_str()),
+            ("0,1", "0,1"),
+            "{node}: {line:?}"
+        );
+    }
+    assert_clean(&name, CLEAN);
+}
+
+#[test]
+fn gpus_per_task_and_gpus_outside_the_step() {
+    let _g = shared();
+    let s = script("alice", "e2e-gpu-task.sh", GPU_JOB);
+    let name = unique("pertask");
+    let r = alice(&format!(
+        "srun -N3 --ntasks-per-node=1 --gpus-per-task=1 mnd-srun --container={IMAGE} --dockname={name} --envlist=SLURM_STEP_GPUS --script=./{s}"
+    ));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("hostlist=node1:1,node2:1,node3:1"),
+        "{}",
+        r.all()
+    );
+    for node in NODES {
+        let line = node_line(&r.stdout, node);
+        assert_eq!(ids(&line["slurm"]).len(), 1, "{node}: {line:?}");
+        assert_eq!(
+            ids(&line["nvidia"]),
+            ids(&line["slurm"]),
+            "{node}: {line:?}"
+        );
+    }
+    assert_clean(&name, CLEAN);
+    // Under Slurm, all GPUs, or GPUs of other jobs, are refused before anything starts.
+    for (tag, ask, shown) in [
+        ("all", "--gpus=all", "--gpus=all is refused"),
+        ("other", "--gpus=7", "GPU 7 in --gpus is refused"),
+    ] {
+        let name = unique(tag);
+        let r = alice(&format!(
+            "srun -N3 -n3 --gres=gpu:1 mnd-srun --container={IMAGE} --dockname={name} {ask} --script=./{s}"
+        ));
+        assert_eq!(r.code, 2, "{tag}: {}", r.all());
+        assert!(r.stderr.contains(shown), "{tag}: {}", r.all());
+        assert_clean(&name, CLEAN);
+    }
+}
