@@ -173,7 +173,9 @@ impl StepContext {
         let num_tasks = number(&get, "SLURM_STEP_NUM_TASKS")?
             .or(number(&get, "SLURM_NTASKS")?)
             .map_or_else(|| tasks_per_node.iter().sum(), |n| n as u32);
-        let gpus = match first_of(&get, &["SLURM_STEP_GPUS", "SLURM_JOB_GPUS"]) {
+        // The step's own GPUs only: SLURM_JOB_GPUS, inherited from a batch script, also
+        // names GPUs of the job that this step was not given (`srun --gres=none`).
+        let gpus = match first_of(&get, &["SLURM_STEP_GPUS"]) {
             Some((v, text)) => parse_ids(v, &text)?,
             None => Vec::new(),
         };
@@ -387,8 +389,10 @@ mod tests {
             Ok(vec![12000, 12001, 12002, 12010])
         );
         assert!(parse_ports("12003-12000").is_err() && parse_ports("x").is_err());
+        // A step given no GPU in a job that has some: none (Slurm 22.05 sets
+        // SLURM_STEP_GPUS for every step that has GPUs; SLURM_JOB_GPUS is the job's).
         let c = ctx(&with(&[("SLURM_JOB_GPUS", "5")])).unwrap();
-        assert_eq!(c.gpus, [5]);
+        assert!(c.gpus.is_empty());
     }
 
     #[test]

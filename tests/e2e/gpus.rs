@@ -28,17 +28,27 @@ fn node_line(out: &str, node: &str) -> std::collections::BTreeMap<String, String
         .collect()
 }
 
-/// The GPU ids Docker was asked for on `node` for the job step `label` (from the hook log).
-fn asked_of_docker(node: &str, label: &str) -> String {
+/// The GPU ids Docker was asked for on `node` for the job step `label`, from the hook log.
+/// dockerd calls the hook only for a GPU device request, and appends the request's ids to
+/// the container's own `NVIDIA_VISIBLE_DEVICES` (mnd-srun's, for the script): both must
+/// name the same GPUs.
+fn asked_of_docker(node: &str, label: &str) -> BTreeSet<u32> {
     let log = root_on(node, &["cat", "/var/log/nvidia-hook.log"]).stdout;
     let line = log
         .lines()
         .find(|l| l.contains(&format!("MND_JOB={label} ")))
         .unwrap_or_else(|| panic!("Docker on {node} was asked for no GPU for {label}:\n{log}"));
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix("NVIDIA_VISIBLE_DEVICES="))
-        .unwrap_or_default()
-        .to_string()
+    let asked: Vec<BTreeSet<u32>> = line
+        .split_whitespace()
+        .filter_map(|kv| kv.strip_prefix("NVIDIA_VISIBLE_DEVICES="))
+        .map(ids)
+        .collect();
+    assert_eq!(asked.len(), 2, "{node}: {line}");
+    assert_eq!(
+        asked[0], asked[1],
+        "{node}: Docker's request differs from the job's: {line}"
+    );
+    asked[0].clone()
 }
 
 fn ids(text: &str) -> BTreeSet<u32> {
@@ -88,7 +98,7 @@ fn two_jobs_sharing_nodes_each_get_exactly_their_steps_nvidia_gpus() {
             let slurm = ids(&line["slurm"]);
             assert_eq!(slurm.len(), 2, "{node}: {line:?}");
             // Docker was asked for exactly Slurm's GPUs; inside they are 0 and 1.
-            assert_eq!(ids(&asked_of_docker(node, &label)), slurm, "{node}");
+            assert_eq!(asked_of_docker(node, &label), slurm, "{node}");
             assert_eq!(ids(&line["nvidia"]), slurm, "{node}: {line:?}");
             assert_eq!(line["cuda"], "0,1", "{node}: {line:?}");
             per_node[i].push(slurm);
@@ -183,4 +193,37 @@ fn gpus_per_task_and_gpus_outside_the_step() {
         assert!(r.stderr.contains(shown), "{tag}: {}", r.all());
         assert_clean(&name, CLEAN);
     }
+}
+
+#[test]
+fn a_step_given_no_gpu_in_a_job_with_gpus_gets_none() {
+    let _g = shared();
+    let s = script("alice", "e2e-gpu-none.sh", GPU_JOB);
+    let name = unique("nogpu");
+    let step = format!(
+        "srun -N3 -n3 --gres=none mnd-srun --container={IMAGE} --dockname={name} --envlist=SLURM_JOB_GPUS --script=./{s}"
+    );
+    let r = alice(&format!(
+        "sbatch -N3 --gres=gpu:2 --wait -o ~/e2e-{name}.out --wrap '{step}' >/dev/null; echo sbatch-exit=$?; cat ~/e2e-{name}.out; rm -f ~/e2e-{name}.out"
+    ));
+    assert!(r.stdout.contains("sbatch-exit=0"), "{}", r.all());
+    assert!(
+        r.stdout.contains("hostlist=node1:1,node2:1,node3:1"),
+        "{}",
+        r.all()
+    );
+    for node in NODES {
+        let line = node_line(&r.stdout, node);
+        assert_eq!(
+            line.get("nvidia").map(String::as_str),
+            Some(""),
+            "{node}: {line:?}"
+        );
+        assert_eq!(
+            line.get("cuda").map(String::as_str),
+            Some(""),
+            "{node}: {line:?}"
+        );
+    }
+    assert_clean(&name, CLEAN);
 }

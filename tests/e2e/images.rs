@@ -130,4 +130,9 @@ fn a_slow_pull_outlasts_the_wait_timeout_and_a_stalled_one_fails_naming_the_node
     for n in NODES {
         assert_eq!(stray_sshd(n, "alice"), 0, "stray sshd of alice on {n}");
     }
+    forget(&stalled);
+    let local = format!("{host}:5000/{repo}");
+    let _ = Command::new("docker")
+        .args(["rmi", &repo, &local.replace(&host, "127.0.0.1")])
+        .output();
 }
