@@ -28,6 +28,8 @@ use tokio::time::{timeout_at, Instant};
 
 /// Longest line either side accepts (a status line carries a short reason).
 pub const MAX_LINE: u64 = 4096;
+/// Read buffer of each link the coordinator holds.
+const LINK_BUFFER: usize = 512;
 /// Time a connecting peer has to complete the handshake.
 pub const HANDSHAKE_TIME: Duration = Duration::from_secs(5);
 
@@ -167,7 +169,13 @@ pub struct CoordinatorLink {
 impl Server {
     /// Binds the control port on all addresses.
     pub async fn bind(port: u16, key: JobKey) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(("0.0.0.0", port)).await?;
+        Self::bind_on(std::net::SocketAddr::from(([0, 0, 0, 0], port)), key).await
+    }
+
+    /// Binds the control port on one address (the scale benchmark's simulated workers,
+    /// one loopback address each).
+    pub async fn bind_on(addr: std::net::SocketAddr, key: JobKey) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         Ok(Server { listener, key })
     }
 
@@ -317,6 +325,12 @@ pub async fn connect_any(
             }
             let stream = match timeout_at(deadline, TcpStream::connect((node, port))).await {
                 Ok(Ok(s)) => s,
+                // Out of descriptors: waiting would not help, say so at once.
+                Ok(Err(e)) if e.raw_os_error() == Some(nix::libc::EMFILE) => {
+                    return Err(ControlError::Broken(format!(
+                        "this launcher ran out of open files connecting to {node} ({e}): it holds one connection per worker. Fix: raise the limit (ulimit -n; the hard limit for Slurm jobs comes from slurmd's LimitNOFILE / PropagateResourceLimits)"
+                    )));
+                }
                 Ok(Err(e)) => {
                     log::trace!("{node}:{port}: {e}; retrying");
                     if refused_only {
@@ -366,7 +380,9 @@ async fn handshake(
 ) -> Result<WorkerLink, ControlError> {
     let _ = stream.set_nodelay(true);
     let (r, mut w) = stream.into_split();
-    let mut reader = BufReader::new(r);
+    // Rank 0 holds one of these per worker for the whole job: a small buffer (lines are
+    // short; a long one is read across refills).
+    let mut reader = BufReader::with_capacity(LINK_BUFFER, r);
     let broken = |why: String| ControlError::Broken(format!("{node}: {why}"));
     let nonce_c = nonce();
     w.write_all(format!("HELLO {} {nonce_c}\n", key.job).as_bytes())

@@ -53,6 +53,21 @@ fn amd_facts() -> Option<AmdFacts> {
     })
 }
 
+/// Raises this process's open-file limit to its hard limit: the coordinator holds one
+/// connection per worker for the whole job, and the usual soft limit (1024) would end a
+/// job of a thousand nodes. Returns the limit now in force.
+pub fn raise_open_files() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}
+
 /// The real path of `path`: no `.`, `..` or symbolic link. A part that does not exist yet
 /// (a folder mnd-srun will create) is kept as written after the real path of what exists.
 pub fn real_path(path: &Path) -> std::io::Result<PathBuf> {

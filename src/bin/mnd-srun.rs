@@ -20,6 +20,12 @@ async fn run(args: cli::Args, hostname: &str) -> Result<i32, Error> {
         resolve: &node::real_path,
     })?;
     log::debug!("plan: {:#?}", plan.redacted());
+    if plan.role == plan::Role::Coordinator {
+        let limit = node::raise_open_files();
+        if (limit as usize) < plan.nodes.len() + 300 {
+            log::warn!("open-file limit {limit} is below what {} workers need (one connection each); raise it (ulimit -n) for jobs this large", plan.nodes.len() - 1);
+        }
+    }
     if !matches!(plan.role, plan::Role::Idle(_)) {
         ssh::ensure(&plan.ssh_root, &user)?;
     }

@@ -15,7 +15,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 /// Checks the script before anything starts.
@@ -43,6 +43,10 @@ fn check_script(plan: &Plan) -> Result<(), LaunchError> {
     Ok(())
 }
 
+/// Connections being opened at once (handshakes and sshd probes): with thousands of
+/// workers the coordinator would otherwise open two descriptors per worker at the same time.
+const OPENING_AT_ONCE: usize = 256;
+
 /// Connects to a worker (recording the link in `connected` at once, so it can be told to
 /// abort whatever happens), waits for READY, then for its sshd banner from here.
 async fn ready_worker(
@@ -51,9 +55,13 @@ async fn ready_worker(
     key: &JobKey,
     deadline: Instant,
     connected: &std::sync::Mutex<Vec<Arc<WorkerLink>>>,
+    opening: &Semaphore,
 ) -> Result<(String, u16), LaunchError> {
     let controls: Vec<u16> = plan.ports.pairs.iter().map(|p| p.control).collect();
-    let (link, pair) = control::connect_any(&node, &controls, key, deadline).await?;
+    let (link, pair) = {
+        let _slot = opening.acquire().await.expect("never closed");
+        control::connect_any(&node, &controls, key, deadline).await?
+    };
     let sshd_port = plan.ports.pairs[pair].sshd;
     let link = Arc::new(link);
     connected.lock().expect("not poisoned").push(link.clone());
@@ -63,6 +71,7 @@ async fn ready_worker(
         return Err(LaunchError::Node { node, reason });
     }
     let banner_by = deadline.max(Instant::now() + plan.wait_timeout.min(Duration::from_secs(30)));
+    let _slot = opening.acquire().await.expect("never closed");
     probe::wait_banner(&node, sshd_port, banner_by)
         .await
         .map_err(|e| LaunchError::Node {
@@ -76,17 +85,20 @@ async fn ready_worker(
     Ok((node, sshd_port))
 }
 
-/// Waits for every worker, failing at the first one that fails. Links are recorded in
-/// `connected` as soon as they exist, so the caller can tell those workers to abort.
-async fn ready_workers(
+/// Waits for every worker, failing at the first one that fails; returns each worker's sshd
+/// port. Links are recorded in `connected` as soon as they exist, so the caller can tell
+/// those workers to abort (and later to stop). The coordinator's own path, public for the
+/// scale benchmark.
+pub async fn ready_workers(
     plan: &Plan,
     key: &JobKey,
     deadline: Instant,
     connected: &std::sync::Mutex<Vec<Arc<WorkerLink>>>,
 ) -> Result<Vec<(String, u16)>, LaunchError> {
+    let opening = Semaphore::new(OPENING_AT_ONCE);
     let mut pending: FuturesUnordered<_> = plan.nodes[1..]
         .iter()
-        .map(|n| ready_worker(plan, n.clone(), key, deadline, connected))
+        .map(|n| ready_worker(plan, n.clone(), key, deadline, connected, &opening))
         .collect();
     let mut ports = Vec::new();
     while let Some(r) = pending.next().await {
@@ -134,8 +146,13 @@ async fn share_ports(
     Ok(())
 }
 
+/// Tells every worker that the script ended (its container is removed, it exits 0).
+pub async fn stop_all(links: &[Arc<WorkerLink>]) {
+    futures_util::future::join_all(links.iter().map(|l| l.send(&Order::Stop))).await;
+}
+
 /// Tells every worker that could be reached to abort (best effort, a few seconds at most).
-async fn abort_all(plan: &Plan, key: &JobKey, links: Vec<Arc<WorkerLink>>, why: &str) {
+pub async fn abort_all(plan: &Plan, key: &JobKey, links: Vec<Arc<WorkerLink>>, why: &str) {
     let order = Order::Abort(why.to_string());
     let reached: Vec<String> = links.iter().map(|l| l.node.clone()).collect();
     let by = Instant::now() + Duration::from_secs(3);
@@ -335,8 +352,7 @@ pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
     let t_end = Instant::now();
     let result = match outcome {
         Outcome::Finished(code) => {
-            let stops = links.iter().map(|l| l.send(&Order::Stop));
-            futures_util::future::join_all(stops).await;
+            stop_all(&links).await;
             Ok(i32::try_from(code)
                 .ok()
                 .filter(|c| (0..=255).contains(c))

@@ -15,6 +15,8 @@ mod coordinator;
 mod timing;
 mod worker;
 
+pub use coordinator::{abort_all, ready_workers, stop_all};
+
 use crate::control::{ControlError, JobKey};
 use crate::docker::{DockerError, Engine, Lifeline};
 use crate::plan::{Plan, Role};
