@@ -85,25 +85,47 @@ pub async fn list(engine: &Engine, sel: &Selection) -> Result<Vec<Listed>, Clean
     Ok(found)
 }
 
-/// Renders `mnd ps` output.
-pub fn table(containers: &[Listed]) -> String {
+/// One `mnd ps` line: node, job, step, user, image, age, state, CPU, memory, name.
+fn table_line(f: [&str; 10]) -> String {
+    format!(
+        "{:<10} {:<9} {:>4} {:<10} {:<24} {:>5} {:<8} {:>6} {:>7} {}\n",
+        f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]
+    )
+}
+
+/// The header of `mnd ps`.
+pub fn table_header() -> String {
+    table_line([
+        "NODE", "JOB", "STEP", "USER", "IMAGE", "AGE", "STATE", "CPU%", "MEM", "NAME",
+    ])
+}
+
+/// Renders `mnd ps` rows: one per container, with its CPU and memory use when known.
+pub fn table(containers: &[Listed], usage: &[Option<(f64, u64)>]) -> String {
     let t = now();
-    let mut out = format!(
-        "{:<40} {:>8} {:>5} {:<10} {:<10} {:>8} {}\n",
-        "NAME", "JOB", "STEP", "USER", "NODE", "AGE", "STATE"
-    );
-    for c in containers {
+    let mut out = String::new();
+    for (i, c) in containers.iter().enumerate() {
         let l = |k: &str| c.labels.get(k).cloned().unwrap_or_default();
-        out.push_str(&format!(
-            "{:<40} {:>8} {:>5} {:<10} {:<10} {:>8} {}\n",
-            c.name,
-            l("mnd.job"),
-            l("mnd.step"),
-            l("mnd.user"),
-            l("mnd.node"),
-            age(t - c.created),
-            c.state
-        ));
+        let (cpu, mem) = match usage.get(i).copied().flatten() {
+            Some((cpu, mem)) => (
+                format!("{cpu:.1}"),
+                format!("{:.0}M", mem as f64 / 1048576.0),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        let image: String = c.image.chars().take(24).collect();
+        out.push_str(&table_line([
+            &l("mnd.node"),
+            &l("mnd.job"),
+            &l("mnd.step"),
+            &l("mnd.user"),
+            &image,
+            &age(t - c.created),
+            &c.state,
+            &cpu,
+            &mem,
+            &c.name,
+        ]));
     }
     out
 }

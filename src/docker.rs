@@ -137,6 +137,8 @@ pub struct Listed {
     pub id: String,
     /// Container name.
     pub name: String,
+    /// Image it was created from.
+    pub image: String,
     /// Labels.
     pub labels: HashMap<String, String>,
     /// Created, seconds since the epoch.
@@ -537,6 +539,50 @@ impl Engine {
         }
     }
 
+    /// CPU use (percent of one core, over the last second) and memory in bytes of a running
+    /// container, for `mnd ps`.
+    pub async fn usage(&self, id: &str) -> Option<(f64, u64)> {
+        let opts = bollard::query_parameters::StatsOptionsBuilder::default()
+            .stream(false)
+            .build();
+        let mut stats = self.docker.stats(id, Some(opts));
+        let s = within("stats", stats.next()).await.ok()??.ok()?;
+        let (cpu, pre) = (s.cpu_stats?, s.precpu_stats?);
+        let used = cpu.cpu_usage.as_ref()?.total_usage? as f64
+            - pre.cpu_usage.as_ref()?.total_usage? as f64;
+        let span = cpu.system_cpu_usage? as f64 - pre.system_cpu_usage.unwrap_or(0) as f64;
+        let cores = f64::from(cpu.online_cpus.unwrap_or(1).max(1));
+        let percent = if span > 0.0 {
+            used / span * cores * 100.0
+        } else {
+            0.0
+        };
+        let memory = s.memory_stats.and_then(|m| m.usage).unwrap_or(0);
+        Some((percent.max(0.0), memory))
+    }
+
+    /// The user and working directory a container runs as (for `mnd exec`).
+    pub async fn user_and_workdir(&self, id: &str) -> Result<(String, String), DockerError> {
+        let info = within("inspect", self.docker.inspect_container(id, None))
+            .await?
+            .map_err(api(format!("inspect of {id}")))?;
+        let config = info.config.unwrap_or_default();
+        Ok((
+            config.user.unwrap_or_default(),
+            config.working_dir.unwrap_or_else(|| "/".into()),
+        ))
+    }
+
+    /// Copies what a container printed to our output, following it with `follow`.
+    pub async fn print_logs(&self, id: &str, follow: bool) {
+        let opts = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .follow(follow)
+            .build();
+        forward_output(Box::pin(self.docker.logs(id, Some(opts)))).await;
+    }
+
     /// Containers carrying all these labels (`key=value` or `key`), running or not.
     pub async fn list(&self, labels: &[String]) -> Result<Vec<Listed>, DockerError> {
         let filters = HashMap::from([("label".to_string(), labels.to_vec())]);
@@ -551,6 +597,7 @@ impl Engine {
             .into_iter()
             .map(|c| Listed {
                 id: c.id.unwrap_or_default(),
+                image: c.image.unwrap_or_default(),
                 name: c
                     .names
                     .unwrap_or_default()

@@ -12,6 +12,7 @@ pub mod dockopts;
 pub mod error;
 pub mod hostlist;
 pub mod identity;
+pub mod jobtools;
 pub mod launch;
 pub mod manpage;
 pub mod node;

@@ -4,6 +4,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use mnd::cleanup::{self, Selection};
 use mnd::docker::Engine;
 use mnd::hostlist;
+use mnd::jobtools;
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 
@@ -30,7 +31,8 @@ enum Command {
         #[arg(long, default_value = "mnd")]
         command: String,
     },
-    /// List the mnd-srun containers on this node (yours, or everyone's with --all-users).
+    /// List the mnd-srun containers of your running jobs on every node of them (or of
+    /// everyone's with --all-users, as root): job, step, user, image, age, state, CPU, memory.
     Ps {
         /// Only this Slurm job.
         #[arg(long, value_name = "ID")]
@@ -38,6 +40,49 @@ enum Command {
         /// Every user's containers.
         #[arg(long)]
         all_users: bool,
+        /// This node only (what each node runs for the job-wide listing).
+        #[arg(long, hide = true)]
+        here: bool,
+    },
+    /// Run a command inside a running job's container, as the job's user: a shell, py-spy,
+    /// nvidia-smi. Only the job's owner (or root).
+    Exec {
+        /// The Slurm job.
+        #[arg(long, value_name = "ID")]
+        job: u64,
+        /// The node whose container (see `mnd ps`).
+        #[arg(long, value_name = "NODE", conflicts_with = "all")]
+        node: Option<String>,
+        /// Every node of the job, output labelled by node.
+        #[arg(long)]
+        all: bool,
+        /// Keep standard input open.
+        #[arg(short, long)]
+        interactive: bool,
+        /// A terminal (for a shell: -it).
+        #[arg(short, long)]
+        tty: bool,
+        /// This node only (what each node runs).
+        #[arg(long, hide = true)]
+        here: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Show what a job's containers printed (their sshd's log), per node.
+    Logs {
+        /// The Slurm job.
+        #[arg(long, value_name = "ID")]
+        job: u64,
+        /// Only this node.
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+        /// Keep following.
+        #[arg(short, long)]
+        follow: bool,
+        /// This node only (what each node runs).
+        #[arg(long, hide = true)]
+        here: bool,
     },
     /// Remove mnd-srun containers on this node. Safe as the Slurm Epilog: exits 0 when there
     /// is nothing to do or no Docker engine on the node.
@@ -127,22 +172,98 @@ fn run(cli: Cli) -> Result<(), String> {
             clap_complete::generate(shell, &mut cmd, command, &mut std::io::stdout());
             Ok(())
         }
-        Command::Ps { job, all_users } => {
-            let sel = Selection {
-                job,
-                uid: owner_filter(all_users, false)?,
-                older_than: None,
+        Command::Ps {
+            job,
+            all_users,
+            here,
+        } => {
+            if here || !jobtools::under_slurm() {
+                if !here {
+                    print!("{}", cleanup::table_header());
+                }
+                return ps_here(job, all_users);
+            }
+            let jobs = match job {
+                Some(j) => vec![j],
+                None => {
+                    jobtools::running_jobs(all_users && is_root()).map_err(|e| e.to_string())?
+                }
             };
-            runtime()?.block_on(async {
-                let Some(engine) = engine_or_nothing().await else {
-                    return Ok(());
-                };
-                let found = cleanup::list(&engine, &sel)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                print!("{}", cleanup::table(&found));
-                Ok(())
-            })
+            print!("{}", cleanup::table_header());
+            let mut rows = Vec::new();
+            for j in jobs {
+                let nodes = jobtools::job_nodes(j).map_err(|e| e.to_string())?;
+                let mut args = vec!["ps".to_string(), "--job".into(), j.to_string()];
+                if all_users {
+                    args.push("--all-users".into());
+                }
+                let out = on_job(j, &jobtools::Reach::All { nodes }, false, &args, true)?;
+                // srun --label prefixes "N: "; the rows carry their node already.
+                rows.extend(
+                    out.lines()
+                        .map(|l| l.split_once(": ").map_or(l, |(_, r)| r).to_string()),
+                );
+            }
+            rows.sort();
+            for r in rows {
+                println!("{r}");
+            }
+            Ok(())
+        }
+        Command::Exec {
+            job,
+            node,
+            all,
+            interactive,
+            tty,
+            here,
+            cmd,
+        } => {
+            if here || !jobtools::under_slurm() {
+                return exec_here(job, interactive, tty, cmd);
+            }
+            let reach = match (node, all) {
+                (Some(n), _) => jobtools::Reach::Node(n),
+                (None, true) => jobtools::Reach::All {
+                    nodes: jobtools::job_nodes(job).map_err(|e| e.to_string())?,
+                },
+                (None, false) => {
+                    return Err(
+                        "say where: --node NODE (see `mnd ps`), or --all for every node".into(),
+                    )
+                }
+            };
+            let mut args = vec!["exec".to_string(), "--job".into(), job.to_string()];
+            if interactive {
+                args.push("--interactive".into());
+            }
+            if tty {
+                args.push("--tty".into());
+            }
+            args.push("--".into());
+            args.extend(cmd);
+            on_job(job, &reach, tty, &args, false).map(|_| ())
+        }
+        Command::Logs {
+            job,
+            node,
+            follow,
+            here,
+        } => {
+            if here || !jobtools::under_slurm() {
+                return logs_here(job, follow);
+            }
+            let reach = match node {
+                Some(n) => jobtools::Reach::Node(n),
+                None => jobtools::Reach::All {
+                    nodes: jobtools::job_nodes(job).map_err(|e| e.to_string())?,
+                },
+            };
+            let mut args = vec!["logs".to_string(), "--job".into(), job.to_string()];
+            if follow {
+                args.push("--follow".into());
+            }
+            on_job(job, &reach, false, &args, false).map(|_| ())
         }
         Command::Cleanup {
             job,
@@ -193,6 +314,128 @@ fn run(cli: Cli) -> Result<(), String> {
             out.flush().map_err(|e| format!("cannot write output: {e}"))
         }
     }
+}
+
+fn is_root() -> bool {
+    nix::unistd::getuid().is_root()
+}
+
+/// Runs `mnd ARGS --here` on `reach` of job `job` through srun: output captured (for `ps`)
+/// or passed through; srun's failure (another user's job, a job not running) is an error.
+fn on_job(
+    job: u64,
+    reach: &jobtools::Reach,
+    pty: bool,
+    args: &[String],
+    capture: bool,
+) -> Result<String, String> {
+    let me = std::env::current_exe().map_err(|e| format!("cannot find mnd itself: {e}"))?;
+    let argv = jobtools::fan_out(&me, job, reach, pty, args);
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    if capture {
+        let out = cmd.output().map_err(|e| format!("cannot run srun: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "job {job}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let status = cmd.status().map_err(|e| format!("cannot run srun: {e}"))?;
+    match status.code() {
+        Some(0) => Ok(String::new()),
+        Some(code) => std::process::exit(code),
+        None => Err(format!("srun for job {job} ended by a signal")),
+    }
+}
+
+/// `mnd ps` on this node: rows with CPU and memory of each running container.
+fn ps_here(job: Option<u64>, all_users: bool) -> Result<(), String> {
+    let sel = Selection {
+        job,
+        uid: owner_filter(all_users, false)?,
+        older_than: None,
+    };
+    runtime()?.block_on(async {
+        let Some(engine) = engine_or_nothing().await else {
+            return Ok(());
+        };
+        let found = cleanup::list(&engine, &sel)
+            .await
+            .map_err(|e| e.to_string())?;
+        let usage = futures_util::future::join_all(found.iter().map(|c| async {
+            if c.state == "running" {
+                engine.usage(&c.id).await
+            } else {
+                None
+            }
+        }))
+        .await;
+        print!("{}", cleanup::table(&found, &usage));
+        Ok(())
+    })
+}
+
+/// The caller's running container of `job` on this node (root: anyone's); the newest step's.
+async fn job_container(engine: &Engine, job: u64) -> Result<mnd::docker::Listed, String> {
+    let sel = Selection {
+        job: Some(job),
+        uid: owner_filter(is_root(), false)?,
+        older_than: None,
+    };
+    let mut found: Vec<_> = cleanup::list(engine, &sel)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|c| c.state == "running")
+        .collect();
+    found.sort_by_key(|c| c.labels.get("mnd.step").and_then(|s| s.parse::<u64>().ok()));
+    let node = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    found.pop().ok_or_else(|| {
+        format!("no running container of job {job} of yours on {node} (see `mnd ps --job {job}`)")
+    })
+}
+
+/// `mnd exec` on this node: the command in the job's container, as its user.
+fn exec_here(job: u64, interactive: bool, tty: bool, cmd: Vec<String>) -> Result<(), String> {
+    let code = runtime()?.block_on(async {
+        let engine = Engine::connect().await.map_err(|e| e.to_string())?;
+        let c = job_container(&engine, job).await?;
+        let (user, workdir) = engine
+            .user_and_workdir(&c.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tty = tty && mnd::terminal::stdin_is_terminal();
+        let stdin = (interactive || tty).then(mnd::terminal::stdin_chunks);
+        let mut started = engine
+            .exec(&c.id, &user, &workdir, cmd, tty, stdin)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _raw = tty.then(mnd::terminal::RawMode::enter).flatten();
+        if let Some((rows, cols)) = tty.then(mnd::terminal::window_size).flatten() {
+            engine.resize(&started, rows, cols).await;
+        }
+        (&mut started.io).await;
+        engine.exit_code(&started).await.map_err(|e| e.to_string())
+    })?;
+    match code {
+        0 => Ok(()),
+        c => std::process::exit(i32::try_from(c).unwrap_or(1)),
+    }
+}
+
+/// `mnd logs` on this node.
+fn logs_here(job: u64, follow: bool) -> Result<(), String> {
+    runtime()?.block_on(async {
+        let engine = Engine::connect().await.map_err(|e| e.to_string())?;
+        let c = job_container(&engine, job).await?;
+        engine.print_logs(&c.id, follow).await;
+        Ok(())
+    })
 }
 
 fn main() -> ExitCode {

@@ -147,7 +147,7 @@ fn mnd_ps_shows_a_running_job_and_cleanup_removes_it() {
     let line = ps
         .stdout
         .lines()
-        .find(|l| l.starts_with(&name))
+        .find(|l| l.starts_with("node2") && l.contains(&name))
         .unwrap_or_else(|| panic!("{}", ps.all()));
     assert!(
         line.contains("alice") && line.contains("node2") && line.contains("running"),

@@ -9,4 +9,5 @@ mod hardening;
 mod images;
 mod launcher;
 mod teardown;
+mod tools;
 mod users;

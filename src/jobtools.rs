@@ -1,0 +1,153 @@
+//! Job-wide tools (`mnd ps`, `mnd exec`, `mnd logs`): under Slurm they reach a job's other
+//! nodes the Slurm way, `srun --jobid=ID --overlap`, which runs the same tool with `--here`
+//! on each node; Slurm itself refuses other users' jobs, and each node answers only for the
+//! caller's containers (root: everyone's). No daemon of mnd's own.
+
+use std::path::Path;
+use std::process::Command;
+use thiserror::Error;
+
+/// A job-wide tool that cannot run.
+#[derive(Debug, Error)]
+pub enum JobToolError {
+    /// A Slurm command failed or is missing.
+    #[error("{0}")]
+    Slurm(String),
+}
+
+/// Where on a job a tool runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// Every node of the job (`nodes` of them).
+    All {
+        /// Node count of the job.
+        nodes: u32,
+    },
+    /// One node.
+    Node(String),
+}
+
+/// The `srun` command line that runs `mnd ARGS --here` on `reach` of job `job`: one task per
+/// node, inside the job's allocation without taking its resources, output labelled by
+/// node when several nodes answer, and a terminal when `pty`.
+pub fn fan_out(mnd: &Path, job: u64, reach: &Reach, pty: bool, args: &[String]) -> Vec<String> {
+    let mut cmd = vec![
+        "srun".to_string(),
+        format!("--jobid={job}"),
+        "--overlap".into(),
+        "--quiet".into(),
+        "--ntasks-per-node=1".into(),
+    ];
+    match reach {
+        Reach::All { nodes } => {
+            cmd.push(format!("--nodes={nodes}"));
+            cmd.push("--label".into());
+        }
+        Reach::Node(node) => {
+            cmd.push("--nodes=1".into());
+            cmd.push(format!("--nodelist={node}"));
+        }
+    }
+    if pty {
+        cmd.push("--pty".into());
+    }
+    cmd.push(mnd.display().to_string());
+    // `--here` right after the subcommand: what follows `--` belongs to the user's command.
+    if let Some((sub, rest)) = args.split_first() {
+        cmd.push(sub.clone());
+        cmd.push("--here".into());
+        cmd.extend(rest.iter().cloned());
+    }
+    cmd
+}
+
+/// Runs a Slurm query command; its standard output.
+fn query(argv: &[&str]) -> Result<String, JobToolError> {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .map_err(|e| {
+            JobToolError::Slurm(format!(
+                "cannot run {}: {e} (is Slurm installed here?)",
+                argv[0]
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(JobToolError::Slurm(format!(
+            "{} failed: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Node count of a running job; an error names a job that is not running (or not the
+/// caller's to see).
+pub fn job_nodes(job: u64) -> Result<u32, JobToolError> {
+    let text = query(&[
+        "squeue",
+        "-h",
+        "-t",
+        "R",
+        "-j",
+        &job.to_string(),
+        "-o",
+        "%D",
+    ])?;
+    text.trim().parse().map_err(|_| {
+        JobToolError::Slurm(format!(
+            "job {job} is not running (squeue shows no running job {job})"
+        ))
+    })
+}
+
+/// The running jobs to look at: the caller's, or everyone's.
+pub fn running_jobs(everyone: bool) -> Result<Vec<u64>, JobToolError> {
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_default();
+    let mut argv = vec!["squeue", "-h", "-t", "R", "-o", "%i"];
+    if !everyone {
+        argv.extend(["-u", &user]);
+    }
+    Ok(query(&argv)?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect())
+}
+
+/// Whether Slurm commands are here (else the tools answer for this node only).
+pub fn under_slurm() -> bool {
+    which::which("squeue").is_ok() && which::which("srun").is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fan_out_runs_the_same_tool_here_on_the_jobs_nodes() {
+        let mnd = Path::new("/opt/mnd/bin/mnd");
+        let args = [
+            "exec".to_string(),
+            "--job".into(),
+            "42".into(),
+            "--".into(),
+            "py-spy".into(),
+            "dump".into(),
+        ];
+        let all = fan_out(mnd, 42, &Reach::All { nodes: 3 }, false, &args);
+        assert_eq!(
+            all.join(" "),
+            "srun --jobid=42 --overlap --quiet --ntasks-per-node=1 --nodes=3 --label /opt/mnd/bin/mnd exec --here --job 42 -- py-spy dump"
+        );
+        let one = fan_out(mnd, 42, &Reach::Node("node2".into()), true, &args[..3]);
+        assert_eq!(
+            one.join(" "),
+            "srun --jobid=42 --overlap --quiet --ntasks-per-node=1 --nodes=1 --nodelist=node2 --pty /opt/mnd/bin/mnd exec --here --job 42"
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! Job-wide tools end to end: `mnd ps`, `mnd exec` and `mnd logs` across a running job's
+//! nodes (through `srun --jobid --overlap`), for the job's owner only.
+
+use crate::cluster::*;
+use std::time::Duration;
+
+#[test]
+fn ps_exec_and_logs_reach_every_node_of_a_running_job_for_its_owner_only() {
+    let _g = shared();
+    let name = unique("tools");
+    let home = format!("{SHARED}/home/alice");
+    let (started, release) = (
+        format!("{home}/e2e-{name}.started"),
+        format!("{home}/e2e-{name}.release"),
+    );
+    let s = script(
+        "alice",
+        &format!("e2e-tools-{name}.sh"),
+        &format!("#!/bin/bash\necho $MND_JOB > ~/e2e-{name}.tmp && mv ~/e2e-{name}.tmp ~/e2e-{name}.started\n\
+                  while [ ! -e ~/e2e-{name}.release ]; do sleep 0.1; done\n"),
+    );
+    let job = {
+        let line = format!("{} --script=./{s}", srun_line(3, &name, ""));
+        std::thread::spawn(move || alice(&line))
+    };
+    wait_until("the job's script to start", Duration::from_secs(60), || {
+        std::path::Path::new(&started).exists()
+    });
+    let id = std::fs::read_to_string(&started)
+        .unwrap()
+        .trim()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string();
+    let ps = alice(&format!("mnd ps --job {id}"));
+    let exec2 = alice(&format!("mnd exec --job {id} --node node2 -- sh -c 'echo on=$(hostname) as=$(id -un) mpi=$(command -v mpirun)'"));
+    let exec_all = alice(&format!("mnd exec --job {id} --all -- hostname"));
+    let code = alice(&format!(
+        "mnd exec --job {id} --node node3 -- sh -c 'exit 7'"
+    ));
+    let logs = alice(&format!("mnd logs --job {id} --node node2"));
+    let bob = run_on(
+        "node1",
+        "bob",
+        &[
+            "bash",
+            "-c",
+            &format!("mnd exec --job {id} --node node2 -- id"),
+        ],
+    );
+    let mine = alice("mnd ps");
+    std::fs::write(&release, "").unwrap();
+    let r = job.join().unwrap();
+    assert_eq!(r.code, 0, "{}", r.all());
+
+    assert_eq!(ps.code, 0, "{}", ps.all());
+    assert!(ps.stdout.starts_with("NODE "), "{}", ps.all());
+    for node in NODES {
+        let row = ps
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(node))
+            .unwrap_or_else(|| panic!("no row for {node}:\n{}", ps.stdout));
+        assert!(
+            row.contains(&id)
+                && row.contains("alice")
+                && row.contains(IMAGE)
+                && row.contains("running"),
+            "{row}"
+        );
+    }
+    assert_eq!(exec2.code, 0, "{}", exec2.all());
+    assert!(
+        exec2
+            .stdout
+            .contains("on=node2 as=alice mpi=/usr/bin/mpirun"),
+        "{}",
+        exec2.all()
+    );
+    let mut hosts: Vec<&str> = exec_all.stdout.lines().collect();
+    hosts.sort();
+    assert_eq!(
+        hosts,
+        ["0: node1", "1: node2", "2: node3"],
+        "{}",
+        exec_all.all()
+    );
+    assert_eq!(code.code, 7, "the command's exit code: {}", code.all());
+    assert_eq!(logs.code, 0, "{}", logs.all());
+    assert_ne!(bob.code, 0, "bob reached alice's container: {}", bob.all());
+    assert!(!bob.stdout.contains("uid="), "{}", bob.all());
+    assert!(
+        mine.stdout.lines().filter(|l| l.contains(&name)).count() == 3,
+        "{}",
+        mine.all()
+    );
+    let _ = std::fs::remove_file(&release);
+    assert_clean(&name, Duration::from_secs(10));
+}
