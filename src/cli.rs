@@ -155,7 +155,8 @@ pub struct Args {
     #[arg(long, env = "MND_WAIT_TIMEOUT", value_name = "SECS")]
     pub wait_timeout: Option<u64>,
 
-    /// MASTER_PORT given to the script; default: derived from the job id.
+    /// MASTER_PORT given to the script; default: Slurm's third reserved port for the step,
+    /// else derived from the job and step ids.
     #[arg(long, env = "MND_MASTER_PORT", value_name = "PORT")]
     pub master_port: Option<u16>,
 

@@ -102,20 +102,23 @@ pub fn job_nodes(job: u64) -> Result<u32, JobToolError> {
     })
 }
 
-/// The running jobs to look at: the caller's, or everyone's.
-pub fn running_jobs(everyone: bool) -> Result<Vec<u64>, JobToolError> {
+/// The running jobs to look at, with their node counts: the caller's, or everyone's.
+pub fn running_jobs(everyone: bool) -> Result<Vec<(u64, u32)>, JobToolError> {
     let user = nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
         .flatten()
         .map(|u| u.name)
         .unwrap_or_default();
-    let mut argv = vec!["squeue", "-h", "-t", "R", "-o", "%i"];
+    let mut argv = vec!["squeue", "-h", "-t", "R", "-o", "%i %D"];
     if !everyone {
         argv.extend(["-u", &user]);
     }
     Ok(query(&argv)?
         .lines()
-        .filter_map(|l| l.trim().parse().ok())
+        .filter_map(|l| {
+            let (job, nodes) = l.trim().split_once(' ')?;
+            Some((job.parse().ok()?, nodes.trim().parse().ok()?))
+        })
         .collect())
 }
 

@@ -12,7 +12,11 @@ node1:S,node2:S,... in Slurm's node order (S = slots per node).
 S times the number of nodes.
 .TP
 .B MASTER_ADDR ", " MASTER_PORT
-The first node; a port derived from the job id (or \-\-master\-port).
+The first node; the third port Slurm reserved for the step, else a port derived from
+the job and step ids (or \-\-master\-port).
+.TP
+.B CUDA_VISIBLE_DEVICES ", " NVIDIA_VISIBLE_DEVICES ", " ROCR_VISIBLE_DEVICES ", " HIP_VISIBLE_DEVICES
+The step's GPUs as the container sees them (0..n\-1), and NVIDIA's physical ids.
 .TP
 .B NNODES ", " NODE_RANK
 Number of nodes; this node's index (0 in the script, each node's own in ssh sessions).
@@ -74,7 +78,7 @@ mnd\-srun \-\-container=IMAGE \-\-script=./train.sh      # one machine, no Slurm
 # inside train.sh:
 mpirun \-H $hostlist \-np $np python train.py
 pdsh \-w node[1\-4] 'torchrun \-\-nnodes=$NNODES \-\-node_rank=$NODE_RANK \\
-    \-\-master_addr=$MASTER_ADDR \-\-master_port=$MASTER_PORT train.py'
+    \-\-master_addr=$MASTER_ADDR \-\-master_port=$MASTER_PORT \-\-redirects 1 \-\-tee 1 train.py'
 .fi
 .SH "SEE ALSO"
 .BR mnd (1),

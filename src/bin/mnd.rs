@@ -184,20 +184,24 @@ fn run(cli: Cli) -> Result<(), String> {
                 return ps_here(job, all_users);
             }
             let jobs = match job {
-                Some(j) => vec![j],
+                Some(j) => vec![(j, jobtools::job_nodes(j).map_err(|e| e.to_string())?)],
                 None => {
                     jobtools::running_jobs(all_users && is_root()).map_err(|e| e.to_string())?
                 }
             };
             print!("{}", cleanup::table_header());
             let mut rows = Vec::new();
-            for j in jobs {
-                let nodes = jobtools::job_nodes(j).map_err(|e| e.to_string())?;
+            for (j, nodes) in jobs {
                 let mut args = vec!["ps".to_string(), "--job".into(), j.to_string()];
                 if all_users {
                     args.push("--all-users".into());
                 }
-                let out = on_job(j, &jobtools::Reach::All { nodes }, false, &args, true)?;
+                let out = match on_job(j, &jobtools::Reach::All { nodes }, false, &args, true) {
+                    Ok(out) => out,
+                    // A job that ended since squeue listed it has nothing left to show.
+                    Err(_) if job.is_none() => continue,
+                    Err(e) => return Err(e),
+                };
                 // srun --label prefixes "N: "; the rows carry their node already.
                 rows.extend(
                     out.lines()

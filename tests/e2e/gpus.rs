@@ -51,6 +51,19 @@ fn asked_of_docker(node: &str, label: &str) -> BTreeSet<u32> {
     asked[0].clone()
 }
 
+/// Runs `GPU_JOB` on 3 nodes with these srun and mnd-srun options; checks that it succeeded
+/// and that `hostlist` has `slots` per node.
+fn gpu_job(name: &str, srun_opts: &str, mnd_opts: &str, slots: u32) -> Run {
+    let s = script("alice", &format!("e2e-gpu-{name}.sh"), GPU_JOB);
+    let r = alice(&format!(
+        "srun -N3 {srun_opts} mnd-srun --container={IMAGE} --dockname={name} {mnd_opts} --script=./{s}"
+    ));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let want = format!("hostlist=node1:{slots},node2:{slots},node3:{slots}");
+    assert!(r.stdout.contains(&want), "{}", r.all());
+    r
+}
+
 fn ids(text: &str) -> BTreeSet<u32> {
     text.split(',')
         .filter(|s| !s.is_empty())
@@ -117,16 +130,12 @@ fn two_jobs_sharing_nodes_each_get_exactly_their_steps_nvidia_gpus() {
 #[test]
 fn amd_gets_kfd_the_steps_render_nodes_and_the_render_group() {
     let _g = shared();
-    let s = script("alice", "e2e-gpu-amd.sh", GPU_JOB);
     let name = unique("amd");
-    let r = alice(&format!(
-        "srun -N3 -n3 --gpus-per-node=2 mnd-srun --container={IMAGE} --dockname={name} --gpu-vendor=amd --envlist=SLURM_STEP_GPUS --script=./{s}"
-    ));
-    assert_eq!(r.code, 0, "{}", r.all());
-    assert!(
-        r.stdout.contains("hostlist=node1:2,node2:2,node3:2"),
-        "{}",
-        r.all()
+    let r = gpu_job(
+        &name,
+        "-n3 --gpus-per-node=2",
+        "--gpu-vendor=amd --envlist=SLURM_STEP_GPUS",
+        2,
     );
     let render = root_on("node1", &["getent", "group", "render"]).stdout;
     let render_gid = render.split(':').nth(2).unwrap().to_string();
@@ -159,16 +168,12 @@ fn amd_gets_kfd_the_steps_render_nodes_and_the_render_group() {
 #[test]
 fn gpus_per_task_and_gpus_outside_the_step() {
     let _g = shared();
-    let s = script("alice", "e2e-gpu-task.sh", GPU_JOB);
     let name = unique("pertask");
-    let r = alice(&format!(
-        "srun -N3 --ntasks-per-node=1 --gpus-per-task=1 mnd-srun --container={IMAGE} --dockname={name} --envlist=SLURM_STEP_GPUS --script=./{s}"
-    ));
-    assert_eq!(r.code, 0, "{}", r.all());
-    assert!(
-        r.stdout.contains("hostlist=node1:1,node2:1,node3:1"),
-        "{}",
-        r.all()
+    let r = gpu_job(
+        &name,
+        "--ntasks-per-node=1 --gpus-per-task=1",
+        "--envlist=SLURM_STEP_GPUS",
+        1,
     );
     for node in NODES {
         let line = node_line(&r.stdout, node);
@@ -186,6 +191,7 @@ fn gpus_per_task_and_gpus_outside_the_step() {
         ("other", "--gpus=7", "GPU 7 in --gpus is refused"),
     ] {
         let name = unique(tag);
+        let s = script("alice", "e2e-gpu-refused.sh", GPU_JOB);
         let r = alice(&format!(
             "srun -N3 -n3 --gres=gpu:1 mnd-srun --container={IMAGE} --dockname={name} {ask} --script=./{s}"
         ));
