@@ -121,11 +121,18 @@ pub(crate) fn check_safe(path: &Path, uid: u32, private: bool) -> Result<(), Ssh
     Ok(())
 }
 
-/// Checks that no folder above `path` can be changed by anyone but `uid` or root: someone
-/// who could rename a parent could swap the keys (and sshd's StrictModes refuses them).
-fn check_parents(path: &Path, uid: u32) -> Result<(), SshError> {
+/// Checks that no folder above `path`, up to the user's home (or `/` for a path outside
+/// it), can be changed by anyone but `uid` or root: someone who could rename one could swap
+/// the keys. These are the folders sshd's StrictModes checks too.
+fn check_parents(path: &Path, uid: u32, home: &Path) -> Result<(), SshError> {
     // Folders that do not exist yet are created 0700 by `ensure`.
-    for parent in path.ancestors().skip(1).filter(|p| p.exists()) {
+    let above = path.ancestors().skip(1);
+    let upto_home = above.scan(false, |past_home, p| {
+        let this = (!*past_home).then_some(p);
+        *past_home = *past_home || p == home;
+        this
+    });
+    for parent in upto_home.filter(|p| p.exists()) {
         let meta = fs::metadata(parent).map_err(io("inspect", parent))?;
         let unsafe_ = |reason: String| SshError::Unsafe {
             path: parent.to_path_buf(),
@@ -232,7 +239,7 @@ fn add_control_key(m: &Material) -> Result<(), SshError> {
 /// Makes sure the material exists under `root` and is safe to use; creates it on first use.
 pub fn ensure(root: &Path, who: &Identity) -> Result<Material, SshError> {
     let m = Material::paths(root, &who.name);
-    check_parents(root, who.uid)?;
+    check_parents(root, who.uid, &who.home)?;
     if !root.exists() {
         create_private_dir(root).map_err(io("create", root))?;
     }
@@ -367,18 +374,23 @@ mod tests {
         Identity::current().unwrap()
     }
 
-    /// A temporary folder whose parents only root or the owner can change (not /tmp).
+    /// The test's user with `home` as home (the material lives below it, as in real use).
+    fn me_at(home: &Path) -> Identity {
+        Identity {
+            home: home.to_path_buf(),
+            ..me()
+        }
+    }
+
     fn tempdir() -> tempfile::TempDir {
-        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-        fs::create_dir_all(&base).unwrap();
-        tempfile::tempdir_in(base).unwrap()
+        tempfile::tempdir().unwrap()
     }
 
     #[test]
     fn creates_material_once_with_safe_modes() {
         let t = tempdir();
         let root = t.path().join(".mnd/ssh");
-        let m = ensure(&root, &me()).unwrap();
+        let m = ensure(&root, &me_at(t.path())).unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
         assert_eq!(mode(&root), 0o700);
         assert_eq!(mode(&m.dir), 0o700);
@@ -391,7 +403,7 @@ mod tests {
         let known = fs::read_to_string(&m.known_hosts).unwrap();
         assert!(known.starts_with(&format!("mnd-{} ssh-ed25519 ", me().name)));
         // Second call reuses it.
-        let again = ensure(&root, &me()).unwrap();
+        let again = ensure(&root, &me_at(t.path())).unwrap();
         assert_eq!(fs::read_to_string(&again.client_key).unwrap(), key);
     }
 
@@ -403,7 +415,8 @@ mod tests {
             let hs: Vec<_> = (0..8)
                 .map(|_| {
                     s.spawn(|| {
-                        fs::read_to_string(ensure(&root, &me()).unwrap().client_key).unwrap()
+                        fs::read_to_string(ensure(&root, &me_at(t.path())).unwrap().client_key)
+                            .unwrap()
                     })
                 })
                 .collect();
@@ -421,13 +434,13 @@ mod tests {
     fn refuses_writable_or_readable_material() {
         let t = tempdir();
         let root = t.path().join("ssh");
-        let m = ensure(&root, &me()).unwrap();
+        let m = ensure(&root, &me_at(t.path())).unwrap();
         fs::set_permissions(&m.host_key, fs::Permissions::from_mode(0o640)).unwrap();
-        let e = ensure(&root, &me()).unwrap_err().to_string();
+        let e = ensure(&root, &me_at(t.path())).unwrap_err().to_string();
         assert!(e.contains("host_ed25519") && e.contains("0640"), "{e}");
         fs::set_permissions(&m.host_key, fs::Permissions::from_mode(0o600)).unwrap();
         fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
-        let e = ensure(&root, &me()).unwrap_err().to_string();
+        let e = ensure(&root, &me_at(t.path())).unwrap_err().to_string();
         assert!(e.contains("0777") && e.contains("chmod go-w"), "{e}");
     }
 
@@ -494,7 +507,7 @@ mod tests {
         let shared = t.path().join("group-home");
         fs::create_dir(&shared).unwrap();
         fs::set_permissions(&shared, fs::Permissions::from_mode(0o775)).unwrap();
-        let e = ensure(&shared.join(".mnd/ssh"), &me())
+        let e = ensure(&shared.join(".mnd/ssh"), &me_at(t.path()))
             .unwrap_err()
             .to_string();
         assert!(
@@ -502,6 +515,6 @@ mod tests {
             "{e}"
         );
         fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(ensure(&shared.join(".mnd/ssh"), &me()).is_ok());
+        assert!(ensure(&shared.join(".mnd/ssh"), &me_at(t.path())).is_ok());
     }
 }
