@@ -76,7 +76,7 @@ fn workers(from: usize, to: usize) {
                     let Ok(mut link) = server.accept(far).await else {
                         return;
                     };
-                    let _ = link.report(&Status::Ready).await;
+                    let _ = link.report(&Status::Ready("sha256:simulated".into())).await;
                     let _ = link.next_order().await;
                 }
             });

@@ -38,8 +38,8 @@ pub const HANDSHAKE_TIME: Duration = Duration::from_secs(5);
 pub enum Status {
     /// Still pulling the image, and making progress (the summary says how far).
     Pulling(String),
-    /// Container up, sshd answering.
-    Ready,
+    /// Container up, sshd answering; the id of the image it runs.
+    Ready(String),
     /// The worker could not start; why.
     Failed(String),
 }
@@ -261,7 +261,7 @@ impl CoordinatorLink {
     pub async fn report(&mut self, status: &Status) -> std::io::Result<()> {
         let line = match status {
             Status::Pulling(how_far) => format!("PULLING {}\n", one_line(how_far)),
-            Status::Ready => "READY\n".to_string(),
+            Status::Ready(image) => format!("READY {}\n", one_line(image)),
             Status::Failed(why) => format!("FAILED {}\n", one_line(why)),
         };
         self.writer.write_all(line.as_bytes()).await
@@ -420,14 +420,14 @@ async fn handshake(
 }
 
 impl WorkerLink {
-    /// Waits for the worker's final status line: `Ok(Ok(()))` for READY, `Ok(Err(why))` for
+    /// Waits for the worker's final status line: `Ok(Ok(image id))` for READY, `Ok(Err(why))` for
     /// FAILED. Every PULLING line on the way moves `deadline` to at least `grace` from then:
     /// a pull that makes progress keeps the job waiting, one that stalls for `grace` does not.
     pub async fn status(
         &self,
         deadline: &mut Instant,
         grace: Duration,
-    ) -> Result<Result<(), String>, ControlError> {
+    ) -> Result<Result<String, String>, ControlError> {
         let mut reader = self.reader.lock().await;
         let mut how_far = String::new();
         loop {
@@ -450,7 +450,7 @@ impl WorkerLink {
                         how_far = text.to_string();
                         *deadline = (*deadline).max(Instant::now() + grace);
                     }
-                    ("READY", _) => return Ok(Ok(())),
+                    ("READY", image) => return Ok(Ok(image.to_string())),
                     ("FAILED", why) => return Ok(Err(why.to_string())),
                     _ => return Ok(Err(line.clone())),
                 },
@@ -535,7 +535,9 @@ mod tests {
         let deadline = soon();
         let worker = tokio::spawn(async move {
             let mut link = server.accept(deadline).await.unwrap();
-            link.report(&Status::Ready).await.unwrap();
+            link.report(&Status::Ready("sha256:1".into()))
+                .await
+                .unwrap();
             link.next_order().await
         });
         let e = connect("127.0.0.1", port, &key(b"k", "2.0"), deadline)
@@ -556,7 +558,7 @@ mod tests {
             w.status(&mut deadline.clone(), Duration::from_secs(1))
                 .await
                 .unwrap(),
-            Ok(())
+            Ok("sha256:1".into())
         );
         drop(w);
         assert_eq!(worker.await.unwrap(), None);
@@ -613,7 +615,9 @@ mod tests {
                     .unwrap();
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            link.report(&Status::Ready).await.unwrap();
+            link.report(&Status::Ready("sha256:1".into()))
+                .await
+                .unwrap();
             // Then progress that stops: the coordinator gives up after the grace.
             link.report(&Status::Pulling("7/9 MB".into()))
                 .await
@@ -624,7 +628,10 @@ mod tests {
         let grace = Duration::from_millis(300);
         let t = Instant::now();
         let mut deadline = Instant::now() + grace;
-        assert_eq!(w.status(&mut deadline, grace).await.unwrap(), Ok(()));
+        assert_eq!(
+            w.status(&mut deadline, grace).await.unwrap(),
+            Ok("sha256:1".into())
+        );
         assert!(
             t.elapsed() > grace * 2,
             "the wait should have outlasted the grace"

@@ -242,6 +242,7 @@ pub(super) async fn start_container(
         engine,
         _lifeline: lifeline,
         sshd_port: port,
+        image_id: image.id,
     })
 }
 

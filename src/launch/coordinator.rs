@@ -47,6 +47,50 @@ fn check_script(plan: &Plan) -> Result<(), LaunchError> {
 /// workers the coordinator would otherwise open two descriptors per worker at the same time.
 const OPENING_AT_ONCE: usize = 256;
 
+/// A worker that answered READY.
+pub struct ReadyWorker {
+    /// Its node.
+    pub node: String,
+    /// The port its sshd listens on.
+    pub sshd_port: u16,
+    /// The id of the image its container runs.
+    pub image_id: String,
+}
+
+/// Every node must run the image the first node runs: a tag can point to different images
+/// on different nodes (built or pulled at other times), and a job of mixed images fails in
+/// ways that are hard to trace. The nodes that differ are named.
+fn check_one_image(
+    plan: &Plan,
+    running: &Running,
+    workers: &[ReadyWorker],
+) -> Result<(), LaunchError> {
+    let short = |id: &str| {
+        id.trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect::<String>()
+    };
+    let differ: Vec<&ReadyWorker> = workers
+        .iter()
+        .filter(|w| !w.image_id.is_empty() && w.image_id != running.image_id)
+        .collect();
+    let Some(first) = differ.first() else {
+        return Ok(());
+    };
+    let names: Vec<&str> = differ.iter().map(|w| w.node.as_str()).collect();
+    Err(LaunchError::Node {
+        node: names.join(","),
+        reason: format!(
+            "image '{}' there is {} but on {} it is {}: the tag points to different images on different nodes. Fix: pull or load the same image on every node (--pull=always), or name it by digest (IMAGE@sha256:...)",
+            plan.container.image,
+            short(&first.image_id),
+            plan.this_node(),
+            short(&running.image_id)
+        ),
+    })
+}
+
 /// Connects to a worker (recording the link in `connected` at once, so it can be told to
 /// abort whatever happens), waits for READY, then for its sshd banner from here.
 async fn ready_worker(
@@ -56,7 +100,7 @@ async fn ready_worker(
     deadline: Instant,
     connected: &std::sync::Mutex<Vec<Arc<WorkerLink>>>,
     opening: &Semaphore,
-) -> Result<(String, u16), LaunchError> {
+) -> Result<ReadyWorker, LaunchError> {
     let controls: Vec<u16> = plan.ports.pairs.iter().map(|p| p.control).collect();
     let (link, pair) = {
         let _slot = opening.acquire().await.expect("never closed");
@@ -67,9 +111,10 @@ async fn ready_worker(
     connected.lock().expect("not poisoned").push(link.clone());
     // The deadline moves while the worker's image pull makes progress.
     let mut deadline = deadline;
-    if let Err(reason) = link.status(&mut deadline, plan.wait_timeout).await? {
-        return Err(LaunchError::Node { node, reason });
-    }
+    let image_id = match link.status(&mut deadline, plan.wait_timeout).await? {
+        Ok(id) => id,
+        Err(reason) => return Err(LaunchError::Node { node, reason }),
+    };
     let banner_by = deadline.max(Instant::now() + plan.wait_timeout.min(Duration::from_secs(30)));
     let _slot = opening.acquire().await.expect("never closed");
     probe::wait_banner(&node, sshd_port, banner_by)
@@ -82,7 +127,11 @@ async fn ready_worker(
             ),
         })?;
     log::debug!("worker {node} ready (sshd port {sshd_port})");
-    Ok((node, sshd_port))
+    Ok(ReadyWorker {
+        node,
+        sshd_port,
+        image_id,
+    })
 }
 
 /// Waits for every worker, failing at the first one that fails; returns each worker's sshd
@@ -94,7 +143,7 @@ pub async fn ready_workers(
     key: &JobKey,
     deadline: Instant,
     connected: &std::sync::Mutex<Vec<Arc<WorkerLink>>>,
-) -> Result<Vec<(String, u16)>, LaunchError> {
+) -> Result<Vec<ReadyWorker>, LaunchError> {
     let opening = Semaphore::new(OPENING_AT_ONCE);
     let mut pending: FuturesUnordered<_> = plan.nodes[1..]
         .iter()
@@ -128,7 +177,7 @@ async fn share_ports(
         l.send(&order).await;
         let mut by = by;
         match l.status(&mut by, plan.wait_timeout).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(reason)) => Err(LaunchError::Node {
                 node: l.node.clone(),
                 reason,
@@ -281,7 +330,7 @@ pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
     // node fails the workers are told at once; when a worker fails, our own start (bounded)
     // is let finish so its container can be removed.
     let connected = std::sync::Mutex::new(Vec::new());
-    let started: Result<(Running, Vec<(String, u16)>), LaunchError> = {
+    let started: Result<(Running, Vec<ReadyWorker>), LaunchError> = {
         let (progress, _) = watch::channel(PullReport::default());
         let pairs = &plan.ports.pairs;
         let own_port = pairs
@@ -318,13 +367,22 @@ pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
     };
     let links = connected.into_inner().expect("not poisoned");
     let started = match started {
-        Ok((running, ports)) => match share_ports(plan, &running, &links, ports).await {
-            Ok(()) => Ok(running),
-            Err(e) => {
-                tear_down(plan, Some(&running.engine)).await;
-                Err(e)
+        Ok((running, workers)) => {
+            let agreed = match check_one_image(plan, &running, &workers) {
+                Ok(()) => {
+                    let ports = workers.into_iter().map(|w| (w.node, w.sshd_port)).collect();
+                    share_ports(plan, &running, &links, ports).await
+                }
+                Err(e) => Err(e),
+            };
+            match agreed {
+                Ok(()) => Ok(running),
+                Err(e) => {
+                    tear_down(plan, Some(&running.engine)).await;
+                    Err(e)
+                }
             }
-        },
+        }
         Err(e) => Err(e),
     };
     let running = match started {

@@ -83,6 +83,8 @@ struct Running {
     _lifeline: Lifeline,
     /// The port its sshd listens on.
     sshd_port: u16,
+    /// The id of the image it runs.
+    image_id: String,
 }
 
 fn node_err(plan: &Plan) -> impl Fn(String) -> LaunchError + '_ {

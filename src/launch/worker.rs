@@ -133,7 +133,7 @@ async fn worker_report(
             return Err(e.into());
         }
     };
-    let _ = link.report(&Status::Ready).await;
+    let _ = link.report(&Status::Ready(running.image_id.clone())).await;
     tokio::spawn(server.refuse_others());
     let outcome = loop {
         let order = tokio::select! {
@@ -150,7 +150,7 @@ async fn worker_report(
             .upload(&plan.container.name, &[ssh_config_file(plan, &node_ports)])
             .await
         {
-            Ok(()) => Status::Ready,
+            Ok(()) => Status::Ready(running.image_id.clone()),
             Err(e) => Status::Failed(e.to_string()),
         };
         let _ = link.report(&status).await;

@@ -98,3 +98,40 @@ fn ps_exec_and_logs_reach_every_node_of_a_running_job_for_its_owner_only() {
     let _ = std::fs::remove_file(&release);
     assert_clean(&name, Duration::from_secs(10));
 }
+
+#[test]
+fn a_node_whose_tag_points_to_another_image_is_named_and_nothing_runs() {
+    let _g = shared();
+    // node1 and node2 have mnd-vc-job:drift as the job image; node3 has another image under
+    // the same tag (built there later, say).
+    let tag = format!("mnd-vc-job:drift{}", std::process::id());
+    for node in ["node1", "node2"] {
+        let r = root_on(node, &["docker", "tag", IMAGE, &tag]);
+        assert_eq!(r.code, 0, "{}", r.all());
+    }
+    let other = format!(
+        "docker rm -f mk-drift >/dev/null 2>&1; docker run --name mk-drift {IMAGE} touch /rebuilt >/dev/null && \
+         docker commit mk-drift {tag} >/dev/null && docker rm mk-drift >/dev/null"
+    );
+    let r = root_on("node3", &["sh", "-c", &other]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let s = script("alice", "e2e-drift.sh", "#!/bin/sh\necho ran-anyway\n");
+    let name = unique("drift");
+    let r = alice(&format!(
+        "{} --pull=never --script=./{s}",
+        srun_line(3, &name, "").replace(IMAGE, &tag)
+    ));
+    for node in NODES {
+        root_on(node, &["docker", "rmi", &tag]);
+    }
+    assert_eq!(r.code, 125, "{}", r.all());
+    assert!(!r.stdout.contains("ran-anyway"), "{}", r.all());
+    assert!(
+        r.stderr.contains("node3")
+            && r.stderr
+                .contains("points to different images on different nodes"),
+        "{}",
+        r.all()
+    );
+    assert_clean(&name, Duration::from_secs(10));
+}
