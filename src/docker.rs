@@ -516,6 +516,19 @@ impl Engine {
         Ok(info.exit_code.unwrap_or(-1))
     }
 
+    /// Freezes (`pause`) or thaws a container's processes (`scontrol suspend` / `resume`).
+    pub async fn freeze(&self, name: &str, frozen: bool) -> Result<(), DockerError> {
+        let r = if frozen {
+            within("pause", self.docker.pause_container(name)).await?
+        } else {
+            within("unpause", self.docker.unpause_container(name)).await?
+        };
+        r.map_err(api(format!(
+            "{} of {name}",
+            if frozen { "pause" } else { "unpause" }
+        )))
+    }
+
     /// Sets the terminal size of a command started with `tty`.
     pub async fn resize(&self, started: &Started, rows: u16, cols: u16) {
         let opts = bollard::query_parameters::ResizeExecOptionsBuilder::default()

@@ -31,6 +31,21 @@ impl Signals {
         ])
     }
 
+    /// Subscribes to what Slurm sends to suspend and resume a job (`scontrol suspend`,
+    /// gang scheduling): SIGTSTP, then SIGSTOP after a grace time (2 s by default), and
+    /// SIGCONT on resume. The launcher pauses its container in the grace time.
+    pub fn suspend_resume() -> std::io::Result<Self> {
+        Self::subscribe(&[
+            (libc_num::SIGTSTP, SignalKind::from_raw(libc_num::SIGTSTP)),
+            (libc_num::SIGCONT, SignalKind::from_raw(libc_num::SIGCONT)),
+        ])
+    }
+
+    /// Whether `sig` (from `suspend_resume`) asks to suspend.
+    pub fn is_suspend(sig: i32) -> bool {
+        sig == libc_num::SIGTSTP
+    }
+
     fn subscribe(kinds: &[(i32, SignalKind)]) -> std::io::Result<Self> {
         let streams = kinds
             .iter()
@@ -98,6 +113,8 @@ pub fn signal_tree(root: i32, sig: i32) -> usize {
 mod libc_num {
     use nix::sys::signal::Signal as S;
     pub const SIGUSR1: i32 = S::SIGUSR1 as i32;
+    pub const SIGTSTP: i32 = S::SIGTSTP as i32;
+    pub const SIGCONT: i32 = S::SIGCONT as i32;
     pub const SIGUSR2: i32 = S::SIGUSR2 as i32;
     pub const SIGTERM: i32 = S::SIGTERM as i32;
     pub const SIGINT: i32 = S::SIGINT as i32;

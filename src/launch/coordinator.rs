@@ -4,7 +4,7 @@
 
 use super::container::{ssh_config_file, start_container};
 use super::timing::eprintln_timing;
-use super::{job_key, node_err, port_is_free, tear_down, LaunchError, Running};
+use super::{follow_suspend, job_key, node_err, port_is_free, tear_down, LaunchError, Running};
 use crate::control::{self, JobKey, Order, WorkerLink};
 use crate::docker::{self, DockerError, PullReport};
 use crate::plan::Plan;
@@ -287,8 +287,12 @@ async fn run_script(
     };
     let died = engine.wait_exit(&plan.container.name);
     tokio::pin!(lost, died);
+    let mut suspend = Signals::suspend_resume().ok();
     loop {
         tokio::select! {
+            Some(sig) = async { Some(suspend.as_mut()?.recv().await) }, if suspend.is_some() => {
+                follow_suspend(plan, engine, sig).await;
+            }
             () = &mut started.io => {
                 return match engine.exit_code(&started).await {
                     Ok(code) => Outcome::Finished(code),

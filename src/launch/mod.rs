@@ -111,6 +111,21 @@ fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
 }
 
+/// Follows a Slurm suspend (SIGTSTP) or resume (SIGCONT) of the step with this node's
+/// container: its processes are Docker's, not the step's, so Slurm's SIGSTOP never reaches
+/// them.
+async fn follow_suspend(plan: &Plan, engine: &Engine, sig: i32) {
+    let suspend = crate::signals::Signals::is_suspend(sig);
+    match engine.freeze(&plan.container.name, suspend).await {
+        Ok(()) => log::info!(
+            "{}: container {}",
+            plan.this_node(),
+            if suspend { "paused" } else { "resumed" }
+        ),
+        Err(e) => log::warn!("{}: {e}", plan.this_node()),
+    }
+}
+
 /// Removes this node's container, whatever state it is in.
 async fn tear_down(plan: &Plan, engine: Option<&Engine>) {
     let t0 = Instant::now();

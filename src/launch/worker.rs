@@ -2,7 +2,7 @@
 //! Reporting -> Serving (ports shared on request) -> TearingDown -> exit 0.
 
 use super::container::{ssh_config_file, start_container};
-use super::{job_key, node_err, port_is_free, tear_down, LaunchError, Running};
+use super::{follow_suspend, job_key, node_err, port_is_free, tear_down, LaunchError, Running};
 use crate::control::{self, ControlError, JobKey, Order, Status};
 use crate::docker::PullReport;
 use crate::plan::{Plan, PortPair};
@@ -135,8 +135,14 @@ async fn worker_report(
     };
     let _ = link.report(&Status::Ready(running.image_id.clone())).await;
     tokio::spawn(server.refuse_others());
+    let mut suspend = Signals::suspend_resume()
+        .map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
     let outcome = loop {
         let order = tokio::select! {
+            sig = suspend.recv() => {
+                follow_suspend(plan, &running.engine, sig).await;
+                continue;
+            }
             order = link.next_order() => order,
             sig = signals.recv() => break Err(LaunchError::Signal(sig)),
             code = running.engine.wait_exit(&plan.container.name) => break Err(node_err(plan)(format!("the container ended by itself (code {code}) while the job ran"))),
