@@ -115,41 +115,46 @@ fn a_zsh_user_with_a_linked_home_and_chatty_startup_files_runs_jobs() {
 }
 
 #[test]
-fn usr1_reaches_the_script_and_the_job_ends_with_its_code() {
+fn usr1_and_usr2_reach_the_script_and_the_job_ends_with_its_code() {
     let _g = shared();
     let home = format!("{SHARED}/home/alice");
-    let name = unique("usr1");
-    let (started, ckpt) = (
-        format!("{home}/e2e-{name}.started"),
-        format!("{home}/e2e-{name}.ckpt"),
-    );
-    let s = script(
-        "alice",
-        &format!("e2e-usr1-{name}.sh"),
-        &format!(
-            "#!/bin/bash\ntrap 'echo step-1234 > ~/e2e-{name}.ckpt; echo checkpointed; exit 0' USR1\n\
-             echo $MND_JOB > ~/e2e-{name}.started.tmp; mv ~/e2e-{name}.started.tmp ~/e2e-{name}.started\nwhile true; do sleep 0.2; done\n"
-        ),
-    );
-    let job = {
-        let name = name.clone();
-        std::thread::spawn(move || alice(&format!("{} --script=./{s}", srun_line(3, &name, ""))))
-    };
-    wait_until("the script to start", Duration::from_secs(60), || {
-        std::path::Path::new(&started).exists()
-    });
-    // What `srun --signal=USR1@T` does at T: SIGUSR1 to every task of the step.
-    let step = std::fs::read_to_string(&started).unwrap();
-    let r = alice(&format!("scancel --signal=USR1 {}", step.trim()));
-    assert_eq!(r.code, 0, "{}", r.all());
-    let r = job.join().unwrap();
-    assert_eq!(r.code, 0, "{}", r.all());
-    assert!(r.stdout.contains("checkpointed"), "{}", r.all());
-    assert_eq!(
-        std::fs::read_to_string(&ckpt).unwrap_or_default(),
-        "step-1234\n"
-    );
-    assert_clean(&name, CLEAN);
+    for sig in ["USR1", "USR2"] {
+        let name = unique(&sig.to_lowercase());
+        let (started, ckpt) = (
+            format!("{home}/e2e-{name}.started"),
+            format!("{home}/e2e-{name}.ckpt"),
+        );
+        let s = script(
+            "alice",
+            &format!("e2e-sig-{name}.sh"),
+            &format!(
+                "#!/bin/bash\ntrap 'echo step-1234 > ~/e2e-{name}.ckpt; echo checkpointed; exit 0' {sig}\n\
+                 echo $MND_JOB > ~/e2e-{name}.started.tmp; mv ~/e2e-{name}.started.tmp ~/e2e-{name}.started\nwhile true; do sleep 0.2; done\n"
+            ),
+        );
+        let job = {
+            let name = name.clone();
+            std::thread::spawn(move || {
+                alice(&format!("{} --script=./{s}", srun_line(3, &name, "")))
+            })
+        };
+        wait_until("the script to start", Duration::from_secs(60), || {
+            std::path::Path::new(&started).exists()
+        });
+        // What `srun --signal=USR1@T` does at T: the signal to every task of the step.
+        let step = std::fs::read_to_string(&started).unwrap();
+        let r = alice(&format!("scancel --signal={sig} {}", step.trim()));
+        assert_eq!(r.code, 0, "{sig}: {}", r.all());
+        let r = job.join().unwrap();
+        assert_eq!(r.code, 0, "{sig}: {}", r.all());
+        assert!(r.stdout.contains("checkpointed"), "{sig}: {}", r.all());
+        assert_eq!(
+            std::fs::read_to_string(&ckpt).unwrap_or_default(),
+            "step-1234\n",
+            "{sig}"
+        );
+        assert_clean(&name, CLEAN);
+    }
 }
 
 #[test]
