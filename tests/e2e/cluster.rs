@@ -312,3 +312,50 @@ pub fn pushed_image(tag: &str, layer_cmd: &str) -> String {
     assert!(image.ends_with(&local), "{image}");
     image
 }
+
+/// A 3-node job of alice whose script says it started (with its `JOB.STEP`), then holds
+/// until released, then prints `held-job-released`.
+pub struct HeldJob {
+    /// Slurm job id.
+    pub id: String,
+    release: String,
+    job: std::thread::JoinHandle<Run>,
+}
+
+impl HeldJob {
+    /// Starts the job as `name` (container prefix) with extra mnd-srun `flags`, and waits
+    /// until its script runs.
+    pub fn start(name: &str, flags: &str) -> HeldJob {
+        let home = format!("{SHARED}/home/alice");
+        let (started, release) = (
+            format!("{home}/e2e-{name}.started"),
+            format!("{home}/e2e-{name}.release"),
+        );
+        let _ = std::fs::remove_file(&started);
+        let _ = std::fs::remove_file(&release);
+        let s = script(
+            "alice",
+            &format!("e2e-held-{name}.sh"),
+            &format!(
+                "#!/bin/bash\necho $MND_JOB > ~/e2e-{name}.tmp && mv ~/e2e-{name}.tmp ~/e2e-{name}.started\n\
+                 while [ ! -e ~/e2e-{name}.release ]; do sleep 0.1; done\necho held-job-released\n"
+            ),
+        );
+        let line = format!("{} {flags} --script=./{s}", srun_line(3, name, ""));
+        let job = std::thread::spawn(move || alice(&line));
+        wait_until("the job's script to start", Duration::from_secs(60), || {
+            Path::new(&started).exists()
+        });
+        let label = std::fs::read_to_string(&started).unwrap();
+        let id = label.trim().split('.').next().unwrap().to_string();
+        HeldJob { id, release, job }
+    }
+
+    /// Lets the script end; returns how the job ended.
+    pub fn release(self) -> Run {
+        std::fs::write(&self.release, "").unwrap();
+        let r = self.job.join().unwrap();
+        let _ = std::fs::remove_file(&self.release);
+        r
+    }
+}

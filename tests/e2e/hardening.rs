@@ -236,32 +236,9 @@ fn a_setuid_root_program_and_a_tampered_account_cache_give_nothing() {
 #[test]
 fn a_stranger_on_the_control_port_is_refused_and_the_job_goes_on() {
     let _g = shared();
-    let home = format!("{SHARED}/home/alice");
-    let (started, release) = (
-        format!("{home}/e2e-ctl.started"),
-        format!("{home}/e2e-ctl.release"),
-    );
-    let _ = std::fs::remove_file(&started);
-    let _ = std::fs::remove_file(&release);
-    let s = script(
-        "alice",
-        "e2e-ctl.sh",
-        "#!/bin/bash\ntouch ~/e2e-ctl.started\nwhile [ ! -e ~/e2e-ctl.release ]; do sleep 0.1; done\necho job-went-on\n",
-    );
     let name = unique("ctl");
     let port = 26500;
-    let job = {
-        let name = name.clone();
-        std::thread::spawn(move || {
-            alice(&format!(
-                "{} --sshd-port={port} --script=./{s}",
-                srun_line(3, &name, "")
-            ))
-        })
-    };
-    wait_until("the job's script to start", Duration::from_secs(60), || {
-        std::path::Path::new(&started).exists()
-    });
+    let held = HeldJob::start(&name, &format!("--sshd-port={port}"));
     // bob speaks the protocol to node2's worker: greeting for alice's job, forged proof.
     let talk = format!(
         "exec 3<>/dev/tcp/node2/{} && printf 'HELLO x 00\\n' >&3 && timeout 5 head -n1 <&3",
@@ -273,10 +250,9 @@ fn a_stranger_on_the_control_port_is_refused_and_the_job_goes_on() {
         "{}",
         r.all()
     );
-    std::fs::write(&release, "").unwrap();
-    let r = job.join().unwrap();
+    let r = held.release();
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(r.stdout.contains("job-went-on"), "{}", r.all());
+    assert!(r.stdout.contains("held-job-released"), "{}", r.all());
     assert_clean(&name, CLEAN);
 }
 

@@ -8,31 +8,8 @@ use std::time::Duration;
 fn ps_exec_and_logs_reach_every_node_of_a_running_job_for_its_owner_only() {
     let _g = shared();
     let name = unique("tools");
-    let home = format!("{SHARED}/home/alice");
-    let (started, release) = (
-        format!("{home}/e2e-{name}.started"),
-        format!("{home}/e2e-{name}.release"),
-    );
-    let s = script(
-        "alice",
-        &format!("e2e-tools-{name}.sh"),
-        &format!("#!/bin/bash\necho $MND_JOB > ~/e2e-{name}.tmp && mv ~/e2e-{name}.tmp ~/e2e-{name}.started\n\
-                  while [ ! -e ~/e2e-{name}.release ]; do sleep 0.1; done\n"),
-    );
-    let job = {
-        let line = format!("{} --script=./{s}", srun_line(3, &name, ""));
-        std::thread::spawn(move || alice(&line))
-    };
-    wait_until("the job's script to start", Duration::from_secs(60), || {
-        std::path::Path::new(&started).exists()
-    });
-    let id = std::fs::read_to_string(&started)
-        .unwrap()
-        .trim()
-        .split('.')
-        .next()
-        .unwrap()
-        .to_string();
+    let held = HeldJob::start(&name, "");
+    let id = held.id.clone();
     let ps = alice(&format!("mnd ps --job {id}"));
     let exec2 = alice(&format!("mnd exec --job {id} --node node2 -- sh -c 'echo on=$(hostname) as=$(id -un) mpi=$(command -v mpirun)'"));
     let exec_all = alice(&format!("mnd exec --job {id} --all -- hostname"));
@@ -50,8 +27,7 @@ fn ps_exec_and_logs_reach_every_node_of_a_running_job_for_its_owner_only() {
         ],
     );
     let mine = alice("mnd ps");
-    std::fs::write(&release, "").unwrap();
-    let r = job.join().unwrap();
+    let r = held.release();
     assert_eq!(r.code, 0, "{}", r.all());
 
     assert_eq!(ps.code, 0, "{}", ps.all());
@@ -95,7 +71,6 @@ fn ps_exec_and_logs_reach_every_node_of_a_running_job_for_its_owner_only() {
         "{}",
         mine.all()
     );
-    let _ = std::fs::remove_file(&release);
     assert_clean(&name, Duration::from_secs(10));
 }
 

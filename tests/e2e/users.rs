@@ -360,31 +360,8 @@ print(f'rank {dist.get_rank()}/{dist.get_world_size()} grad-sum {grad.sum().item
 fn scontrol_suspend_pauses_every_container_and_resume_thaws_them() {
     let _g = shared();
     let name = unique("suspend");
-    let home = format!("{SHARED}/home/alice");
-    let (started, release) = (
-        format!("{home}/e2e-{name}.started"),
-        format!("{home}/e2e-{name}.release"),
-    );
-    let s = script(
-        "alice",
-        &format!("e2e-suspend-{name}.sh"),
-        &format!("#!/bin/bash\necho $MND_JOB > ~/e2e-{name}.tmp && mv ~/e2e-{name}.tmp ~/e2e-{name}.started\n\
-                  while [ ! -e ~/e2e-{name}.release ]; do sleep 0.1; done\necho resumed-ok\n"),
-    );
-    let job = {
-        let line = format!("{} --script=./{s}", srun_line(3, &name, ""));
-        std::thread::spawn(move || alice(&line))
-    };
-    wait_until("the script to start", Duration::from_secs(60), || {
-        std::path::Path::new(&started).exists()
-    });
-    let id = std::fs::read_to_string(&started)
-        .unwrap()
-        .trim()
-        .split('.')
-        .next()
-        .unwrap()
-        .to_string();
+    let held = HeldJob::start(&name, "");
+    let id = held.id.clone();
     let in_state = |status: &str| {
         NODES.iter().all(|n| {
             let r = root_on(
@@ -416,10 +393,8 @@ fn scontrol_suspend_pauses_every_container_and_resume_thaws_them() {
         Duration::from_secs(15),
         || in_state("running"),
     );
-    std::fs::write(&release, "").unwrap();
-    let r = job.join().unwrap();
-    let _ = std::fs::remove_file(&release);
+    let r = held.release();
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(r.stdout.contains("resumed-ok"), "{}", r.all());
+    assert!(r.stdout.contains("held-job-released"), "{}", r.all());
     assert_clean(&name, CLEAN);
 }
