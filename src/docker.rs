@@ -535,8 +535,10 @@ impl Engine {
             .h(i32::from(rows))
             .w(i32::from(cols))
             .build();
-        if let Err(e) = self.docker.resize_exec(&started.id, opts).await {
-            log::debug!("terminal resize: {}", reason(&e));
+        match within("resize", self.docker.resize_exec(&started.id, opts)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::debug!("terminal resize: {}", reason(&e)),
+            Err(e) => log::debug!("terminal resize: {e}"),
         }
     }
 

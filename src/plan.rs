@@ -76,6 +76,11 @@ impl Ports {
     pub fn preferred(&self) -> PortPair {
         self.pairs[0]
     }
+
+    /// The control ports of the pairs, in order (where a worker may listen).
+    pub fn controls(&self) -> Vec<u16> {
+        self.pairs.iter().map(|p| p.control).collect()
+    }
 }
 
 /// A bind mount.
@@ -202,6 +207,12 @@ impl Plan {
     /// This node's name.
     pub fn this_node(&self) -> &str {
         &self.nodes[self.node_rank]
+    }
+
+    /// How long an sshd may take to answer once its container started: `--wait-timeout`,
+    /// at most 30 s (the image pull is not part of it).
+    pub fn sshd_wait(&self) -> Duration {
+        self.wait_timeout.min(Duration::from_secs(30))
     }
 
     /// The plan with every environment value hidden (values of `--envlist` and `-e` may be

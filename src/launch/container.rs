@@ -54,8 +54,6 @@ fn session_env(plan: &Plan, image_env: &[String]) -> Result<Vec<(String, String)
     Ok(env)
 }
 
-/// The files this node's container gets: its accounts in /etc (the container's own layer:
-/// no mount may cover /etc) and the rest in `/.mnd`.
 /// Each node's sshd port as this node first assumes it: the preferred one, but its own.
 fn assumed_ports(plan: &Plan, own: u16) -> Vec<(String, u16)> {
     let preferred = plan.ports.preferred().sshd;
@@ -83,6 +81,8 @@ pub(super) fn ssh_config_file(plan: &Plan, node_ports: &[(String, u16)]) -> File
     }
 }
 
+/// The files this node's container gets: its accounts in /etc (the container's own layer:
+/// no mount may cover /etc) and the rest in `/.mnd`.
 fn files(
     plan: &Plan,
     env: &[(String, String)],
@@ -213,7 +213,7 @@ pub(super) async fn start_container(
     };
     log::debug!("container started after {:?}", t0.elapsed());
     // Readiness once the image is there is bounded by --wait-timeout (at most 30 s).
-    let sshd_by = Instant::now() + plan.wait_timeout.min(Duration::from_secs(30));
+    let sshd_by = Instant::now() + plan.sshd_wait();
     tokio::select! {
         r = probe::wait_banner("127.0.0.1", port, sshd_by) => {
             if let Err(e) = r {

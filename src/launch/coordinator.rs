@@ -101,10 +101,9 @@ async fn ready_worker(
     connected: &std::sync::Mutex<Vec<Arc<WorkerLink>>>,
     opening: &Semaphore,
 ) -> Result<ReadyWorker, LaunchError> {
-    let controls: Vec<u16> = plan.ports.pairs.iter().map(|p| p.control).collect();
     let (link, pair) = {
         let _slot = opening.acquire().await.expect("never closed");
-        control::connect_any(&node, &controls, key, deadline).await?
+        control::connect_any(&node, &plan.ports.controls(), key, deadline).await?
     };
     let sshd_port = plan.ports.pairs[pair].sshd;
     let link = Arc::new(link);
@@ -115,7 +114,7 @@ async fn ready_worker(
         Ok(id) => id,
         Err(reason) => return Err(LaunchError::Node { node, reason }),
     };
-    let banner_by = deadline.max(Instant::now() + plan.wait_timeout.min(Duration::from_secs(30)));
+    let banner_by = deadline.max(Instant::now() + plan.sshd_wait());
     let _slot = opening.acquire().await.expect("never closed");
     probe::wait_banner(&node, sshd_port, banner_by)
         .await
@@ -134,8 +133,8 @@ async fn ready_worker(
     })
 }
 
-/// Waits for every worker, failing at the first one that fails; returns each worker's sshd
-/// port. Links are recorded in `connected` as soon as they exist, so the caller can tell
+/// Waits for every worker, failing at the first one that fails; returns what each worker
+/// reported (its sshd port and image). Links are recorded in `connected` as soon as they exist, so the caller can tell
 /// those workers to abort (and later to stop). The coordinator's own path, public for the
 /// scale benchmark.
 pub async fn ready_workers(
@@ -149,11 +148,11 @@ pub async fn ready_workers(
         .iter()
         .map(|n| ready_worker(plan, n.clone(), key, deadline, connected, &opening))
         .collect();
-    let mut ports = Vec::new();
+    let mut ready = Vec::new();
     while let Some(r) = pending.next().await {
-        ports.push(r?);
+        ready.push(r?);
     }
-    Ok(ports)
+    Ok(ready)
 }
 
 /// When some node took another port pair than the preferred one, every container learns
@@ -205,11 +204,11 @@ pub async fn abort_all(plan: &Plan, key: &JobKey, links: Vec<Arc<WorkerLink>>, w
     let order = Order::Abort(why.to_string());
     let reached: Vec<String> = links.iter().map(|l| l.node.clone()).collect();
     let by = Instant::now() + Duration::from_secs(3);
+    let controls = plan.ports.controls();
     let others = plan.nodes[1..]
         .iter()
         .filter(|n| !reached.contains(n))
         .map(|n| async {
-            let controls: Vec<u16> = plan.ports.pairs.iter().map(|p| p.control).collect();
             if let Ok((l, _)) = control::connect_any(n, &controls, key, by).await {
                 l.send(&order).await;
             }
