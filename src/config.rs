@@ -226,6 +226,24 @@ impl SiteConfig {
         Self::parse(&text, &path)
     }
 
+    /// Loads the site config the admin named for the root side (plugstack.conf's
+    /// `config=`): it must exist and be root's alone, like every folder above it.
+    pub fn load_named(path: &Path) -> Result<Self, ConfigError> {
+        let dir = path.parent().unwrap_or(Path::new("/")).display().to_string();
+        if let Err(reason) = only_owner_can_change(path, 0) {
+            return Err(ConfigError::Untrusted {
+                path: path.to_path_buf(),
+                reason,
+                dir,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
     /// How the config is named in policy messages.
     pub fn name(&self) -> String {
         self.source.as_ref().map_or_else(

@@ -542,6 +542,23 @@ impl Engine {
         }
     }
 
+    /// A container's main process id on this node and its image id, when it is running.
+    pub async fn running_pid(&self, name: &str) -> Result<Option<(i32, String)>, DockerError> {
+        match within("inspect", self.docker.inspect_container(name, None)).await? {
+            Ok(info) => {
+                let pid = info
+                    .state
+                    .filter(|s| s.running == Some(true))
+                    .and_then(|s| s.pid)
+                    .and_then(|p| i32::try_from(p).ok())
+                    .filter(|p| *p > 0);
+                Ok(pid.map(|p| (p, info.image.unwrap_or_default())))
+            }
+            Err(e) if is_status(&e, &[404]) => Ok(None),
+            Err(e) => Err(api(format!("inspect of {name}"))(e)),
+        }
+    }
+
     /// Kills and removes a container (by name or id); a container already gone is fine.
     pub async fn remove(&self, name: &str) -> Result<(), DockerError> {
         let opts = RemoveContainerOptionsBuilder::default().force(true).build();
@@ -748,6 +765,13 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
                 .collect(),
         ),
         device_requests,
+        pid_mode: spec.host_namespaces.then(|| "host".into()),
+        uts_mode: spec.host_namespaces.then(|| "host".into()),
+        userns_mode: spec.host_namespaces.then(|| "host".into()),
+        cgroupns_mode: spec
+            .host_namespaces
+            .then_some(bollard::models::HostConfigCgroupnsModeEnum::HOST),
+        init: Some(spec.host_namespaces),
         mounts: Some(
             spec.mounts
                 .iter()

@@ -41,8 +41,13 @@ pub struct IdentityError {
 impl Identity {
     /// Looks up the real user of this process and all their groups.
     pub fn current() -> Result<Self, IdentityError> {
-        use nix::unistd::{getgrouplist, getuid, Gid, Group as NixGroup, User};
-        let uid = getuid();
+        Self::of_uid(nix::unistd::getuid().as_raw())
+    }
+
+    /// Looks up the user with this uid and all their groups (the root helper acting for a job).
+    pub fn of_uid(uid: u32) -> Result<Self, IdentityError> {
+        use nix::unistd::{getgrouplist, Gid, Group as NixGroup, Uid, User};
+        let uid = Uid::from_raw(uid);
         let fail = |what: String, reason: String| IdentityError { what, reason };
         let user = User::from_uid(uid)
             .map_err(|e| fail(format!("uid {uid}"), e.to_string()))?

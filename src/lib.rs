@@ -7,6 +7,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod direct;
 pub mod docker;
 pub mod dockopts;
 pub mod error;

@@ -94,6 +94,17 @@ pub struct Mount {
     pub read_only: bool,
 }
 
+impl Mount {
+    /// A node folder shown at the same path in the container.
+    pub fn same(path: &Path, read_only: bool) -> Self {
+        Mount {
+            source: path.to_path_buf(),
+            target: path.to_path_buf(),
+            read_only,
+        }
+    }
+}
+
 /// GPUs requested from Docker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Gpus {
@@ -161,6 +172,9 @@ pub struct ContainerSpec {
     pub extra_hosts: Vec<String>,
     /// Privileged.
     pub privileged: bool,
+    /// Direct mode: host pid, uts, cgroup and user namespaces, an init, and a program that
+    /// only keeps the container up; the step's tasks join its mount namespace.
+    pub host_namespaces: bool,
 }
 
 /// The script the coordinator runs.
@@ -265,7 +279,7 @@ pub enum PlanError {
     DockOpts(#[from] dockopts::DockOptsError),
 }
 
-fn usage(msg: impl Into<String>) -> PlanError {
+pub(crate) fn usage(msg: impl Into<String>) -> PlanError {
     PlanError::Usage(msg.into())
 }
 
@@ -495,6 +509,7 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
             .collect(),
         extra_hosts: opts.add_hosts.clone(),
         privileged,
+        host_namespaces: false,
     };
     let script = (role == Role::Coordinator).then(|| ScriptSpec {
         path: script_path,
@@ -629,7 +644,7 @@ fn ports(
     })
 }
 
-fn parse_mount(spec: &str) -> Result<Mount, PlanError> {
+pub(crate) fn parse_mount(spec: &str) -> Result<Mount, PlanError> {
     let parts: Vec<&str> = spec.split(':').collect();
     let (src, dst, ro) = match parts.as_slice() {
         [s] => (*s, *s, false),
@@ -670,24 +685,8 @@ fn mounts(
     i: &MountInputs,
     resolve: &dyn Fn(&Path) -> std::io::Result<PathBuf>,
 ) -> Result<Vec<Mount>, PlanError> {
-    let checked = |origin: MountOrigin, m: Mount| -> Result<Mount, PlanError> {
-        let source = resolve(&m.source).map_err(|e| {
-            usage(format!(
-                "mount source {} cannot be used: {e}. Fix: give an existing folder",
-                m.source.display()
-            ))
-        })?;
-        policy::check_mount_source(origin, &source)?;
-        policy::check_mount_prefix(i.site, origin, &source, &i.user.home, resolve)?;
-        policy::check_mount_target(&m.target)?;
-        Ok(Mount { source, ..m })
-    };
-    let same = |p: &Path, ro: bool| Mount {
-        source: p.to_path_buf(),
-        target: p.to_path_buf(),
-        read_only: ro,
-    };
-    let mut out = vec![checked(MountOrigin::Home, same(&i.user.home, false))?];
+    let checked = |origin: MountOrigin, m: Mount| checked_mount(i.site, i.user, origin, m, resolve);
+    let mut out = vec![checked(MountOrigin::Home, Mount::same(&i.user.home, false))?];
     for spec in &i.site.defaults.mounts {
         out.push(checked(MountOrigin::Site, parse_mount(spec)?)?);
     }
@@ -700,36 +699,63 @@ fn mounts(
     {
         out.push(checked(MountOrigin::User, parse_mount(spec)?)?);
     }
-    // A path shows inside the container at the same place when a mount of it (or of a
-    // folder above it) has the same source and target.
-    let covered = |p: &Path, ms: &[Mount]| {
-        ms.iter()
-            .any(|m| p.starts_with(&m.target) && m.source == m.target)
-    };
     if !covered(&i.facts.cwd, &out) {
-        let m = checked(MountOrigin::Workdir, same(&i.facts.cwd, false))?;
+        let m = checked(MountOrigin::Workdir, Mount::same(&i.facts.cwd, false))?;
         out.push(m);
     }
     if !covered(i.ssh_root, &out) {
-        let m = checked(MountOrigin::SshDir, same(i.ssh_root, true))?;
+        let m = checked(MountOrigin::SshDir, Mount::same(i.ssh_root, true))?;
         out.push(m);
     }
     if let Some(dir) = i.script.parent() {
         if !covered(i.script, &out) {
-            let m = checked(MountOrigin::ScriptDir, same(dir, true))?;
+            let m = checked(MountOrigin::ScriptDir, Mount::same(dir, true))?;
             out.push(m);
         }
     }
-    let mut seen = std::collections::BTreeSet::new();
-    for m in &out {
-        if !seen.insert(m.target.clone()) {
-            return Err(usage(format!(
-                "two mounts target {}: drop one of them",
-                m.target.display()
-            )));
-        }
-    }
+    distinct_targets(&out)?;
     Ok(out)
+}
+
+/// A mount with its source resolved (no `..`, no symbolic links) and checked against the
+/// mount rules for where it comes from.
+pub(crate) fn checked_mount(
+    site: &SiteConfig,
+    user: &Identity,
+    origin: MountOrigin,
+    m: Mount,
+    resolve: &dyn Fn(&Path) -> std::io::Result<PathBuf>,
+) -> Result<Mount, PlanError> {
+    let source = resolve(&m.source).map_err(|e| {
+        usage(format!(
+            "mount source {} cannot be used: {e}. Fix: give an existing folder",
+            m.source.display()
+        ))
+    })?;
+    policy::check_mount_source(origin, &source)?;
+    policy::check_mount_prefix(site, origin, &source, &user.home, resolve)?;
+    policy::check_mount_target(&m.target)?;
+    Ok(Mount { source, ..m })
+}
+
+/// A path shows inside the container at the same place when a mount of it (or of a folder
+/// above it) has the same source and target.
+pub(crate) fn covered(p: &Path, mounts: &[Mount]) -> bool {
+    mounts
+        .iter()
+        .any(|m| p.starts_with(&m.target) && m.source == m.target)
+}
+
+/// Refuses two mounts on one target.
+pub(crate) fn distinct_targets(mounts: &[Mount]) -> Result<(), PlanError> {
+    let mut seen = std::collections::BTreeSet::new();
+    match mounts.iter().find(|m| !seen.insert(m.target.clone())) {
+        Some(m) => Err(usage(format!(
+            "two mounts target {}: drop one of them",
+            m.target.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -946,7 +972,7 @@ pub fn parse_size(text: &str) -> Option<i64> {
         .and_then(|n| n.checked_mul(mult))
 }
 
-fn sanitize_name(s: &str) -> String {
+pub(crate) fn sanitize_name(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "_.-".contains(c) {

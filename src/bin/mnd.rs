@@ -84,6 +84,12 @@ enum Command {
         #[arg(long, hide = true)]
         here: bool,
     },
+    /// Root side of the SPANK plugin (run by slurmstepd).
+    #[command(hide = true)]
+    Direct {
+        #[command(subcommand)]
+        action: DirectAction,
+    },
     /// Remove mnd-srun containers on this node. Safe as the Slurm Epilog: exits 0 when there
     /// is nothing to do or no Docker engine on the node.
     Cleanup {
@@ -96,6 +102,26 @@ enum Command {
         /// Every user's containers (root only).
         #[arg(long)]
         all_users: bool,
+    },
+}
+
+/// The root side of the SPANK plugin (direct mode); slurmstepd runs these as root.
+#[derive(Subcommand)]
+enum DirectAction {
+    /// Start (or find) this node's container for a step: a request on stdin, a reply on stdout.
+    Up {
+        /// The site config the admin named in plugstack.conf (`config=`).
+        #[arg(long, value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
+    },
+    /// Remove this node's containers of a step.
+    Down {
+        /// The Slurm job.
+        #[arg(long, value_name = "ID")]
+        job: u32,
+        /// The step.
+        #[arg(long, value_name = "ID")]
+        step: String,
     },
 }
 
@@ -296,6 +322,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 Ok(())
             })
         }
+        Command::Direct { action } => direct(action),
         Command::Hostlist { action } => {
             let out = std::io::stdout().lock();
             let mut out = BufWriter::with_capacity(1 << 16, out);
@@ -440,6 +467,40 @@ fn logs_here(job: u64, follow: bool) -> Result<(), String> {
         engine.print_logs(&c.id, follow).await;
         Ok(())
     })
+}
+
+/// `mnd direct up|down`. `up` does its user lookups and path checks before any thread
+/// exists (one of them forks), then starts the runtime; SIGTERM (the task was killed)
+/// removes the container it was making.
+fn direct(action: DirectAction) -> Result<(), String> {
+    use mnd::direct::helper;
+    match action {
+        DirectAction::Up { config } => {
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+            let req = helper::read_request(std::io::stdin().lock()).map_err(|e| e.to_string())?;
+            let site = helper::site_config(config.as_deref()).map_err(|e| e.to_string())?;
+            let prepared = helper::prepare(&req, &site).map_err(|e| e.to_string())?;
+            runtime()?.block_on(async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .map_err(|e| e.to_string())?;
+                tokio::select! {
+                    reply = helper::up(&prepared) => {
+                        let reply = reply.map_err(|e| e.to_string())?;
+                        let text = serde_json::to_string(&reply).map_err(|e| e.to_string())?;
+                        println!("{text}");
+                        Ok(())
+                    }
+                    _ = term.recv() => {
+                        helper::remove(&prepared).await;
+                        Err("stopped (SIGTERM) while starting the container; removed it".into())
+                    }
+                }
+            })
+        }
+        DirectAction::Down { job, step } => runtime()?.block_on(async {
+            helper::down(job, &step).await.map(|_| ()).map_err(|e| e.to_string())
+        }),
+    }
 }
 
 fn main() -> ExitCode {

@@ -96,14 +96,8 @@ fn files(
         mode,
     };
     let dir = ssh::CONTAINER_DIR;
-    let shell = user.container_shell(&image.shells);
-    let mut files = vec![
-        file(
-            "/etc/passwd".into(),
-            user.merge_passwd(&image.passwd, &shell),
-            0o644,
-        ),
-        file("/etc/group".into(), user.merge_group(&image.group), 0o644),
+    let mut files = Vec::from(account_files(user, image));
+    files.extend([
         ssh_config_file(plan, &assumed_ports(plan, port)),
         file(
             format!("{dir}/sshd_config"),
@@ -115,7 +109,7 @@ fn files(
             ssh::sshd_config(&plan.ssh, &user.name, port, &[]),
             0o644,
         ),
-    ];
+    ]);
     files.extend(
         ssh::WRAPPED
             .iter()
@@ -246,8 +240,26 @@ pub(super) async fn start_container(
     })
 }
 
+/// The container's `/etc/passwd` and `/etc/group` (its own layer: no mount may cover /etc):
+/// the image's accounts with the user's merged in.
+pub(crate) fn account_files(user: &Identity, image: &ImageAccounts) -> [FileUpload; 2] {
+    let shell = user.container_shell(&image.shells);
+    [
+        FileUpload {
+            path: "/etc/passwd".into(),
+            content: user.merge_passwd(&image.passwd, &shell),
+            mode: 0o644,
+        },
+        FileUpload {
+            path: "/etc/group".into(),
+            content: user.merge_group(&image.group),
+            mode: 0o644,
+        },
+    ]
+}
+
 /// What the container's accounts are made from: the image's own files.
-struct ImageAccounts {
+pub(crate) struct ImageAccounts {
     passwd: String,
     group: String,
     shells: String,
@@ -281,17 +293,7 @@ async fn image_accounts(
             });
         }
     }
-    let name = &plan.container.name;
-    let (passwd, group, shells) = tokio::join!(
-        engine.read_file(name, "/etc/passwd"),
-        engine.read_file(name, "/etc/group"),
-        engine.read_file(name, "/etc/shells")
-    );
-    let accounts = ImageAccounts {
-        passwd: passwd?.unwrap_or_default(),
-        group: group?.unwrap_or_default(),
-        shells: shells?.unwrap_or_default(),
-    };
+    let accounts = read_image_accounts(engine, &plan.container.name).await?;
     // Best effort: write into a temporary folder, then rename it into place.
     let stored = ssh::create_private_dir(&root).and_then(|()| {
         let tmp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(&root)?;
@@ -312,6 +314,23 @@ async fn image_accounts(
         log::debug!("image account cache not written: {e}");
     }
     Ok(accounts)
+}
+
+/// The image's account files, read from a created container.
+pub(crate) async fn read_image_accounts(
+    engine: &Engine,
+    name: &str,
+) -> Result<ImageAccounts, DockerError> {
+    let (passwd, group, shells) = tokio::join!(
+        engine.read_file(name, "/etc/passwd"),
+        engine.read_file(name, "/etc/group"),
+        engine.read_file(name, "/etc/shells")
+    );
+    Ok(ImageAccounts {
+        passwd: passwd?.unwrap_or_default(),
+        group: group?.unwrap_or_default(),
+        shells: shells?.unwrap_or_default(),
+    })
 }
 
 /// Takes this user's image lock on this node (`~/.mnd/locks/pull-NODE.lock`); released when

@@ -10,7 +10,7 @@
 //! node's container by name, and a launcher killed with SIGKILL leaves a container whose
 //! stdin closes, so it ends and removes itself.
 
-mod container;
+pub(crate) mod container;
 mod coordinator;
 mod timing;
 mod worker;

@@ -1,0 +1,103 @@
+//! `mnd_spank.so`: the SPANK plugin of mnd-srun. `srun --mnd-image=IMAGE cmd` runs every
+//! task of the step inside its node's Docker container, as an ordinary Slurm task.
+//!
+//! Per step and node, the first task (in `task_init_privileged`, as root, under a lock)
+//! runs the root helper `mnd direct up`, which checks the request against the root-owned
+//! site policy and starts the container; every task then joins the container's mount
+//! namespace, takes the image's environment and can gain no privilege. `slurm_spank_exit`
+//! removes the step's container (`--mnd-name` ones live until the Epilog).
+//!
+//! The plugin starts no thread: slurmstepd forks the task children from it, and joining a
+//! mount namespace needs a single-threaded process. Docker work happens in the helper.
+
+mod join;
+mod options;
+mod step;
+
+use options::{PluginArgs, OPTIONS};
+use slurm_spank::{spank_log_error, Context, Plugin, SpankHandle, SpankOption, SPANK_PLUGIN};
+use std::error::Error;
+
+// Slurm 22.05 (only major.minor is compared when the plugin is loaded).
+SPANK_PLUGIN!(b"mnd_spank", 0x160500, MndSpank);
+
+/// The plugin's state in one slurmstepd (or srun/sbatch/salloc).
+#[derive(Default)]
+struct MndSpank {
+    args: PluginArgs,
+    step: Option<step::Step>,
+    /// In a task child: what the helper answered.
+    reply: Option<mnd::direct::Reply>,
+}
+
+unsafe impl Plugin for MndSpank {
+    fn init(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        self.args = PluginArgs::parse(&spank.plugin_argv()?)?;
+        if matches!(
+            spank.context()?,
+            Context::Local | Context::Remote | Context::Allocator
+        ) {
+            for o in OPTIONS {
+                spank.register_option(
+                    SpankOption::new(o.name)
+                        .takes_value(o.value)
+                        .usage(&o.usage()),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn init_post_opt(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        let given = options::given(spank)?;
+        match spank.context()? {
+            // Early and advisory: the root helper checks again, with the site policy.
+            Context::Local | Context::Allocator => {
+                if let Some(o) = &given {
+                    o.check().map_err(|e| format!("mnd: {e}"))?;
+                }
+            }
+            Context::Remote => {
+                if let Some(o) = given {
+                    self.step = step::Step::from_job(spank, o)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn task_init_privileged(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        let Some(step) = &self.step else {
+            return Ok(());
+        };
+        let reply = step.container(&self.args).map_err(|e| {
+            spank_log_error!("mnd: {}: {e}", step.node());
+            e
+        })?;
+        join::enter(reply.pid).map_err(|e| format!("mnd: {}: {e}", step.node()))?;
+        for name in &reply.unset_env {
+            spank.unsetenv(name)?;
+        }
+        for (name, value) in &reply.set_env {
+            spank.setenv(name, value, true)?;
+        }
+        self.reply = Some(reply);
+        Ok(())
+    }
+
+    fn task_init(&mut self, _spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        if let Some(dir) = self.reply.as_ref().and_then(|r| r.workdir.as_ref()) {
+            std::env::set_current_dir(dir)
+                .map_err(|e| format!("mnd: --mnd-workdir {}: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    fn exit(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        if let (Ok(Context::Remote), Some(step)) = (spank.context(), &self.step) {
+            step.finish(&self.args);
+        }
+        Ok(())
+    }
+}

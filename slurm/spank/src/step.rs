@@ -1,0 +1,184 @@
+//! One step on one node: what the helper is asked, the per-step lock that makes the first
+//! task start the container while the others wait, and the removal at the step's end.
+
+use crate::options::PluginArgs;
+use mnd::direct::{Options, Reply, Request};
+use nix::fcntl::{Flock, FlockArg};
+use slurm_spank::SpankHandle;
+use std::error::Error;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Step ids Slurm uses for the batch script, the extern step and `salloc`'s interactive
+/// step: they get no container.
+const SPECIAL_STEPS: [u32; 3] = [0xffff_fffb, 0xffff_fffc, 0xffff_fffa];
+
+/// A step with `--mnd-image`, as slurmstepd knows it.
+pub struct Step {
+    request: Request,
+}
+
+impl Step {
+    /// Reads the job from Slurm (remote `init_post_opt`, root); `None` for special steps.
+    pub fn from_job(spank: &mut SpankHandle, options: Options) -> Result<Option<Self>, Box<dyn Error>> {
+        let step = spank.job_stepid()?;
+        if SPECIAL_STEPS.contains(&step) {
+            return Ok(None);
+        }
+        let job = spank.job_id()?;
+        let uid = spank.job_uid()?;
+        let node = nix::unistd::gethostname()?
+            .to_string_lossy()
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        Ok(Some(Step {
+            request: Request {
+                job,
+                step,
+                node,
+                uid,
+                gid: spank.job_gid()?,
+                gids: spank.job_supplementary_gids()?,
+                // Known once slurmstepd has moved into it (`container`).
+                cwd: PathBuf::new(),
+                options,
+                slurm_dirs: pmix_dirs(uid, job, step),
+            },
+        }))
+    }
+
+    /// This node's name, for messages.
+    pub fn node(&self) -> &str {
+        &self.request.node
+    }
+
+    fn file(&self, args: &PluginArgs, ext: &str) -> PathBuf {
+        args.runtime_dir
+            .join(format!("{}.{}.{ext}", self.request.job, self.request.step))
+    }
+
+    /// The step's container on this node (in a task child, as root): the first task to
+    /// take the lock asks the helper and records the reply (or the failure, so the other
+    /// tasks fail at once with the same message); the others read it.
+    pub fn container(&self, args: &PluginArgs) -> Result<Reply, String> {
+        private_dir(&args.runtime_dir)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.file(args, "lock"))
+            .map_err(|e| format!("lock file in {}: {e}", args.runtime_dir.display()))?;
+        let _held = Flock::lock(lock, FlockArg::LockExclusive)
+            .map_err(|(_, e)| format!("lock in {}: {e}", args.runtime_dir.display()))?;
+        let (reply_file, error_file) = (self.file(args, "reply"), self.file(args, "error"));
+        if let Ok(text) = std::fs::read_to_string(&error_file) {
+            return Err(text);
+        }
+        if let Ok(text) = std::fs::read_to_string(&reply_file) {
+            return serde_json::from_str(&text).map_err(|e| format!("{}: {e}", reply_file.display()));
+        }
+        let answer = self.ask_helper(args);
+        let (file, text) = match &answer {
+            Ok(reply) => (reply_file, serde_json::to_string(reply).unwrap_or_default()),
+            Err(e) => (error_file, e.clone()),
+        };
+        std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?;
+        answer
+    }
+
+    /// Runs `mnd direct up` with a clean environment, the request on stdin. The working
+    /// directory is slurmstepd's: it moves into the step's before forking the tasks.
+    fn ask_helper(&self, args: &PluginArgs) -> Result<Reply, String> {
+        let request = Request {
+            cwd: std::env::current_dir().map_err(|e| format!("the step's working directory: {e}"))?,
+            ..self.request.clone()
+        };
+        let mut cmd = Command::new(&args.helper);
+        cmd.args(["direct", "up"]);
+        if let Some(config) = &args.config {
+            cmd.arg("--config").arg(config);
+        }
+        let mut child = cmd
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run the helper {}: {e}", args.helper.display()))?;
+        let request = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(&request).map_err(|e| format!("helper: {e}"))?;
+        }
+        let out = child.wait_with_output().map_err(|e| format!("helper: {e}"))?;
+        let said = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            let said = said.trim().trim_start_matches("mnd: ");
+            return Err(if said.is_empty() {
+                format!("the helper failed ({})", out.status)
+            } else {
+                said.to_string()
+            });
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("helper reply: {e}"))
+    }
+
+    /// At the step's end (slurmstepd, root): removes the step's container when one was
+    /// made, and the step's files.
+    pub fn finish(&self, args: &PluginArgs) {
+        let made = self.file(args, "reply").exists();
+        if made && self.request.options.name.is_none() {
+            let status = Command::new(&args.helper)
+                .args(["direct", "down", "--job"])
+                .arg(self.request.job.to_string())
+                .arg("--step")
+                .arg(self.request.step.to_string())
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .stdin(Stdio::null())
+                .status();
+            if !matches!(status, Ok(s) if s.success()) {
+                slurm_spank::spank_log_error!(
+                    "mnd: {}: removing the step's container failed ({status:?}); the Epilog removes it",
+                    self.node()
+                );
+            }
+        }
+        for ext in ["reply", "error", "lock"] {
+            let _ = std::fs::remove_file(self.file(args, ext));
+        }
+    }
+}
+
+/// Root's folder for the step files: created 0700, refused if anyone else could write it.
+fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(dir);
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() || meta.uid() != 0 || meta.permissions().mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} must be a folder of root's that nobody else can write",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The step's PMIx folders, which the tasks need at the same path: the server's (Slurm
+/// sets `PMIX_SERVER_TMPDIR` in slurmstepd) and the clients' (`spmix_appdir_UID_JOB.STEP`
+/// in `SLURM_PMIX_TMPDIR` or /tmp). Only those that exist (the step uses PMIx).
+fn pmix_dirs(uid: u32, job: u32, step: u32) -> Vec<PathBuf> {
+    let server = std::env::var_os("PMIX_SERVER_TMPDIR").map(PathBuf::from);
+    let tmp = std::env::var_os("SLURM_PMIX_TMPDIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    let client = tmp.join(format!("spmix_appdir_{uid}_{job}.{step}"));
+    server
+        .into_iter()
+        .chain(std::iter::once(client))
+        .filter(|d| d.is_dir())
+        .collect()
+}

@@ -1,0 +1,338 @@
+//! Direct mode (the SPANK plugin, `srun --mnd-image=IMAGE cmd`): every task of a step runs
+//! inside its node's container, as an ordinary Slurm task (Slurm's PMI, signals, cgroup,
+//! accounting and exit codes).
+//!
+//! The plugin runs in slurmstepd as root. The first task of a step on a node hands a
+//! [`Request`] (the user's option values, untouched, and what Slurm says about the job) to
+//! the root helper `mnd direct up`, which decides the container here ([`plan`], pure), under
+//! the root-owned site policy, starts it and answers with a [`Reply`]: the pid whose mount
+//! namespace every task joins and the environment the tasks get. Nothing the user sends is a
+//! Docker option.
+
+pub mod helper;
+
+use crate::config::SiteConfig;
+use crate::identity::Identity;
+use crate::plan::{self, usage, ContainerSpec, Gpus, Mount, PlanError};
+use crate::policy::{self, MountOrigin};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The user's options, as given (`--mnd-image` ... or the `MND_*` variables).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Options {
+    /// `--mnd-image`: the image.
+    pub image: String,
+    /// `--mnd-mounts`: `SRC[:DST][:ro]`, comma separated.
+    pub mounts: Option<String>,
+    /// `--mnd-workdir`: where the tasks start, inside the container.
+    pub workdir: Option<String>,
+    /// `--mnd-name`: a container kept for the job's later steps on the node.
+    pub name: Option<String>,
+    /// `--mnd-envlist`: variables whose value from the job wins over the image's.
+    pub envlist: Option<String>,
+}
+
+/// The options, checked for form (nothing here looks at the node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// The image.
+    pub image: String,
+    /// Mounts, sources not yet resolved.
+    pub mounts: Vec<Mount>,
+    /// Working directory in the container.
+    pub workdir: Option<PathBuf>,
+    /// Name of a job-lifetime container.
+    pub name: Option<String>,
+    /// Variables the job's value wins for.
+    pub envlist: Vec<String>,
+}
+
+/// What the plugin hands the root helper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Slurm job id.
+    pub job: u32,
+    /// Step id.
+    pub step: u32,
+    /// This node's name.
+    pub node: String,
+    /// The job's user.
+    pub uid: u32,
+    /// The job's primary group.
+    pub gid: u32,
+    /// The job's supplementary groups (from Slurm).
+    pub gids: Vec<u32>,
+    /// The step's working directory.
+    pub cwd: PathBuf,
+    /// The user's options.
+    pub options: Options,
+    /// Slurm's own folders the tasks need at the same path (PMIx server and client folders).
+    pub slurm_dirs: Vec<PathBuf>,
+}
+
+/// What the root helper answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The container's name.
+    pub container: String,
+    /// The container's init on this node; tasks join its mount namespace.
+    pub pid: i32,
+    /// Variables to set in every task (the image's, where the job's value does not win).
+    pub set_env: Vec<(String, String)>,
+    /// Variables to remove from every task.
+    pub unset_env: Vec<String>,
+    /// Where the tasks start, when `--mnd-workdir` was given.
+    pub workdir: Option<PathBuf>,
+}
+
+/// Variable set in every task, naming its container (`mnd-srun` sees it runs inside one).
+pub const CONTAINER_VAR: &str = "MND_DIRECT_CONTAINER";
+
+/// Label value of `mnd.step` for a `--mnd-name` container, which outlives its step.
+pub const NAMED_STEP: &str = "named";
+
+impl Options {
+    /// Checks the options' form: an image name without spaces or control characters, mounts
+    /// as `SRC[:DST][:ro]` with absolute paths, an absolute working directory, a name of
+    /// letters, digits, `_.-`, and variable names.
+    pub fn check(&self) -> Result<Checked, PlanError> {
+        let image = self.image.trim();
+        if image.is_empty() {
+            return Err(usage("--mnd-image is empty: give an image, e.g. --mnd-image=ubuntu:24.04"));
+        }
+        if image.len() > 255 || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(usage(format!(
+                "--mnd-image '{}' is not an image name (no spaces or control characters, at most 255 characters)",
+                image.escape_debug()
+            )));
+        }
+        let mounts = self
+            .mounts
+            .iter()
+            .flat_map(|m| m.split(','))
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                if m.chars().any(char::is_control) {
+                    return Err(usage(format!(
+                        "--mnd-mounts '{}' holds a control character",
+                        m.escape_debug()
+                    )));
+                }
+                plan::parse_mount(m)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let workdir = match self.workdir.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(w) if w.starts_with('/') && !w.chars().any(char::is_control) => {
+                Some(policy::lexical_clean(Path::new(w)))
+            }
+            Some(w) => {
+                return Err(usage(format!(
+                    "--mnd-workdir '{}' is not an absolute path",
+                    w.escape_debug()
+                )))
+            }
+        };
+        let name = match self.name.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(n)
+                if n.len() <= 64
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) =>
+            {
+                Some(n.to_string())
+            }
+            Some(n) => {
+                return Err(usage(format!(
+                    "--mnd-name '{}' may hold only letters, digits, '_', '.' and '-' (at most 64)",
+                    n.escape_debug()
+                )))
+            }
+        };
+        let envlist = self
+            .envlist
+            .iter()
+            .flat_map(|l| l.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                let ok = v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !v.starts_with(|c: char| c.is_ascii_digit());
+                if ok {
+                    Ok(v.to_string())
+                } else {
+                    Err(usage(format!(
+                        "--mnd-envlist: '{}' is not a variable name",
+                        v.escape_debug()
+                    )))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Checked {
+            image: image.to_string(),
+            mounts,
+            workdir,
+            name,
+            envlist,
+        })
+    }
+}
+
+impl Request {
+    /// The container's name on this node: per step, or per job and `--mnd-name`.
+    pub fn container_name(&self, user: &str, name: Option<&str>) -> String {
+        plan::sanitize_name(&match name {
+            Some(n) => format!("mnd-{user}-{}-{n}-{}", self.job, self.node),
+            None => format!("mnd-{user}-{}.{}-{}", self.job, self.step, self.node),
+        })
+    }
+}
+
+/// Decides this node's container for a direct-mode step: the image under the site's image
+/// rules, the user's home, the site's mounts, `--mnd-mounts` and the working directory under
+/// the mount rules (sources resolved by `resolve` as the user), Slurm's folders, the job's
+/// uid, gid and groups, no capabilities, `no-new-privileges`, host namespaces but mount.
+pub fn plan(
+    req: &Request,
+    site: &SiteConfig,
+    user: &Identity,
+    resolve: &dyn Fn(&Path) -> std::io::Result<PathBuf>,
+) -> Result<(ContainerSpec, Checked), PlanError> {
+    let opts = req.options.check()?;
+    policy::check_request(
+        site,
+        user,
+        &policy::Request {
+            image: &opts.image,
+            privileged: false,
+            dockopts: false,
+        },
+    )?;
+    let checked = |origin, m| plan::checked_mount(site, user, origin, m, resolve);
+    let mut mounts = vec![checked(MountOrigin::Home, Mount::same(&user.home, false))?];
+    for spec in &site.defaults.mounts {
+        mounts.push(checked(MountOrigin::Site, plan::parse_mount(spec)?)?);
+    }
+    for m in &opts.mounts {
+        mounts.push(checked(MountOrigin::User, m.clone())?);
+    }
+    if !plan::covered(&req.cwd, &mounts) {
+        mounts.push(checked(MountOrigin::Workdir, Mount::same(&req.cwd, false))?);
+    }
+    for dir in &req.slurm_dirs {
+        if !plan::covered(dir, &mounts) {
+            mounts.push(Mount::same(dir, false));
+        }
+    }
+    plan::distinct_targets(&mounts)?;
+    let shm_size = plan::parse_size(&site.defaults.shm_size).ok_or_else(|| {
+        usage(format!(
+            "site config {}: shm_size '{}' is not a size",
+            site.name(),
+            site.defaults.shm_size
+        ))
+    })?;
+    let labels = BTreeMap::from([
+        ("mnd.job".to_string(), req.job.to_string()),
+        (
+            "mnd.step".to_string(),
+            match opts.name {
+                Some(_) => NAMED_STEP.to_string(),
+                None => req.step.to_string(),
+            },
+        ),
+        ("mnd.user".to_string(), user.name.clone()),
+        ("mnd.uid".to_string(), user.uid.to_string()),
+        ("mnd.node".to_string(), req.node.clone()),
+        ("mnd.role".to_string(), "direct".to_string()),
+        (
+            "mnd.name".to_string(),
+            opts.name.clone().unwrap_or_default(),
+        ),
+    ]);
+    let mut group_add: Vec<String> = Vec::new();
+    for g in req.gids.iter().filter(|g| **g != req.gid) {
+        if !group_add.contains(&g.to_string()) {
+            group_add.push(g.to_string());
+        }
+    }
+    let spec = ContainerSpec {
+        name: req.container_name(&user.name, opts.name.as_deref()),
+        image: opts.image.clone(),
+        pull: crate::cli::Pull::Missing,
+        user: format!("{}:{}", req.uid, req.gid),
+        group_add,
+        labels,
+        mounts,
+        env: vec![
+            format!("HOME={}", user.home.display()),
+            format!("USER={}", user.name),
+            format!("LOGNAME={}", user.name),
+        ],
+        workdir: req.cwd.clone(),
+        network: "host".into(),
+        ipc: None,
+        shm_size: Some(shm_size),
+        ulimits: vec![],
+        devices: vec![],
+        gpus: Gpus::None,
+        cap_add: vec![],
+        cap_drop: vec!["ALL".into()],
+        security_opt: vec!["no-new-privileges=true".into()],
+        tmpfs: BTreeMap::new(),
+        extra_hosts: vec![],
+        privileged: false,
+        host_namespaces: true,
+    };
+    Ok((spec, opts))
+}
+
+/// Variables the image never sets in a task: who the task is, and what Slurm, PMI and the
+/// GPU plugins set per task.
+fn job_owned(name: &str) -> bool {
+    const EXACT: [&str; 9] = [
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "HOSTNAME",
+        "TERM",
+        "TMPDIR",
+        "GPU_DEVICE_ORDINAL",
+        CONTAINER_VAR,
+    ];
+    const PREFIXES: [&str; 4] = ["SLURM_", "PMI", "OMPI_", "MND_"];
+    EXACT.contains(&name)
+        || PREFIXES.iter().any(|p| name.starts_with(p))
+        || name.ends_with("_VISIBLE_DEVICES")
+}
+
+/// The tasks' environment changes: the image's variables (`PATH`, `LD_LIBRARY_PATH`, ...)
+/// except the job-owned ones and those named in `--mnd-envlist`; the host's locale removed
+/// unless the image sets it or the list keeps it; the container's name.
+pub fn task_env(
+    image_env: &[String],
+    envlist: &[String],
+    container: &str,
+) -> (Vec<(String, String)>, Vec<String>) {
+    let keep = |k: &str| envlist.iter().any(|e| e == k);
+    let mut set: Vec<(String, String)> = image_env
+        .iter()
+        .filter_map(|e| e.split_once('='))
+        .filter(|(k, _)| !job_owned(k) && !keep(k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let unset = ["LANG", "LANGUAGE", "LC_ALL"]
+        .iter()
+        .filter(|k| !keep(k) && !set.iter().any(|(s, _)| s == *k))
+        .map(|k| k.to_string())
+        .collect();
+    set.push((CONTAINER_VAR.to_string(), container.to_string()));
+    (set, unset)
+}
+
+#[cfg(test)]
+mod tests;

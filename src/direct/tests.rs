@@ -1,0 +1,196 @@
+use super::*;
+use crate::identity::test_user;
+
+fn request(options: Options) -> Request {
+    Request {
+        job: 42,
+        step: 3,
+        node: "node2".into(),
+        uid: 1001,
+        gid: 1001,
+        gids: vec![1001, 1500, 1500],
+        cwd: "/home/alice/proj".into(),
+        options,
+        slurm_dirs: vec!["/var/spool/slurmd/pmix.42.3".into()],
+    }
+}
+
+fn image(name: &str) -> Options {
+    Options {
+        image: name.into(),
+        ..Options::default()
+    }
+}
+
+/// Resolves every path to itself, but for a link `/home/alice/etc-link` to /etc.
+fn resolve(p: &Path) -> std::io::Result<PathBuf> {
+    if p.starts_with("/home/alice/etc-link") {
+        return Ok(PathBuf::from("/etc"));
+    }
+    Ok(p.to_path_buf())
+}
+
+fn planned(options: Options, site: &SiteConfig) -> Result<(ContainerSpec, Checked), PlanError> {
+    plan(&request(options), site, &test_user(), &resolve)
+}
+
+#[test]
+fn a_step_container_runs_as_the_job_with_nothing_extra() {
+    let (spec, _) = planned(image("ubuntu:24.04"), &SiteConfig::default()).unwrap();
+    assert_eq!(spec.name, "mnd-alice-42.3-node2");
+    assert_eq!(spec.user, "1001:1001");
+    assert_eq!(spec.group_add, vec!["1500".to_string()]);
+    assert_eq!(spec.cap_drop, vec!["ALL".to_string()]);
+    assert_eq!(spec.security_opt, vec!["no-new-privileges=true".to_string()]);
+    assert!(spec.host_namespaces && !spec.privileged && spec.devices.is_empty());
+    assert_eq!(spec.labels["mnd.step"], "3");
+    assert_eq!(spec.labels["mnd.role"], "direct");
+    let targets: Vec<_> = spec.mounts.iter().map(|m| m.target.clone()).collect();
+    assert!(targets.contains(&PathBuf::from("/var/spool/slurmd/pmix.42.3")));
+    assert!(spec.mounts.iter().any(|m| m.target == Path::new("/home/alice")));
+}
+
+#[test]
+fn a_named_container_is_the_jobs_not_the_steps() {
+    let opts = Options {
+        name: Some("warm".into()),
+        ..image("img")
+    };
+    let (spec, checked) = planned(opts, &SiteConfig::default()).unwrap();
+    assert_eq!(spec.name, "mnd-alice-42-warm-node2");
+    assert_eq!(spec.labels["mnd.step"], NAMED_STEP);
+    assert_eq!(checked.name.as_deref(), Some("warm"));
+}
+
+#[test]
+fn hostile_option_values_are_refused_with_the_option_named() {
+    let cases = [
+        (image(""), "--mnd-image is empty"),
+        (image("img --privileged"), "--mnd-image"),
+        (image("img\nx"), "--mnd-image"),
+        (
+            Options {
+                mounts: Some("relative:/x".into()),
+                ..image("img")
+            },
+            "absolute",
+        ),
+        (
+            Options {
+                mounts: Some("/a:/b:/c:/d".into()),
+                ..image("img")
+            },
+            "SRC[:DST][:ro]",
+        ),
+        (
+            Options {
+                mounts: Some("/data\n:/x".into()),
+                ..image("img")
+            },
+            "control character",
+        ),
+        (
+            Options {
+                name: Some("../../etc".into()),
+                ..image("img")
+            },
+            "--mnd-name",
+        ),
+        (
+            Options {
+                workdir: Some("rel/dir".into()),
+                ..image("img")
+            },
+            "--mnd-workdir",
+        ),
+        (
+            Options {
+                envlist: Some("PATH,A=B".into()),
+                ..image("img")
+            },
+            "--mnd-envlist",
+        ),
+    ];
+    for (opts, want) in cases {
+        let err = planned(opts.clone(), &SiteConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{opts:?}: {err}");
+    }
+}
+
+#[test]
+fn mounts_follow_the_mount_rules_after_resolving() {
+    let refused = |mounts: &str| {
+        planned(
+            Options {
+                mounts: Some(mounts.into()),
+                ..image("img")
+            },
+            &SiteConfig::default(),
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    assert!(refused("/home/alice/etc-link:/data").contains("/etc"));
+    assert!(refused("/var/run/docker.sock").contains("docker.sock"));
+    assert!(refused("/home/alice/d:/etc").contains("/etc"));
+    assert!(refused("/home/alice/a/../../../usr:/u").contains("/usr"));
+    assert!(refused("/data,/data").contains("two mounts target /data"));
+}
+
+#[test]
+fn site_rules_apply_to_images_and_mount_prefixes() {
+    let site = SiteConfig::parse(
+        "[policy]\nallowed_images = [\"registry.site/*\"]\nallowed_mount_prefixes = [\"/scratch\"]\n",
+        Path::new("/etc/mnd-srun/config.toml"),
+    )
+    .unwrap();
+    let err = planned(image("evil/img"), &site).unwrap_err().to_string();
+    assert!(err.contains("allowed_images"), "{err}");
+    let err = planned(
+        Options {
+            mounts: Some("/data".into()),
+            ..image("registry.site/img")
+        },
+        &site,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("allowed_mount_prefixes"), "{err}");
+    planned(
+        Options {
+            mounts: Some("/scratch/alice:/data:ro".into()),
+            ..image("registry.site/img")
+        },
+        &site,
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_image_sets_path_but_never_what_slurm_owns() {
+    let image_env = [
+        "PATH=/opt/conda/bin:/usr/bin",
+        "SLURM_PROCID=7",
+        "PMIX_RANK=3",
+        "CUDA_VISIBLE_DEVICES=0,1",
+        "HOME=/root",
+        "LANG=C.UTF-8",
+        "NCCL_DEBUG=INFO",
+    ]
+    .map(String::from);
+    let (set, unset) = task_env(&image_env, &["NCCL_DEBUG".into()], "c1");
+    let names: Vec<&str> = set.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["PATH", "LANG", CONTAINER_VAR]);
+    assert_eq!(unset, ["LANGUAGE", "LC_ALL"]);
+    let (_, unset) = task_env(&[], &["LC_ALL".into()], "c1");
+    assert_eq!(unset, ["LANG", "LANGUAGE"]);
+}
+
+#[test]
+fn requests_and_replies_survive_json() {
+    let req = request(image("img"));
+    let text = serde_json::to_string(&req).unwrap();
+    assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
+}
