@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # Site-wide install of mnd-srun: binaries, man pages, completions, the Slurm Epilog, an
-# example site config, and module files (Lmod and Environment Modules).
+# example site config, and module files (Lmod and Environment Modules); with --plugin also
+# the SPANK plugin (direct mode, users outside the docker group).
 #
-#   scripts/install.sh [--prefix DIR]              install (default /opt/mnd-srun); safe to re-run
+#   scripts/install.sh [--prefix DIR] [--plugin]   install (default /opt/mnd-srun); safe to re-run
 #   scripts/install.sh [--prefix DIR] --uninstall  remove exactly what was installed
+# --plugin builds lib/mnd_spank.so against this machine's Slurm (22.05; installs Debian's
+# libslurm-dev and libclang-dev when missing) and prints the plugstack.conf line.
 # DESTDIR=/stage puts the files under /stage/DIR while they refer to DIR (packaging, or a
 # prefix that is mounted elsewhere on the nodes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prefix=/opt/mnd-srun
 uninstall=0
+plugin=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) [ $# -ge 2 ] || { echo "install.sh: --prefix needs a folder" >&2; exit 2; }; prefix=$2; shift 2 ;;
     --prefix=*) prefix=${1#--prefix=}; shift ;;
     --uninstall) uninstall=1; shift ;;
+    --plugin) plugin=1; shift ;;
     -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "install.sh: unknown argument '$1' (use --prefix DIR, --uninstall)" >&2; exit 2 ;;
+    *) echo "install.sh: unknown argument '$1' (use --prefix DIR, --plugin, --uninstall)" >&2; exit 2 ;;
   esac
 done
 case "$prefix" in /*) ;; *) echo "install.sh: --prefix must be an absolute path, got '$prefix'" >&2; exit 2 ;; esac
@@ -40,6 +45,38 @@ if [ -z "${MND_INSTALL_FROM:-}" ]; then
   cargo build --release --bins -q
 fi
 [ -x "$bin_dir/mnd-srun" ] && [ -x "$bin_dir/mnd" ] || { echo "install.sh: no mnd-srun/mnd in $bin_dir" >&2; exit 1; }
+plugin_so=
+if [ "$plugin" = 1 ]; then
+  missing=
+  for p in libslurm-dev libclang-dev; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"
+  done
+  if [ -n "$missing" ]; then
+    echo "== installing build dependencies of the plugin:$missing"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null ||
+      { echo "install.sh: apt-get install$missing failed" >&2; exit 1; }
+  fi
+  # The plugin is built for one Slurm major.minor (slurmstepd refuses any other): the one
+  # of the headers, which must be the one srun has where there is an srun.
+  number=$(sed -n 's/^#define SLURM_VERSION_NUMBER 0x\([0-9a-fA-F]*\)/\1/p' /usr/include/slurm/slurm_version.h)
+  headers=$([ -n "$number" ] && printf '%d.%02d.%d' "0x${number:0:2}" "0x${number:2:2}" "0x${number:4:2}")
+  runs=$(srun -V 2>/dev/null | awk '{print $2}' || true)
+  case "$headers" in
+    22.05.*) ;;
+    *) echo "install.sh: --plugin builds for Slurm 22.05 (slurm-spank 0.2); the headers are '$headers'. For Slurm >= 23.11 use slurm-spank 0.4 in slurm/spank/Cargo.toml and that version in slurm/spank/src/lib.rs" >&2; exit 1 ;;
+  esac
+  if [ -n "$runs" ] && [ "${runs%.*}" != "${headers%.*}" ]; then
+    echo "install.sh: srun here is Slurm $runs but the headers are $headers: install the libslurm-dev of the running Slurm" >&2
+    exit 1
+  fi
+  # The plugin follows the binaries' profile: release, or the folder MND_INSTALL_FROM names.
+  profile=release
+  [ -n "${MND_INSTALL_FROM:-}" ] && [ "$(basename "$bin_dir")" = debug ] && profile=dev
+  echo "== building the SPANK plugin ($profile)"
+  cargo build -q --profile "$profile" -p mnd-spank
+  plugin_so=$bin_dir/libmnd_spank.so
+  [ -f "$plugin_so" ] || { echo "install.sh: the plugin build left no $plugin_so" >&2; exit 1; }
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 stage=$tmp/stage
@@ -56,6 +93,12 @@ chmod 0755 "$stage/slurm/epilog.sh"
 install -m 0644 slurm/slurm.conf.snippet "$stage/slurm/"
 sed -i "s|/opt/mnd-srun/slurm/epilog.sh|$prefix/slurm/epilog.sh|" "$stage/slurm/slurm.conf.snippet"
 install -m 0644 slurm/config.toml.example "$stage/etc/config.toml.example"
+plugstack_line="required $prefix/lib/mnd_spank.so helper=$prefix/bin/mnd"
+if [ -n "$plugin_so" ]; then
+  mkdir -p "$stage/lib"
+  install -m 0755 "$plugin_so" "$stage/lib/mnd_spank.so"
+  sed "s|/opt/mnd-srun/|$prefix/|g" slurm/plugstack.conf.example >"$stage/slurm/plugstack.conf.example"
+fi
 version=$("$bin_dir/mnd-srun" --version | awk '{print $2}')
 cat >"$stage/modulefiles/lmod/mnd-srun/$version.lua" <<LUA
 -- Lmod module for mnd-srun $version
@@ -84,3 +127,8 @@ echo "  users:  module use $prefix/modulefiles/lmod && module load mnd-srun   (L
 echo "          module use $prefix/modulefiles/tcl && module load mnd-srun    (Environment Modules)"
 echo "  admins: add to slurm.conf: Epilog=$prefix/slurm/epilog.sh (see $prefix/slurm/slurm.conf.snippet)"
 echo "          site config: cp $prefix/etc/config.toml.example /etc/mnd-srun/config.toml"
+if [ -n "$plugin_so" ]; then
+  echo "  plugin: add this line to /etc/slurm/plugstack.conf on every node and login node"
+  echo "          (see $prefix/slurm/plugstack.conf.example for config= and runtime_dir=):"
+  echo "$plugstack_line"
+fi

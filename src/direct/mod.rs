@@ -228,13 +228,6 @@ pub fn plan(
         }
     }
     plan::distinct_targets(&mounts)?;
-    let shm_size = plan::parse_size(&site.defaults.shm_size).ok_or_else(|| {
-        usage(format!(
-            "site config {}: shm_size '{}' is not a size",
-            site.name(),
-            site.defaults.shm_size
-        ))
-    })?;
     let labels = BTreeMap::from([
         ("mnd.job".to_string(), req.job.to_string()),
         (
@@ -274,8 +267,10 @@ pub fn plan(
         ],
         workdir: req.cwd.clone(),
         network: "host".into(),
-        ipc: None,
-        shm_size: Some(shm_size),
+        // The node's /dev/shm, as the tasks would have without a container: Slurm's PMIx
+        // server (outside the container) shares its segments with them there.
+        ipc: Some("host".into()),
+        shm_size: None,
         ulimits: vec![],
         devices: vec![],
         gpus: Gpus::None,

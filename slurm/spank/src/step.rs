@@ -98,6 +98,7 @@ impl Step {
             cwd: std::env::current_dir().map_err(|e| format!("the step's working directory: {e}"))?,
             ..self.request.clone()
         };
+        root_only(&args.helper)?;
         let mut cmd = Command::new(&args.helper);
         cmd.args(["direct", "up"]);
         if let Some(config) = &args.config {
@@ -153,6 +154,23 @@ impl Step {
             let _ = std::fs::remove_file(self.file(args, ext));
         }
     }
+}
+
+/// The helper runs as root: it and every folder above it must be root's and writable by
+/// nobody else.
+fn root_only(helper: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    for p in helper.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+        let meta = std::fs::metadata(p).map_err(|e| format!("the helper {}: {e}", p.display()))?;
+        if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "the helper {} is not run: {} must be root's and writable by nobody else (plugstack.conf helper=)",
+                helper.display(),
+                p.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Root's folder for the step files: created 0700, refused if anyone else could write it.
