@@ -101,6 +101,11 @@ pub fn run_on(node: &str, user: &str, argv: &[&str]) -> Run {
     Run::from(out, t.elapsed())
 }
 
+/// Runs a shell command line on node1 as dave, who is not in the docker group (direct mode).
+pub fn dave(cmdline: &str) -> Run {
+    run_on("node1", "dave", &["bash", "-c", cmdline])
+}
+
 /// Runs a shell command line on node1 as alice (for srun/sbatch invocations).
 pub fn alice(cmdline: &str) -> Run {
     run_on("node1", "alice", &["bash", "-c", cmdline])
@@ -113,6 +118,7 @@ pub fn script(user: &str, name: &str, body: &str) -> String {
         "alice" => 1001,
         "bob" => 1002,
         "carol" => 1003,
+        "dave" => 1004,
         _ => panic!("unknown test user {user}"),
     };
     let path = Path::new(SHARED).join("home").join(user).join(name);

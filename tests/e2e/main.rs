@@ -4,6 +4,7 @@
 
 mod admin;
 mod cluster;
+mod direct;
 mod gpus;
 mod hardening;
 mod images;

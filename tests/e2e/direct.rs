@@ -1,0 +1,139 @@
+//! Direct mode through the SPANK plugin (`srun --mnd-image=IMAGE cmd`), installed on the
+//! cluster by `scripts/install.sh --plugin`. Jobs run as dave, who is not in the docker group
+//! and cannot reach the Docker socket: only the plugin's root side starts containers.
+
+use crate::cluster::*;
+use std::time::Duration;
+
+const CLEAN: Duration = Duration::from_secs(15);
+
+/// No direct-mode container of dave's and no step file of the plugin on any node.
+fn assert_nothing_left() {
+    assert_clean("mnd-dave-", CLEAN);
+    for node in NODES {
+        wait_until(
+            &format!("the plugin's step files on {node} to go"),
+            CLEAN,
+            || {
+                let r = root_on(node, &["sh", "-c", "ls -A /run/mnd-spank 2>/dev/null | wc -l"]);
+                r.code == 0 && r.stdout.trim() == "0"
+            },
+        );
+    }
+}
+
+#[test]
+fn every_task_runs_in_its_nodes_container_as_a_user_outside_the_docker_group() {
+    let _g = shared();
+    let denied = run_on("node1", "dave", &["docker", "ps"]);
+    assert!(
+        denied.code != 0 && denied.stderr.contains("permission denied"),
+        "dave must not reach the Docker socket: {}",
+        denied.all()
+    );
+    // mpirun is in the image only: the nodes have none.
+    assert_ne!(root_on("node2", &["test", "-e", "/usr/bin/mpirun"]).code, 0);
+    let r = dave(&format!(
+        "srun -N3 --ntasks-per-node=2 -l --mnd-image={IMAGE} bash -c \
+         'echo \"$(hostname) id=$(id -u):$(id -g) groups=$(id -G) image=$(test -x /usr/bin/mpirun && echo yes) \
+          pwd=$PWD user=$(whoami) $(grep -E \"^(NoNewPrivs|CapBnd|CapEff)\" /proc/self/status | tr -s \"\\t\" \" \" | tr \"\\n\" \" \")\"'"
+    ));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "{}", r.all());
+    for node in NODES {
+        assert_eq!(
+            lines.iter().filter(|l| l.contains(&format!(" {node} "))).count(),
+            2,
+            "two tasks on {node}: {}",
+            r.all()
+        );
+    }
+    for l in &lines {
+        for want in [
+            "id=1004:1004",
+            "groups=1004 1500",
+            "image=yes",
+            "pwd=/shared/home/dave",
+            "user=dave",
+            "NoNewPrivs: 1",
+            "CapBnd: 0000000000000000",
+            "CapEff: 0000000000000000",
+        ] {
+            assert!(l.contains(want), "'{want}' missing in: {l}");
+        }
+    }
+    assert_nothing_left();
+}
+
+#[test]
+fn mpi4py_allreduce_runs_on_sruns_pmix_across_three_nodes() {
+    let _g = shared();
+    let r = dave(&format!(
+        "srun -N3 --ntasks-per-node=2 --mpi=pmix --mnd-image={IMAGE} python3 -c \
+         'from mpi4py import MPI; c = MPI.COMM_WORLD; print(\"sum\", c.allreduce(c.rank + 1), \"size\", c.size, \"rank\", c.rank)'"
+    ));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let mut ranks: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("sum 21 size 6 rank "))
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    ranks.sort();
+    assert_eq!(ranks, ["0", "1", "2", "3", "4", "5"], "{}", r.all());
+    assert_nothing_left();
+}
+
+#[test]
+fn a_tasks_exit_code_comes_back_from_srun() {
+    let _g = shared();
+    let r = dave(&format!(
+        "srun -N3 -n3 --mnd-image={IMAGE} bash -c 'exit $(( SLURM_PROCID == 2 ? 7 : 0 ))'"
+    ));
+    assert_eq!(r.code, 7, "{}", r.all());
+    assert!(r.stderr.contains("task 2: Exited with exit code 7"), "{}", r.all());
+    assert_nothing_left();
+}
+
+#[test]
+fn a_node_without_the_image_fails_the_step_naming_it() {
+    let _g = shared();
+    let tag = "mnd-vc-job:only-two";
+    for node in ["node1", "node2"] {
+        assert_eq!(root_on(node, &["docker", "tag", IMAGE, tag]).code, 0);
+    }
+    let r = dave(&format!("srun -N3 -n3 -l --mnd-image={tag} true"));
+    for node in ["node1", "node2"] {
+        root_on(node, &["docker", "rmi", tag]);
+    }
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains(&format!("mnd: node3: image '{tag}' is not available")),
+        "{}",
+        r.all()
+    );
+    assert!(
+        !r.stderr.contains("mnd: node1:") && !r.stderr.contains("mnd: node2:"),
+        "only node3 lacks the image: {}",
+        r.all()
+    );
+    assert!(r.took < Duration::from_secs(30), "took {:?}", r.took);
+    assert_nothing_left();
+}
+
+#[test]
+fn scancel_ends_the_step_and_leaves_nothing() {
+    let _g = shared();
+    let job = dave(&format!(
+        "sbatch --parsable -N3 --wrap 'srun -N3 --mnd-image={IMAGE} sleep 300'"
+    ));
+    assert_eq!(job.code, 0, "{}", job.all());
+    let id = job.stdout.trim().to_string();
+    wait_until("the step's containers on 3 nodes", Duration::from_secs(60), || {
+        NODES.iter().all(|n| !containers(n, &format!("mnd-dave-{id}.")).is_empty())
+    });
+    assert_eq!(root_on("node1", &["scancel", &id]).code, 0);
+    assert_clean(&format!("mnd-dave-{id}"), CLEAN);
+    assert_nothing_left();
+}
