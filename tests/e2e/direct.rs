@@ -137,3 +137,116 @@ fn scancel_ends_the_step_and_leaves_nothing() {
     assert_clean(&format!("mnd-dave-{id}"), CLEAN);
     assert_nothing_left();
 }
+
+#[test]
+fn a_named_container_serves_the_jobs_later_steps_and_goes_with_the_job() {
+    let _g = shared();
+    let r = dave(&format!(
+        "salloc -N2 bash -c 'echo job=$SLURM_JOB_ID; \
+         srun -l --mnd-image={IMAGE} --mnd-name=warm sh -c \"echo step\\$SLURM_STEP_ID > /tmp/warm\"; \
+         srun -l --mnd-image={IMAGE} --mnd-name=warm cat /tmp/warm; \
+         srun -l --mnd-image={IMAGE} sh -c \"cat /tmp/warm 2>/dev/null || echo fresh\"'"
+    ));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let job = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("job="))
+        .expect("job id")
+        .to_string();
+    // The second step found what the first wrote in the container; a step without the
+    // name got a container of its own.
+    assert_eq!(r.stdout.matches(": step0").count(), 2, "{}", r.all());
+    assert_eq!(r.stdout.matches(": fresh").count(), 2, "{}", r.all());
+    // The Epilog removes the named containers when the job ends.
+    assert_clean(&format!("mnd-dave-{job}-warm"), CLEAN);
+    assert_nothing_left();
+}
+
+/// A site policy at the plugin's config path (plugstack.conf names none: the default file).
+struct DefaultPolicy;
+
+impl DefaultPolicy {
+    fn install(text: &str) -> DefaultPolicy {
+        site_config("config.toml", text);
+        DefaultPolicy
+    }
+}
+
+impl Drop for DefaultPolicy {
+    fn drop(&mut self) {
+        for node in NODES {
+            root_on(node, &["rm", "-f", "/etc/mnd-srun/config.toml"]);
+        }
+    }
+}
+
+#[test]
+fn the_root_side_enforces_the_site_policy_whatever_the_user_sends() {
+    // The policy file is the default one every job reads: no other test runs meanwhile.
+    let _g = exclusive();
+    let _policy = DefaultPolicy::install(
+        "[policy]\nallowed_images = [\"mnd-vc-job:.*\"]\nallowed_mount_prefixes = [\"/shared\"]\n",
+    );
+    // A permissive file the user points at is never read by the root side.
+    site_config(
+        "permissive.toml",
+        "[policy]\nallowed_images = [\".*\"]\nallowed_mount_prefixes = [\"/\"]\n",
+    );
+    let refused = |cmdline: &str, want: &str| {
+        let r = dave(cmdline);
+        assert_ne!(r.code, 0, "{cmdline}\n{}", r.all());
+        assert!(r.stderr.contains(want), "expected '{want}' for {cmdline}:\n{}", r.all());
+        assert_nothing_left();
+    };
+    refused(
+        "MND_CONFIG=/etc/mnd-srun/permissive.toml srun -N1 --mnd-image=debian:bookworm true",
+        "image 'debian:bookworm' is not allowed by the site policy (policy.allowed_images in /etc/mnd-srun/config.toml)",
+    );
+    refused(
+        &format!("srun -N1 --mnd-image={IMAGE} --mnd-mounts=/var/run/docker.sock true"),
+        "inside the host system folder /run",
+    );
+    refused(
+        &format!("srun -N1 --mnd-image={IMAGE} --mnd-mounts=/shared/../etc:/x true"),
+        "/etc is a host system folder",
+    );
+    refused(
+        &format!("MND_MOUNTS=/tmp:/data srun -N1 --mnd-image={IMAGE} true"),
+        "policy.allowed_mount_prefixes",
+    );
+    refused(
+        &format!("srun -N1 --mnd-image={IMAGE} --mnd-mounts='/shared/home/dave,/shared/home/dave' true"),
+        "two mounts target /shared/home/dave",
+    );
+    // A folder dave cannot reach on the node is not reached for him.
+    root_on("node1", &["sh", "-c", "mkdir -p /shared/home/alice/pub && chmod 0755 /shared/home/alice/pub"]);
+    refused(
+        &format!("srun -N1 -w node1 --mnd-image={IMAGE} --mnd-mounts=/shared/home/alice/pub:/pub true"),
+        "Permission denied",
+    );
+    // Odd characters never become options: a space, a comma split, a newline.
+    refused(
+        &format!("srun -N1 --mnd-image='{IMAGE} --privileged' true"),
+        "is not an image name",
+    );
+    refused(
+        &format!("srun -N1 --mnd-image=$'{IMAGE}\\n--privileged' true"),
+        "is not an image name",
+    );
+    refused(
+        &format!("srun -N1 --mnd-image={IMAGE} --mnd-mounts='/shared/home/dave:/d:ro:rw' true"),
+        "is not SRC[:DST][:ro]",
+    );
+    refused(
+        &format!("srun -N1 --mnd-image={IMAGE} --mnd-name='../x' true"),
+        "--mnd-name",
+    );
+    // Within the policy the same user runs.
+    let r = dave(&format!(
+        "srun -N1 --mnd-image={IMAGE} --mnd-mounts=/shared/home/dave:/data:ro sh -c 'test -d /data && echo ok'"
+    ));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("ok"), "{}", r.all());
+    assert_nothing_left();
+}
