@@ -229,7 +229,11 @@ impl SiteConfig {
     /// Loads the site config the admin named for the root side (plugstack.conf's
     /// `config=`): it must exist and be root's alone, like every folder above it.
     pub fn load_named(path: &Path) -> Result<Self, ConfigError> {
-        let dir = path.parent().unwrap_or(Path::new("/")).display().to_string();
+        let dir = path
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .display()
+            .to_string();
         if let Err(reason) = only_owner_can_change(path, 0) {
             return Err(ConfigError::Untrusted {
                 path: path.to_path_buf(),

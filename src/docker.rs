@@ -302,6 +302,42 @@ impl Engine {
         Ok(())
     }
 
+    /// Makes an empty folder in a created container, owned by `uid:gid`, mode 0700.
+    pub async fn own_dir(
+        &self,
+        name: &str,
+        path: &str,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), DockerError> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o700);
+        h.set_uid(u64::from(uid));
+        h.set_gid(u64::from(gid));
+        h.set_size(0);
+        builder
+            .append_data(
+                &mut h,
+                format!("{}/", path.trim_start_matches('/')),
+                std::io::empty(),
+            )
+            .map_err(tar_err)?;
+        let tar = builder.into_inner().map_err(tar_err)?;
+        let opts = UploadToContainerOptionsBuilder::default()
+            .path("/")
+            .no_overwrite_dir_non_dir("true")
+            .build();
+        within(
+            "upload",
+            self.docker
+                .upload_to_container(name, Some(opts), bollard::body_full(tar.into())),
+        )
+        .await?
+        .map_err(api(format!("upload of {path} into {name}")))
+    }
+
     /// Reads a text file from a (created or running) container; `None` when it does not exist.
     pub async fn read_file(&self, name: &str, path: &str) -> Result<Option<String>, DockerError> {
         let opts = DownloadFromContainerOptionsBuilder::default()

@@ -215,6 +215,19 @@ pub struct Plan {
     pub job_env: Vec<(String, String)>,
     /// The script (coordinator only).
     pub script: Option<ScriptSpec>,
+    /// The plugin's container this launcher already runs in (direct mode), if any.
+    pub inside: Option<Inside>,
+}
+
+/// A container of the SPANK plugin's direct mode that the launcher runs in (`srun
+/// --mnd-image=IMAGE mnd-srun ...`): the plugin made it, the launcher only runs sshd and the
+/// script in it, as the user, with no Docker access.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inside {
+    /// The container's name.
+    pub container: String,
+    /// The id of its image.
+    pub image_id: String,
 }
 
 impl Plan {
@@ -310,27 +323,34 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         facts,
         resolve,
     } = *i;
-    let image = args
-        .container
-        .clone()
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| usage("no image given: add --container=IMAGE (or set MND_CONTAINER)"))?;
+    let inside = inside(facts, args)?;
+    let image = match &inside {
+        Some(i) => i.image_id.clone(),
+        None => args
+            .container
+            .clone()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| usage("no image given: add --container=IMAGE (or set MND_CONTAINER)"))?,
+    };
     let script_arg = args
         .script
         .clone()
         .ok_or_else(|| usage("no script given: add --script=./job.sh (the script runs inside the first node's container)"))?;
-    policy::check_request(
-        site,
-        user,
-        &policy::Request {
-            image: &image,
-            privileged: args.privileged,
-            dockopts: args
-                .dockopts
-                .as_deref()
-                .is_some_and(|d| !d.trim().is_empty()),
-        },
-    )?;
+    // Inside the plugin's container its root side has checked the image already.
+    if inside.is_none() {
+        policy::check_request(
+            site,
+            user,
+            &policy::Request {
+                image: &image,
+                privileged: args.privileged,
+                dockopts: args
+                    .dockopts
+                    .as_deref()
+                    .is_some_and(|d| !d.trim().is_empty()),
+            },
+        )?;
+    }
     let (nodes, node_rank, role) = choose_nodes(step, args)?;
     let job_label = match (step.job_id, step.step_id) {
         (Some(j), Some(s)) => format!("{j}.{s}"),
@@ -533,7 +553,41 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         container,
         job_env,
         script,
+        inside,
     })
+}
+
+/// The direct-mode container this launcher runs in (`MND_DIRECT_CONTAINER`, set by the SPANK
+/// plugin). Options that shape a container are refused there: the plugin made it.
+fn inside(facts: &NodeFacts, args: &Args) -> Result<Option<Inside>, PlanError> {
+    let Some(container) = facts.env.get(crate::direct::CONTAINER_VAR) else {
+        return Ok(None);
+    };
+    let shaping = [
+        ("--container", args.container.is_some()),
+        (
+            "--dockopts",
+            args.dockopts
+                .as_deref()
+                .is_some_and(|d| !d.trim().is_empty()),
+        ),
+        ("--privileged", args.privileged),
+        ("--mounts", args.mounts.iter().any(|m| !m.is_empty())),
+        ("--gpus", args.gpus.is_some()),
+    ];
+    if let Some((flag, _)) = shaping.iter().find(|(_, given)| *given) {
+        return Err(usage(format!(
+            "{flag} does not apply here: mnd-srun runs inside the container of srun --mnd-image (direct mode), which the plugin made. Fix: drop {flag}; give folders with srun --mnd-mounts"
+        )));
+    }
+    Ok(Some(Inside {
+        container: container.clone(),
+        image_id: facts
+            .env
+            .get(crate::direct::IMAGE_VAR)
+            .cloned()
+            .unwrap_or_default(),
+    }))
 }
 
 fn absolute(cwd: &Path, p: &Path) -> PathBuf {
@@ -686,7 +740,10 @@ fn mounts(
     resolve: &dyn Fn(&Path) -> std::io::Result<PathBuf>,
 ) -> Result<Vec<Mount>, PlanError> {
     let checked = |origin: MountOrigin, m: Mount| checked_mount(i.site, i.user, origin, m, resolve);
-    let mut out = vec![checked(MountOrigin::Home, Mount::same(&i.user.home, false))?];
+    let mut out = vec![checked(
+        MountOrigin::Home,
+        Mount::same(&i.user.home, false),
+    )?];
     for spec in &i.site.defaults.mounts {
         out.push(checked(MountOrigin::Site, parse_mount(spec)?)?);
     }

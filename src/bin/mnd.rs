@@ -481,8 +481,9 @@ fn direct(action: DirectAction) -> Result<(), String> {
             let site = helper::site_config(config.as_deref()).map_err(|e| e.to_string())?;
             let prepared = helper::prepare(&req, &site).map_err(|e| e.to_string())?;
             runtime()?.block_on(async {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .map_err(|e| e.to_string())?;
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .map_err(|e| e.to_string())?;
                 tokio::select! {
                     reply = helper::up(&prepared) => {
                         let reply = reply.map_err(|e| e.to_string())?;
@@ -498,7 +499,10 @@ fn direct(action: DirectAction) -> Result<(), String> {
             })
         }
         DirectAction::Down { job, step } => runtime()?.block_on(async {
-            helper::down(job, &step).await.map(|_| ()).map_err(|e| e.to_string())
+            helper::down(job, &step)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }),
     }
 }

@@ -61,7 +61,7 @@ const PULL_STALL: Duration = Duration::from_secs(120);
 
 /// Reads and checks the request (nothing else), as root only.
 pub fn read_request(input: impl Read) -> Result<Request, HelperError> {
-    use nix::unistd::{getuid, geteuid};
+    use nix::unistd::{geteuid, getuid};
     if !getuid().is_root() || !geteuid().is_root() {
         return Err(HelperError::NotRoot);
     }
@@ -94,6 +94,8 @@ pub struct Prepared {
     pub workdir: Option<PathBuf>,
     /// A `--mnd-name` container: a running one of the job is used again.
     pub reuse: bool,
+    /// The mnd tools' folder, when the container shows it.
+    pub tools: Option<PathBuf>,
 }
 
 /// `mnd direct up`, before any thread exists: looks up the user, resolves their paths as
@@ -125,9 +127,14 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
             None => Err(std::io::Error::other("not looked up")),
         }
     };
-    let (spec, checked) = plan(req, site, &user, &resolve)?;
+    let tools = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf));
+    let (spec, checked) = plan(req, site, &user, tools.as_deref(), &resolve)?;
+    let tools = tools.filter(|t| spec.mounts.iter().any(|m| &m.target == t));
     Ok(Prepared {
         spec,
+        tools,
         user,
         envlist: checked.envlist,
         workdir: checked.workdir,
@@ -202,12 +209,18 @@ pub async fn up(p: &Prepared) -> Result<Reply, HelperError> {
     if let Some((pid, running)) = engine.running_pid(name).await? {
         if p.reuse {
             let image = engine
-                .ensure_image(&p.spec.image, crate::cli::Pull::Never, name, PULL_STALL, &silent())
+                .ensure_image(
+                    &p.spec.image,
+                    crate::cli::Pull::Never,
+                    name,
+                    PULL_STALL,
+                    &silent(),
+                )
                 .await?;
             if image.id != running {
                 return Err(HelperError::OtherImage(name.clone(), p.spec.image.clone()));
             }
-            return Ok(reply(p, pid, &image.env));
+            return Ok(reply(p, pid, &image.env, &image.id));
         }
     }
     engine.remove(name).await?;
@@ -228,10 +241,17 @@ async fn start(engine: &Engine, p: &Prepared) -> Result<Reply, HelperError> {
         .create(&p.spec, vec!["sleep".into(), "infinity".into()])
         .await?;
     let accounts = read_image_accounts(engine, name).await?;
-    engine.upload(name, &account_files(&p.user, &accounts)).await?;
+    engine
+        .upload(name, &account_files(&p.user, &accounts))
+        .await?;
+    // mnd-srun run inside the container (ssh mode through the plugin) writes its sshd and
+    // ssh files there, as the user.
+    engine
+        .own_dir(name, crate::ssh::CONTAINER_DIR, p.user.uid, p.user.gid)
+        .await?;
     engine.start(name).await?;
     match engine.running_pid(name).await? {
-        Some((pid, _)) => Ok(reply(p, pid, &image.env)),
+        Some((pid, _)) => Ok(reply(p, pid, &image.env, &image.id)),
         None => Err(HelperError::NotRunning(name.clone())),
     }
 }
@@ -243,8 +263,14 @@ pub async fn remove(p: &Prepared) {
     }
 }
 
-fn reply(p: &Prepared, pid: i32, image_env: &[String]) -> Reply {
-    let (set_env, unset_env) = task_env(image_env, &p.envlist, &p.spec.name);
+fn reply(p: &Prepared, pid: i32, image_env: &[String], image_id: &str) -> Reply {
+    let (set_env, unset_env) = task_env(
+        image_env,
+        &p.envlist,
+        &p.spec.name,
+        image_id,
+        p.tools.as_deref(),
+    );
     Reply {
         container: p.spec.name.clone(),
         pid,

@@ -90,6 +90,9 @@ pub struct Reply {
 /// Variable set in every task, naming its container (`mnd-srun` sees it runs inside one).
 pub const CONTAINER_VAR: &str = "MND_DIRECT_CONTAINER";
 
+/// Variable set in every task: the id of the image its container runs.
+pub const IMAGE_VAR: &str = "MND_DIRECT_IMAGE";
+
 /// Label value of `mnd.step` for a `--mnd-name` container, which outlives its step.
 pub const NAMED_STEP: &str = "named";
 
@@ -100,7 +103,9 @@ impl Options {
     pub fn check(&self) -> Result<Checked, PlanError> {
         let image = self.image.trim();
         if image.is_empty() {
-            return Err(usage("--mnd-image is empty: give an image, e.g. --mnd-image=ubuntu:24.04"));
+            return Err(usage(
+                "--mnd-image is empty: give an image, e.g. --mnd-image=ubuntu:24.04",
+            ));
         }
         if image.len() > 255 || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(usage(format!(
@@ -195,10 +200,13 @@ impl Request {
 /// rules, the user's home, the site's mounts, `--mnd-mounts` and the working directory under
 /// the mount rules (sources resolved by `resolve` as the user), Slurm's folders, the job's
 /// uid, gid and groups, no capabilities, `no-new-privileges`, host namespaces but mount.
+/// `tools` is the folder of the mnd binaries, shown read-only at the same path so `srun
+/// --mnd-image=IMAGE mnd-srun ...` finds mnd-srun (not when it is a system folder).
 pub fn plan(
     req: &Request,
     site: &SiteConfig,
     user: &Identity,
+    tools: Option<&Path>,
     resolve: &dyn Fn(&Path) -> std::io::Result<PathBuf>,
 ) -> Result<(ContainerSpec, Checked), PlanError> {
     let opts = req.options.check()?;
@@ -226,6 +234,15 @@ pub fn plan(
         if !plan::covered(dir, &mounts) {
             mounts.push(Mount::same(dir, false));
         }
+    }
+    if let Some(dir) = tools.filter(|d| {
+        policy::check_mount_source(MountOrigin::User, d).is_ok()
+            && policy::check_mount_target(d).is_ok()
+            && !mounts
+                .iter()
+                .any(|m| m.target.starts_with(d) || d.starts_with(&m.target))
+    }) {
+        mounts.push(Mount::same(dir, true));
     }
     plan::distinct_targets(&mounts)?;
     let labels = BTreeMap::from([
@@ -287,7 +304,7 @@ pub fn plan(
 
 /// Variables the image never sets in a task: who the task is, and what Slurm, PMI and the
 /// GPU plugins set per task.
-fn job_owned(name: &str) -> bool {
+pub fn job_owned(name: &str) -> bool {
     const EXACT: [&str; 9] = [
         "HOME",
         "USER",
@@ -307,11 +324,14 @@ fn job_owned(name: &str) -> bool {
 
 /// The tasks' environment changes: the image's variables (`PATH`, `LD_LIBRARY_PATH`, ...)
 /// except the job-owned ones and those named in `--mnd-envlist`; the host's locale removed
-/// unless the image sets it or the list keeps it; the container's name.
+/// unless the image sets it or the list keeps it; the container's name and image id; the
+/// mnd tools' folder (`tools`) at the end of `PATH`.
 pub fn task_env(
     image_env: &[String],
     envlist: &[String],
     container: &str,
+    image_id: &str,
+    tools: Option<&Path>,
 ) -> (Vec<(String, String)>, Vec<String>) {
     let keep = |k: &str| envlist.iter().any(|e| e == k);
     let mut set: Vec<(String, String)> = image_env
@@ -325,7 +345,18 @@ pub fn task_env(
         .filter(|k| !keep(k) && !set.iter().any(|(s, _)| s == *k))
         .map(|k| k.to_string())
         .collect();
+    if let Some(tools) = tools {
+        match set.iter_mut().find(|(k, _)| k == "PATH") {
+            Some((_, path)) => *path = format!("{path}:{}", tools.display()),
+            None if !keep("PATH") => set.push((
+                "PATH".into(),
+                format!("/usr/local/bin:/usr/bin:/bin:{}", tools.display()),
+            )),
+            None => {}
+        }
+    }
     set.push((CONTAINER_VAR.to_string(), container.to_string()));
+    set.push((IMAGE_VAR.to_string(), image_id.to_string()));
     (set, unset)
 }
 

@@ -9,7 +9,7 @@ fn request(options: Options) -> Request {
         uid: 1001,
         gid: 1001,
         gids: vec![1001, 1500, 1500],
-        cwd: "/home/alice/proj".into(),
+        cwd: "/shared/home/alice/proj".into(),
         options,
         slurm_dirs: vec!["/var/spool/slurmd/pmix.42.3".into()],
     }
@@ -27,11 +27,17 @@ fn resolve(p: &Path) -> std::io::Result<PathBuf> {
     if p.starts_with("/home/alice/etc-link") {
         return Ok(PathBuf::from("/etc"));
     }
-    Ok(p.to_path_buf())
+    Ok(crate::policy::lexical_clean(p))
 }
 
 fn planned(options: Options, site: &SiteConfig) -> Result<(ContainerSpec, Checked), PlanError> {
-    plan(&request(options), site, &test_user(), &resolve)
+    plan(
+        &request(options),
+        site,
+        &test_user(),
+        Some(Path::new("/opt/mnd-srun/bin")),
+        &resolve,
+    )
 }
 
 #[test]
@@ -41,13 +47,36 @@ fn a_step_container_runs_as_the_job_with_nothing_extra() {
     assert_eq!(spec.user, "1001:1001");
     assert_eq!(spec.group_add, vec!["1500".to_string()]);
     assert_eq!(spec.cap_drop, vec!["ALL".to_string()]);
-    assert_eq!(spec.security_opt, vec!["no-new-privileges=true".to_string()]);
+    assert_eq!(
+        spec.security_opt,
+        vec!["no-new-privileges=true".to_string()]
+    );
     assert!(spec.host_namespaces && !spec.privileged && spec.devices.is_empty());
     assert_eq!(spec.labels["mnd.step"], "3");
     assert_eq!(spec.labels["mnd.role"], "direct");
     let targets: Vec<_> = spec.mounts.iter().map(|m| m.target.clone()).collect();
     assert!(targets.contains(&PathBuf::from("/var/spool/slurmd/pmix.42.3")));
-    assert!(spec.mounts.iter().any(|m| m.target == Path::new("/home/alice")));
+    assert!(spec
+        .mounts
+        .iter()
+        .any(|m| m.target == Path::new("/shared/home/alice")));
+    assert!(spec
+        .mounts
+        .iter()
+        .any(|m| m.target == Path::new("/opt/mnd-srun/bin") && m.read_only));
+    // The tools are never shown from a system folder (it would hide the image's).
+    let (spec, _) = plan(
+        &request(image("img")),
+        &SiteConfig::default(),
+        &test_user(),
+        Some(Path::new("/usr/bin")),
+        &resolve,
+    )
+    .unwrap();
+    assert!(!spec
+        .mounts
+        .iter()
+        .any(|m| m.target == Path::new("/usr/bin")));
 }
 
 #[test]
@@ -142,7 +171,7 @@ fn mounts_follow_the_mount_rules_after_resolving() {
 #[test]
 fn site_rules_apply_to_images_and_mount_prefixes() {
     let site = SiteConfig::parse(
-        "[policy]\nallowed_images = [\"registry.site/*\"]\nallowed_mount_prefixes = [\"/scratch\"]\n",
+        "[policy]\nallowed_images = [\"registry\\\\.site/.*\"]\nallowed_mount_prefixes = [\"/scratch\"]\n",
         Path::new("/etc/mnd-srun/config.toml"),
     )
     .unwrap();
@@ -180,11 +209,22 @@ fn the_image_sets_path_but_never_what_slurm_owns() {
         "NCCL_DEBUG=INFO",
     ]
     .map(String::from);
-    let (set, unset) = task_env(&image_env, &["NCCL_DEBUG".into()], "c1");
+    let (set, unset) = task_env(
+        &image_env,
+        &["NCCL_DEBUG".into()],
+        "c1",
+        "sha256:ab",
+        Some(Path::new("/opt/mnd-srun/bin")),
+    );
     let names: Vec<&str> = set.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(names, ["PATH", "LANG", CONTAINER_VAR]);
+    assert_eq!(names, ["PATH", "LANG", CONTAINER_VAR, IMAGE_VAR]);
     assert_eq!(unset, ["LANGUAGE", "LC_ALL"]);
-    let (_, unset) = task_env(&[], &["LC_ALL".into()], "c1");
+    assert_eq!(
+        set[0].1,
+        "/opt/mnd-srun/conda/bin:/usr/bin:/opt/mnd-srun/bin"
+            .replace("/opt/mnd-srun/conda", "/opt/conda")
+    );
+    let (_, unset) = task_env(&[], &["LC_ALL".into()], "c1", "sha256:ab", None);
     assert_eq!(unset, ["LANG", "LANGUAGE"]);
 }
 

@@ -3,7 +3,7 @@
 //! sshd.
 
 use super::timing::Phases;
-use super::{port_is_free, Running};
+use super::{inside, port_is_free, Running, Runtime};
 use crate::docker::{DockerError, Engine, FileUpload, PullReport};
 use crate::identity::Identity;
 use crate::plan::{self, Plan};
@@ -36,7 +36,10 @@ fn container_path(image_env: &[String]) -> String {
 
 /// Environment for ssh sessions: the image's (CUDA paths, ...), PATH with the wrappers,
 /// then the job's. A value sshd's `SetEnv` cannot carry is refused, naming the variable.
-fn session_env(plan: &Plan, image_env: &[String]) -> Result<Vec<(String, String)>, String> {
+pub(super) fn session_env(
+    plan: &Plan,
+    image_env: &[String],
+) -> Result<Vec<(String, String)>, String> {
     let skip = [
         "HOME", "USER", "LOGNAME", "SHELL", "HOSTNAME", "TERM", "PATH",
     ];
@@ -82,13 +85,21 @@ pub(super) fn ssh_config_file(plan: &Plan, node_ports: &[(String, u16)]) -> File
 }
 
 /// The files this node's container gets: its accounts in /etc (the container's own layer:
-/// no mount may cover /etc) and the rest in `/.mnd`.
+/// no mount may cover /etc) and its sshd's and ssh's in `/.mnd`.
 fn files(
     plan: &Plan,
     env: &[(String, String)],
     image: &ImageAccounts,
     port: u16,
 ) -> Vec<FileUpload> {
+    let mut files = Vec::from(account_files(&plan.user, image));
+    files.extend(ssh_files(plan, env, port));
+    files
+}
+
+/// The sshd configs (with the session environment `env`), the ssh config and the ssh
+/// wrappers, in `/.mnd`.
+pub(super) fn ssh_files(plan: &Plan, env: &[(String, String)], port: u16) -> Vec<FileUpload> {
     let user: &Identity = &plan.user;
     let file = |path: String, content: String, mode: u32| FileUpload {
         path,
@@ -96,8 +107,7 @@ fn files(
         mode,
     };
     let dir = ssh::CONTAINER_DIR;
-    let mut files = Vec::from(account_files(user, image));
-    files.extend([
+    let mut files = vec![
         ssh_config_file(plan, &assumed_ports(plan, port)),
         file(
             format!("{dir}/sshd_config"),
@@ -109,7 +119,7 @@ fn files(
             ssh::sshd_config(&plan.ssh, &user.name, port, &[]),
             0o644,
         ),
-    ]);
+    ];
     files.extend(
         ssh::WRAPPED
             .iter()
@@ -131,6 +141,9 @@ pub(super) async fn start_container(
         return Err(format!(
             "port {port} is already in use on this node (another job's sshd or another program). Fix: pick another with --sshd-port"
         ));
+    }
+    if plan.inside.is_some() {
+        return inside::start(plan, port).await;
     }
     let t0 = Instant::now();
     let mut phases = Phases::new(plan.this_node());
@@ -233,10 +246,12 @@ pub(super) async fn start_container(
         t0.elapsed()
     );
     Ok(Running {
-        engine,
-        _lifeline: lifeline,
         sshd_port: port,
         image_id: image.id,
+        runtime: Runtime::Docker {
+            engine,
+            _lifeline: lifeline,
+        },
     })
 }
 

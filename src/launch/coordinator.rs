@@ -4,9 +4,9 @@
 
 use super::container::{ssh_config_file, start_container};
 use super::timing::eprintln_timing;
-use super::{follow_suspend, job_key, node_err, port_is_free, tear_down, LaunchError, Running};
+use super::{job_key, node_err, port_is_free, tear_down, LaunchError, Running, Runtime};
 use crate::control::{self, JobKey, Order, WorkerLink};
-use crate::docker::{self, DockerError, PullReport};
+use crate::docker::{self, PullReport};
 use crate::plan::Plan;
 use crate::probe;
 use crate::signals::{self, Signals};
@@ -188,10 +188,9 @@ async fn share_ports(
         answer?;
     }
     running
-        .engine
-        .upload(&plan.container.name, &[ssh_config_file(plan, &node_ports)])
-        .await?;
-    Ok(())
+        .write(plan, &[ssh_config_file(plan, &node_ports)])
+        .await
+        .map_err(node_err(plan))
 }
 
 /// Tells every worker that the script ended (its container is removed, it exits 0).
@@ -230,17 +229,91 @@ enum Outcome {
     Lost(String),
     /// The coordinator's own container ended.
     Died(i64),
-    /// Docker failed to run the script.
-    Failed(DockerError),
+    /// The script could not be run (Docker failed, or it could not start).
+    Failed(String),
 }
 
-/// Runs the script in this node's container: the launcher's stdin is its stdin (a terminal
-/// under `srun --pty`, following the window size), SIGUSR1/SIGUSR2 are passed on to it and
-/// its children; ends with the script, a terminating signal, a lost worker or the
-/// container's end.
+/// Runs the script in this node's container; ends with the script, a terminating signal, a
+/// lost worker or the container's end.
 async fn run_script(
     plan: &Plan,
     running: &Running,
+    links: &[Arc<WorkerLink>],
+    signals: &mut Signals,
+    forwarded: &mut Signals,
+) -> Outcome {
+    match &running.runtime {
+        Runtime::Docker { engine, .. } => {
+            run_script_by_docker(plan, running, engine, links, signals, forwarded).await
+        }
+        Runtime::Inside(sshd) => run_script_here(plan, sshd, links, signals, forwarded).await,
+    }
+}
+
+/// Ends when the first worker's launcher goes away; its node.
+async fn lost_worker(links: &[Arc<WorkerLink>]) -> String {
+    if links.is_empty() {
+        return std::future::pending().await;
+    }
+    let watchers = links.iter().map(|l| {
+        Box::pin(async move {
+            l.closed().await;
+            l.node.clone()
+        })
+    });
+    futures_util::future::select_all(watchers).await.0
+}
+
+/// The script as a child of the launcher, inside the plugin's container: it has the task's
+/// stdin and terminal; SIGUSR1/SIGUSR2 are passed on to it and its children (Slurm's
+/// suspend and resume reach it directly).
+async fn run_script_here(
+    plan: &Plan,
+    sshd: &super::inside::Sshd,
+    links: &[Arc<WorkerLink>],
+    signals: &mut Signals,
+    forwarded: &mut Signals,
+) -> Outcome {
+    let mut child = match super::inside::spawn_script(plan) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Failed(format!("cannot start the script: {e}")),
+    };
+    let pid = child.id().and_then(|p| i32::try_from(p).ok());
+    let lost = lost_worker(links);
+    tokio::pin!(lost);
+    let outcome = loop {
+        tokio::select! {
+            status = child.wait() => break match status {
+                Ok(s) => Outcome::Finished(s.code().map_or_else(
+                    || 128 + i64::from(std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0)),
+                    i64::from,
+                )),
+                Err(e) => Outcome::Failed(e.to_string()),
+            },
+            sig = signals.recv() => break Outcome::Signal(sig),
+            node = &mut lost => break Outcome::Lost(node),
+            code = sshd.ended() => break Outcome::Died(code),
+            sig = forwarded.recv() => {
+                let reached = pid.map_or(0, |pid| signals::signal_tree(pid, sig));
+                log::info!("signal {sig} passed on to {reached} process(es) of the script");
+            }
+        }
+    };
+    if !matches!(outcome, Outcome::Finished(_)) {
+        if let Some(pid) = pid {
+            signals::signal_tree(pid, libc::SIGKILL);
+        }
+    }
+    outcome
+}
+
+/// The script by `docker exec` in this node's container: the launcher's stdin is its stdin
+/// (a terminal under `srun --pty`, following the window size), SIGUSR1/SIGUSR2 are passed on
+/// to it and its children.
+async fn run_script_by_docker(
+    plan: &Plan,
+    running: &Running,
+    engine: &docker::Engine,
     links: &[Arc<WorkerLink>],
     signals: &mut Signals,
     forwarded: &mut Signals,
@@ -249,7 +322,6 @@ async fn run_script(
     let mut cmd = vec![script.path.display().to_string()];
     cmd.extend(script.args.iter().cloned());
     let workdir = plan.container.workdir.display().to_string();
-    let engine = &running.engine;
     let tty = terminal::stdin_is_terminal();
     let started = engine
         .exec(
@@ -263,7 +335,7 @@ async fn run_script(
         .await;
     let mut started = match started {
         Ok(s) => s,
-        Err(e) => return Outcome::Failed(e),
+        Err(e) => return Outcome::Failed(e.to_string()),
     };
     let _raw = tty.then(terminal::RawMode::enter).flatten();
     let mut winch = tty
@@ -272,30 +344,19 @@ async fn run_script(
     if let Some((rows, cols)) = tty.then(terminal::window_size).flatten() {
         engine.resize(&started, rows, cols).await;
     }
-    let lost = async {
-        if links.is_empty() {
-            return std::future::pending().await;
-        }
-        let watchers = links.iter().map(|l| {
-            Box::pin(async move {
-                l.closed().await;
-                l.node.clone()
-            })
-        });
-        futures_util::future::select_all(watchers).await.0
-    };
+    let lost = lost_worker(links);
     let died = engine.wait_exit(&plan.container.name);
     tokio::pin!(lost, died);
     let mut suspend = Signals::suspend_resume().ok();
     loop {
         tokio::select! {
             Some(sig) = async { Some(suspend.as_mut()?.recv().await) }, if suspend.is_some() => {
-                follow_suspend(plan, engine, sig).await;
+                running.follow_suspend(plan, sig).await;
             }
             () = &mut started.io => {
                 return match engine.exit_code(&started).await {
                     Ok(code) => Outcome::Finished(code),
-                    Err(e) => Outcome::Failed(e),
+                    Err(e) => Outcome::Failed(e.to_string()),
                 };
             }
             sig = signals.recv() => return Outcome::Signal(sig),
@@ -349,7 +410,7 @@ pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
             Ok(running) => match workers.await {
                 Ok(ports) => Ok((running, ports)),
                 Err(e) => {
-                    tear_down(plan, Some(&running.engine)).await;
+                    running.tear_down(plan).await;
                     Err(e)
                 }
             },
@@ -360,7 +421,7 @@ pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
             (Ok(_), Err(why)) => Err(node_err(plan)(why)),
             (Err(e), own) => {
                 if let Ok(running) = own {
-                    tear_down(plan, Some(&running.engine)).await;
+                    running.tear_down(plan).await;
                 }
                 Err(e)
             }
@@ -381,7 +442,7 @@ pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
             match agreed {
                 Ok(()) => Ok(running),
                 Err(e) => {
-                    tear_down(plan, Some(&running.engine)).await;
+                    running.tear_down(plan).await;
                     Err(e)
                 }
             }
@@ -439,11 +500,11 @@ pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
             )))
         }
         Outcome::Failed(e) => {
-            abort_all(plan, &key, links, &e.to_string()).await;
-            Err(e.into())
+            abort_all(plan, &key, links, &e).await;
+            Err(LaunchError::Script(e))
         }
     };
-    tear_down(plan, Some(&running.engine)).await;
+    running.tear_down(plan).await;
     eprintln_timing("teardown", t_end);
     result
 }

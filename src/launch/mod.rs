@@ -12,13 +12,14 @@
 
 pub(crate) mod container;
 mod coordinator;
+mod inside;
 mod timing;
 mod worker;
 
 pub use coordinator::{abort_all, ready_workers, stop_all};
 
 use crate::control::{ControlError, JobKey};
-use crate::docker::{DockerError, Engine, Lifeline};
+use crate::docker::{DockerError, Engine, FileUpload, Lifeline};
 use crate::plan::{Plan, Role};
 use crate::ssh;
 use thiserror::Error;
@@ -77,14 +78,70 @@ pub async fn run(plan: Plan) -> Result<i32, LaunchError> {
     result
 }
 
-/// A running container of this node.
+/// This node's running container.
 struct Running {
-    engine: Engine,
-    _lifeline: Lifeline,
     /// The port its sshd listens on.
     sshd_port: u16,
     /// The id of the image it runs.
     image_id: String,
+    /// Who runs it.
+    runtime: Runtime,
+}
+
+/// Who runs this node's container.
+enum Runtime {
+    /// Docker, for this launcher: removing it is ours to do.
+    Docker { engine: Engine, _lifeline: Lifeline },
+    /// The SPANK plugin (direct mode): the launcher runs inside it, its sshd is a child.
+    Inside(inside::Sshd),
+}
+
+impl Running {
+    /// Writes files (an updated ssh config) into the container.
+    async fn write(&self, plan: &Plan, files: &[FileUpload]) -> Result<(), String> {
+        match &self.runtime {
+            Runtime::Docker { engine, .. } => engine
+                .upload(&plan.container.name, files)
+                .await
+                .map_err(|e| e.to_string()),
+            Runtime::Inside(_) => inside::write(files),
+        }
+    }
+
+    /// Follows a Slurm suspend (SIGTSTP) or resume (SIGCONT) of the step. A Docker
+    /// container's processes are Docker's, not the step's, so Slurm's SIGSTOP never reaches
+    /// them: the container is paused. Inside the plugin's container the processes are the
+    /// step's own, and Slurm stops them itself.
+    async fn follow_suspend(&self, plan: &Plan, sig: i32) {
+        let Runtime::Docker { engine, .. } = &self.runtime else {
+            return;
+        };
+        let suspend = crate::signals::Signals::is_suspend(sig);
+        match engine.freeze(&plan.container.name, suspend).await {
+            Ok(()) => log::info!(
+                "{}: container {}",
+                plan.this_node(),
+                if suspend { "paused" } else { "resumed" }
+            ),
+            Err(e) => log::warn!("{}: {e}", plan.this_node()),
+        }
+    }
+
+    /// Ends when the container (or, inside, its sshd) ends by itself; its exit code.
+    async fn ended(&self, plan: &Plan) -> i64 {
+        match &self.runtime {
+            Runtime::Docker { engine, .. } => engine.wait_exit(&plan.container.name).await,
+            Runtime::Inside(sshd) => sshd.ended().await,
+        }
+    }
+
+    /// Removes the container (inside: stops the sshd; the plugin removes the container).
+    async fn tear_down(&self, plan: &Plan) {
+        match &self.runtime {
+            Runtime::Docker { engine, .. } => tear_down(plan, Some(engine)).await,
+            Runtime::Inside(sshd) => sshd.stop().await,
+        }
+    }
 }
 
 fn node_err(plan: &Plan) -> impl Fn(String) -> LaunchError + '_ {
@@ -111,23 +168,12 @@ fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
 }
 
-/// Follows a Slurm suspend (SIGTSTP) or resume (SIGCONT) of the step with this node's
-/// container: its processes are Docker's, not the step's, so Slurm's SIGSTOP never reaches
-/// them.
-async fn follow_suspend(plan: &Plan, engine: &Engine, sig: i32) {
-    let suspend = crate::signals::Signals::is_suspend(sig);
-    match engine.freeze(&plan.container.name, suspend).await {
-        Ok(()) => log::info!(
-            "{}: container {}",
-            plan.this_node(),
-            if suspend { "paused" } else { "resumed" }
-        ),
-        Err(e) => log::warn!("{}: {e}", plan.this_node()),
-    }
-}
-
-/// Removes this node's container, whatever state it is in.
+/// Removes this node's container, whatever state it is in (inside the plugin's container
+/// there is nothing of ours to remove).
 async fn tear_down(plan: &Plan, engine: Option<&Engine>) {
+    if plan.inside.is_some() {
+        return;
+    }
     let t0 = Instant::now();
     let result = match engine {
         Some(e) => e.remove(&plan.container.name).await,

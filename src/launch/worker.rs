@@ -2,7 +2,7 @@
 //! Reporting -> Serving (ports shared on request) -> TearingDown -> exit 0.
 
 use super::container::{ssh_config_file, start_container};
-use super::{follow_suspend, job_key, node_err, port_is_free, tear_down, LaunchError, Running};
+use super::{job_key, node_err, port_is_free, tear_down, LaunchError, Running};
 use crate::control::{self, ControlError, JobKey, Order, Status};
 use crate::docker::PullReport;
 use crate::plan::{Plan, PortPair};
@@ -128,7 +128,7 @@ async fn worker_report(
         }
         (running, Err(e)) => {
             if let Ok(r) = running {
-                tear_down(plan, Some(&r.engine)).await;
+                r.tear_down(plan).await;
             }
             return Err(e.into());
         }
@@ -140,28 +140,27 @@ async fn worker_report(
     let outcome = loop {
         let order = tokio::select! {
             sig = suspend.recv() => {
-                follow_suspend(plan, &running.engine, sig).await;
+                running.follow_suspend(plan, sig).await;
                 continue;
             }
             order = link.next_order() => order,
             sig = signals.recv() => break Err(LaunchError::Signal(sig)),
-            code = running.engine.wait_exit(&plan.container.name) => break Err(node_err(plan)(format!("the container ended by itself (code {code}) while the job ran"))),
+            code = running.ended(plan) => break Err(node_err(plan)(format!("the container ended by itself (code {code}) while the job ran"))),
         };
         // Other nodes took other ports: rewrite the ssh config, then report again.
         let Some(Order::Ports(node_ports)) = order else {
             break Ok(order);
         };
         let status = match running
-            .engine
-            .upload(&plan.container.name, &[ssh_config_file(plan, &node_ports)])
+            .write(plan, &[ssh_config_file(plan, &node_ports)])
             .await
         {
             Ok(()) => Status::Ready(running.image_id.clone()),
-            Err(e) => Status::Failed(e.to_string()),
+            Err(e) => Status::Failed(e),
         };
         let _ = link.report(&status).await;
     };
-    tear_down(plan, Some(&running.engine)).await;
+    running.tear_down(plan).await;
     after_order(plan, outcome?)
 }
 

@@ -15,7 +15,10 @@ fn assert_nothing_left() {
             &format!("the plugin's step files on {node} to go"),
             CLEAN,
             || {
-                let r = root_on(node, &["sh", "-c", "ls -A /run/mnd-spank 2>/dev/null | wc -l"]);
+                let r = root_on(
+                    node,
+                    &["sh", "-c", "ls -A /run/mnd-spank 2>/dev/null | wc -l"],
+                );
                 r.code == 0 && r.stdout.trim() == "0"
             },
         );
@@ -43,7 +46,10 @@ fn every_task_runs_in_its_nodes_container_as_a_user_outside_the_docker_group() {
     assert_eq!(lines.len(), 6, "{}", r.all());
     for node in NODES {
         assert_eq!(
-            lines.iter().filter(|l| l.contains(&format!(" {node} "))).count(),
+            lines
+                .iter()
+                .filter(|l| l.contains(&format!(" {node} ")))
+                .count(),
             2,
             "two tasks on {node}: {}",
             r.all()
@@ -92,7 +98,11 @@ fn a_tasks_exit_code_comes_back_from_srun() {
         "srun -N3 -n3 --mnd-image={IMAGE} bash -c 'exit $(( SLURM_PROCID == 2 ? 7 : 0 ))'"
     ));
     assert_eq!(r.code, 7, "{}", r.all());
-    assert!(r.stderr.contains("task 2: Exited with exit code 7"), "{}", r.all());
+    assert!(
+        r.stderr.contains("task 2: Exited with exit code 7"),
+        "{}",
+        r.all()
+    );
     assert_nothing_left();
 }
 
@@ -109,7 +119,8 @@ fn a_node_without_the_image_fails_the_step_naming_it() {
     }
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(
-        r.stderr.contains(&format!("mnd: node3: image '{tag}' is not available")),
+        r.stderr
+            .contains(&format!("mnd: node3: image '{tag}' is not available")),
         "{}",
         r.all()
     );
@@ -130,9 +141,15 @@ fn scancel_ends_the_step_and_leaves_nothing() {
     ));
     assert_eq!(job.code, 0, "{}", job.all());
     let id = job.stdout.trim().to_string();
-    wait_until("the step's containers on 3 nodes", Duration::from_secs(60), || {
-        NODES.iter().all(|n| !containers(n, &format!("mnd-dave-{id}.")).is_empty())
-    });
+    wait_until(
+        "the step's containers on 3 nodes",
+        Duration::from_secs(60),
+        || {
+            NODES
+                .iter()
+                .all(|n| !containers(n, &format!("mnd-dave-{id}.")).is_empty())
+        },
+    );
     assert_eq!(root_on("node1", &["scancel", &id]).code, 0);
     assert_clean(&format!("mnd-dave-{id}"), CLEAN);
     assert_nothing_left();
@@ -196,7 +213,11 @@ fn the_root_side_enforces_the_site_policy_whatever_the_user_sends() {
     let refused = |cmdline: &str, want: &str| {
         let r = dave(cmdline);
         assert_ne!(r.code, 0, "{cmdline}\n{}", r.all());
-        assert!(r.stderr.contains(want), "expected '{want}' for {cmdline}:\n{}", r.all());
+        assert!(
+            r.stderr.contains(want),
+            "expected '{want}' for {cmdline}:\n{}",
+            r.all()
+        );
         assert_nothing_left();
     };
     refused(
@@ -216,13 +237,24 @@ fn the_root_side_enforces_the_site_policy_whatever_the_user_sends() {
         "policy.allowed_mount_prefixes",
     );
     refused(
-        &format!("srun -N1 --mnd-image={IMAGE} --mnd-mounts='/shared/home/dave,/shared/home/dave' true"),
+        &format!(
+            "srun -N1 --mnd-image={IMAGE} --mnd-mounts='/shared/home/dave,/shared/home/dave' true"
+        ),
         "two mounts target /shared/home/dave",
     );
     // A folder dave cannot reach on the node is not reached for him.
-    root_on("node1", &["sh", "-c", "mkdir -p /shared/home/alice/pub && chmod 0755 /shared/home/alice/pub"]);
+    root_on(
+        "node1",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /shared/home/alice/pub && chmod 0755 /shared/home/alice/pub",
+        ],
+    );
     refused(
-        &format!("srun -N1 -w node1 --mnd-image={IMAGE} --mnd-mounts=/shared/home/alice/pub:/pub true"),
+        &format!(
+            "srun -N1 -w node1 --mnd-image={IMAGE} --mnd-mounts=/shared/home/alice/pub:/pub true"
+        ),
         "Permission denied",
     );
     // Odd characters never become options: a space, a comma split, a newline.
@@ -249,4 +281,37 @@ fn the_root_side_enforces_the_site_policy_whatever_the_user_sends() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stdout.contains("ok"), "{}", r.all());
     assert_nothing_left();
+}
+
+#[test]
+fn the_ssh_mode_runs_inside_the_plugins_containers_for_a_user_outside_the_docker_group() {
+    let _g = shared();
+    let s = script(
+        "dave",
+        "e2e-direct-mpi.sh",
+        "#!/bin/bash\necho \"hostlist=$hostlist np=$np NNODES=$NNODES MASTER_ADDR=$MASTER_ADDR slurm_vars=$(env | grep -c ^SLURM_)\"\n\
+         mpirun -H \"$hostlist\" -np \"$np\" hostname | sed 's/^/rank-on /'\nexit 3\n",
+    );
+    let r = dave(&format!(
+        "srun -N3 -n3 --mnd-image={IMAGE} mnd-srun --script=./{s}"
+    ));
+    assert_eq!(r.code, 3, "the script's exit code comes back: {}", r.all());
+    assert!(
+        r.stdout.contains(
+            "hostlist=node1:1,node2:1,node3:1 np=3 NNODES=3 MASTER_ADDR=node1 slurm_vars=0"
+        ),
+        "{}",
+        r.all()
+    );
+    for node in NODES {
+        assert!(
+            r.stdout.contains(&format!("rank-on {node}")),
+            "mpirun reached {node} over ssh: {}",
+            r.all()
+        );
+    }
+    assert_nothing_left();
+    for node in NODES {
+        assert_eq!(stray_sshd(node, "dave"), 0, "sshd left on {node}");
+    }
 }

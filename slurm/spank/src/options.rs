@@ -121,9 +121,8 @@ pub fn given(spank: &mut SpankHandle) -> Result<Option<Options>, Box<dyn Error>>
         };
         values.push(value.filter(|v| !v.is_empty()));
     }
-    let [image, mounts, workdir, name, envlist]: [Option<String>; 5] = values
-        .try_into()
-        .map_err(|_| "mnd_spank: option table")?;
+    let [image, mounts, workdir, name, envlist]: [Option<String>; 5] =
+        values.try_into().map_err(|_| "mnd_spank: option table")?;
     Ok(image.map(|image| Options {
         image,
         mounts,
@@ -143,7 +142,11 @@ mod tests {
             .unwrap();
         assert_eq!(a.helper, PathBuf::from("/usr/bin/mnd"));
         assert_eq!(a.config, Some(PathBuf::from("/etc/mnd-srun/direct.toml")));
-        assert!(PluginArgs::parse(&["helper=mnd"]).unwrap_err().contains("absolute"));
-        assert!(PluginArgs::parse(&["nope=/x"]).unwrap_err().contains("unknown"));
+        assert!(PluginArgs::parse(&["helper=mnd"])
+            .unwrap_err()
+            .contains("absolute"));
+        assert!(PluginArgs::parse(&["nope=/x"])
+            .unwrap_err()
+            .contains("unknown"));
     }
 }

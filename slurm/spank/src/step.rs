@@ -22,7 +22,10 @@ pub struct Step {
 
 impl Step {
     /// Reads the job from Slurm (remote `init_post_opt`, root); `None` for special steps.
-    pub fn from_job(spank: &mut SpankHandle, options: Options) -> Result<Option<Self>, Box<dyn Error>> {
+    pub fn from_job(
+        spank: &mut SpankHandle,
+        options: Options,
+    ) -> Result<Option<Self>, Box<dyn Error>> {
         let step = spank.job_stepid()?;
         if SPECIAL_STEPS.contains(&step) {
             return Ok(None);
@@ -80,7 +83,8 @@ impl Step {
             return Err(text);
         }
         if let Ok(text) = std::fs::read_to_string(&reply_file) {
-            return serde_json::from_str(&text).map_err(|e| format!("{}: {e}", reply_file.display()));
+            return serde_json::from_str(&text)
+                .map_err(|e| format!("{}: {e}", reply_file.display()));
         }
         let answer = self.ask_helper(args);
         let (file, text) = match &answer {
@@ -95,7 +99,8 @@ impl Step {
     /// directory is slurmstepd's: it moves into the step's before forking the tasks.
     fn ask_helper(&self, args: &PluginArgs) -> Result<Reply, String> {
         let request = Request {
-            cwd: std::env::current_dir().map_err(|e| format!("the step's working directory: {e}"))?,
+            cwd: std::env::current_dir()
+                .map_err(|e| format!("the step's working directory: {e}"))?,
             ..self.request.clone()
         };
         root_only(&args.helper)?;
@@ -114,9 +119,13 @@ impl Step {
             .map_err(|e| format!("cannot run the helper {}: {e}", args.helper.display()))?;
         let request = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(&request).map_err(|e| format!("helper: {e}"))?;
+            stdin
+                .write_all(&request)
+                .map_err(|e| format!("helper: {e}"))?;
         }
-        let out = child.wait_with_output().map_err(|e| format!("helper: {e}"))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("helper: {e}"))?;
         let said = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             let said = said.trim().trim_start_matches("mnd: ");
@@ -192,7 +201,8 @@ fn private_dir(dir: &Path) -> Result<(), String> {
 /// in `SLURM_PMIX_TMPDIR` or /tmp). Only those that exist (the step uses PMIx).
 fn pmix_dirs(uid: u32, job: u32, step: u32) -> Vec<PathBuf> {
     let server = std::env::var_os("PMIX_SERVER_TMPDIR").map(PathBuf::from);
-    let tmp = std::env::var_os("SLURM_PMIX_TMPDIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    let tmp =
+        std::env::var_os("SLURM_PMIX_TMPDIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
     let client = tmp.join(format!("spmix_appdir_{uid}_{job}.{step}"));
     server
         .into_iter()
