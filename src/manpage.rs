@@ -26,6 +26,30 @@ The names given with \-\-envlist (each also set).
 .TP
 .B MND_JOB ", " PDSH_RCMD_TYPE
 JOB.STEP; ssh.
+.SH "DIRECT MODE (SPANK PLUGIN)"
+With mnd_spank.so in plugstack.conf, srun, salloc and sbatch take these options (each also
+set by its variable); every task of the step then runs inside its node's container, as an
+ordinary Slurm task, for users in the docker group or not.
+.TP
+.BI \-\-mnd\-image= IMAGE " " (MND_IMAGE)
+Run every task of the step inside IMAGE.
+.TP
+.BI \-\-mnd\-mounts= SRC[:DST][:ro],... " " (MND_MOUNTS)
+More folders in the container; home and working directory are always there.
+.TP
+.BI \-\-mnd\-workdir= DIR " " (MND_WORKDIR)
+Where the tasks start inside the container.
+.TP
+.BI \-\-mnd\-name= NAME " " (MND_NAME)
+Keep the node's container for the job's later steps with the same NAME.
+.TP
+.BI \-\-mnd\-envlist= VAR,... " " (MND_ENVLIST)
+Variables whose value from the job wins over the image's.
+.PP
+.B srun \-N3 \-n3 \-\-mnd\-image=IMAGE mnd\-srun \-\-script=./train.sh
+runs this launcher inside the plugin's containers (no docker group needed); options that
+shape a container (\-\-container, \-\-dockopts, \-\-mounts, \-\-gpus, \-\-privileged) are
+refused there.
 .SH "EXIT STATUS"
 The script's exit code after a normal end. 2: bad input (flags, config, policy, Slurm
 environment, script, ssh material). 125: a node could not start or the job could not run.
