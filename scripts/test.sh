@@ -6,3 +6,5 @@ cd "$(dirname "$0")/.."
 cargo build --bins
 scripts/vcluster up 3
 cargo test --lib --bins --tests -- --test-threads=3
+# The SPANK plugin's own tests (vcluster up installed its build dependencies).
+cargo test -p mnd-spank -q
