@@ -933,7 +933,18 @@ fn gpus(
         GpuAsk::Default => GpuAsk::All,
         other => other,
     };
-    let vendor = match args.gpu_vendor {
+    gpu_devices(args.gpu_vendor, want, facts)
+}
+
+/// What Docker is asked for to give a container the GPUs `want` of `vendor` (`Auto`: NVIDIA
+/// when the node has /dev/nvidia0, else AMD when it has /dev/kfd): NVIDIA's device request,
+/// or AMD's device nodes and the groups that own them.
+pub(crate) fn gpu_devices(
+    vendor: GpuVendor,
+    want: GpuAsk,
+    facts: &NodeFacts,
+) -> (Gpus, Vec<Device>, Vec<u32>) {
+    let vendor = match vendor {
         GpuVendor::Auto if facts.nvidia => GpuVendor::Nvidia,
         GpuVendor::Auto if facts.amd.is_some() => GpuVendor::Amd,
         GpuVendor::Auto => GpuVendor::None,
@@ -969,7 +980,7 @@ fn gpus(
 /// What programs in the container are told about their GPUs, consistent with what they
 /// see: the GPUs given appear as 0..n-1 (NVIDIA's runtime and AMD's render nodes alike),
 /// and `NVIDIA_VISIBLE_DEVICES` names the node's physical ones.
-fn gpu_env(gpus: &Gpus, devices: &[Device]) -> Vec<(String, String)> {
+pub(crate) fn gpu_env(gpus: &Gpus, devices: &[Device]) -> Vec<(String, String)> {
     let first_n = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
     match gpus {
         Gpus::Nvidia(ids) => vec![

@@ -96,6 +96,8 @@ pub struct Prepared {
     pub reuse: bool,
     /// The mnd tools' folder, when the container shows it.
     pub tools: Option<PathBuf>,
+    /// The step's GPUs on this node (Slurm's indices).
+    pub gpus: Vec<u32>,
 }
 
 /// `mnd direct up`, before any thread exists: looks up the user, resolves their paths as
@@ -130,11 +132,24 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
     let tools = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf));
-    let (spec, checked) = plan(req, site, &user, tools.as_deref(), &resolve)?;
+    let facts = crate::node::gather().map_err(|e| HelperError::Resolve {
+        uid: req.uid,
+        reason: format!("this node's facts: {e}"),
+    })?;
+    let (spec, checked) = plan(&super::Inputs {
+        req,
+        site,
+        user: &user,
+        facts: &facts,
+        tools: tools.as_deref(),
+        resolve: &resolve,
+    })?;
+    let gpus = super::step_gpus(req.step_gpus.as_deref())?;
     let tools = tools.filter(|t| spec.mounts.iter().any(|m| &m.target == t));
     Ok(Prepared {
         spec,
         tools,
+        gpus,
         user,
         envlist: checked.envlist,
         workdir: checked.workdir,
@@ -277,6 +292,7 @@ fn reply(p: &Prepared, pid: i32, image_env: &[String], image_id: &str) -> Reply 
         set_env,
         unset_env,
         workdir: p.workdir.clone(),
+        gpus: p.gpus.clone(),
     }
 }
 

@@ -11,10 +11,11 @@
 
 pub mod helper;
 
+use crate::cli::GpuVendor;
 use crate::config::SiteConfig;
 use crate::identity::Identity;
-use crate::plan::{self, usage, ContainerSpec, Gpus, Mount, PlanError};
-use crate::policy::{self, MountOrigin};
+use crate::plan::{self, usage, ContainerSpec, Mount, NodeFacts, PlanError};
+use crate::policy::{self, GpuAsk, MountOrigin};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -70,6 +71,9 @@ pub struct Request {
     pub options: Options,
     /// Slurm's own folders the tasks need at the same path (PMIx server and client folders).
     pub slurm_dirs: Vec<PathBuf>,
+    /// The step's GPUs on this node as Slurm gives them (`SLURM_STEP_GPUS`), if any.
+    #[serde(default)]
+    pub step_gpus: Option<String>,
 }
 
 /// What the root helper answers.
@@ -85,6 +89,9 @@ pub struct Reply {
     pub unset_env: Vec<String>,
     /// Where the tasks start, when `--mnd-workdir` was given.
     pub workdir: Option<PathBuf>,
+    /// The step's GPUs on this node (Slurm's indices), in the container's order.
+    #[serde(default)]
+    pub gpus: Vec<u32>,
 }
 
 /// Variable set in every task, naming its container (`mnd-srun` sees it runs inside one).
@@ -196,19 +203,37 @@ impl Request {
     }
 }
 
+/// What the container of a direct-mode step is decided from.
+pub struct Inputs<'a> {
+    /// The plugin's request.
+    pub req: &'a Request,
+    /// The site config.
+    pub site: &'a SiteConfig,
+    /// The job's user.
+    pub user: &'a Identity,
+    /// This node's GPUs.
+    pub facts: &'a NodeFacts,
+    /// The folder of the mnd tools.
+    pub tools: Option<&'a Path>,
+    /// Resolves a path as the user.
+    pub resolve: &'a dyn Fn(&Path) -> std::io::Result<PathBuf>,
+}
+
 /// Decides this node's container for a direct-mode step: the image under the site's image
 /// rules, the user's home, the site's mounts, `--mnd-mounts` and the working directory under
 /// the mount rules (sources resolved by `resolve` as the user), Slurm's folders, the job's
-/// uid, gid and groups, no capabilities, `no-new-privileges`, host namespaces but mount.
-/// `tools` is the folder of the mnd binaries, shown read-only at the same path so `srun
+/// uid, gid and groups, exactly the step's GPUs on this node, no capabilities,
+/// `no-new-privileges`, host namespaces but mount. `tools` is the folder of the mnd binaries, shown read-only at the same path so `srun
 /// --mnd-image=IMAGE mnd-srun ...` finds mnd-srun (not when it is a system folder).
-pub fn plan(
-    req: &Request,
-    site: &SiteConfig,
-    user: &Identity,
-    tools: Option<&Path>,
-    resolve: &dyn Fn(&Path) -> std::io::Result<PathBuf>,
-) -> Result<(ContainerSpec, Checked), PlanError> {
+pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
+    let Inputs {
+        req,
+        site,
+        user,
+        facts,
+        tools,
+        resolve,
+    } = *i;
     let opts = req.options.check()?;
     policy::check_request(
         site,
@@ -263,12 +288,35 @@ pub fn plan(
             opts.name.clone().unwrap_or_default(),
         ),
     ]);
+    let step_gpus = step_gpus(req.step_gpus.as_deref())?;
+    let want = if step_gpus.is_empty() {
+        GpuAsk::None
+    } else {
+        GpuAsk::Ids(step_gpus)
+    };
+    let (gpus, devices, gpu_groups) = plan::gpu_devices(GpuVendor::Auto, want, facts);
     let mut group_add: Vec<String> = Vec::new();
-    for g in req.gids.iter().filter(|g| **g != req.gid) {
+    for g in req
+        .gids
+        .iter()
+        .chain(&gpu_groups)
+        .filter(|g| **g != req.gid)
+    {
         if !group_add.contains(&g.to_string()) {
             group_add.push(g.to_string());
         }
     }
+    let mut env = vec![
+        format!("HOME={}", user.home.display()),
+        format!("USER={}", user.name),
+        format!("LOGNAME={}", user.name),
+        format!("MND_JOB={}.{}", req.job, req.step),
+    ];
+    env.extend(
+        plan::gpu_env(&gpus, &devices)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}")),
+    );
     let spec = ContainerSpec {
         name: req.container_name(&user.name, opts.name.as_deref()),
         image: opts.image.clone(),
@@ -277,11 +325,7 @@ pub fn plan(
         group_add,
         labels,
         mounts,
-        env: vec![
-            format!("HOME={}", user.home.display()),
-            format!("USER={}", user.name),
-            format!("LOGNAME={}", user.name),
-        ],
+        env,
         workdir: req.cwd.clone(),
         network: "host".into(),
         // The node's /dev/shm, as the tasks would have without a container: Slurm's PMIx
@@ -289,8 +333,8 @@ pub fn plan(
         ipc: Some("host".into()),
         shm_size: None,
         ulimits: vec![],
-        devices: vec![],
-        gpus: Gpus::None,
+        devices,
+        gpus,
         cap_add: vec![],
         cap_drop: vec!["ALL".into()],
         security_opt: vec!["no-new-privileges=true".into()],
@@ -300,6 +344,38 @@ pub fn plan(
         host_namespaces: true,
     };
     Ok((spec, opts))
+}
+
+/// The step's GPUs on this node from Slurm's `SLURM_STEP_GPUS` (indices, comma separated).
+pub fn step_gpus(text: Option<&str>) -> Result<Vec<u32>, PlanError> {
+    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(vec![]);
+    };
+    text.split(',')
+        .map(|i| i.trim().parse::<u32>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            usage(format!(
+                "SLURM_STEP_GPUS '{}' is not a list of GPU indices",
+                text.escape_debug()
+            ))
+        })
+}
+
+/// A task's GPU variable (`CUDA_VISIBLE_DEVICES`, ...) as the container numbers its GPUs.
+/// The container has the step's GPUs `step` (Slurm's indices) as 0..n-1: a value naming
+/// Slurm's indices, all among the step's, becomes their positions; anything else (Slurm
+/// already numbers from 0 under `ConstrainDevices`, or names no GPU) stays as it is.
+pub fn container_gpu_ids(step: &[u32], value: &str) -> Option<String> {
+    let ids: Vec<u32> = value
+        .split(',')
+        .map(|i| i.trim().parse().ok())
+        .collect::<Option<Vec<u32>>>()?;
+    let positions: Vec<String> = ids
+        .iter()
+        .map(|id| step.iter().position(|s| s == id).map(|p| p.to_string()))
+        .collect::<Option<Vec<_>>>()?;
+    Some(positions.join(","))
 }
 
 /// Variables the image never sets in a task: who the task is, and what Slurm, PMI and the

@@ -12,6 +12,7 @@ fn request(options: Options) -> Request {
         cwd: "/shared/home/alice/proj".into(),
         options,
         slurm_dirs: vec!["/var/spool/slurmd/pmix.42.3".into()],
+        step_gpus: None,
     }
 }
 
@@ -31,13 +32,28 @@ fn resolve(p: &Path) -> std::io::Result<PathBuf> {
 }
 
 fn planned(options: Options, site: &SiteConfig) -> Result<(ContainerSpec, Checked), PlanError> {
-    plan(
+    planned_for(
         &request(options),
         site,
-        &test_user(),
-        Some(Path::new("/opt/mnd-srun/bin")),
-        &resolve,
+        &NodeFacts::default(),
+        "/opt/mnd-srun/bin",
     )
+}
+
+fn planned_for(
+    req: &Request,
+    site: &SiteConfig,
+    facts: &NodeFacts,
+    tools: &str,
+) -> Result<(ContainerSpec, Checked), PlanError> {
+    plan(&Inputs {
+        req,
+        site,
+        user: &test_user(),
+        facts,
+        tools: Some(Path::new(tools)),
+        resolve: &resolve,
+    })
 }
 
 #[test]
@@ -65,12 +81,11 @@ fn a_step_container_runs_as_the_job_with_nothing_extra() {
         .iter()
         .any(|m| m.target == Path::new("/opt/mnd-srun/bin") && m.read_only));
     // The tools are never shown from a system folder (it would hide the image's).
-    let (spec, _) = plan(
+    let (spec, _) = planned_for(
         &request(image("img")),
         &SiteConfig::default(),
-        &test_user(),
-        Some(Path::new("/usr/bin")),
-        &resolve,
+        &NodeFacts::default(),
+        "/usr/bin",
     )
     .unwrap();
     assert!(!spec
@@ -233,4 +248,61 @@ fn requests_and_replies_survive_json() {
     let req = request(image("img"));
     let text = serde_json::to_string(&req).unwrap();
     assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
+}
+
+#[test]
+fn the_container_gets_exactly_the_steps_gpus_on_the_node() {
+    let nvidia = NodeFacts {
+        nvidia: true,
+        ..NodeFacts::default()
+    };
+    let req = Request {
+        step_gpus: Some("1,3".into()),
+        ..request(image("img"))
+    };
+    let (spec, _) =
+        planned_for(&req, &SiteConfig::default(), &nvidia, "/opt/mnd-srun/bin").unwrap();
+    assert_eq!(spec.gpus, crate::plan::Gpus::Nvidia(vec![1, 3]));
+    assert!(spec.env.contains(&"NVIDIA_VISIBLE_DEVICES=1,3".to_string()));
+    let amd = NodeFacts {
+        amd: Some(crate::plan::AmdFacts {
+            render_nodes: vec![128, 129, 130, 131],
+            device_gids: vec![44, 109],
+        }),
+        ..NodeFacts::default()
+    };
+    let (spec, _) = planned_for(&req, &SiteConfig::default(), &amd, "/opt/mnd-srun/bin").unwrap();
+    let devices: Vec<&str> = spec.devices.iter().map(|d| d.host.as_str()).collect();
+    assert_eq!(
+        devices,
+        ["/dev/kfd", "/dev/dri/renderD129", "/dev/dri/renderD131"]
+    );
+    assert!(spec.group_add.contains(&"109".to_string()));
+    // No GPU in the step: none in the container, whatever the node has.
+    let (spec, _) = planned_for(
+        &request(image("img")),
+        &SiteConfig::default(),
+        &nvidia,
+        "/x",
+    )
+    .unwrap();
+    assert_eq!(spec.gpus, crate::plan::Gpus::None);
+    let bad = Request {
+        step_gpus: Some("0,x".into()),
+        ..request(image("img"))
+    };
+    let err = planned_for(&bad, &SiteConfig::default(), &nvidia, "/x").unwrap_err();
+    assert!(err.to_string().contains("SLURM_STEP_GPUS"), "{err}");
+}
+
+#[test]
+fn a_tasks_gpu_ids_follow_the_containers_numbering() {
+    // Slurm's indices (no ConstrainDevices) become positions among the step's GPUs.
+    assert_eq!(container_gpu_ids(&[2, 3], "3").as_deref(), Some("1"));
+    assert_eq!(container_gpu_ids(&[2, 3], "2,3").as_deref(), Some("0,1"));
+    assert_eq!(container_gpu_ids(&[0, 1], "0,1").as_deref(), Some("0,1"));
+    // Numbers from 0 under ConstrainDevices stay; so does anything that is not a list.
+    assert_eq!(container_gpu_ids(&[2, 3], "0"), None);
+    assert_eq!(container_gpu_ids(&[2, 3], "GPU-1234"), None);
+    assert_eq!(container_gpu_ids(&[0, 2], "0").as_deref(), Some("0"));
 }

@@ -137,11 +137,11 @@ fn a_node_without_the_image_fails_the_step_naming_it() {
     assert_nothing_left();
 }
 
-#[test]
-fn scancel_ends_the_step_and_leaves_nothing() {
-    let _g = shared();
+/// Submits a 3-node batch job of dave whose step sleeps in direct mode; returns its id once
+/// the step's containers run on every node.
+fn sleeping_job(sbatch_flags: &str) -> String {
     let job = dave(&format!(
-        "sbatch --parsable -N3 --wrap 'srun -N3 --mnd-image={IMAGE} sleep 300'"
+        "sbatch --parsable -N3 {sbatch_flags} --wrap 'srun -N3 --mnd-image={IMAGE} sleep 600'"
     ));
     assert_eq!(job.code, 0, "{}", job.all());
     let id = job.stdout.trim().to_string();
@@ -154,8 +154,72 @@ fn scancel_ends_the_step_and_leaves_nothing() {
                 .all(|n| !containers(n, &format!("mnd-dave-{id}.")).is_empty())
         },
     );
+    id
+}
+
+fn job_gone(id: &str) -> bool {
+    dave(&format!("squeue -h -j {id}")).stdout.trim().is_empty()
+}
+
+#[test]
+fn scancel_ends_the_step_and_leaves_nothing() {
+    let _g = shared();
+    let id = sleeping_job("");
     assert_eq!(root_on("node1", &["scancel", &id]).code, 0);
     assert_clean(&format!("mnd-dave-{id}"), CLEAN);
+    assert_nothing_left();
+}
+
+#[test]
+fn the_time_limit_ends_the_step_and_leaves_nothing() {
+    let _g = shared();
+    let id = sleeping_job("--time=1");
+    wait_until(
+        "Slurm to end the job at its time limit",
+        Duration::from_secs(240),
+        || job_gone(&id),
+    );
+    assert_clean(&format!("mnd-dave-{id}"), CLEAN);
+    assert_nothing_left();
+}
+
+#[test]
+fn a_killed_slurmstepd_leaves_a_container_that_the_epilog_removes() {
+    let _g = shared();
+    let id = sleeping_job("");
+    // SIGKILL: the plugin's step end never runs on node2.
+    let pattern = format!("^slurmstepd: \\[{id}\\.0\\]");
+    let killed = root_on("node2", &["pkill", "-9", "-f", &pattern]);
+    assert_eq!(
+        killed.code,
+        0,
+        "no slurmstepd of step {id}.0 on node2: {}",
+        killed.all()
+    );
+    assert_eq!(root_on("node1", &["scancel", &id]).code, 0);
+    wait_until("the job to end", Duration::from_secs(120), || job_gone(&id));
+    assert_clean(&format!("mnd-dave-{id}"), CLEAN);
+}
+
+#[test]
+fn kill_on_bad_exit_ends_the_other_tasks_at_once() {
+    let _g = shared();
+    let r = dave(&format!(
+        "srun -N3 -n3 -K --mnd-image={IMAGE} bash -c 'if [ $SLURM_PROCID = 1 ]; then exit 5; fi; sleep 300'"
+    ));
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("task 1: Exited with exit code 5"),
+        "{}",
+        r.all()
+    );
+    // The others were killed by Slurm, not left to sleep their 300 s.
+    assert!(
+        r.took < Duration::from_secs(60),
+        "took {:?}: {}",
+        r.took,
+        r.all()
+    );
     assert_nothing_left();
 }
 

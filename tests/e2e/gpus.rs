@@ -233,3 +233,42 @@ fn a_step_given_no_gpu_in_a_job_with_gpus_gets_none() {
     }
     assert_clean(&name, CLEAN);
 }
+
+#[test]
+fn direct_mode_gives_the_container_the_steps_gpus_and_each_task_its_own_numbering() {
+    // Alone on the cluster, so which GPUs Slurm hands out is known.
+    let _g = exclusive();
+    // alice holds node2's GPUs 0 and 1: dave's step gets 2 and 3.
+    let holder = alice("sbatch --parsable -N1 -w node2 --gres=gpu:2 --wrap 'sleep 120'");
+    assert_eq!(holder.code, 0, "{}", holder.all());
+    let hid = holder.stdout.trim().to_string();
+    wait_until("the holding job to run", Duration::from_secs(30), || {
+        alice(&format!("squeue -h -j {hid} -o %T")).stdout.trim() == "RUNNING"
+    });
+    let r = dave(&format!(
+        "srun -N1 -w node2 --gres=gpu:2 -n2 --gpus-per-task=1 -l --mnd-image={IMAGE} \
+         bash -c 'echo job=$SLURM_JOB_ID slurm=$SLURM_STEP_GPUS cuda=$CUDA_VISIBLE_DEVICES'"
+    ));
+    root_on("node1", &["scancel", &hid]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let job = r
+        .stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("job="))
+        .expect("job id")
+        .to_string();
+    // Docker was asked for exactly the step's GPUs on node2.
+    assert_eq!(
+        asked_of_docker("node2", &format!("{job}.0")),
+        BTreeSet::from([2, 3])
+    );
+    // Each task's Slurm GPU is the container's GPU at its place among the step's.
+    for (slurm, cuda) in [("2", "0"), ("3", "1")] {
+        assert!(
+            r.stdout.contains(&format!("slurm={slurm} cuda={cuda}")),
+            "task with GPU {slurm} sees it as {cuda}: {}",
+            r.all()
+        );
+    }
+    assert_clean(&format!("mnd-dave-{job}"), CLEAN);
+}

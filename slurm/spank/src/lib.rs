@@ -18,6 +18,14 @@ use options::{PluginArgs, OPTIONS};
 use slurm_spank::{spank_log_error, Context, Plugin, SpankHandle, SpankOption, SPANK_PLUGIN};
 use std::error::Error;
 
+/// Per-task GPU variables Slurm sets, renumbered for the container.
+const GPU_VARS: [&str; 4] = [
+    "CUDA_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "GPU_DEVICE_ORDINAL",
+];
+
 // Slurm 22.05 (only major.minor is compared when the plugin is loaded).
 SPANK_PLUGIN!(b"mnd_spank", 0x160500, MndSpank);
 
@@ -71,7 +79,9 @@ unsafe impl Plugin for MndSpank {
         let Some(step) = &self.step else {
             return Ok(());
         };
-        let reply = step.container(&self.args).map_err(|e| {
+        // Slurm has set the step's GPUs on this node in the job's environment by now.
+        let step_gpus = spank.getenv("SLURM_STEP_GPUS")?;
+        let reply = step.container(&self.args, step_gpus).map_err(|e| {
             spank_log_error!("mnd: {}: {e}", step.node());
             e
         })?;
@@ -86,10 +96,23 @@ unsafe impl Plugin for MndSpank {
         Ok(())
     }
 
-    fn task_init(&mut self, _spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
-        if let Some(dir) = self.reply.as_ref().and_then(|r| r.workdir.as_ref()) {
+    fn task_init(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        let Some(reply) = &self.reply else {
+            return Ok(());
+        };
+        if let Some(dir) = &reply.workdir {
             std::env::set_current_dir(dir)
                 .map_err(|e| format!("mnd: --mnd-workdir {}: {e}", dir.display()))?;
+        }
+        // Slurm has set this task's GPUs by now, in its numbering; the container has the
+        // step's GPUs as 0..n-1.
+        for var in GPU_VARS {
+            let mapped = spank
+                .getenv(var)?
+                .and_then(|v| mnd::direct::container_gpu_ids(&reply.gpus, &v));
+            if let Some(ids) = mapped {
+                spank.setenv(var, ids, true)?;
+            }
         }
         Ok(())
     }

@@ -50,6 +50,8 @@ impl Step {
                 cwd: PathBuf::new(),
                 options,
                 slurm_dirs: pmix_dirs(uid, job, step),
+                // Known in the task (`container`).
+                step_gpus: None,
             },
         }))
     }
@@ -67,7 +69,7 @@ impl Step {
     /// The step's container on this node (in a task child, as root): the first task to
     /// take the lock asks the helper and records the reply (or the failure, so the other
     /// tasks fail at once with the same message); the others read it.
-    pub fn container(&self, args: &PluginArgs) -> Result<Reply, String> {
+    pub fn container(&self, args: &PluginArgs, step_gpus: Option<String>) -> Result<Reply, String> {
         private_dir(&args.runtime_dir)?;
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -86,7 +88,7 @@ impl Step {
             return serde_json::from_str(&text)
                 .map_err(|e| format!("{}: {e}", reply_file.display()));
         }
-        let answer = self.ask_helper(args);
+        let answer = self.ask_helper(args, step_gpus);
         let (file, text) = match &answer {
             Ok(reply) => (reply_file, serde_json::to_string(reply).unwrap_or_default()),
             Err(e) => (error_file, e.clone()),
@@ -97,10 +99,11 @@ impl Step {
 
     /// Runs `mnd direct up` with a clean environment, the request on stdin. The working
     /// directory is slurmstepd's: it moves into the step's before forking the tasks.
-    fn ask_helper(&self, args: &PluginArgs) -> Result<Reply, String> {
+    fn ask_helper(&self, args: &PluginArgs, step_gpus: Option<String>) -> Result<Reply, String> {
         let request = Request {
             cwd: std::env::current_dir()
                 .map_err(|e| format!("the step's working directory: {e}"))?,
+            step_gpus,
             ..self.request.clone()
         };
         root_only(&args.helper)?;
