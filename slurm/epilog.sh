@@ -15,4 +15,10 @@ if [ -z "$mnd" ]; then
 fi
 timeout 60 "$mnd" cleanup --job "$SLURM_JOB_ID" --all-users || \
   echo "mnd-srun epilog: cleanup of job $SLURM_JOB_ID failed or timed out" >&2
+# The SPANK plugin's step files of the job (left when a slurmstepd was killed; the plugin's
+# runtime_dir, default /run/mnd-spank).
+case "$SLURM_JOB_ID" in
+  *[!0-9]*) ;;
+  *) rm -f "${MND_SPANK_RUNTIME_DIR:-/run/mnd-spank}/$SLURM_JOB_ID".* ;;
+esac
 exit 0

@@ -7,22 +7,41 @@ use std::time::Duration;
 
 const CLEAN: Duration = Duration::from_secs(15);
 
-/// No direct-mode container of dave's and no step file of the plugin on any node.
-fn assert_nothing_left() {
-    assert_clean("mnd-dave-", CLEAN);
+/// No container and no plugin step file of dave's job `job` on any node.
+fn assert_nothing_left(job: &str) {
+    assert_clean(&format!("mnd-dave-{job}"), CLEAN);
     for node in NODES {
         wait_until(
-            &format!("the plugin's step files on {node} to go"),
+            &format!("the plugin's files of job {job} on {node} to go"),
             CLEAN,
             || {
                 let r = root_on(
                     node,
-                    &["sh", "-c", "ls -A /run/mnd-spank 2>/dev/null | wc -l"],
+                    &[
+                        "sh",
+                        "-c",
+                        &format!("ls /run/mnd-spank/ 2>/dev/null | grep -c '^{job}\\.' || true"),
+                    ],
                 );
                 r.code == 0 && r.stdout.trim() == "0"
             },
         );
     }
+}
+
+/// Runs `cmdline` as dave inside a fresh allocation of `nodes` nodes; returns the run and the
+/// job's id, so what is left is looked for by job whatever other tests run meanwhile.
+fn dave_job(nodes: u32, cmdline: &str) -> (Run, String) {
+    let quoted = format!("'{}'", cmdline.replace('\'', "'\\''"));
+    let r = dave(&format!("salloc -N{nodes} --ntasks-per-node=2 bash -c {quoted}"));
+    let job = r
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("salloc: Granted job allocation "))
+        .unwrap_or_else(|| panic!("no allocation: {}", r.all()))
+        .trim()
+        .to_string();
+    (r, job)
 }
 
 #[test]
@@ -36,7 +55,7 @@ fn every_task_runs_in_its_nodes_container_as_a_user_outside_the_docker_group() {
     );
     // mpirun is in the image only: the nodes have none.
     assert_ne!(root_on("node2", &["test", "-e", "/usr/bin/mpirun"]).code, 0);
-    let r = dave(&format!(
+    let (r, job) = dave_job(3, &format!(
         "srun -N3 --ntasks-per-node=2 -l --mnd-image={IMAGE} bash -c \
          'echo \"$(hostname) id=$(id -u):$(id -g) groups=$(id -G) image=$(test -x /usr/bin/mpirun && echo yes) \
           pwd=$PWD user=$(whoami) parent=$(cat /proc/$PPID/comm) \
@@ -73,13 +92,13 @@ fn every_task_runs_in_its_nodes_container_as_a_user_outside_the_docker_group() {
             assert!(l.contains(want), "'{want}' missing in: {l}");
         }
     }
-    assert_nothing_left();
+    assert_nothing_left(&job);
 }
 
 #[test]
 fn mpi4py_allreduce_runs_on_sruns_pmix_across_three_nodes() {
     let _g = shared();
-    let r = dave(&format!(
+    let (r, job) = dave_job(3, &format!(
         "srun -N3 --ntasks-per-node=2 --mpi=pmix --mnd-image={IMAGE} python3 -c \
          'from mpi4py import MPI; c = MPI.COMM_WORLD; print(\"sum\", c.allreduce(c.rank + 1), \"size\", c.size, \"rank\", c.rank)'"
     ));
@@ -92,22 +111,25 @@ fn mpi4py_allreduce_runs_on_sruns_pmix_across_three_nodes() {
         .collect();
     ranks.sort();
     assert_eq!(ranks, ["0", "1", "2", "3", "4", "5"], "{}", r.all());
-    assert_nothing_left();
+    assert_nothing_left(&job);
 }
 
 #[test]
 fn a_tasks_exit_code_comes_back_from_srun() {
     let _g = shared();
-    let r = dave(&format!(
-        "srun -N3 -n3 --mnd-image={IMAGE} bash -c 'exit $(( SLURM_PROCID == 2 ? 7 : 0 ))'"
-    ));
+    let (r, job) = dave_job(
+        3,
+        &format!(
+            "srun -N3 -n3 --mnd-image={IMAGE} bash -c 'exit $(( SLURM_PROCID == 2 ? 7 : 0 ))'"
+        ),
+    );
     assert_eq!(r.code, 7, "{}", r.all());
     assert!(
         r.stderr.contains("task 2: Exited with exit code 7"),
         "{}",
         r.all()
     );
-    assert_nothing_left();
+    assert_nothing_left(&job);
 }
 
 #[test]
@@ -117,7 +139,7 @@ fn a_node_without_the_image_fails_the_step_naming_it() {
     for node in ["node1", "node2"] {
         assert_eq!(root_on(node, &["docker", "tag", IMAGE, tag]).code, 0);
     }
-    let r = dave(&format!("srun -N3 -n3 -l --mnd-image={tag} true"));
+    let (r, job) = dave_job(3, &format!("srun -N3 -n3 -l --mnd-image={tag} true"));
     for node in ["node1", "node2"] {
         root_on(node, &["docker", "rmi", tag]);
     }
@@ -134,7 +156,7 @@ fn a_node_without_the_image_fails_the_step_naming_it() {
         r.all()
     );
     assert!(r.took < Duration::from_secs(30), "took {:?}", r.took);
-    assert_nothing_left();
+    assert_nothing_left(&job);
 }
 
 /// Submits a 3-node batch job of dave whose step sleeps in direct mode; returns its id once
@@ -166,8 +188,7 @@ fn scancel_ends_the_step_and_leaves_nothing() {
     let _g = shared();
     let id = sleeping_job("");
     assert_eq!(root_on("node1", &["scancel", &id]).code, 0);
-    assert_clean(&format!("mnd-dave-{id}"), CLEAN);
-    assert_nothing_left();
+    assert_nothing_left(&id);
 }
 
 #[test]
@@ -179,8 +200,7 @@ fn the_time_limit_ends_the_step_and_leaves_nothing() {
         Duration::from_secs(240),
         || job_gone(&id),
     );
-    assert_clean(&format!("mnd-dave-{id}"), CLEAN);
-    assert_nothing_left();
+    assert_nothing_left(&id);
 }
 
 #[test]
@@ -198,15 +218,17 @@ fn a_killed_slurmstepd_leaves_a_container_that_the_epilog_removes() {
     );
     assert_eq!(root_on("node1", &["scancel", &id]).code, 0);
     wait_until("the job to end", Duration::from_secs(120), || job_gone(&id));
-    assert_clean(&format!("mnd-dave-{id}"), CLEAN);
+    // The container and the plugin's files of the step that never ended on node2.
+    assert_nothing_left(&id);
 }
 
 #[test]
 fn kill_on_bad_exit_ends_the_other_tasks_at_once() {
     let _g = shared();
-    let r = dave(&format!(
-        "srun -N3 -n3 -K --mnd-image={IMAGE} bash -c 'if [ $SLURM_PROCID = 1 ]; then exit 5; fi; sleep 300'"
-    ));
+    let (r, job) = dave_job(
+        3,
+        &format!("srun -N3 -n3 -K --mnd-image={IMAGE} bash -c 'if [ $SLURM_PROCID = 1 ]; then exit 5; fi; sleep 300'"),
+    );
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(
         r.stderr.contains("task 1: Exited with exit code 5"),
@@ -220,7 +242,7 @@ fn kill_on_bad_exit_ends_the_other_tasks_at_once() {
         r.took,
         r.all()
     );
-    assert_nothing_left();
+    assert_nothing_left(&job);
 }
 
 #[test]
@@ -244,8 +266,7 @@ fn a_named_container_serves_the_jobs_later_steps_and_goes_with_the_job() {
     assert_eq!(r.stdout.matches(": step0").count(), 2, "{}", r.all());
     assert_eq!(r.stdout.matches(": fresh").count(), 2, "{}", r.all());
     // The Epilog removes the named containers when the job ends.
-    assert_clean(&format!("mnd-dave-{job}-warm"), CLEAN);
-    assert_nothing_left();
+    assert_nothing_left(&job);
 }
 
 /// A site policy at the plugin's config path (plugstack.conf names none: the default file).
@@ -279,14 +300,14 @@ fn the_root_side_enforces_the_site_policy_whatever_the_user_sends() {
         "[policy]\nallowed_images = [\".*\"]\nallowed_mount_prefixes = [\"/\"]\n",
     );
     let refused = |cmdline: &str, want: &str| {
-        let r = dave(cmdline);
+        let (r, job) = dave_job(1, cmdline);
         assert_ne!(r.code, 0, "{cmdline}\n{}", r.all());
         assert!(
             r.stderr.contains(want),
             "expected '{want}' for {cmdline}:\n{}",
             r.all()
         );
-        assert_nothing_left();
+        assert_nothing_left(&job);
     };
     refused(
         "MND_CONFIG=/etc/mnd-srun/permissive.toml srun -N1 --mnd-image=debian:bookworm true",
@@ -343,12 +364,13 @@ fn the_root_side_enforces_the_site_policy_whatever_the_user_sends() {
         "--mnd-name",
     );
     // Within the policy the same user runs.
-    let r = dave(&format!(
-        "srun -N1 --mnd-image={IMAGE} --mnd-mounts=/shared/home/dave:/data:ro sh -c 'test -d /data && echo ok'"
-    ));
+    let (r, job) = dave_job(
+        1,
+        &format!("srun -N1 --mnd-image={IMAGE} --mnd-mounts=/shared/home/dave:/data:ro sh -c 'test -d /data && echo ok'"),
+    );
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stdout.contains("ok"), "{}", r.all());
-    assert_nothing_left();
+    assert_nothing_left(&job);
 }
 
 #[test]
@@ -360,9 +382,10 @@ fn the_ssh_mode_runs_inside_the_plugins_containers_for_a_user_outside_the_docker
         "#!/bin/bash\necho \"hostlist=$hostlist np=$np NNODES=$NNODES MASTER_ADDR=$MASTER_ADDR slurm_vars=$(env | grep -c ^SLURM_)\"\n\
          mpirun -H \"$hostlist\" -np \"$np\" hostname | sed 's/^/rank-on /'\nexit 3\n",
     );
-    let r = dave(&format!(
-        "srun -N3 -n3 --mnd-image={IMAGE} mnd-srun --script=./{s}"
-    ));
+    let (r, job) = dave_job(
+        3,
+        &format!("srun -N3 -n3 --mnd-image={IMAGE} mnd-srun --script=./{s}"),
+    );
     assert_eq!(r.code, 3, "the script's exit code comes back: {}", r.all());
     assert!(
         r.stdout.contains(
@@ -378,7 +401,7 @@ fn the_ssh_mode_runs_inside_the_plugins_containers_for_a_user_outside_the_docker
             r.all()
         );
     }
-    assert_nothing_left();
+    assert_nothing_left(&job);
     for node in NODES {
         assert_eq!(stray_sshd(node, "dave"), 0, "sshd left on {node}");
     }
