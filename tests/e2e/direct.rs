@@ -33,7 +33,9 @@ fn assert_nothing_left(job: &str) {
 /// job's id, so what is left is looked for by job whatever other tests run meanwhile.
 fn dave_job(nodes: u32, cmdline: &str) -> (Run, String) {
     let quoted = format!("'{}'", cmdline.replace('\'', "'\\''"));
-    let r = dave(&format!("salloc -N{nodes} --ntasks-per-node=2 bash -c {quoted}"));
+    let r = dave(&format!(
+        "salloc -N{nodes} --ntasks-per-node=2 bash -c {quoted}"
+    ));
     let job = r
         .stderr
         .lines()
@@ -405,4 +407,26 @@ fn the_ssh_mode_runs_inside_the_plugins_containers_for_a_user_outside_the_docker
     for node in NODES {
         assert_eq!(stray_sshd(node, "dave"), 0, "sshd left on {node}");
     }
+}
+
+#[test]
+fn the_steps_memory_limit_applies_to_the_task_in_the_container() {
+    let _g = shared();
+    // The cluster runs Slurm's task/cgroup (ConstrainRAMSpace): 300 MB do not fit in 100 MB.
+    let grab = "python3 -c 'b = bytearray(300 * 1024 * 1024); print(\"allocated\", len(b))'";
+    let (r, job) = dave_job(
+        1,
+        &format!("srun -N1 --mem=100M --mnd-image={IMAGE} {grab}"),
+    );
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("oom-kill event"), "{}", r.all());
+    assert!(!r.stdout.contains("allocated"), "{}", r.all());
+    assert_nothing_left(&job);
+    let (r, job) = dave_job(
+        1,
+        &format!("srun -N1 --mem=600M --mnd-image={IMAGE} {grab}"),
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("allocated 314572800"), "{}", r.all());
+    assert_nothing_left(&job);
 }
