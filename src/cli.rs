@@ -160,6 +160,32 @@ pub struct Args {
     #[arg(long, env = "MND_MASTER_PORT", value_name = "PORT")]
     pub master_port: Option<u16>,
 
+    /// Hosts mode (no Slurm): run the job on these hosts (hostlist expression), started over
+    /// your ssh from here; the first host coordinates.
+    #[arg(long, value_name = "HOSTLIST", conflicts_with = "hostfile")]
+    pub hosts: Option<String>,
+
+    /// Hosts mode: the hosts from a file (one per line, `#` comments, `HOST:SLOTS` or
+    /// `HOST slots=N`).
+    #[arg(long, value_name = "FILE")]
+    pub hostfile: Option<PathBuf>,
+
+    /// Hosts mode: end the job everywhere after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub time_limit: Option<u64>,
+
+    /// MASTER_ADDR given to the script; default: the first node.
+    #[arg(long, env = "MND_MASTER_ADDR", value_name = "ADDR")]
+    pub master_addr: Option<String>,
+
+    /// NCCL_SOCKET_IFNAME in the containers (the network interface NCCL uses).
+    #[arg(long, env = "MND_NCCL_SOCKET_IFNAME", value_name = "IFACE")]
+    pub nccl_socket_ifname: Option<String>,
+
+    /// GLOO_SOCKET_IFNAME in the containers (the network interface Gloo uses).
+    #[arg(long, env = "MND_GLOO_SOCKET_IFNAME", value_name = "IFACE")]
+    pub gloo_socket_ifname: Option<String>,
+
     /// GPUs for the container: "all", "none" or physical ids "0,1"; default: what Slurm gave the step.
     #[arg(long, env = "MND_GPUS", value_name = "all|none|IDS")]
     pub gpus: Option<String>,

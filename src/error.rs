@@ -37,6 +37,9 @@ pub enum Error {
     /// Reading facts of this node.
     #[error("cannot read this node's state: {0}")]
     Node(#[from] std::io::Error),
+    /// Hosts mode: a host list, a hostfile, or hosts that cannot run the job.
+    #[error("{0}")]
+    Hosts(String),
 }
 
 impl Error {

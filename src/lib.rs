@@ -12,6 +12,7 @@ pub mod docker;
 pub mod dockopts;
 pub mod error;
 pub mod hostlist;
+pub mod hosts;
 pub mod identity;
 pub mod jobtools;
 pub mod launch;

@@ -217,6 +217,9 @@ pub struct Plan {
     pub script: Option<ScriptSpec>,
     /// The plugin's container this launcher already runs in (direct mode), if any.
     pub inside: Option<Inside>,
+    /// Started over ssh by the hosts-mode front door: stdin is the lifeline, not the
+    /// script's.
+    pub hosts_mode: bool,
 }
 
 /// A container of the SPANK plugin's direct mode that the launcher runs in (`srun
@@ -391,7 +394,16 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
     )?;
     let (gpus, mut devices, gpu_groups) = gpus(step, args, facts, gpu_ask);
     let mut job_env = job_env(
-        &nodes, node_rank, slots, &ports, args, site, facts, &opts, &job_label,
+        &nodes,
+        node_rank,
+        slots,
+        &step.node_slots,
+        &ports,
+        args,
+        site,
+        facts,
+        &opts,
+        &job_label,
     )?;
     job_env.extend(gpu_env(&gpus, &devices));
     let mut env: Vec<String> = vec![
@@ -554,6 +566,7 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         job_env,
         script,
         inside,
+        hosts_mode: step.hosts_mode,
     })
 }
 
@@ -820,6 +833,7 @@ fn job_env(
     nodes: &[String],
     rank: usize,
     slots: u32,
+    node_slots: &[u32],
     ports: &Ports,
     args: &Args,
     site: &SiteConfig,
@@ -827,18 +841,28 @@ fn job_env(
     opts: &DockOpts,
     job_label: &str,
 ) -> Result<Vec<(String, String)>, PlanError> {
-    let np = slots as usize * nodes.len();
+    // Every node's slots: the hostfile's (hosts mode), else the same on every node.
+    let per_node: Vec<u32> = if node_slots.len() == nodes.len() {
+        node_slots.to_vec()
+    } else {
+        vec![slots; nodes.len()]
+    };
+    let np: u32 = per_node.iter().sum();
     let mut env = vec![
         (
             "hostlist".to_string(),
             nodes
                 .iter()
-                .map(|n| format!("{n}:{slots}"))
+                .zip(&per_node)
+                .map(|(n, s)| format!("{n}:{s}"))
                 .collect::<Vec<_>>()
                 .join(","),
         ),
         ("np".to_string(), np.to_string()),
-        ("MASTER_ADDR".to_string(), nodes[0].clone()),
+        (
+            "MASTER_ADDR".to_string(),
+            args.master_addr.clone().unwrap_or_else(|| nodes[0].clone()),
+        ),
         ("MASTER_PORT".to_string(), ports.master.to_string()),
         ("NNODES".to_string(), nodes.len().to_string()),
         ("NODE_RANK".to_string(), rank.to_string()),
@@ -846,6 +870,14 @@ fn job_env(
         ("MND_JOB".to_string(), job_label.to_string()),
         ("PDSH_RCMD_TYPE".to_string(), "ssh".to_string()),
     ];
+    for (name, value) in [
+        ("NCCL_SOCKET_IFNAME", &args.nccl_socket_ifname),
+        ("GLOO_SOCKET_IFNAME", &args.gloo_socket_ifname),
+    ] {
+        if let Some(v) = value {
+            env.push((name.to_string(), v.clone()));
+        }
+    }
     let listed: Vec<&String> = args.envlist.iter().filter(|n| !n.is_empty()).collect();
     if !listed.is_empty() {
         env.push((

@@ -46,6 +46,10 @@ pub struct StepContext {
     /// Ports Slurm reserved for this step on every node of it (`SLURM_STEP_RESV_PORTS`,
     /// when the site sets `MpiParams=ports=...`): no other step running at once has them.
     pub resv_ports: Vec<u16>,
+    /// Slots per node from a hosts-mode hostfile, aligned with `nodes` (empty otherwise).
+    pub node_slots: Vec<u32>,
+    /// Started over ssh by the hosts-mode front door (`mnd-srun --hosts`): no Slurm.
+    pub hosts_mode: bool,
 }
 
 /// A Slurm environment that is missing something or contradicts itself.
@@ -93,7 +97,61 @@ impl StepContext {
             gpus_on_node: None,
             node_name: hostname.to_string(),
             resv_ports: Vec::new(),
+            node_slots: Vec::new(),
+            hosts_mode: false,
         }
+    }
+
+    /// The context of a launcher the hosts-mode front door started over ssh, from the
+    /// variables it set (`MND_HOSTS_*`): one task per host, this host's rank, the job id the
+    /// front door chose, and the hostfile's slots.
+    fn from_hosts(get: &dyn Fn(&str) -> Option<String>, list: String) -> Result<Self, SlurmError> {
+        use crate::hosts::{JOB_VAR, LIST_VAR, RANK_VAR, SLOTS_VAR};
+        let nodes: Vec<String> = list.split(',').map(str::to_string).collect();
+        let invalid = |var: &'static str, value: String, reason: &str| SlurmError::Invalid {
+            var,
+            value,
+            reason: reason.into(),
+        };
+        if nodes.iter().any(String::is_empty) {
+            return Err(invalid(LIST_VAR, list, "an empty host name"));
+        }
+        let rank_text = get(RANK_VAR).unwrap_or_default();
+        let rank: usize = rank_text
+            .parse()
+            .ok()
+            .filter(|r| *r < nodes.len())
+            .ok_or_else(|| invalid(RANK_VAR, rank_text.clone(), "not a rank in the host list"))?;
+        let job_text = get(JOB_VAR).unwrap_or_default();
+        let job: u64 = job_text
+            .parse()
+            .map_err(|_| invalid(JOB_VAR, job_text.clone(), "not a number"))?;
+        let node_slots = match get(SLOTS_VAR) {
+            Some(text) => {
+                let slots = parse_ids(SLOTS_VAR, &text)?;
+                if slots.len() != nodes.len() || slots.contains(&0) {
+                    return Err(invalid(SLOTS_VAR, text, "one count of at least 1 per host"));
+                }
+                slots
+            }
+            None => Vec::new(),
+        };
+        Ok(StepContext {
+            job_id: Some(job),
+            step_id: Some(0),
+            node_index: rank,
+            local_id: 0,
+            proc_id: rank as u32,
+            num_tasks: nodes.len() as u32,
+            tasks_per_node: vec![1; nodes.len()],
+            gpus: Vec::new(),
+            gpus_on_node: None,
+            node_name: nodes[rank].clone(),
+            resv_ports: Vec::new(),
+            node_slots,
+            hosts_mode: true,
+            nodes,
+        })
     }
 
     /// Reads the context through `var` (normally `std::env::var`); `hostname` is used only
@@ -104,7 +162,10 @@ impl StepContext {
     ) -> Result<Self, SlurmError> {
         let get = |name: &str| var(name).filter(|v| !v.is_empty());
         if get("SLURM_JOB_ID").is_none() && get("SLURM_JOBID").is_none() {
-            return Ok(Self::local(hostname));
+            return match get(crate::hosts::LIST_VAR) {
+                Some(list) => Self::from_hosts(&get, list),
+                None => Ok(Self::local(hostname)),
+            };
         }
         let job_id = number(&get, "SLURM_JOB_ID")?
             .or(number(&get, "SLURM_JOBID")?)
@@ -208,12 +269,14 @@ impl StepContext {
             gpus_on_node,
             resv_ports,
             node_name,
+            node_slots: Vec::new(),
+            hosts_mode: false,
         })
     }
 
     /// True when this context came from Slurm.
     pub fn under_slurm(&self) -> bool {
-        self.job_id.is_some()
+        self.job_id.is_some() && !self.hosts_mode
     }
 
     /// This task's role: coordinator on node 0's first task, worker on other nodes' first

@@ -322,7 +322,8 @@ async fn run_script_by_docker(
     let mut cmd = vec![script.path.display().to_string()];
     cmd.extend(script.args.iter().cloned());
     let workdir = plan.container.workdir.display().to_string();
-    let tty = terminal::stdin_is_terminal();
+    // In hosts mode stdin is the front door's lifeline, not the script's.
+    let tty = !plan.hosts_mode && terminal::stdin_is_terminal();
     let started = engine
         .exec(
             &plan.container.name,
@@ -330,7 +331,7 @@ async fn run_script_by_docker(
             &workdir,
             cmd,
             tty,
-            Some(terminal::stdin_chunks()),
+            (!plan.hosts_mode).then(terminal::stdin_chunks),
         )
         .await;
     let mut started = match started {

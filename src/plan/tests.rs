@@ -20,6 +20,8 @@ fn step(node_index: usize, gpus: &[u32]) -> StepContext {
         gpus_on_node: (!gpus.is_empty()).then_some(gpus.len() as u32),
         node_name: format!("node{}", node_index + 1),
         resv_ports: Vec::new(),
+        node_slots: Vec::new(),
+        hosts_mode: false,
     }
 }
 

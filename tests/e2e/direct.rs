@@ -61,7 +61,7 @@ fn every_task_runs_in_its_nodes_container_as_a_user_outside_the_docker_group() {
         "srun -N3 --ntasks-per-node=2 -l --mnd-image={IMAGE} bash -c \
          'echo \"$(hostname) id=$(id -u):$(id -g) groups=$(id -G) image=$(test -x /usr/bin/mpirun && echo yes) \
           pwd=$PWD user=$(whoami) parent=$(cat /proc/$PPID/comm) \
-          cgroup=$(cmp -s /proc/self/cgroup /proc/$PPID/cgroup && echo slurmstepds) $(grep -E \"^(NoNewPrivs|CapBnd|CapEff)\" /proc/self/status | tr -s \"\\t\" \" \" | tr \"\\n\" \" \")\"'"
+          cgroup=$(grep -o \"memory:.*\" /proc/self/cgroup) $(grep -E \"^(NoNewPrivs|CapBnd|CapEff)\" /proc/self/status | tr -s \"\\t\" \" \" | tr \"\\n\" \" \")\"'"
     ));
     assert_eq!(r.code, 0, "{}", r.all());
     let lines: Vec<&str> = r.stdout.lines().collect();
@@ -84,9 +84,11 @@ fn every_task_runs_in_its_nodes_container_as_a_user_outside_the_docker_group() {
             "image=yes",
             "pwd=/shared/home/dave",
             "user=dave",
-            // A Slurm task (slurmstepd's child, in its cgroups), not a process of Docker's.
+            // A Slurm task (slurmstepd's child, in the step's memory cgroup), not a process
+            // of Docker's.
             "parent=slurmstepd",
-            "cgroup=slurmstepds",
+            "/slurm_node",
+            "/step_0/task_",
             "NoNewPrivs: 1",
             "CapBnd: 0000000000000000",
             "CapEff: 0000000000000000",
