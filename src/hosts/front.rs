@@ -85,7 +85,7 @@ pub async fn check(job: &Job<'_>) -> Vec<(String, String)> {
                     let said = String::from_utf8_lossy(&o.stderr)
                         .lines()
                         .filter(|l| !l.trim().is_empty())
-                        .last()
+                        .next_back()
                         .unwrap_or("")
                         .trim()
                         .to_string();
