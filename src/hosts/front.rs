@@ -84,8 +84,7 @@ pub async fn check(job: &Job<'_>) -> Vec<(String, String)> {
                 Ok(Ok(o)) => {
                     let said = String::from_utf8_lossy(&o.stderr)
                         .lines()
-                        .filter(|l| !l.trim().is_empty())
-                        .next_back()
+                        .rfind(|l| !l.trim().is_empty())
                         .unwrap_or("")
                         .trim()
                         .to_string();
