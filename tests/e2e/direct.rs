@@ -418,7 +418,7 @@ fn the_steps_memory_limit_applies_to_the_task_in_the_container() {
     let grab = "python3 -c 'b = bytearray(300 * 1024 * 1024); print(\"allocated\", len(b))'";
     let (r, job) = dave_job(
         1,
-        &format!("srun -N1 --mem=100M --mnd-image={IMAGE} {grab}"),
+        &format!("srun -N1 -n1 --mem=100M --mnd-image={IMAGE} {grab}"),
     );
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(r.stderr.contains("oom-kill event"), "{}", r.all());
@@ -426,7 +426,7 @@ fn the_steps_memory_limit_applies_to_the_task_in_the_container() {
     assert_nothing_left(&job);
     let (r, job) = dave_job(
         1,
-        &format!("srun -N1 --mem=600M --mnd-image={IMAGE} {grab}"),
+        &format!("srun -N1 -n1 --mem=600M --mnd-image={IMAGE} {grab}"),
     );
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stdout.contains("allocated 314572800"), "{}", r.all());
