@@ -162,16 +162,16 @@ pub struct Args {
 
     /// Hosts mode (no Slurm): run the job on these hosts (hostlist expression), started over
     /// your ssh from here; the first host coordinates.
-    #[arg(long, value_name = "HOSTLIST", conflicts_with = "hostfile")]
+    #[arg(long, env = "MND_HOSTS", value_name = "HOSTLIST", conflicts_with = "hostfile")]
     pub hosts: Option<String>,
 
     /// Hosts mode: the hosts from a file (one per line, `#` comments, `HOST:SLOTS` or
     /// `HOST slots=N`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "MND_HOSTFILE", value_name = "FILE")]
     pub hostfile: Option<PathBuf>,
 
     /// Hosts mode: end the job everywhere after this many seconds.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, env = "MND_TIME_LIMIT", value_name = "SECS")]
     pub time_limit: Option<u64>,
 
     /// MASTER_ADDR given to the script; default: the first node.
