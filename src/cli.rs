@@ -29,6 +29,17 @@ pub enum Memlock {
     Off,
 }
 
+/// When images travel through the image share (a cache on the shared filesystem).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImageShare {
+    /// When a node lacks the image and cannot pull it.
+    Auto,
+    /// Always: the first node saves the image, the others load it when they lack it.
+    Shared,
+    /// Never.
+    Off,
+}
+
 /// When to pull the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Pull {
@@ -162,7 +173,12 @@ pub struct Args {
 
     /// Hosts mode (no Slurm): run the job on these hosts (hostlist expression), started over
     /// your ssh from here; the first host coordinates.
-    #[arg(long, env = "MND_HOSTS", value_name = "HOSTLIST", conflicts_with = "hostfile")]
+    #[arg(
+        long,
+        env = "MND_HOSTS",
+        value_name = "HOSTLIST",
+        conflicts_with = "hostfile"
+    )]
     pub hosts: Option<String>,
 
     /// Hosts mode: the hosts from a file (one per line, `#` comments, `HOST:SLOTS` or
@@ -205,6 +221,15 @@ pub struct Args {
     /// When to pull the image.
     #[arg(long, env = "MND_PULL", value_enum, default_value_t = Pull::Missing)]
     pub pull: Pull,
+
+    /// Images the nodes lack travel through a cache on the shared filesystem: auto (when a
+    /// node lacks the image and cannot pull it), shared (always) or off.
+    #[arg(long, env = "MND_IMAGE_SHARE", value_enum, default_value_t = ImageShare::Auto)]
+    pub image_share: ImageShare,
+
+    /// The image share's folder (on a filesystem every node sees); default ~/.mnd/images.
+    #[arg(long, env = "MND_IMAGE_CACHE", value_name = "DIR")]
+    pub image_cache: Option<PathBuf>,
 
     /// More logging (-v info, -vv debug, -vvv trace); MND_LOG=debug does the same.
     #[arg(short, long, action = clap::ArgAction::Count)]

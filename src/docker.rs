@@ -595,6 +595,80 @@ impl Engine {
         }
     }
 
+    /// Writes an image (by name, so its tag travels with it) as a `docker save` archive,
+    /// chunk by chunk, to `out`; returns the bytes written.
+    pub async fn save_image(
+        &self,
+        name: &str,
+        out: &mut impl std::io::Write,
+    ) -> Result<u64, DockerError> {
+        let mut stream = self.docker.export_image(name);
+        let mut bytes = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(api(format!("save of image {name}")))?;
+            out.write_all(&chunk).map_err(|e| DockerError::Api {
+                action: format!("save of image {name}"),
+                reason: e.to_string(),
+            })?;
+            bytes += chunk.len() as u64;
+        }
+        Ok(bytes)
+    }
+
+    /// Loads a `docker save` archive read from `input` (in 1 MiB chunks).
+    pub async fn load_image(
+        &self,
+        input: impl std::io::Read + Send + 'static,
+    ) -> Result<(), DockerError> {
+        let chunks = futures_util::stream::unfold(input, |mut input| async move {
+            let mut buf = vec![0u8; 1 << 20];
+            match input.read(&mut buf) {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), input))
+                }
+                Err(e) => Some((Err(e), input)),
+            }
+        });
+        let opts = bollard::query_parameters::ImportImageOptionsBuilder::default()
+            .quiet(true)
+            .build();
+        let mut stream = self.docker.import_image_stream(opts, chunks, None);
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(api("load of an image"))?;
+            if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                return Err(DockerError::Api {
+                    action: "load of an image".into(),
+                    reason: e,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves a container's filesystem as a new image `repo:tag` (`docker commit`); its id.
+    pub async fn commit(&self, container: &str, image: &str) -> Result<String, DockerError> {
+        let (repo, tag) = match image.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r, t),
+            _ => (image, "latest"),
+        };
+        let opts = bollard::query_parameters::CommitContainerOptionsBuilder::default()
+            .container(container)
+            .repo(repo)
+            .tag(tag)
+            .pause(true)
+            .build();
+        let made = within(
+            "commit",
+            self.docker
+                .commit_container(opts, bollard::models::ContainerConfig::default()),
+        )
+        .await?
+        .map_err(api(format!("commit of {container}")))?;
+        Ok(made.id)
+    }
+
     /// Kills and removes a container (by name or id); a container already gone is fine.
     pub async fn remove(&self, name: &str) -> Result<(), DockerError> {
         let opts = RemoveContainerOptionsBuilder::default().force(true).build();

@@ -102,6 +102,28 @@ pub fn job_nodes(job: u64) -> Result<u32, JobToolError> {
     })
 }
 
+/// The first node of a running job (its batch host, where its first step's rank 0 runs).
+pub fn first_node(job: u64) -> Result<String, JobToolError> {
+    let text = query(&[
+        "squeue",
+        "-h",
+        "-t",
+        "R",
+        "-j",
+        &job.to_string(),
+        "-o",
+        "%N",
+    ])?;
+    crate::hostlist::expand(text.trim())
+        .ok()
+        .and_then(|nodes| nodes.into_iter().next())
+        .ok_or_else(|| {
+            JobToolError::Slurm(format!(
+                "job {job} is not running (squeue shows no running job {job})"
+            ))
+        })
+}
+
 /// The running jobs to look at, with their node counts: the caller's, or everyone's.
 pub fn running_jobs(everyone: bool) -> Result<Vec<(u64, u32)>, JobToolError> {
     let user = nix::unistd::User::from_uid(nix::unistd::getuid())

@@ -14,6 +14,7 @@ pub mod error;
 pub mod hostlist;
 pub mod hosts;
 pub mod identity;
+pub mod imagecache;
 pub mod jobtools;
 pub mod launch;
 pub mod manpage;

@@ -2,7 +2,7 @@
 //! the site config, the user and a few facts about this node, with no I/O. Every rule lives
 //! here: roles, names, ports, mounts, environment, GPUs, limits and policy.
 
-use crate::cli::{Args, GpuVendor, Memlock, Pull};
+use crate::cli::{Args, GpuVendor, ImageShare, Memlock, Pull};
 use crate::config::SiteConfig;
 use crate::dockopts::{self, DockOpts};
 use crate::hostlist;
@@ -220,6 +220,10 @@ pub struct Plan {
     /// Started over ssh by the hosts-mode front door: stdin is the lifeline, not the
     /// script's.
     pub hosts_mode: bool,
+    /// When images travel through the image share.
+    pub image_share: ImageShare,
+    /// The image share's folder.
+    pub image_cache: PathBuf,
 }
 
 /// A container of the SPANK plugin's direct mode that the launcher runs in (`srun
@@ -567,6 +571,11 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         script,
         inside,
         hosts_mode: step.hosts_mode,
+        image_share: args.image_share,
+        image_cache: args.image_cache.as_ref().map_or_else(
+            || user.home.join(".mnd/images"),
+            |d| absolute(&facts.cwd, d),
+        ),
     })
 }
 

@@ -84,6 +84,29 @@ enum Command {
         #[arg(long, hide = true)]
         here: bool,
     },
+    /// Save a running job's container as an image (`docker commit`) into your image share,
+    /// so the next job on any node can start from it (`--container NAME`).
+    Commit {
+        /// The Slurm job.
+        #[arg(long, value_name = "ID")]
+        job: u64,
+        /// The node whose container (default: the job's first node).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+        /// The image share's folder; default ~/.mnd/images.
+        #[arg(long, env = "MND_IMAGE_CACHE", value_name = "DIR")]
+        image_cache: Option<std::path::PathBuf>,
+        /// This node only (what the chosen node runs).
+        #[arg(long, hide = true)]
+        here: bool,
+        /// The new image's name (REPO[:TAG]).
+        name: String,
+    },
+    /// Your image share (the cache on the shared filesystem that `--image-share` uses).
+    Image {
+        #[command(subcommand)]
+        action: ImageAction,
+    },
     /// Root side of the SPANK plugin (run by slurmstepd).
     #[command(hide = true)]
     Direct {
@@ -102,6 +125,26 @@ enum Command {
         /// Every user's containers (root only).
         #[arg(long)]
         all_users: bool,
+    },
+}
+
+/// What to do with the image share.
+#[derive(Subcommand)]
+enum ImageAction {
+    /// List the saved images: id, tags, compressed size, age.
+    Ls {
+        /// The image share's folder; default ~/.mnd/images.
+        #[arg(long, env = "MND_IMAGE_CACHE", value_name = "DIR")]
+        image_cache: Option<std::path::PathBuf>,
+    },
+    /// Remove saved images (all, or those older than AGE: 90s, 30m, 2h, 7d).
+    Prune {
+        /// Only images saved longer ago than this.
+        #[arg(long, value_name = "AGE")]
+        older_than: Option<String>,
+        /// The image share's folder; default ~/.mnd/images.
+        #[arg(long, env = "MND_IMAGE_CACHE", value_name = "DIR")]
+        image_cache: Option<std::path::PathBuf>,
     },
 }
 
@@ -323,6 +366,29 @@ fn run(cli: Cli) -> Result<(), String> {
             })
         }
         Command::Direct { action } => direct(action),
+        Command::Image { action } => image(action),
+        Command::Commit {
+            job,
+            node,
+            image_cache,
+            here,
+            name,
+        } => {
+            if here || !jobtools::under_slurm() {
+                return commit_here(job, image_cache, &name);
+            }
+            let node = match node {
+                Some(n) => n,
+                None => jobtools::first_node(job).map_err(|e| e.to_string())?,
+            };
+            let mut args = vec!["commit".to_string(), "--job".into(), job.to_string()];
+            if let Some(dir) = image_cache {
+                args.push("--image-cache".into());
+                args.push(dir.display().to_string());
+            }
+            args.push(name);
+            on_job(job, &jobtools::Reach::Node(node), false, &args, false).map(|_| ())
+        }
         Command::Hostlist { action } => {
             let out = std::io::stdout().lock();
             let mut out = BufWriter::with_capacity(1 << 16, out);
@@ -457,6 +523,90 @@ fn exec_here(job: u64, interactive: bool, tty: bool, cmd: Vec<String>) -> Result
         0 => Ok(()),
         c => std::process::exit(i32::try_from(c).unwrap_or(1)),
     }
+}
+
+/// The caller's image share.
+fn image_share(dir: Option<std::path::PathBuf>) -> Result<mnd::imagecache::Cache, String> {
+    let user = mnd::identity::Identity::current().map_err(|e| e.to_string())?;
+    let dir = dir.unwrap_or_else(|| user.home.join(".mnd/images"));
+    mnd::imagecache::Cache::open(&dir, user.uid).map_err(|e| e.to_string())
+}
+
+/// `mnd image ls|prune`.
+fn image(action: ImageAction) -> Result<(), String> {
+    let size = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    let age = |t: std::time::SystemTime| {
+        let secs = t.elapsed().unwrap_or_default().as_secs();
+        match secs {
+            0..=119 => format!("{secs}s"),
+            120..=7199 => format!("{}m", secs / 60),
+            7200..=172_799 => format!("{}h", secs / 3600),
+            _ => format!("{}d", secs / 86400),
+        }
+    };
+    match action {
+        ImageAction::Ls { image_cache } => {
+            let cache = image_share(image_cache)?;
+            println!("{:<20} {:>10} {:>6}  TAGS", "IMAGE", "SIZE", "AGE");
+            for e in cache.list().map_err(|e| e.to_string())? {
+                let short: String =
+                    e.id.trim_start_matches("sha256:")
+                        .chars()
+                        .take(12)
+                        .collect();
+                println!(
+                    "{short:<20} {:>10} {:>6}  {}",
+                    size(e.size),
+                    age(e.saved),
+                    e.tags.join(",")
+                );
+            }
+            Ok(())
+        }
+        ImageAction::Prune {
+            older_than,
+            image_cache,
+        } => {
+            let older_than = older_than
+                .map(|t| cleanup::parse_duration(&t))
+                .transpose()
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            let cache = image_share(image_cache)?;
+            for e in cache.prune(older_than).map_err(|e| e.to_string())? {
+                eprintln!(
+                    "mnd: removed {} ({}, {})",
+                    e.id,
+                    e.tags.join(","),
+                    size(e.size)
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `mnd commit` on this node: the job's container as image `name`, saved into the share.
+fn commit_here(
+    job: u64,
+    image_cache: Option<std::path::PathBuf>,
+    name: &str,
+) -> Result<(), String> {
+    let cache = image_share(image_cache)?;
+    runtime()?.block_on(async {
+        let engine = Engine::connect().await.map_err(|e| e.to_string())?;
+        let c = job_container(&engine, job).await?;
+        let id = engine.commit(&c.id, name).await.map_err(|e| e.to_string())?;
+        cache
+            .record_tag(name, &id, "commit")
+            .map_err(|e| e.to_string())?;
+        cache.save(&engine, name, &id).await.map_err(|e| e.to_string())?;
+        println!("{name} {id}");
+        eprintln!(
+            "mnd: saved {name} into the image share: jobs start from it with --container={name} (nodes without it load it from the share)"
+        );
+        Ok(())
+    })
 }
 
 /// `mnd logs` on this node.

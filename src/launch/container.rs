@@ -4,8 +4,10 @@
 
 use super::timing::Phases;
 use super::{inside, port_is_free, Running, Runtime};
-use crate::docker::{DockerError, Engine, FileUpload, PullReport};
+use crate::cli::{ImageShare, Pull};
+use crate::docker::{DockerError, Engine, FileUpload, ImageFacts, PullReport};
 use crate::identity::Identity;
+use crate::imagecache;
 use crate::plan::{self, Plan};
 use crate::probe;
 use crate::ssh;
@@ -167,16 +169,7 @@ pub(super) async fn start_container(
                 }
             }
         };
-        engine
-            .ensure_image(
-                &spec.image,
-                spec.pull,
-                plan.this_node(),
-                plan.wait_timeout,
-                progress,
-            )
-            .await
-            .map_err(|e| e.to_string())?
+        obtain_image(plan, &engine, progress).await?
     };
     phases.mark("image");
     let env = session_env(plan, &image.env)?;
@@ -253,6 +246,150 @@ pub(super) async fn start_container(
             _lifeline: lifeline,
         },
     })
+}
+
+/// The image on this node: as `--pull` says, or through the image share. The first node
+/// records which image the tag is for this job (and with `--image-share=shared` saves it);
+/// a worker that lacks the image and cannot pull it (`auto`), or lacks it (`shared`), asks
+/// for it and loads it from the share.
+async fn obtain_image(
+    plan: &Plan,
+    engine: &Engine,
+    progress: &watch::Sender<PullReport>,
+) -> Result<ImageFacts, String> {
+    let spec = &plan.container;
+    let first = plan.node_rank == 0;
+    let pull = match (plan.image_share, first) {
+        (ImageShare::Shared, false) => Pull::Never,
+        _ => spec.pull,
+    };
+    let mut found = engine
+        .ensure_image(
+            &spec.image,
+            pull,
+            plan.this_node(),
+            plan.wait_timeout,
+            progress,
+        )
+        .await;
+    // The first node without the image: the share's copy (saved by an earlier job or by
+    // `mnd commit`), when there is one.
+    if let (Err(_), true, false) = (&found, first, plan.image_share == ImageShare::Off) {
+        if let Some(id) = share(plan).ok().and_then(|c| c.saved_id_of(&spec.image)) {
+            found = load_shared(plan, engine, progress, &id).await;
+        }
+    }
+    match found {
+        Ok(image) => {
+            if first && plan.image_share != ImageShare::Off {
+                let cache = share(plan)?;
+                cache
+                    .record_tag(&spec.image, &image.id, &plan.job_label)
+                    .map_err(|e| e.to_string())?;
+                if plan.image_share == ImageShare::Shared {
+                    progress.send_modify(|r| r.summary = "saving the image into the share".into());
+                    let saved = cache.save(engine, &spec.image, &image.id).await;
+                    log_saved(plan, saved.map_err(|e| e.to_string())?);
+                }
+            }
+            Ok(image)
+        }
+        Err(e) if first || plan.image_share == ImageShare::Off => Err(e.to_string()),
+        Err(e) => from_share(plan, engine, progress, &e.to_string()).await,
+    }
+}
+
+/// The image share's folder.
+pub(super) fn share(plan: &Plan) -> Result<imagecache::Cache, String> {
+    imagecache::Cache::open(&plan.image_cache, plan.user.uid).map_err(|e| e.to_string())
+}
+
+pub(super) fn log_saved(plan: &Plan, saved_now: bool) {
+    if saved_now {
+        eprintln!(
+            "mnd-srun ({}): saved {} into the image share {}",
+            plan.this_node(),
+            plan.container.image,
+            plan.image_cache.display()
+        );
+    }
+}
+
+/// A worker without the image: asks the first node for it (a note in the share), waits
+/// (reporting progress, so the first node keeps waiting too) until the first node of this
+/// job recorded and saved it, then loads it.
+async fn from_share(
+    plan: &Plan,
+    engine: &Engine,
+    progress: &watch::Sender<PullReport>,
+    why: &str,
+) -> Result<ImageFacts, String> {
+    let spec = &plan.container;
+    let cache = share(plan)?;
+    cache.want(&spec.image).map_err(|e| e.to_string())?;
+    let by = Instant::now() + plan.wait_timeout;
+    loop {
+        if let Some(id) = cache.id_for_job(&spec.image, &plan.job_label) {
+            if cache.archive(&id).exists() {
+                return load_shared(plan, engine, progress, &id)
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+        }
+        if Instant::now() > by {
+            return Err(format!(
+                "{why}; and the image share {} got no copy from {} within {} s (--image-share)",
+                plan.image_cache.display(),
+                plan.nodes[0],
+                plan.wait_timeout.as_secs()
+            ));
+        }
+        progress.send_modify(|r| {
+            r.events += 1;
+            r.summary = format!("waiting for {} to share the image", plan.nodes[0]);
+        });
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Loads image `id` from the share into this node's Docker; the image as the tag now is.
+async fn load_shared(
+    plan: &Plan,
+    engine: &Engine,
+    progress: &watch::Sender<PullReport>,
+    id: &str,
+) -> Result<ImageFacts, DockerError> {
+    progress.send_modify(|r| {
+        r.events += 1;
+        r.summary = "loading the image from the share".into();
+    });
+    let t0 = Instant::now();
+    let loaded = share(plan).map_err(|reason| DockerError::Api {
+        action: "image share".into(),
+        reason,
+    })?;
+    loaded
+        .load(engine, id)
+        .await
+        .map_err(|e| DockerError::Api {
+            action: "load from the image share".into(),
+            reason: e.to_string(),
+        })?;
+    eprintln!(
+        "mnd-srun ({}): loaded {} from the image share in {:.1} s",
+        plan.this_node(),
+        plan.container.image,
+        t0.elapsed().as_secs_f64()
+    );
+    engine
+        .ensure_image(
+            &plan.container.image,
+            Pull::Never,
+            plan.this_node(),
+            plan.wait_timeout,
+            progress,
+        )
+        .await
 }
 
 /// The container's `/etc/passwd` and `/etc/group` (its own layer: no mount may cover /etc):

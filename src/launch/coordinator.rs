@@ -2,9 +2,10 @@
 //! fail fast; ports shared when some node moved) -> RunningScript -> Stopping (STOP to
 //! workers, own container removed) -> exit with the script's code.
 
-use super::container::{ssh_config_file, start_container};
+use super::container::{log_saved, share, ssh_config_file, start_container};
 use super::timing::eprintln_timing;
 use super::{job_key, node_err, port_is_free, tear_down, LaunchError, Running, Runtime};
+use crate::cli::ImageShare;
 use crate::control::{self, JobKey, Order, WorkerLink};
 use crate::docker::{self, PullReport};
 use crate::plan::Plan;
@@ -191,6 +192,41 @@ async fn share_ports(
         .write(plan, &[ssh_config_file(plan, &node_ports)])
         .await
         .map_err(node_err(plan))
+}
+
+/// With `--image-share=auto`, while the workers start: a worker that lacks the image and
+/// cannot pull it asks in the share, and the first node saves it there (once; a later job
+/// finds it saved). Runs until the wait ends.
+async fn serve_share(plan: &Plan) -> std::convert::Infallible {
+    let never = std::future::pending();
+    if plan.image_share != ImageShare::Auto {
+        return never.await;
+    }
+    let image = &plan.container.image;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Ok(cache) = share(plan) else { continue };
+        let Some(id) = cache.id_for_job(image, &plan.job_label) else {
+            continue;
+        };
+        if !cache.take_want(image) {
+            continue;
+        }
+        let saved = match docker::Engine::connect().await {
+            Ok(engine) => cache
+                .save(&engine, image, &id)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match saved {
+            Ok(now) => log_saved(plan, now),
+            Err(e) => {
+                log::error!("{}: could not share {image}: {e}", plan.this_node());
+                return never.await;
+            }
+        }
+    }
 }
 
 /// Tells every worker that the script ended (its container is removed, it exits 0).
@@ -404,7 +440,12 @@ pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
             .unwrap_or(&pairs[0])
             .sshd;
         let own = start_container(plan, own_port, &progress);
-        let workers = ready_workers(plan, &key, deadline, &connected);
+        let workers = async {
+            tokio::select! {
+                w = ready_workers(plan, &key, deadline, &connected) => w,
+                never = serve_share(plan) => match never {},
+            }
+        };
         tokio::pin!(own, workers);
         tokio::select! {
         r = &mut own => match r {

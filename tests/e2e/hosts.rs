@@ -267,7 +267,11 @@ fn a_lost_connection_to_one_host_ends_the_job_everywhere() {
     let r = job.join().unwrap();
     let _ = std::fs::remove_file(&started);
     assert_ne!(r.code, 0, "{}", r.all());
-    assert!(r.stderr.contains("node2"), "the lost host is named: {}", r.all());
+    assert!(
+        r.stderr.contains("node2"),
+        "the lost host is named: {}",
+        r.all()
+    );
     assert_clean(&name, CLEAN);
     no_stray_sshd();
 }

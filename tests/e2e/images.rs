@@ -136,3 +136,95 @@ fn a_slow_pull_outlasts_the_wait_timeout_and_a_stalled_one_fails_naming_the_node
         .args(["rmi", &repo, &local.replace(&host, "127.0.0.1")])
         .output();
 }
+
+/// Removes `tag` from these nodes (the image itself may stay under other tags).
+fn untag(tag: &str, nodes: &[&str]) {
+    for n in nodes {
+        root_on(n, &["docker", "rmi", tag]);
+    }
+}
+
+#[test]
+fn an_image_only_on_node1_reaches_the_other_nodes_through_the_share_once() {
+    let _g = shared();
+    let tag = format!("mnd-vc-job:only1-{}", std::process::id());
+    assert_eq!(root_on("node1", &["docker", "tag", IMAGE, &tag]).code, 0);
+    let dir = format!("/shared/home/alice/.mnd/images-{}", std::process::id());
+    let s = script(
+        "alice",
+        "e2e-share.sh",
+        "#!/bin/bash\npdsh -w \"$(echo $hostlist | sed 's/:[0-9]*//g')\" 'echo image-ok' | sort\n",
+    );
+    let job = |name: &str| {
+        alice(&format!(
+            "{} --image-cache={dir} --script=./{s}",
+            srun_line(3, name, "").replace(IMAGE, &tag)
+        ))
+    };
+    // 1. node2 and node3 lack the tag and cannot pull it: node1 saves it once, they load it.
+    let name = unique("share1");
+    let r = job(&name);
+    assert_eq!(r.code, 0, "{}", r.all());
+    for node in NODES {
+        assert!(
+            r.stdout.contains(&format!("{node}: image-ok")),
+            "{}",
+            r.all()
+        );
+    }
+    assert!(
+        r.stderr.contains(&format!(
+            "mnd-srun (node1): saved {tag} into the image share {dir}"
+        )),
+        "{}",
+        r.all()
+    );
+    for node in ["node2", "node3"] {
+        assert!(
+            r.stderr.contains(&format!(
+                "mnd-srun ({node}): loaded {tag} from the image share"
+            )),
+            "{}",
+            r.all()
+        );
+    }
+    assert_clean(&name, Duration::from_secs(10));
+    // 2. A later job on nodes that lack it again loads it from the share: nothing is saved.
+    untag(&tag, &["node2", "node3"]);
+    let name = unique("share2");
+    let r = job(&name);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.stderr.contains("saved"), "saved again: {}", r.all());
+    assert_eq!(
+        r.stderr.matches("from the image share").count(),
+        2,
+        "{}",
+        r.all()
+    );
+    assert_clean(&name, Duration::from_secs(10));
+    // 3. The share is alice's alone, listed and pruned by mnd image.
+    let mode = root_on("node1", &["stat", "-c", "%a %U", &dir]);
+    assert_eq!(mode.stdout.trim(), "700 alice", "{}", mode.all());
+    let ls = alice(&format!("mnd image ls --image-cache={dir}"));
+    assert!(ls.code == 0 && ls.stdout.contains(&tag), "{}", ls.all());
+    let prune = alice(&format!("mnd image prune --image-cache={dir}"));
+    assert!(
+        prune.code == 0 && prune.stderr.contains("removed"),
+        "{}",
+        prune.all()
+    );
+    let ls = alice(&format!("mnd image ls --image-cache={dir}"));
+    assert!(!ls.stdout.contains(&tag), "{}", ls.all());
+    // 4. Without the share the node that lacks the image is named.
+    untag(&tag, &["node2", "node3"]);
+    let name = unique("shareoff");
+    let r = alice(&format!(
+        "{} --image-share=off --script=./{s}",
+        srun_line(3, &name, "").replace(IMAGE, &tag)
+    ));
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("is not available"), "{}", r.all());
+    assert_clean(&name, Duration::from_secs(10));
+    untag(&tag, &NODES);
+    root_on("node1", &["rm", "-rf", &dir]);
+}

@@ -110,3 +110,66 @@ fn a_node_whose_tag_points_to_another_image_is_named_and_nothing_runs() {
     );
     assert_clean(&name, Duration::from_secs(10));
 }
+
+#[test]
+fn mnd_commit_saves_a_running_jobs_container_for_the_next_job_on_any_node() {
+    let _g = shared();
+    let name = unique("commit");
+    let dir = format!("/shared/home/alice/.mnd/images-{name}");
+    let image = format!("mnd-vc-job:committed-{}", std::process::id());
+    let held = HeldJob::start(&name, "");
+    let id = held.id.clone();
+    let marked = alice(&format!(
+        "mnd exec --job {id} --node node2 -- sh -c 'echo from-the-commit > /tmp/committed-marker'"
+    ));
+    assert_eq!(marked.code, 0, "{}", marked.all());
+    // bob cannot commit alice's job.
+    let refused = run_on(
+        "node1",
+        "bob",
+        &[
+            "mnd",
+            "commit",
+            "--job",
+            &id,
+            "--node",
+            "node2",
+            "mnd-vc-job:stolen",
+        ],
+    );
+    assert_ne!(refused.code, 0, "{}", refused.all());
+    let made = alice(&format!(
+        "mnd commit --job {id} --node node2 --image-cache={dir} {image}"
+    ));
+    assert_eq!(made.code, 0, "{}", made.all());
+    assert!(
+        made.stdout.starts_with(&format!("{image} sha256:")),
+        "{}",
+        made.all()
+    );
+    assert_eq!(held.release().code, 0);
+    // The next job starts from it on all three nodes: node1 and node3 load it from the share.
+    let s = script(
+        "alice",
+        "e2e-from-commit.sh",
+        "#!/bin/bash\npdsh -w \"$(echo $hostlist | sed 's/:[0-9]*//g')\" 'cat /tmp/committed-marker' | sort\n",
+    );
+    let next = unique("fromcommit");
+    let r = alice(&format!(
+        "{} --image-cache={dir} --script=./{s}",
+        srun_line(3, &next, "").replace(IMAGE, &image)
+    ));
+    for n in NODES {
+        root_on(n, &["docker", "rmi", &image]);
+    }
+    root_on("node1", &["rm", "-rf", &dir]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    for n in NODES {
+        assert!(
+            r.stdout.contains(&format!("{n}: from-the-commit")),
+            "{}",
+            r.all()
+        );
+    }
+    assert_clean(&next, Duration::from_secs(10));
+}
