@@ -325,6 +325,17 @@ impl Engine {
             )
             .map_err(tar_err)?;
         let tar = builder.into_inner().map_err(tar_err)?;
+        self.unpack_at_root(name, tar, path).await
+    }
+
+    /// Unpacks a tar archive at the container's `/`. A folder the image made a link or file
+    /// (a hostile image's /etc -> /home/...) is refused rather than followed or replaced.
+    async fn unpack_at_root(
+        &self,
+        name: &str,
+        tar: Vec<u8>,
+        what: &str,
+    ) -> Result<(), DockerError> {
         let opts = UploadToContainerOptionsBuilder::default()
             .path("/")
             .no_overwrite_dir_non_dir("true")
@@ -335,7 +346,7 @@ impl Engine {
                 .upload_to_container(name, Some(opts), bollard::body_full(tar.into())),
         )
         .await?
-        .map_err(api(format!("upload of {path} into {name}")))
+        .map_err(api(format!("upload of {what} into {name}")))
     }
 
     /// Reads a text file from a (created or running) container; `None` when it does not exist.
@@ -408,19 +419,7 @@ impl Engine {
                 .map_err(tar_err)?;
         }
         let tar = builder.into_inner().map_err(tar_err)?;
-        // A folder the image made a link or file (a hostile image's /etc -> /home/...) is
-        // refused rather than followed or replaced.
-        let opts = UploadToContainerOptionsBuilder::default()
-            .path("/")
-            .no_overwrite_dir_non_dir("true")
-            .build();
-        within(
-            "upload",
-            self.docker
-                .upload_to_container(name, Some(opts), bollard::body_full(tar.into())),
-        )
-        .await?
-        .map_err(api(format!("upload of files into {name}")))
+        self.unpack_at_root(name, tar, "files").await
     }
 
     /// Attaches to the container's stdin; keep the returned lifeline while the job runs.

@@ -85,43 +85,32 @@ fn query(argv: &[&str]) -> Result<String, JobToolError> {
 /// Node count of a running job; an error names a job that is not running (or not the
 /// caller's to see).
 pub fn job_nodes(job: u64) -> Result<u32, JobToolError> {
-    let text = query(&[
-        "squeue",
-        "-h",
-        "-t",
-        "R",
-        "-j",
-        &job.to_string(),
-        "-o",
-        "%D",
-    ])?;
-    text.trim().parse().map_err(|_| {
-        JobToolError::Slurm(format!(
-            "job {job} is not running (squeue shows no running job {job})"
-        ))
-    })
+    running_job_field(job, "%D", |text| text.parse().ok())
 }
 
 /// The first node of a running job (its batch host, where its first step's rank 0 runs).
 pub fn first_node(job: u64) -> Result<String, JobToolError> {
-    let text = query(&[
-        "squeue",
-        "-h",
-        "-t",
-        "R",
-        "-j",
-        &job.to_string(),
-        "-o",
-        "%N",
-    ])?;
-    crate::hostlist::expand(text.trim())
-        .ok()
-        .and_then(|nodes| nodes.into_iter().next())
-        .ok_or_else(|| {
-            JobToolError::Slurm(format!(
-                "job {job} is not running (squeue shows no running job {job})"
-            ))
-        })
+    running_job_field(job, "%N", |text| {
+        crate::hostlist::expand(text)
+            .ok()
+            .and_then(|nodes| nodes.into_iter().next())
+    })
+}
+
+/// One `squeue -o FORMAT` field of a running job, read by `parse`; an error names a job that
+/// is not running (or not the caller's to see).
+fn running_job_field<T>(
+    job: u64,
+    format: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<T, JobToolError> {
+    let job_id = job.to_string();
+    let text = query(&["squeue", "-h", "-t", "R", "-j", &job_id, "-o", format])?;
+    parse(text.trim()).ok_or_else(|| {
+        JobToolError::Slurm(format!(
+            "job {job} is not running (squeue shows no running job {job})"
+        ))
+    })
 }
 
 /// The running jobs to look at, with their node counts: the caller's, or everyone's.

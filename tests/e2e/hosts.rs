@@ -173,10 +173,9 @@ fn a_host_whose_docker_lacks_the_image_is_named() {
     no_stray_sshd();
 }
 
-#[test]
-fn ctrl_c_twice_mid_run_ends_the_job_everywhere() {
-    let _g = shared();
-    let name = unique("hostsint");
+/// A 3-host job of bob whose script holds; returns once the script runs, with the thread
+/// that ends with the front door's result.
+fn held_hosts_job(name: &str) -> std::thread::JoinHandle<Run> {
     let started = format!("{SHARED}/home/bob/e2e-{name}.started");
     let s = script(
         "bob",
@@ -190,13 +189,21 @@ fn ctrl_c_twice_mid_run_ends_the_job_everywhere() {
     wait_until("the script to start", Duration::from_secs(60), || {
         std::path::Path::new(&started).exists()
     });
+    let _ = std::fs::remove_file(&started);
+    job
+}
+
+#[test]
+fn ctrl_c_twice_mid_run_ends_the_job_everywhere() {
+    let _g = shared();
+    let name = unique("hostsint");
+    let job = held_hosts_job(&name);
     let pattern = format!("^mnd-srun --hosts .*--dockname={name} ");
     for _ in 0..2 {
         root_on("node1", &["pkill", "-INT", "-f", &pattern]);
         std::thread::sleep(Duration::from_millis(200));
     }
     let r = job.join().unwrap();
-    let _ = std::fs::remove_file(&started);
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(r.stderr.contains("interrupt"), "{}", r.all());
     assert_clean(&name, CLEAN);
@@ -248,24 +255,11 @@ fn each_hosts_output_keeps_its_order_and_a_time_limit_ends_the_job() {
 fn a_lost_connection_to_one_host_ends_the_job_everywhere() {
     let _g = shared();
     let name = unique("hostslost");
-    let started = format!("{SHARED}/home/bob/e2e-{name}.started");
-    let s = script(
-        "bob",
-        &format!("e2e-hosts-{name}.sh"),
-        &format!("#!/bin/bash\ntouch ~/e2e-{name}.started\nsleep 300\n"),
-    );
-    let line = format!(
-        "mnd-srun --hosts 'node[1-3]' --container={IMAGE} --dockname={name} --script=./{s}"
-    );
-    let job = std::thread::spawn(move || bob_on("node1", &line));
-    wait_until("the script to start", Duration::from_secs(60), || {
-        std::path::Path::new(&started).exists()
-    });
+    let job = held_hosts_job(&name);
     // The front door's ssh connection to node2 dies (as when the network or node2 fails).
     let killed = root_on("node1", &["pkill", "-KILL", "-f", "^ssh .* node2 cd "]);
     assert_eq!(killed.code, 0, "no ssh to node2: {}", killed.all());
     let r = job.join().unwrap();
-    let _ = std::fs::remove_file(&started);
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(
         r.stderr.contains("node2"),
