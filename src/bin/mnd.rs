@@ -40,6 +40,9 @@ enum Command {
         /// Every user's containers.
         #[arg(long)]
         all_users: bool,
+        /// Hosts mode: these hosts (hostlist), reached over your ssh, instead of Slurm's.
+        #[arg(long, value_name = "HOSTLIST")]
+        hosts: Option<String>,
         /// This node only (what each node runs for the job-wide listing).
         #[arg(long, hide = true)]
         here: bool,
@@ -62,6 +65,9 @@ enum Command {
         /// A terminal (for a shell: -it).
         #[arg(short, long)]
         tty: bool,
+        /// Hosts mode: the job's hosts (hostlist), reached over your ssh, instead of Slurm's.
+        #[arg(long, value_name = "HOSTLIST")]
+        hosts: Option<String>,
         /// This node only (what each node runs).
         #[arg(long, hide = true)]
         here: bool,
@@ -80,6 +86,9 @@ enum Command {
         /// Keep following.
         #[arg(short, long)]
         follow: bool,
+        /// Hosts mode: the job's hosts (hostlist), reached over your ssh, instead of Slurm's.
+        #[arg(long, value_name = "HOSTLIST")]
+        hosts: Option<String>,
         /// This node only (what each node runs).
         #[arg(long, hide = true)]
         here: bool,
@@ -244,8 +253,31 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Ps {
             job,
             all_users,
+            hosts,
             here,
         } => {
+            if let (Some(hosts), false) = (&hosts, here) {
+                let mut args = vec!["ps".to_string()];
+                if let Some(j) = job {
+                    args.extend(["--job".into(), j.to_string()]);
+                }
+                if all_users {
+                    args.push("--all-users".into());
+                }
+                print!("{}", cleanup::table_header());
+                let mut rows: Vec<String> = Vec::new();
+                for (_, out) in on_hosts(
+                    &expand_all(std::slice::from_ref(hosts)).map_err(|e| e.to_string())?,
+                    &args,
+                )? {
+                    rows.extend(out.lines().map(str::to_string));
+                }
+                rows.sort();
+                for r in rows {
+                    println!("{r}");
+                }
+                return Ok(());
+            }
             if here || !jobtools::under_slurm() {
                 if !here {
                     print!("{}", cleanup::table_header());
@@ -289,9 +321,22 @@ fn run(cli: Cli) -> Result<(), String> {
             all,
             interactive,
             tty,
+            hosts,
             here,
             cmd,
         } => {
+            if let (Some(hosts), false) = (&hosts, here) {
+                let mut args = vec!["exec".to_string(), "--job".into(), job.to_string()];
+                if interactive {
+                    args.push("--interactive".into());
+                }
+                if tty {
+                    args.push("--tty".into());
+                }
+                args.push("--".into());
+                args.extend(cmd);
+                return hosts_tool(hosts, node.as_deref(), all, tty, &args);
+            }
             if here || !jobtools::under_slurm() {
                 return exec_here(job, interactive, tty, cmd);
             }
@@ -321,8 +366,16 @@ fn run(cli: Cli) -> Result<(), String> {
             job,
             node,
             follow,
+            hosts,
             here,
         } => {
+            if let (Some(hosts), false) = (&hosts, here) {
+                let mut args = vec!["logs".to_string(), "--job".into(), job.to_string()];
+                if follow {
+                    args.push("--follow".into());
+                }
+                return hosts_tool(hosts, node.as_deref(), node.is_none(), false, &args);
+            }
             if here || !jobtools::under_slurm() {
                 return logs_here(job, follow);
             }
@@ -445,6 +498,89 @@ fn on_job(
         Some(0) => Ok(String::new()),
         Some(code) => std::process::exit(code),
         None => Err(format!("srun for job {job} ended by a signal")),
+    }
+}
+
+/// The ssh command that runs `mnd ARGS --here` on `host` (hosts mode): this mnd's path,
+/// batch mode (keys only), a terminal when `pty`.
+fn over_ssh(host: &str, pty: bool, args: &[String]) -> Result<std::process::Command, String> {
+    let me = std::env::current_exe().map_err(|e| format!("cannot find mnd itself: {e}"))?;
+    let mut words = vec![mnd::hosts::quote(&me.to_string_lossy())];
+    if let Some((sub, rest)) = args.split_first() {
+        words.push(sub.clone());
+        words.push("--here".into());
+        words.extend(rest.iter().map(|a| mnd::hosts::quote(a)));
+    }
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.args(["-o", "BatchMode=yes", if pty { "-t" } else { "-T" }, host]);
+    cmd.arg(words.join(" "));
+    Ok(cmd)
+}
+
+/// `mnd ARGS --here` on every host at once, each host's output captured.
+fn on_hosts(hosts: &[String], args: &[String]) -> Result<Vec<(String, String)>, String> {
+    let runs: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            let cmd = over_ssh(h, false, args);
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let out = cmd?
+                    .output()
+                    .map_err(|e| format!("{h}: cannot run ssh: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "{h}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
+                Ok((h, String::from_utf8_lossy(&out.stdout).into_owned()))
+            })
+        })
+        .collect();
+    runs.into_iter()
+        .map(|r| {
+            r.join()
+                .map_err(|_| "a host's ssh thread failed".to_string())?
+        })
+        .collect()
+}
+
+/// A job tool in hosts mode: on one host (`node`, passed through, terminal and exit code
+/// included), or on every host with its output labelled by host (`all`).
+fn hosts_tool(
+    hosts: &str,
+    node: Option<&str>,
+    all: bool,
+    pty: bool,
+    args: &[String],
+) -> Result<(), String> {
+    let hosts = expand_all(&[hosts.to_string()]).map_err(|e| e.to_string())?;
+    match (node, all) {
+        (Some(n), _) => {
+            if !hosts.iter().any(|h| h == n) {
+                return Err(format!("--node {n} is not one of --hosts"));
+            }
+            let status = over_ssh(n, pty, args)?
+                .status()
+                .map_err(|e| format!("cannot run ssh: {e}"))?;
+            match status.code() {
+                Some(0) => Ok(()),
+                Some(code) => std::process::exit(code),
+                None => Err(format!("ssh to {n} ended by a signal")),
+            }
+        }
+        (None, true) => {
+            for (h, out) in on_hosts(&hosts, args)? {
+                for line in out.lines() {
+                    println!("{h}: {line}");
+                }
+            }
+            Ok(())
+        }
+        (None, false) => {
+            Err("say where: --node NODE (see `mnd ps --hosts ...`), or --all for every host".into())
+        }
     }
 }
 

@@ -129,6 +129,14 @@ async fn pump(host: Arc<str>, from: impl AsyncRead + Unpin, to_stderr: bool) {
 /// failed.
 pub async fn run(job: &Job<'_>) -> std::io::Result<i32> {
     let t0 = Instant::now();
+    let names: Vec<String> = job.hosts.iter().map(|h| h.name.clone()).collect();
+    eprintln!(
+        "mnd-srun: job {} on {} hosts; see it with: mnd ps --hosts '{}' --job {}",
+        job.id,
+        names.len(),
+        crate::hostlist::compress(&names),
+        job.id
+    );
     let mut children: Vec<Child> = Vec::new();
     let mut pumps = Vec::new();
     for (rank, h) in job.hosts.iter().enumerate() {

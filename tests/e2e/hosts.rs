@@ -269,3 +269,67 @@ fn a_lost_connection_to_one_host_ends_the_job_everywhere() {
     assert_clean(&name, CLEAN);
     no_stray_sshd();
 }
+
+#[test]
+fn ps_exec_and_logs_reach_a_hosts_mode_job_over_ssh() {
+    let _g = shared();
+    let name = unique("hoststools");
+    let job = held_hosts_job(&name);
+    let hosts = "--hosts 'node[1-3]'";
+    let ps = bob_on("node3", &format!("mnd ps {hosts}"));
+    assert_eq!(ps.code, 0, "{}", ps.all());
+    let rows: Vec<&str> = ps.stdout.lines().filter(|l| l.contains(&name)).collect();
+    assert_eq!(rows.len(), 3, "one container per host: {}", ps.all());
+    let id = rows[0]
+        .split_whitespace()
+        .nth(1)
+        .expect("job column")
+        .to_string();
+    for node in NODES {
+        assert!(
+            rows.iter().any(|r| r.starts_with(node)),
+            "{node}: {}",
+            ps.all()
+        );
+    }
+    let one = bob_on(
+        "node3",
+        &format!("mnd exec {hosts} --job {id} --node node2 -- sh -c 'hostname; id -un'"),
+    );
+    assert_eq!(one.code, 0, "{}", one.all());
+    assert_eq!(
+        one.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["node2", "bob"],
+        "{}",
+        one.all()
+    );
+    let all = bob_on(
+        "node3",
+        &format!("mnd exec {hosts} --job {id} --all -- hostname"),
+    );
+    assert_eq!(all.code, 0, "{}", all.all());
+    for node in NODES {
+        assert!(
+            all.stdout.contains(&format!("{node}: {node}")),
+            "{}",
+            all.all()
+        );
+    }
+    let logs = bob_on(
+        "node3",
+        &format!("mnd logs {hosts} --job {id} --node node2"),
+    );
+    assert_eq!(logs.code, 0, "{}", logs.all());
+    let pattern = format!("^mnd-srun --hosts .*--dockname={name} ");
+    for _ in 0..2 {
+        root_on("node1", &["pkill", "-INT", "-f", &pattern]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = job.join().unwrap();
+    assert!(
+        r.stderr.contains(&format!("mnd-srun: job {id} on 3 hosts")),
+        "{}",
+        r.all()
+    );
+    assert_clean(&name, CLEAN);
+}
