@@ -153,7 +153,7 @@ fn a_host_whose_docker_lacks_the_image_is_named() {
     let s = mpi_script();
     let r = bob_on(
         "node1",
-        &format!("mnd-srun --hosts 'node[1-3]' --container={tag} --dockname={name} --pull=never --script=./{s}"),
+        &format!("mnd-srun --hosts 'node[1-3]' --container={tag} --dockname={name} --pull=never --image-share=off --script=./{s}"),
     );
     for node in ["node1", "node2"] {
         root_on(node, &["docker", "rmi", tag]);

@@ -88,6 +88,8 @@ fn pdsh_reaches_every_node_and_each_session_has_its_node_rank() {
     assert_clean(&name, CLEAN);
 }
 
+/// Without the image share (`--image-share=off`; with it the node loads the image, see
+/// images.rs).
 #[test]
 fn a_node_missing_the_image_ends_the_step_fast_and_is_named() {
     let _g = shared();
@@ -104,7 +106,7 @@ fn a_node_missing_the_image_ends_the_step_fast_and_is_named() {
     let s = script("alice", "e2e-true.sh", "#!/bin/sh\ntrue\n");
     let name = unique("noimg");
     let r = alice(&format!(
-        "srun -N3 -n3 mnd-srun --container=mnd-vc-job:only-two --dockname={name} --wait-timeout=60 --script=./{s}"
+        "srun -N3 -n3 mnd-srun --container=mnd-vc-job:only-two --dockname={name} --wait-timeout=60 --image-share=off --script=./{s}"
     ));
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(
