@@ -147,6 +147,7 @@ fn a_host_whose_docker_lacks_the_image_is_named() {
     let _g = shared();
     let name = unique("hostimg");
     let tag = "mnd-vc-job:hosts-only-two";
+    root_on("node3", &["docker", "rmi", tag]);
     for node in ["node1", "node2"] {
         assert_eq!(root_on(node, &["docker", "tag", IMAGE, tag]).code, 0);
     }
@@ -155,7 +156,7 @@ fn a_host_whose_docker_lacks_the_image_is_named() {
         "node1",
         &format!("mnd-srun --hosts 'node[1-3]' --container={tag} --dockname={name} --pull=never --image-share=off --script=./{s}"),
     );
-    for node in ["node1", "node2"] {
+    for node in NODES {
         root_on(node, &["docker", "rmi", tag]);
     }
     assert_ne!(r.code, 0, "{}", r.all());
