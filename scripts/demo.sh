@@ -31,8 +31,13 @@ t3=$(date +%s.%N)
 docker exec -u dave -w /shared/home/dave -e PMIX_MCA_gds=hash node1 srun -N3 --ntasks-per-node=2 --mpi=pmix -l \
   --mnd-image=mnd-vc-job:2 python3 -c 'from mpi4py import MPI; import os; c = MPI.COMM_WORLD; print(f"rank {c.rank} of {c.size} on {MPI.Get_processor_name()} uid {os.getuid()}: sum = {c.allreduce(c.rank + 1)}")' | sort
 t4=$(date +%s.%N)
-left=0
-for n in node1 node2 node3; do left=$((left + $(docker exec "$n" docker ps -aq --filter label=mnd.job | wc -l))); done
+# The plugin removes a step's containers as its slurmstepd ends, just after srun returns.
+for _ in $(seq 50); do
+  left=0
+  for n in node1 node2 node3; do left=$((left + $(docker exec "$n" docker ps -aq --filter label=mnd.job | wc -l))); done
+  [ "$left" = 0 ] && break
+  sleep 0.1
+done
 echo "== summary"
 awk -v a="$t1" -v b="$t2" 'BEGIN { printf "job through mnd-srun on 3 nodes: %.2f s (srun start to srun exit)\n", b - a }'
 awk -v a="$t3" -v b="$t4" 'BEGIN { printf "direct-mode step of 6 tasks on 3 nodes: %.2f s (srun start to srun exit)\n", b - a }'
