@@ -23,6 +23,16 @@ async fn run(args: cli::Args, hostname: &str) -> Result<i32, Error> {
             use std::io::Read;
             let mut buf = [0u8; 256];
             while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
+            // The connection may be gone with it: what the teardown says goes nowhere rather
+            // than failing on a closed pipe half-way.
+            if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+                use std::os::fd::AsRawFd;
+                // SAFETY: dup2 onto this process's own stdout and stderr descriptors.
+                unsafe {
+                    libc::dup2(null.as_raw_fd(), 1);
+                    libc::dup2(null.as_raw_fd(), 2);
+                }
+            }
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM);
         });
     }

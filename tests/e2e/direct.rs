@@ -139,7 +139,7 @@ fn a_tasks_exit_code_comes_back_from_srun() {
 #[test]
 fn a_node_without_the_image_fails_the_step_naming_it() {
     let _g = shared();
-    let tag = "mnd-vc-job:only-two";
+    let tag = "mnd-vc-job:direct-only-two";
     for node in ["node1", "node2"] {
         assert_eq!(root_on(node, &["docker", "tag", IMAGE, tag]).code, 0);
     }

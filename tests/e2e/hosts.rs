@@ -187,9 +187,13 @@ fn held_hosts_job(name: &str) -> std::thread::JoinHandle<Run> {
         "mnd-srun --hosts 'node[1-3]' --container={IMAGE} --dockname={name} --script=./{s}"
     );
     let job = std::thread::spawn(move || bob_on("node1", &line));
-    wait_until("the script to start", Duration::from_secs(60), || {
-        std::path::Path::new(&started).exists()
+    wait_until("the script to start", Duration::from_secs(120), || {
+        std::path::Path::new(&started).exists() || job.is_finished()
     });
+    if job.is_finished() {
+        let r = job.join().unwrap();
+        panic!("the job ended before its script started: {}", r.all());
+    }
     let _ = std::fs::remove_file(&started);
     job
 }

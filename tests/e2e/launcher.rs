@@ -106,7 +106,7 @@ fn a_node_missing_the_image_ends_the_step_fast_and_is_named() {
     let s = script("alice", "e2e-true.sh", "#!/bin/sh\ntrue\n");
     let name = unique("noimg");
     let r = alice(&format!(
-        "srun -N3 -n3 mnd-srun --container=mnd-vc-job:only-two --dockname={name} --wait-timeout=60 --image-share=off --script=./{s}"
+        "srun -N3 -n3 mnd-srun --container=mnd-vc-job:only-two --dockname={name} --wait-timeout=180 --image-share=off --script=./{s}"
     ));
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(
@@ -115,9 +115,9 @@ fn a_node_missing_the_image_ends_the_step_fast_and_is_named() {
         "{}",
         r.all()
     );
-    // Well before the 60 s deadline.
+    // Well before the 180 s deadline (a loaded machine takes its time to start the rest).
     assert!(
-        r.took < Duration::from_secs(30),
+        r.took < Duration::from_secs(90),
         "took {:?}\n{}",
         r.took,
         r.all()
