@@ -262,7 +262,8 @@ fn a_lost_connection_to_one_host_ends_the_job_everywhere() {
     let name = unique("hostslost");
     let job = held_hosts_job(&name);
     // The front door's ssh connection to node2 dies (as when the network or node2 fails).
-    let killed = root_on("node1", &["pkill", "-KILL", "-f", "^ssh .* node2 cd "]);
+    let pattern = format!("^ssh .* node2 cd .*--dockname={name} ");
+    let killed = root_on("node1", &["pkill", "-KILL", "-f", &pattern]);
     assert_eq!(killed.code, 0, "no ssh to node2: {}", killed.all());
     let r = job.join().unwrap();
     assert_ne!(r.code, 0, "{}", r.all());
