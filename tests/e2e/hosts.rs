@@ -339,3 +339,25 @@ fn ps_exec_and_logs_reach_a_hosts_mode_job_over_ssh() {
     );
     assert_clean(&name, CLEAN);
 }
+
+#[test]
+fn sigterm_to_the_front_door_ends_the_job_everywhere() {
+    let _g = shared();
+    let name = unique("hoststerm");
+    let job = held_hosts_job(&name);
+    let pattern = format!("^mnd-srun --hosts .*--dockname={name} ");
+    root_on("node1", &["pkill", "-TERM", "-f", &pattern]);
+    let r = job.join().unwrap();
+    assert_ne!(r.code, 0, "{}", r.all());
+    for node in NODES {
+        assert!(
+            r.stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("mnd-srun: {node} "))),
+            "summary line of {node}: {}",
+            r.all()
+        );
+    }
+    assert_clean(&name, CLEAN);
+    no_stray_sshd();
+}
