@@ -256,58 +256,50 @@ fn run(cli: Cli) -> Result<(), String> {
             hosts,
             here,
         } => {
-            if let (Some(hosts), false) = (&hosts, here) {
-                let mut args = vec!["ps".to_string()];
-                if let Some(j) = job {
-                    args.extend(["--job".into(), j.to_string()]);
-                }
-                if all_users {
-                    args.push("--all-users".into());
-                }
-                print!("{}", cleanup::table_header());
-                let mut rows: Vec<String> = Vec::new();
-                for (_, out) in on_hosts(
-                    &expand_all(std::slice::from_ref(hosts)).map_err(|e| e.to_string())?,
-                    &args,
-                )? {
-                    rows.extend(out.lines().map(str::to_string));
-                }
-                rows.sort();
-                for r in rows {
-                    println!("{r}");
-                }
-                return Ok(());
-            }
-            if here || !jobtools::under_slurm() {
+            if here || (hosts.is_none() && !jobtools::under_slurm()) {
                 if !here {
                     print!("{}", cleanup::table_header());
                 }
                 return ps_here(job, all_users);
             }
-            let jobs = match job {
-                Some(j) => vec![(j, jobtools::job_nodes(j).map_err(|e| e.to_string())?)],
-                None => {
-                    jobtools::running_jobs(all_users && is_root()).map_err(|e| e.to_string())?
+            let ps_args = |j: Option<u64>| {
+                let mut args = vec!["ps".to_string()];
+                if let Some(j) = j {
+                    args.extend(["--job".into(), j.to_string()]);
                 }
-            };
-            print!("{}", cleanup::table_header());
-            let mut rows = Vec::new();
-            for (j, nodes) in jobs {
-                let mut args = vec!["ps".to_string(), "--job".into(), j.to_string()];
                 if all_users {
                     args.push("--all-users".into());
                 }
-                let out = match on_job(j, &jobtools::Reach::All { nodes }, false, &args, true) {
-                    Ok(out) => out,
-                    // A job that ended since squeue listed it has nothing left to show.
-                    Err(_) if job.is_none() => continue,
-                    Err(e) => return Err(e),
+                args
+            };
+            print!("{}", cleanup::table_header());
+            let mut rows: Vec<String> = Vec::new();
+            if let Some(hosts) = &hosts {
+                let hosts = expand_all(std::slice::from_ref(hosts)).map_err(|e| e.to_string())?;
+                for (_, out) in on_hosts(&hosts, &ps_args(job))? {
+                    rows.extend(out.lines().map(str::to_string));
+                }
+            } else {
+                let jobs = match job {
+                    Some(j) => vec![(j, jobtools::job_nodes(j).map_err(|e| e.to_string())?)],
+                    None => {
+                        jobtools::running_jobs(all_users && is_root()).map_err(|e| e.to_string())?
+                    }
                 };
-                // srun --label prefixes "N: "; the rows carry their node already.
-                rows.extend(
-                    out.lines()
-                        .map(|l| l.split_once(": ").map_or(l, |(_, r)| r).to_string()),
-                );
+                for (j, nodes) in jobs {
+                    let reach = jobtools::Reach::All { nodes };
+                    let out = match on_job(j, &reach, false, &ps_args(Some(j)), true) {
+                        Ok(out) => out,
+                        // A job that ended since squeue listed it has nothing left to show.
+                        Err(_) if job.is_none() => continue,
+                        Err(e) => return Err(e),
+                    };
+                    // srun --label prefixes "N: "; the rows carry their node already.
+                    rows.extend(
+                        out.lines()
+                            .map(|l| l.split_once(": ").map_or(l, |(_, r)| r).to_string()),
+                    );
+                }
             }
             rows.sort();
             for r in rows {
@@ -325,20 +317,20 @@ fn run(cli: Cli) -> Result<(), String> {
             here,
             cmd,
         } => {
-            if let (Some(hosts), false) = (&hosts, here) {
-                let mut args = vec!["exec".to_string(), "--job".into(), job.to_string()];
-                if interactive {
-                    args.push("--interactive".into());
-                }
-                if tty {
-                    args.push("--tty".into());
-                }
-                args.push("--".into());
-                args.extend(cmd);
-                return hosts_tool(hosts, node.as_deref(), all, tty, &args);
-            }
-            if here || !jobtools::under_slurm() {
+            if here || (hosts.is_none() && !jobtools::under_slurm()) {
                 return exec_here(job, interactive, tty, cmd);
+            }
+            let mut args = vec!["exec".to_string(), "--job".into(), job.to_string()];
+            if interactive {
+                args.push("--interactive".into());
+            }
+            if tty {
+                args.push("--tty".into());
+            }
+            args.push("--".into());
+            args.extend(cmd);
+            if let Some(hosts) = &hosts {
+                return hosts_tool(hosts, node.as_deref(), all, tty, &args);
             }
             let reach = match (node, all) {
                 (Some(n), _) => jobtools::Reach::Node(n),
@@ -351,15 +343,6 @@ fn run(cli: Cli) -> Result<(), String> {
                     )
                 }
             };
-            let mut args = vec!["exec".to_string(), "--job".into(), job.to_string()];
-            if interactive {
-                args.push("--interactive".into());
-            }
-            if tty {
-                args.push("--tty".into());
-            }
-            args.push("--".into());
-            args.extend(cmd);
             on_job(job, &reach, tty, &args, false).map(|_| ())
         }
         Command::Logs {
@@ -369,15 +352,15 @@ fn run(cli: Cli) -> Result<(), String> {
             hosts,
             here,
         } => {
-            if let (Some(hosts), false) = (&hosts, here) {
-                let mut args = vec!["logs".to_string(), "--job".into(), job.to_string()];
-                if follow {
-                    args.push("--follow".into());
-                }
-                return hosts_tool(hosts, node.as_deref(), node.is_none(), false, &args);
-            }
-            if here || !jobtools::under_slurm() {
+            if here || (hosts.is_none() && !jobtools::under_slurm()) {
                 return logs_here(job, follow);
+            }
+            let mut args = vec!["logs".to_string(), "--job".into(), job.to_string()];
+            if follow {
+                args.push("--follow".into());
+            }
+            if let Some(hosts) = &hosts {
+                return hosts_tool(hosts, node.as_deref(), node.is_none(), false, &args);
             }
             let reach = match node {
                 Some(n) => jobtools::Reach::Node(n),
@@ -385,10 +368,6 @@ fn run(cli: Cli) -> Result<(), String> {
                     nodes: jobtools::job_nodes(job).map_err(|e| e.to_string())?,
                 },
             };
-            let mut args = vec!["logs".to_string(), "--job".into(), job.to_string()];
-            if follow {
-                args.push("--follow".into());
-            }
             on_job(job, &reach, false, &args, false).map(|_| ())
         }
         Command::Cleanup {
