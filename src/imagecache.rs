@@ -110,20 +110,15 @@ impl Cache {
     /// The id the first node of job `job` recorded for `tag` (a record of another job,
     /// maybe of an older image under the same tag, does not count).
     pub fn id_for_job(&self, tag: &str, job: &str) -> Option<String> {
-        let text = fs::read_to_string(self.dir.join("tags").join(tag_file_name(tag))).ok()?;
-        let lines: Vec<&str> = text.lines().collect();
-        match lines.as_slice() {
-            [id, _, j, ..] if *j == job && !id.is_empty() => Some(id.to_string()),
-            _ => None,
-        }
+        let r = read_record(&self.dir.join("tags").join(tag_file_name(tag)))?;
+        (r.job == job).then_some(r.id)
     }
 
     /// The id `tag` was last recorded as, by whatever job or commit, when its archive is in
     /// the share.
     pub fn saved_id_of(&self, tag: &str) -> Option<String> {
-        let text = fs::read_to_string(self.dir.join("tags").join(tag_file_name(tag))).ok()?;
-        let id = text.lines().next()?.to_string();
-        self.archive(&id).exists().then_some(id)
+        let r = read_record(&self.dir.join("tags").join(tag_file_name(tag)))?;
+        self.archive(&r.id).exists().then_some(r.id)
     }
 
     /// Leaves the note that a node needs `tag`.
@@ -197,17 +192,13 @@ impl Cache {
 
     /// The saved images, newest first, with the tags recorded for them.
     pub fn list(&self) -> Result<Vec<Entry>, CacheError> {
-        let mut tags: Vec<(String, String)> = Vec::new();
-        if let Ok(dir) = fs::read_dir(self.dir.join("tags")) {
-            for e in dir.flatten() {
-                if let Ok(text) = fs::read_to_string(e.path()) {
-                    let mut lines = text.lines();
-                    if let (Some(id), Some(tag)) = (lines.next(), lines.next()) {
-                        tags.push((id.to_string(), tag.to_string()));
-                    }
-                }
-            }
-        }
+        let tags: Vec<Record> = fs::read_dir(self.dir.join("tags"))
+            .map(|dir| {
+                dir.flatten()
+                    .filter_map(|e| read_record(&e.path()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut entries = Vec::new();
         for e in fs::read_dir(&self.dir).map_err(io(&self.dir))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -219,8 +210,8 @@ impl Cache {
             entries.push(Entry {
                 tags: tags
                     .iter()
-                    .filter(|(i, _)| *i == id)
-                    .map(|(_, t)| t.clone())
+                    .filter(|r| r.id == id)
+                    .map(|r| r.tag.clone())
                     .collect(),
                 id,
                 size: meta.len(),
@@ -249,6 +240,26 @@ impl Cache {
             }
         }
         Ok(old)
+    }
+}
+
+/// What `record_tag` wrote: the image id, the tag, and the job that recorded it.
+struct Record {
+    id: String,
+    tag: String,
+    job: String,
+}
+
+/// Reads a tag record; `None` when it is missing or not whole.
+fn read_record(path: &Path) -> Option<Record> {
+    let text = fs::read_to_string(path).ok()?;
+    match text.lines().collect::<Vec<_>>().as_slice() {
+        [id, tag, job, ..] if !id.is_empty() => Some(Record {
+            id: id.to_string(),
+            tag: tag.to_string(),
+            job: job.to_string(),
+        }),
+        _ => None,
     }
 }
 
