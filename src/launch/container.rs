@@ -274,15 +274,22 @@ async fn obtain_image(
         .await;
     // The first node without the image: the share's copy (saved by an earlier job or by
     // `mnd commit`), when there is one.
+    let mut opened = None;
     if let (Err(_), true, false) = (&found, first, plan.image_share == ImageShare::Off) {
-        if let Some(id) = share(plan).ok().and_then(|c| c.saved_id_of(&spec.image)) {
-            found = load_shared(plan, engine, progress, &id).await;
+        if let Ok(cache) = share(plan) {
+            if let Some(id) = cache.saved_id_of(&spec.image) {
+                found = load_shared(plan, engine, progress, &cache, &id).await;
+            }
+            opened = Some(cache);
         }
     }
     match found {
         Ok(image) => {
             if first && plan.image_share != ImageShare::Off {
-                let cache = share(plan)?;
+                let cache = match opened {
+                    Some(cache) => cache,
+                    None => share(plan)?,
+                };
                 cache
                     .record_tag(&spec.image, &image.id, &plan.job_label)
                     .map_err(|e| e.to_string())?;
@@ -331,7 +338,7 @@ async fn from_share(
     loop {
         if let Some(id) = cache.id_for_job(&spec.image, &plan.job_label) {
             if cache.archive(&id).exists() {
-                return load_shared(plan, engine, progress, &id)
+                return load_shared(plan, engine, progress, &cache, &id)
                     .await
                     .map_err(|e| e.to_string());
             }
@@ -357,6 +364,7 @@ async fn load_shared(
     plan: &Plan,
     engine: &Engine,
     progress: &watch::Sender<PullReport>,
+    cache: &imagecache::Cache,
     id: &str,
 ) -> Result<ImageFacts, DockerError> {
     progress.send_modify(|r| {
@@ -364,17 +372,10 @@ async fn load_shared(
         r.summary = "loading the image from the share".into();
     });
     let t0 = Instant::now();
-    let loaded = share(plan).map_err(|reason| DockerError::Api {
-        action: "image share".into(),
-        reason,
+    cache.load(engine, id).await.map_err(|e| DockerError::Api {
+        action: "load from the image share".into(),
+        reason: e.to_string(),
     })?;
-    loaded
-        .load(engine, id)
-        .await
-        .map_err(|e| DockerError::Api {
-            action: "load from the image share".into(),
-            reason: e.to_string(),
-        })?;
     eprintln!(
         "mnd-srun ({}): loaded {} from the image share in {:.1} s",
         plan.this_node(),

@@ -203,9 +203,14 @@ async fn serve_share(plan: &Plan) -> std::convert::Infallible {
         return never.await;
     }
     let image = &plan.container.image;
+    let cache = loop {
+        if let Ok(cache) = share(plan) {
+            break cache;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let Ok(cache) = share(plan) else { continue };
         let Some(id) = cache.id_for_job(image, &plan.job_label) else {
             continue;
         };
