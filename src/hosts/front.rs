@@ -124,6 +124,16 @@ async fn pump(host: Arc<str>, from: impl AsyncRead + Unpin, to_stderr: bool) {
     }
 }
 
+/// Ends the job on every host: each launcher's lifeline (its ssh stdin) closes, and the
+/// end is timed from the first call.
+fn end_everywhere(
+    lifelines: &mut [Option<tokio::process::ChildStdin>],
+    ending: &mut Option<Instant>,
+) {
+    ending.get_or_insert_with(Instant::now);
+    lifelines.iter_mut().for_each(|l| drop(l.take()));
+}
+
 /// Starts the launcher on every host and waits for the job to end; returns the exit code:
 /// the first host's (the script's), or the first failure's when that host's ssh itself
 /// failed.
@@ -202,9 +212,8 @@ pub async fn run(job: &Job<'_>) -> std::io::Result<i32> {
                 let Some((i, code)) = next else { break };
                 ends[i] = Some(Ended { code, took: t0.elapsed() });
                 // The first host ended (the script, or the job failed): the others end too.
-                if i == 0 && ending.is_none() {
-                    ending = Some(Instant::now());
-                    lifelines.iter_mut().for_each(|l| drop(l.take()));
+                if i == 0 {
+                    end_everywhere(&mut lifelines, &mut ending);
                 }
             }
             _ = int.recv() => {
@@ -214,21 +223,18 @@ pub async fn run(job: &Job<'_>) -> std::io::Result<i32> {
                     close_all();
                 } else {
                     eprintln!("mnd-srun: interrupt: ending the job on every host (again to force)");
-                    ending = Some(Instant::now());
-                    lifelines.iter_mut().for_each(|l| drop(l.take()));
+                    end_everywhere(&mut lifelines, &mut ending);
                 }
             }
             _ = term.recv() => {
-                ending.get_or_insert_with(Instant::now);
-                lifelines.iter_mut().for_each(|l| drop(l.take()));
+                end_everywhere(&mut lifelines, &mut ending);
             }
             () = &mut limit, if ending.is_none() => {
                 eprintln!(
                     "mnd-srun: time limit of {} s reached: ending the job on every host",
                     job.time_limit.unwrap_or_default().as_secs()
                 );
-                ending = Some(Instant::now());
-                lifelines.iter_mut().for_each(|l| drop(l.take()));
+                end_everywhere(&mut lifelines, &mut ending);
             }
             () = grace_over => {
                 eprintln!(
