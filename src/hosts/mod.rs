@@ -47,6 +47,11 @@ pub enum HostsError {
 pub fn from_expr(expr: &str) -> Result<Vec<Host>, HostsError> {
     let names =
         hostlist::expand(expr).map_err(|e| HostsError::List(format!("--hosts '{expr}': {e}")))?;
+    if let Some(bad) = names.iter().find(|n| !valid_host(n)) {
+        return Err(HostsError::List(format!(
+            "--hosts '{expr}': '{bad}' is not a host name or address"
+        )));
+    }
     let hosts: Vec<Host> = names
         .into_iter()
         .map(|name| Host { name, slots: None })
@@ -118,15 +123,10 @@ fn valid_host(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || ".-_:".contains(c))
 }
 
+/// A list names at least one host, each once (names were checked as they were read).
 fn check(hosts: Vec<Host>, what: &str) -> Result<Vec<Host>, HostsError> {
     if hosts.is_empty() {
         return Err(HostsError::List(format!("{what} names no host")));
-    }
-    if let Some(bad) = hosts.iter().find(|h| !valid_host(&h.name)) {
-        return Err(HostsError::List(format!(
-            "{what}: '{}' is not a host name or address",
-            bad.name
-        )));
     }
     let mut seen = std::collections::BTreeSet::new();
     if let Some(dup) = hosts.iter().find(|h| !seen.insert(h.name.clone())) {
