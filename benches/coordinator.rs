@@ -1,20 +1,24 @@
-//! Scale benchmark (not a test) of the coordinator's real path: `launch::ready_workers`
-//! (control connection with the HMAC handshake, READY, sshd banner from rank 0), then
-//! `launch::stop_all` and `launch::abort_all`, against N simulated workers on loopback, one
-//! address each (127.1.x.y), run in child processes that speak the real worker side
-//! (`control::Server`). Each coordinator round runs in a process of its own, so its
-//! descriptors and memory are rank 0's alone; `NOFILE` rounds run it under that hard
-//! open-file limit, as under `ulimit -n 1024`.
+//! Scale benchmark (not a test) of the coordinator's real path over the fan-out tree:
+//! `fanout::ready_below` (control connections with the HMAC handshake to rank 0's children,
+//! READY for every node coming up the tree, sshd banners), then `fanout::stop_all` and
+//! `fanout::abort_all`, against N simulated workers on loopback, one address each
+//! (127.1.x.y), run in child processes. Each simulated worker speaks the real worker side
+//! (`control::Server`) and relays for its children with the same `fanout` functions the
+//! launcher's worker uses; its container is stood in by an immediate READY, and it closes
+//! its link only once every node below it closed, so "stop"/"abort" are measured until the
+//! order reached every node. Each coordinator round runs in a process of its own, so its
+//! descriptors and memory are rank 0's alone; `1024` rounds run it under that hard
+//! open-file limit, as under `ulimit -n 1024`. Width N is the flat star of earlier versions
+//! (rank 0 connects to every worker).
 //!
 //! Prints one line per round. `cargo bench --bench coordinator` (scripts/bench runs it).
 
-use mnd::control::{JobKey, Order, Server, Status};
-use mnd::launch;
-use mnd::plan::{self, NodeFacts};
+use mnd::control::{JobKey, NodeReady, Order, Server, Status};
+use mnd::launch::fanout::{self, Connected};
+use mnd::plan::{self, NodeFacts, Role};
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -46,10 +50,13 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Child: workers `from..to` serve forever: handshake, READY, then wait for an order and
-/// close; again for the next round. One banner listener answers every sshd probe.
-fn workers(from: usize, to: usize) {
+/// Child: workers `from..to` of a job of `n` with tree width `width` serve forever: accept
+/// the parent, gather the nodes below, report READY for all, pass the order down, wait until
+/// everyone below closed, close; again for the next round. One banner listener answers
+/// every sshd probe.
+fn workers(n: usize, width: usize, from: usize, to: usize) {
     mnd::node::raise_open_files();
+    let job = bench_plan(n, width);
     rt().block_on(async {
         let banner = tokio::net::TcpListener::bind(("0.0.0.0", SSHD_PORT)).await;
         if let Ok(l) = banner {
@@ -70,20 +77,56 @@ fn workers(from: usize, to: usize) {
             let server = Server::bind_on(at, key())
                 .await
                 .expect("bind a simulated worker");
+            let mut plan = job.clone();
+            plan.node_rank = i + 1;
+            plan.role = Role::Worker;
             tokio::spawn(async move {
                 loop {
                     let far = tokio::time::Instant::now() + Duration::from_secs(3600);
-                    let Ok(mut link) = server.accept(far).await else {
+                    let Ok(link) = server.accept(far).await else {
                         return;
                     };
-                    let _ = link.report(&Status::Ready("sha256:simulated".into())).await;
-                    let _ = link.next_order().await;
+                    relay(&plan, link).await;
                 }
             });
         }
         println!("listening");
         std::future::pending::<()>().await;
     });
+}
+
+/// One simulated worker's round, as the launcher's worker does it without a container.
+async fn relay(plan: &plan::Plan, mut link: mnd::control::CoordinatorLink) {
+    let connected = Connected::default();
+    let by = tokio::time::Instant::now() + Duration::from_secs(300);
+    let ready = |image_id: &str| {
+        Status::Ready(NodeReady {
+            sshd_port: SSHD_PORT,
+            image_id: image_id.to_string(),
+        })
+    };
+    match fanout::ready_below(plan, &key(), by, &connected, None).await {
+        Ok(below) => {
+            let _ = link
+                .report(plan.this_node(), &ready("sha256:simulated"))
+                .await;
+            for w in below {
+                let _ = link.report(&w.node, &ready(&w.image_id)).await;
+            }
+        }
+        Err(e) => {
+            let _ = link
+                .report(plan.this_node(), &Status::Failed(e.to_string()))
+                .await;
+        }
+    }
+    let links = connected.into_inner().unwrap();
+    match link.next_order().await {
+        Some(Order::Stop) => fanout::stop_all(&links).await,
+        Some(Order::Abort(why)) => fanout::abort_all(plan, &key(), links.clone(), &why).await,
+        _ => fanout::abort_all(plan, &key(), links.clone(), "parent gone").await,
+    }
+    futures_util::future::join_all(links.iter().map(|l| l.closed())).await;
 }
 
 fn count_fds() -> usize {
@@ -103,8 +146,9 @@ fn peak_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-/// The plan rank 0 has for a job on the coordinator (127.0.0.1) and `n` simulated workers.
-fn bench_plan(n: usize) -> plan::Plan {
+/// The plan rank 0 has for a job on the coordinator (127.0.0.1) and `n` simulated workers,
+/// with tree width `width`.
+fn bench_plan(n: usize, width: usize) -> plan::Plan {
     let mut nodes = vec!["127.0.0.1".to_string()];
     nodes.extend((0..n).map(|i| addr(i).to_string()));
     let step = mnd::slurm::StepContext {
@@ -123,6 +167,7 @@ fn bench_plan(n: usize) -> plan::Plan {
             "--script=/tmp/job.sh",
             &format!("--sshd-port={SSHD_PORT}"),
             "--wait-timeout=300",
+            &format!("--tree-width={width}"),
         ]
         .map(String::from),
     )
@@ -152,7 +197,7 @@ fn bench_plan(n: usize) -> plan::Plan {
 }
 
 /// Child: one coordinator round against `n` workers: ready, stop, ready again, abort.
-fn coordinator(n: usize, nofile: Option<u64>) {
+fn coordinator(n: usize, width: usize, nofile: Option<u64>) {
     use nix::sys::resource::{setrlimit, Resource};
     match nofile {
         Some(limit) => setrlimit(Resource::RLIMIT_NOFILE, limit, limit).unwrap(),
@@ -160,33 +205,34 @@ fn coordinator(n: usize, nofile: Option<u64>) {
             mnd::node::raise_open_files();
         }
     }
-    let plan = bench_plan(n);
+    let plan = bench_plan(n, width);
     rt().block_on(async {
         let mut figures = Vec::new();
         let mut peak_fds = 0;
         for order in ["stop", "abort"] {
-            let connected = std::sync::Mutex::new(Vec::new());
+            let connected = Connected::default();
             let t = Instant::now();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-            if let Err(e) = launch::ready_workers(&plan, &key(), deadline, &connected).await {
-                let e = e.to_string();
-                println!("failed after {:.2} s: {}", t.elapsed().as_secs_f64(), &e[..e.len().min(160)]);
-                return;
+            match fanout::ready_below(&plan, &key(), deadline, &connected, None).await {
+                Ok(ready) => assert_eq!(ready.len(), n, "every worker READY"),
+                Err(e) => {
+                    let e = e.to_string();
+                    println!("failed after {:.2} s: {}", t.elapsed().as_secs_f64(), &e[..e.len().min(160)]);
+                    return;
+                }
             }
             let ready = t.elapsed();
             peak_fds = peak_fds.max(count_fds());
-            let links: Vec<Arc<mnd::control::WorkerLink>> = connected.into_inner().unwrap();
+            let links = connected.into_inner().unwrap();
             let t = Instant::now();
             if order == "stop" {
-                launch::stop_all(&links).await;
+                fanout::stop_all(&links).await;
             } else {
-                launch::abort_all(&plan, &key(), links.clone(), "benchmark").await;
+                fanout::abort_all(&plan, &key(), links.clone(), "benchmark").await;
             }
-            // Every worker closes its link once it has the order.
+            // Every child closes its link once the order reached every node below it.
             futures_util::future::join_all(links.iter().map(|l| l.closed())).await;
             figures.push((ready, t.elapsed()));
-            drop(links);
-            let _ = Order::Stop;
         }
         println!(
             "ready {:.0} ms, stop {:.0} ms, ready again {:.0} ms, abort {:.0} ms, peak descriptors {peak_fds}, peak RSS {:.1} MiB",
@@ -220,40 +266,55 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return;
     }
+    let num = |i: usize| -> usize { args[i].parse().unwrap() };
     if let Some(i) = args.iter().position(|a| a == "--workers") {
-        return workers(args[i + 1].parse().unwrap(), args[i + 2].parse().unwrap());
+        return workers(num(i + 1), num(i + 2), num(i + 3), num(i + 4));
     }
     if let Some(i) = args.iter().position(|a| a == "--coordinator") {
-        let nofile = args[i + 2].parse().ok();
-        return coordinator(args[i + 1].parse().unwrap(), nofile);
+        let nofile = args[i + 3].parse().ok();
+        return coordinator(num(i + 1), num(i + 2), nofile);
     }
     for n in [100, 1_000, 10_000] {
-        // The workers come up first: "ready" is measured from the last one listening.
-        let mut children = Vec::new();
-        for from in (0..n).step_by(PER_CHILD) {
-            let (c, mut lines) = child(&[
-                "--workers".into(),
-                from.to_string(),
-                (from + PER_CHILD).min(n).to_string(),
-            ]);
-            assert_eq!(lines.next().unwrap().unwrap(), "listening");
-            children.push(c);
-        }
-        for nofile in ["raised", "1024"] {
-            let (mut c, lines) = child(&["--coordinator".into(), n.to_string(), nofile.into()]);
-            for line in lines {
-                let limit = if nofile == "raised" {
-                    "open-file limit raised to the hard limit".to_string()
-                } else {
-                    "under ulimit -n 1024".to_string()
-                };
-                println!("coordinator, {n} workers, {limit}: {}", line.unwrap());
+        for width in [mnd::tree::DEFAULT_WIDTH, n] {
+            // The workers come up first: "ready" is measured from the last one listening.
+            let mut children = Vec::new();
+            for from in (0..n).step_by(PER_CHILD) {
+                let (c, mut lines) = child(&[
+                    "--workers".into(),
+                    n.to_string(),
+                    width.to_string(),
+                    from.to_string(),
+                    (from + PER_CHILD).min(n).to_string(),
+                ]);
+                assert_eq!(lines.next().unwrap().unwrap(), "listening");
+                children.push(c);
             }
-            c.wait().unwrap();
-        }
-        for mut c in children {
-            let _ = c.kill();
-            let _ = c.wait();
+            let shape = if width == n {
+                "flat (rank 0 connects to every worker)".to_string()
+            } else {
+                format!("tree width {width}")
+            };
+            for nofile in ["raised", "1024"] {
+                let (mut c, lines) = child(&[
+                    "--coordinator".into(),
+                    n.to_string(),
+                    width.to_string(),
+                    nofile.into(),
+                ]);
+                for line in lines {
+                    let limit = if nofile == "raised" {
+                        "open-file limit raised"
+                    } else {
+                        "under ulimit -n 1024"
+                    };
+                    println!("{n} workers, {shape}, {limit}: {}", line.unwrap());
+                }
+                c.wait().unwrap();
+            }
+            for mut c in children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
     }
 }

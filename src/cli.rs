@@ -166,6 +166,13 @@ pub struct Args {
     #[arg(long, env = "MND_WAIT_TIMEOUT", value_name = "SECS")]
     pub wait_timeout: Option<u64>,
 
+    /// Children per launcher in the fan-out tree the nodes talk over (like Slurm's
+    /// TreeWidth): the first node connects to this many nodes, each of them to as many
+    /// more, so no launcher holds more connections whatever the job's size. Default 32.
+    #[arg(long, env = "MND_TREE_WIDTH", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub tree_width: Option<u16>,
+
     /// MASTER_PORT given to the script; default: Slurm's third reserved port for the step,
     /// else derived from the job and step ids.
     #[arg(long, env = "MND_MASTER_PORT", value_name = "PORT")]

@@ -10,8 +10,11 @@
 //!   worker:      `CHALLENGE <nonce_w> <HMAC(key, "worker", job, nonce_c, nonce_w)>`
 //!                (or `FAILED <why>` when `<job>` is another job: ports clash)
 //!   coordinator: `PROVE <HMAC(key, "coordinator", job, nonce_c, nonce_w)>`
-//! then `PULLING <how far>` (any number, while the image comes), `READY` / `FAILED <why>`
-//! (worker) and `STOP` / `ABORT <why>` (coordinator). Every
+//! then, from the worker, one `READY <node> <sshd port> <image>` for each node of its
+//! subtree in the fan-out tree (itself and the nodes it relays for; see `tree`), any number
+//! of `PULLING <node> <how far>` while an image comes, or `FAILED <node> <why>` naming the
+//! node that failed (also later, when a node below is lost); and from the coordinator (or
+//! a relay, passing it on) `PORTS ...`, `STOP` or `ABORT <why>`. Every
 //! line is at most `MAX_LINE` bytes; the worker serves connections concurrently, each with
 //! `HANDSHAKE_TIME` to prove itself, so a silent or slow peer holds nobody up.
 
@@ -33,15 +36,24 @@ const LINK_BUFFER: usize = 512;
 /// Time a connecting peer has to complete the handshake.
 pub const HANDSHAKE_TIME: Duration = Duration::from_secs(5);
 
-/// A worker's state as reported to the coordinator.
+/// A node's state as reported up the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     /// Still pulling the image, and making progress (the summary says how far).
     Pulling(String),
-    /// Container up, sshd answering; the id of the image it runs.
-    Ready(String),
-    /// The worker could not start; why.
+    /// Container up, sshd answering.
+    Ready(NodeReady),
+    /// The node could not start, or was lost; why.
     Failed(String),
+}
+
+/// A node whose container is up and whose sshd answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReady {
+    /// The port its sshd listens on.
+    pub sshd_port: u16,
+    /// The id of the image its container runs.
+    pub image_id: String,
 }
 
 /// What the coordinator tells a worker.
@@ -85,7 +97,7 @@ impl JobKey {
 
     fn mac(&self, role: &str, nonce_c: &str, nonce_w: &str) -> Hmac<Sha256> {
         let mut m = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key");
-        for part in ["mnd-control-v2", role, &self.job, nonce_c, nonce_w] {
+        for part in ["mnd-control-v3", role, &self.job, nonce_c, nonce_w] {
             m.update(part.as_bytes());
             m.update(b"\0");
         }
@@ -126,6 +138,30 @@ fn nonce() -> String {
 
 fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " / ")
+}
+
+/// A node name or image id as one word of a line.
+fn one_word(s: &str) -> String {
+    s.replace(|c: char| c.is_whitespace(), "_")
+}
+
+/// Reads a status line's `<node> <rest>`, `None` for anything else.
+fn status_line(line: &str) -> Option<(&str, String, Status)> {
+    let (kind, rest) = line.split_once(' ')?;
+    let (node, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    let status = match kind {
+        "PULLING" => Status::Pulling(rest.to_string()),
+        "FAILED" => Status::Failed(rest.to_string()),
+        "READY" => {
+            let (port, image) = rest.split_once(' ').unwrap_or((rest, ""));
+            Status::Ready(NodeReady {
+                sshd_port: port.parse().ok()?,
+                image_id: image.to_string(),
+            })
+        }
+        _ => return None,
+    };
+    Some((kind, node.to_string(), status))
 }
 
 /// Reads one line of at most `MAX_LINE` bytes, without its line end; `None` at end of
@@ -221,7 +257,7 @@ impl Server {
             return Err("not a coordinator's greeting".into());
         };
         if job != self.key.job {
-            let _ = link.report(&Status::Failed(FOREIGN.into())).await;
+            link.refuse().await;
             return Err(format!("a coordinator of another job ({})", one_line(job)));
         }
         let nonce_w = nonce();
@@ -248,7 +284,7 @@ impl Server {
                 reader: BufReader::new(r),
                 writer: w,
             };
-            let _ = link.report(&Status::Failed(FOREIGN.into())).await;
+            link.refuse().await;
         }
     }
 }
@@ -257,14 +293,23 @@ impl Server {
 const FOREIGN: &str = "its control port is in use by another mnd-srun job (ports clash). Fix: choose another --sshd-port";
 
 impl CoordinatorLink {
-    /// Tells the coordinator how this node's start went.
-    pub async fn report(&mut self, status: &Status) -> std::io::Result<()> {
+    /// Tells the parent how `node`'s start went (this node's, or one it relays for).
+    pub async fn report(&mut self, node: &str, status: &Status) -> std::io::Result<()> {
+        let node = one_word(node);
         let line = match status {
-            Status::Pulling(how_far) => format!("PULLING {}\n", one_line(how_far)),
-            Status::Ready(image) => format!("READY {}\n", one_line(image)),
-            Status::Failed(why) => format!("FAILED {}\n", one_line(why)),
+            Status::Pulling(how_far) => format!("PULLING {node} {}\n", one_line(how_far)),
+            Status::Ready(r) => format!("READY {node} {} {}\n", r.sshd_port, one_word(&r.image_id)),
+            Status::Failed(why) => format!("FAILED {node} {}\n", one_line(why)),
         };
         self.writer.write_all(line.as_bytes()).await
+    }
+
+    /// Refuses a coordinator of another job, before any handshake.
+    async fn refuse(&mut self) {
+        let _ = self
+            .writer
+            .write_all(format!("FAILED {FOREIGN}\n").as_bytes())
+            .await;
     }
 
     /// Waits for the coordinator's order; `None` when the connection closed without one
@@ -420,18 +465,20 @@ async fn handshake(
 }
 
 impl WorkerLink {
-    /// Waits for the worker's final status line: `Ok(Ok(image id))` for READY, `Ok(Err(why))` for
-    /// FAILED. Every PULLING line on the way moves `deadline` to at least `grace` from then:
+    /// Waits for the next READY or FAILED report from this child's subtree: the node it
+    /// names and `Ok` with how it is reached, or `Err(why)`. Every PULLING line on the way
+    /// goes to `pulling` (node, how far) and moves `deadline` to at least `grace` from then:
     /// a pull that makes progress keeps the job waiting, one that stalls for `grace` does not.
     pub async fn status(
         &self,
         deadline: &mut Instant,
         grace: Duration,
-    ) -> Result<Result<String, String>, ControlError> {
+        pulling: &mut (dyn FnMut(&str, &str) + Send),
+    ) -> Result<(String, Result<NodeReady, String>), ControlError> {
         let mut reader = self.reader.lock().await;
         let mut how_far = String::new();
         loop {
-            match timeout_at(*deadline, read_bounded(&mut *reader)).await {
+            let line = match timeout_at(*deadline, read_bounded(&mut *reader)).await {
                 Err(_) if how_far.is_empty() => {
                     return Err(ControlError::Timeout(format!(
                         "{} did not get its container ready in time",
@@ -445,23 +492,24 @@ impl WorkerLink {
                         grace.as_secs()
                     )))
                 }
-                Ok(Some(line)) => match line.split_once(' ').unwrap_or((&line, "")) {
-                    ("PULLING", text) => {
-                        how_far = text.to_string();
-                        *deadline = (*deadline).max(Instant::now() + grace);
-                    }
-                    ("READY", image) => return Ok(Ok(image.to_string())),
-                    ("FAILED", why) => return Ok(Err(why.to_string())),
-                    _ => return Ok(Err(line.clone())),
-                },
-                Ok(None) => {
-                    return Err(ControlError::Broken(format!(
-                        "the launcher on {} went away",
-                        self.node
-                    )))
+                Ok(Some(line)) => line,
+                Ok(None) => return Err(self.gone()),
+            };
+            match status_line(&line) {
+                Some((_, node, Status::Pulling(text))) => {
+                    how_far = format!("{node}: {text}");
+                    *deadline = (*deadline).max(Instant::now() + grace);
+                    pulling(&node, &text);
                 }
+                Some((_, node, Status::Ready(r))) => return Ok((node, Ok(r))),
+                Some((_, node, Status::Failed(why))) => return Ok((node, Err(why))),
+                None => return Ok((self.node.clone(), Err(line))),
             }
         }
+    }
+
+    fn gone(&self) -> ControlError {
+        ControlError::Broken(format!("the launcher on {} went away", self.node))
     }
 
     /// Sends an order; a worker already gone is not an error.
@@ -477,7 +525,20 @@ impl WorkerLink {
         let _ = self.writer.lock().await.write_all(line.as_bytes()).await;
     }
 
-    /// Resolves when the worker's launcher closes the connection (it died or left).
+    /// Resolves when a node of this child's subtree is lost: the child's launcher closed
+    /// the connection (it died or left), or it reports a node below it failed. The node,
+    /// and why.
+    pub async fn lost(&self) -> (String, String) {
+        let mut reader = self.reader.lock().await;
+        while let Some(line) = read_bounded(&mut *reader).await {
+            if let Some((_, node, Status::Failed(why))) = status_line(&line) {
+                return (node, why);
+            }
+        }
+        (self.node.clone(), "its launcher went away".into())
+    }
+
+    /// Resolves when the child's launcher closes the connection.
     pub async fn closed(&self) {
         let mut reader = self.reader.lock().await;
         while read_bounded(&mut *reader).await.is_some() {}
@@ -498,6 +559,13 @@ mod tests {
         (server, port)
     }
 
+    fn ready(image: &str) -> Status {
+        Status::Ready(NodeReady {
+            sshd_port: 22,
+            image_id: image.into(),
+        })
+    }
+
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(5)
     }
@@ -508,7 +576,7 @@ mod tests {
         let deadline = soon();
         let worker = tokio::spawn(async move {
             let mut link = server.accept(deadline).await.unwrap();
-            link.report(&Status::Failed("image x\nmissing".into()))
+            link.report("n2", &Status::Failed("image x\nmissing".into()))
                 .await
                 .unwrap();
             link.next_order().await
@@ -517,10 +585,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            w.status(&mut deadline.clone(), Duration::from_secs(1))
-                .await
-                .unwrap(),
-            Err("image x / missing".into())
+            w.status(
+                &mut deadline.clone(),
+                Duration::from_secs(1),
+                &mut |_, _| {}
+            )
+            .await
+            .unwrap(),
+            ("n2".into(), Err("image x / missing".into()))
         );
         w.send(&Order::Abort("node2 failed".into())).await;
         assert_eq!(
@@ -535,9 +607,7 @@ mod tests {
         let deadline = soon();
         let worker = tokio::spawn(async move {
             let mut link = server.accept(deadline).await.unwrap();
-            link.report(&Status::Ready("sha256:1".into()))
-                .await
-                .unwrap();
+            link.report("n2", &ready("sha256:1")).await.unwrap();
             link.next_order().await
         });
         let e = connect("127.0.0.1", port, &key(b"k", "2.0"), deadline)
@@ -555,10 +625,20 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            w.status(&mut deadline.clone(), Duration::from_secs(1))
-                .await
-                .unwrap(),
-            Ok("sha256:1".into())
+            w.status(
+                &mut deadline.clone(),
+                Duration::from_secs(1),
+                &mut |_, _| {}
+            )
+            .await
+            .unwrap(),
+            (
+                "n2".into(),
+                Ok(NodeReady {
+                    sshd_port: 22,
+                    image_id: "sha256:1".into()
+                })
+            )
         );
         drop(w);
         assert_eq!(worker.await.unwrap(), None);
@@ -610,16 +690,14 @@ mod tests {
             let mut link = server.accept(soon()).await.unwrap();
             // Progress for longer than the grace, then ready.
             for i in 0..6 {
-                link.report(&Status::Pulling(format!("{i}/6 MB")))
+                link.report("n2", &Status::Pulling(format!("{i}/6 MB")))
                     .await
                     .unwrap();
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            link.report(&Status::Ready("sha256:1".into()))
-                .await
-                .unwrap();
+            link.report("n2", &ready("sha256:1")).await.unwrap();
             // Then progress that stops: the coordinator gives up after the grace.
-            link.report(&Status::Pulling("7/9 MB".into()))
+            link.report("n3", &Status::Pulling("7/9 MB".into()))
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -628,9 +706,21 @@ mod tests {
         let grace = Duration::from_millis(300);
         let t = Instant::now();
         let mut deadline = Instant::now() + grace;
+        let mut passed = Vec::new();
+        let (node, r) = w
+            .status(&mut deadline, grace, &mut |n, how| {
+                passed.push(format!("{n} {how}"))
+            })
+            .await
+            .unwrap();
         assert_eq!(
-            w.status(&mut deadline, grace).await.unwrap(),
-            Ok("sha256:1".into())
+            (node.as_str(), r.unwrap().image_id.as_str()),
+            ("n2", "sha256:1")
+        );
+        assert_eq!(
+            passed.len(),
+            6,
+            "every PULLING line is passed on: {passed:?}"
         );
         assert!(
             t.elapsed() > grace * 2,
@@ -638,12 +728,12 @@ mod tests {
         );
         let mut deadline = Instant::now() + grace;
         let e = w
-            .status(&mut deadline, grace)
+            .status(&mut deadline, grace, &mut |_, _| {})
             .await
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("made no progress") && e.contains("7/9 MB"),
+            e.contains("made no progress") && e.contains("n3: 7/9 MB"),
             "{e}"
         );
         worker.abort();

@@ -26,3 +26,4 @@ pub mod signals;
 pub mod slurm;
 pub mod ssh;
 pub mod terminal;
+pub mod tree;

@@ -10,6 +10,7 @@ use crate::identity::Identity;
 use crate::policy::{self, GpuAsk, MountOrigin};
 use crate::slurm::{Role as SlurmRole, StepContext};
 use crate::ssh::Material;
+use crate::tree::{self, Tree};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -203,6 +204,8 @@ pub struct Plan {
     pub ports: Ports,
     /// How long the coordinator waits for workers.
     pub wait_timeout: Duration,
+    /// The fan-out tree the launchers talk over.
+    pub tree: Tree,
     /// Ssh material root and paths.
     pub ssh_root: PathBuf,
     /// Ssh material paths.
@@ -551,6 +554,10 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         path: script_path,
         args: args.all_script_args(),
     });
+    let tree = Tree::new(
+        nodes.len(),
+        args.tree_width.map_or(tree::DEFAULT_WIDTH, usize::from),
+    );
     Ok(Plan {
         role,
         job_label,
@@ -563,6 +570,7 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
                 .unwrap_or(site.defaults.wait_timeout)
                 .max(1),
         ),
+        tree,
         ssh_root,
         ssh,
         user: user.clone(),

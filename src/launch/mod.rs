@@ -1,28 +1,31 @@
 //! The launcher's two state machines, driven by a `Plan`: `worker` and `coordinator`, each a
-//! module of its own; `container` starts and prepares this node's container; `timing` prints
-//! phase timings for the benchmarks.
+//! module of its own; `container` starts and prepares this node's container; `fanout` talks
+//! to this node's children in the fan-out tree; `timing` prints phase timings for the
+//! benchmarks.
 //!
-//! Worker:      Listening + StartingContainer -> Reporting -> Serving -> TearingDown -> exit 0
-//! Coordinator: Preflight -> StartingAll (own container, every worker READY + sshd banner,
-//!              fail fast) -> RunningScript -> Stopping (STOP to workers, own container
-//!              removed) -> exit with the script's code.
+//! Worker:      Listening + StartingSubtree (own container, every node below READY) ->
+//!              Reporting -> Serving (orders passed down, losses below passed up) ->
+//!              TearingDown -> exit 0
+//! Coordinator: Preflight -> StartingSubtree (own container, every node READY + sshd
+//!              banner, fail fast) -> RunningScript -> Stopping (STOP down the tree, own
+//!              container removed) -> exit with the script's code.
 //! Any signal, lost peer or dead container leads to TearingDown; every path removes this
 //! node's container by name, and a launcher killed with SIGKILL leaves a container whose
 //! stdin closes, so it ends and removes itself.
 
 pub(crate) mod container;
 mod coordinator;
+pub mod fanout;
 mod inside;
 mod timing;
 mod worker;
 
-pub use coordinator::{abort_all, ready_workers, stop_all};
-
 use crate::control::{ControlError, JobKey};
-use crate::docker::{DockerError, Engine, FileUpload, Lifeline};
+use crate::docker::{DockerError, Engine, FileUpload, Lifeline, PullReport};
 use crate::plan::{Plan, Role};
 use crate::ssh;
 use thiserror::Error;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Why a launch failed.
@@ -141,6 +144,50 @@ impl Running {
             Runtime::Docker { engine, .. } => tear_down(plan, Some(engine)).await,
             Runtime::Inside(sshd) => sshd.stop().await,
         }
+    }
+}
+
+/// This node's container and every node below it in the fan-out tree, started together:
+/// both ready, or the first failure (a failing subtree lets this node's own start end, so
+/// its container is removed). On the first node, also serves the image share meanwhile.
+async fn start_subtree(
+    plan: &Plan,
+    key: &JobKey,
+    own_port: u16,
+    progress: &watch::Sender<PullReport>,
+    connected: &fanout::Connected,
+    pass_up: Option<&fanout::PassUp>,
+) -> Result<(Running, Vec<fanout::ReadyWorker>), LaunchError> {
+    let deadline = Instant::now() + plan.tree.wait_below(plan.node_rank, plan.wait_timeout);
+    let own = container::start_container(plan, own_port, progress);
+    let below = async {
+        tokio::select! {
+            w = fanout::ready_below(plan, key, deadline, connected, pass_up) => w,
+            never = coordinator::serve_share(plan) => match never {},
+        }
+    };
+    tokio::pin!(own, below);
+    tokio::select! {
+        r = &mut own => match r {
+            Ok(running) => match below.await {
+                Ok(ready) => Ok((running, ready)),
+                Err(e) => {
+                    running.tear_down(plan).await;
+                    Err(e)
+                }
+            },
+            Err(why) => Err(node_err(plan)(why)),
+        },
+        b = &mut below => match (b, own.await) {
+            (Ok(ready), Ok(running)) => Ok((running, ready)),
+            (Ok(_), Err(why)) => Err(node_err(plan)(why)),
+            (Err(e), own) => {
+                if let Ok(running) = own {
+                    running.tear_down(plan).await;
+                }
+                Err(e)
+            }
+        },
     }
 }
 

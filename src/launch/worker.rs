@@ -1,15 +1,22 @@
-//! Worker: Listening + StartingContainer (pull progress reported, ABORT obeyed) ->
-//! Reporting -> Serving (ports shared on request) -> TearingDown -> exit 0.
+//! Worker: Listening + StartingSubtree (own container and every node below it in the
+//! fan-out tree; pull progress reported up, ABORT obeyed and passed down) -> Reporting
+//! (READY for each node of the subtree, or the failed node) -> Serving (orders passed down,
+//! ports shared on request, a loss below reported up) -> TearingDown -> exit 0.
 
-use super::container::{ssh_config_file, start_container};
-use super::{job_key, node_err, port_is_free, tear_down, LaunchError, Running};
-use crate::control::{self, ControlError, JobKey, Order, Status};
+use super::container::ssh_config_file;
+use super::fanout::{self, Connected, ReadyWorker};
+use super::{job_key, node_err, port_is_free, start_subtree, tear_down, LaunchError, Running};
+use crate::control::{self, ControlError, CoordinatorLink, JobKey, NodeReady, Order, Status};
 use crate::docker::PullReport;
 use crate::plan::{Plan, PortPair};
 use crate::signals::Signals;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+
+/// This node's subtree once started: its container, and every node below it READY.
+type Started = Result<(Running, Vec<ReadyWorker>), LaunchError>;
 
 pub(super) async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
     let mut signals =
@@ -18,19 +25,21 @@ pub(super) async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
     let _ignored =
         Signals::forwarded().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
     let key = job_key(plan)?;
-    let (server, pair) = bind_port_pair(plan, key).await?;
-    // The coordinator connects at once; we wait a little longer than it waits for us.
-    let deadline = Instant::now() + plan.wait_timeout + Duration::from_secs(10);
+    let (server, pair) = bind_port_pair(plan, key.clone()).await?;
+    // The parent connects at once; we wait a little longer than anyone above waits.
+    let deadline = Instant::now() + plan.tree.wait_for_parent(plan.wait_timeout);
     let (progress, mut pulled) = watch::channel(PullReport::default());
-    let start = start_container(plan, pair.sshd, &progress);
+    let (pass_up, mut passed) = mpsc::unbounded_channel();
+    let connected = Connected::default();
+    let start = start_subtree(plan, &key, pair.sshd, &progress, &connected, Some(&pass_up));
     tokio::pin!(start);
-    // Listening + StartingContainer: whichever ends first.
+    // Listening + StartingSubtree: whichever ends first.
     let mut link = tokio::select! {
         link = server.accept(deadline) => match link {
             Ok(link) => link,
             Err(e) => {
                 // Nobody came: let a start under way end, then remove what it made.
-                tear_down(plan, None).await;
+                give_up(plan, &key, &connected, "the launcher above never connected").await;
                 return Err(e.into());
             }
         },
@@ -38,41 +47,72 @@ pub(super) async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
             let link = tokio::select! {
                 link = server.accept(deadline) => link,
                 sig = signals.recv() => {
-                    tear_down(plan, None).await;
+                    give_up(plan, &key, &connected, &signalled(plan, sig)).await;
                     return Err(LaunchError::Signal(sig));
                 }
             };
-            return worker_report(plan, server, link, started, signals).await;
+            let links = links_of(&connected);
+            return worker_report(plan, &key, server, link, started, links, signals).await;
         }
         sig = signals.recv() => {
-            tear_down(plan, None).await;
+            give_up(plan, &key, &connected, &signalled(plan, sig)).await;
             return Err(LaunchError::Signal(sig));
         }
     };
-    // StartingContainer with the coordinator connected: report pull progress (it keeps the
-    // coordinator waiting), and obey ABORT at once.
+    // StartingSubtree with the parent connected: report pull progress here and below (it
+    // keeps everyone above waiting), and obey ABORT at once.
     let mut last_report = Instant::now() - Duration::from_secs(1);
     let started = loop {
         tokio::select! {
             started = &mut start => break started,
             order = link.next_order() => {
-                tear_down(plan, None).await;
+                let why = order_why(plan, order.as_ref());
+                give_up(plan, &key, &connected, &why).await;
                 return after_order(plan, order);
             }
             Ok(()) = pulled.changed() => {
                 if last_report.elapsed() >= Duration::from_secs(1) {
                     last_report = Instant::now();
                     let summary = pulled.borrow_and_update().summary.clone();
-                    let _ = link.report(&Status::Pulling(summary)).await;
+                    let _ = link.report(plan.this_node(), &Status::Pulling(summary)).await;
                 }
             }
+            Some((node, how_far)) = passed.recv() => {
+                let _ = link.report(&node, &Status::Pulling(how_far)).await;
+            }
             sig = signals.recv() => {
-                tear_down(plan, None).await;
+                give_up(plan, &key, &connected, &signalled(plan, sig)).await;
                 return Err(LaunchError::Signal(sig));
             }
         }
     };
-    worker_report(plan, server, Ok(link), started, signals).await
+    let links = links_of(&connected);
+    worker_report(plan, &key, server, Ok(link), started, links, signals).await
+}
+
+fn links_of(connected: &Connected) -> Vec<Arc<control::WorkerLink>> {
+    connected.lock().expect("not poisoned").clone()
+}
+
+fn signalled(plan: &Plan, sig: i32) -> String {
+    format!("the launcher on {} got signal {sig}", plan.this_node())
+}
+
+/// Why the nodes below end with this node, after `order` from above (or its loss).
+fn order_why(plan: &Plan, order: Option<&Order>) -> String {
+    match order {
+        Some(Order::Abort(why)) => why.clone(),
+        _ => format!("the launcher above {} went away", plan.this_node()),
+    }
+}
+
+/// Ends this node's part before it was ready: the nodes below are told to abort, and what
+/// its start made is removed.
+async fn give_up(plan: &Plan, key: &JobKey, connected: &Connected, why: &str) {
+    tokio::join!(
+        fanout::abort_all(plan, key, links_of(connected), why),
+        tear_down(plan, None)
+    );
 }
 
 /// The first of the step's port pairs whose ports are both free here, with its control
@@ -111,29 +151,39 @@ async fn bind_port_pair(
     )))
 }
 
-/// Reporting -> Serving -> TearingDown: tells the coordinator how the start went, then
-/// serves until STOP, ABORT, a lost coordinator, a signal or the container's end.
+/// Reporting -> Serving -> TearingDown: tells the parent how the subtree's start went
+/// (READY for each node, or the node that failed), then serves until STOP, ABORT, a lost
+/// parent or node below, a signal or the container's end; orders go down before this
+/// node's container is removed.
 async fn worker_report(
     plan: &Plan,
+    key: &JobKey,
     server: control::Server,
-    link: Result<control::CoordinatorLink, ControlError>,
-    started: Result<Running, String>,
+    link: Result<CoordinatorLink, ControlError>,
+    started: Started,
+    links: Vec<Arc<control::WorkerLink>>,
     mut signals: Signals,
 ) -> Result<i32, LaunchError> {
-    let (running, mut link) = match (started, link) {
+    let ((running, below), mut link) = match (started, link) {
         (Ok(r), Ok(link)) => (r, link),
-        (Err(why), Ok(mut link)) => {
-            let _ = link.report(&Status::Failed(why.clone())).await;
-            return Err(node_err(plan)(why));
+        (Err(e), Ok(mut link)) => {
+            let (node, why) = match &e {
+                LaunchError::Node { node, reason } => (node.clone(), reason.clone()),
+                other => (plan.this_node().to_string(), other.to_string()),
+            };
+            let _ = link.report(&node, &Status::Failed(why.clone())).await;
+            fanout::abort_all(plan, key, links, &why).await;
+            return Err(e);
         }
-        (running, Err(e)) => {
-            if let Ok(r) = running {
+        (started, Err(e)) => {
+            if let Ok((r, _)) = started {
                 r.tear_down(plan).await;
             }
+            fanout::abort_all(plan, key, links, "the launcher above never connected").await;
             return Err(e.into());
         }
     };
-    let _ = link.report(&Status::Ready(running.image_id.clone())).await;
+    report_ready(plan, &mut link, &running, &below).await;
     tokio::spawn(server.refuse_others());
     let mut suspend = Signals::suspend_resume()
         .map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
@@ -146,22 +196,68 @@ async fn worker_report(
             order = link.next_order() => order,
             sig = signals.recv() => break Err(LaunchError::Signal(sig)),
             code = running.ended(plan) => break Err(node_err(plan)(format!("the container ended by itself (code {code}) while the job ran"))),
+            (node, why) = fanout::lost_below(&links) => {
+                let _ = link.report(&node, &Status::Failed(why.clone())).await;
+                break Err(LaunchError::Node { node, reason: why });
+            }
         };
-        // Other nodes took other ports: rewrite the ssh config, then report again.
+        // Other nodes took other ports: pass it down, rewrite the ssh config, then report
+        // this subtree again.
         let Some(Order::Ports(node_ports)) = order else {
             break Ok(order);
         };
-        let status = match running
+        fanout::send_all(&links, &Order::Ports(node_ports.clone())).await;
+        let written = running
             .write(plan, &[ssh_config_file(plan, &node_ports)])
-            .await
-        {
-            Ok(()) => Status::Ready(running.image_id.clone()),
-            Err(e) => Status::Failed(e),
-        };
-        let _ = link.report(&status).await;
+            .await;
+        let again = fanout::ready_again(plan, &links).await;
+        match (written, again) {
+            (Ok(()), Ok(below)) => report_ready(plan, &mut link, &running, &below).await,
+            (Err(why), _) => {
+                let _ = link.report(plan.this_node(), &Status::Failed(why)).await;
+            }
+            (_, Err(e)) => {
+                let why = e.to_string();
+                let _ = link.report(plan.this_node(), &Status::Failed(why)).await;
+            }
+        }
     };
-    running.tear_down(plan).await;
+    // Orders go down first, so the nodes below tear down while this one does.
+    let down = async {
+        match &outcome {
+            Ok(Some(Order::Stop)) => fanout::stop_all(&links).await,
+            Ok(order) => {
+                fanout::abort_all(plan, key, links.clone(), &order_why(plan, order.as_ref())).await
+            }
+            Err(LaunchError::Signal(sig)) => {
+                fanout::abort_all(plan, key, links.clone(), &signalled(plan, *sig)).await
+            }
+            Err(e) => fanout::abort_all(plan, key, links.clone(), &e.to_string()).await,
+        }
+    };
+    tokio::join!(down, running.tear_down(plan));
     after_order(plan, outcome?)
+}
+
+/// READY for this node and for every node below it.
+async fn report_ready(
+    plan: &Plan,
+    link: &mut CoordinatorLink,
+    running: &Running,
+    below: &[ReadyWorker],
+) {
+    let own = NodeReady {
+        sshd_port: running.sshd_port,
+        image_id: running.image_id.clone(),
+    };
+    let _ = link.report(plan.this_node(), &Status::Ready(own)).await;
+    for w in below {
+        let ready = NodeReady {
+            sshd_port: w.sshd_port,
+            image_id: w.image_id.clone(),
+        };
+        let _ = link.report(&w.node, &Status::Ready(ready)).await;
+    }
 }
 
 /// A worker's exit after the coordinator's order (or its loss).
@@ -179,8 +275,10 @@ fn after_order(plan: &Plan, order: Option<Order>) -> Result<i32, LaunchError> {
             Ok(0)
         }
         None => Err(LaunchError::Control(ControlError::Broken(format!(
-            "the coordinator on {} went away; container removed",
-            plan.nodes[0]
+            "the launcher on {} (the one above this node) went away; container removed",
+            plan.tree
+                .parent(plan.node_rank)
+                .map_or(plan.nodes[0].as_str(), |p| plan.nodes[p].as_str())
         )))),
     }
 }

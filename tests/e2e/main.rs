@@ -12,4 +12,5 @@ mod images;
 mod launcher;
 mod teardown;
 mod tools;
+mod tree;
 mod users;
