@@ -307,7 +307,10 @@ fn main() {
                     } else {
                         "under ulimit -n 1024"
                     };
-                    println!("{n} workers, {shape}, {limit}: {}", line.unwrap());
+                    println!(
+                        "coordinator, {n} workers, {shape}, {limit}: {}",
+                        line.unwrap()
+                    );
                 }
                 c.wait().unwrap();
             }

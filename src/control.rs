@@ -373,7 +373,7 @@ pub async fn connect_any(
                 // Out of descriptors: waiting would not help, say so at once.
                 Ok(Err(e)) if e.raw_os_error() == Some(nix::libc::EMFILE) => {
                     return Err(ControlError::Broken(format!(
-                        "this launcher ran out of open files connecting to {node} ({e}): it holds one connection per worker. Fix: raise the limit (ulimit -n; the hard limit for Slurm jobs comes from slurmd's LimitNOFILE / PropagateResourceLimits)"
+                        "this launcher ran out of open files connecting to {node} ({e}): it holds one connection per child in the fan-out tree. Fix: a smaller --tree-width, or raise the limit (ulimit -n; the hard limit for Slurm jobs comes from slurmd's LimitNOFILE / PropagateResourceLimits)"
                     )));
                 }
                 Ok(Err(e)) => {
