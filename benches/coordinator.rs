@@ -26,8 +26,9 @@ use tokio::io::AsyncWriteExt;
 const SSHD_PORT: u16 = 47100;
 /// The job label both sides prove they belong to.
 const JOB: &str = "7.0";
-/// Workers per child process (each needs two descriptors per worker).
-const PER_CHILD: usize = 5_000;
+/// Workers per child process (each needs about four descriptors per worker: its two
+/// listeners, its parent's link and its link to a child).
+const PER_CHILD: usize = 2_000;
 
 fn key() -> JobKey {
     JobKey::new(b"bench-control-key", JOB)
@@ -52,17 +53,21 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// Child: workers `from..to` of a job of `n` with tree width `width` serve forever: accept
 /// the parent, gather the nodes below, report READY for all, pass the order down, wait until
-/// everyone below closed, close; again for the next round. One banner listener answers
-/// every sshd probe.
+/// everyone below closed, close; again for the next round. Each has a banner listener
+/// that answers the sshd probes of its node.
 fn workers(n: usize, width: usize, from: usize, to: usize) {
     mnd::node::raise_open_files();
     let job = bench_plan(n, width);
     rt().block_on(async {
-        let banner = tokio::net::TcpListener::bind(("0.0.0.0", SSHD_PORT)).await;
-        if let Ok(l) = banner {
+        for i in from..to {
+            // Its own sshd stand-in, as every node has: one listener for all would overflow
+            // its accept queue when thousands of relays probe at once.
+            let sshd = tokio::net::TcpListener::bind((addr(i), SSHD_PORT))
+                .await
+                .expect("bind a simulated sshd");
             tokio::spawn(async move {
                 loop {
-                    match l.accept().await {
+                    match sshd.accept().await {
                         Ok((mut s, _)) => {
                             let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2 simulated\r\n").await;
                         }
@@ -71,8 +76,6 @@ fn workers(n: usize, width: usize, from: usize, to: usize) {
                     }
                 }
             });
-        }
-        for i in from..to {
             let at = SocketAddr::from((addr(i), SSHD_PORT + 1));
             let server = Server::bind_on(at, key())
                 .await
