@@ -115,3 +115,39 @@ fn a_lost_relay_is_named_and_the_node_below_it_cleans_up() {
     let _g = shared();
     lose_a_launcher("tree-relay", "node2", "node2");
 }
+
+#[test]
+fn hosts_mode_relays_over_a_chain_too() {
+    let _g = shared();
+    let name = unique("tree-hosts");
+    let s = script(
+        "bob",
+        "e2e-tree-hosts.sh",
+        "#!/bin/bash\nmpirun -H \"$hostlist\" -np \"$np\" hostname | sort | tr '\\n' ' '\necho\nexit 5\n",
+    );
+    let r = run_on(
+        "node1",
+        "bob",
+        &[
+            "env",
+            "-u",
+            "SLURM_JOB_ID",
+            "bash",
+            "-c",
+            &format!(
+                "mnd-srun --hosts 'node[1-3]' --container={IMAGE} --dockname={name} {CHAIN} -vv --script=./{s}"
+            ),
+        ],
+    );
+    assert_eq!(r.code, 5, "the script's exit code: {}", r.all());
+    assert!(r.stdout.contains("node1 node2 node3"), "{}", r.all());
+    assert!(
+        r.stderr.contains("node2 and the 1 node(s) below it ready"),
+        "{}",
+        r.all()
+    );
+    assert_clean(&name, CLEAN);
+    for n in NODES {
+        assert_eq!(stray_sshd(n, "bob"), 0, "stray sshd of bob on {n}");
+    }
+}
