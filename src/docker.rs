@@ -840,6 +840,7 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
         Gpus::Nvidia(ids) => Some(vec![gpu_request(Some(
             ids.iter().map(u32::to_string).collect(),
         ))]),
+        Gpus::NvidiaUuids(uuids) => Some(vec![gpu_request(Some(uuids.clone()))]),
     };
     HostConfig {
         network_mode: Some(spec.network.clone()),

@@ -115,6 +115,9 @@ pub enum Gpus {
     NvidiaAll,
     /// NVIDIA, these physical ids.
     Nvidia(Vec<u32>),
+    /// NVIDIA, these devices by the unique ids Slurm gave for them (MIG devices, whose
+    /// indices are not GPUs').
+    NvidiaUuids(Vec<String>),
 }
 
 /// A device passed into the container.
@@ -982,7 +985,26 @@ fn gpus(
         GpuAsk::Default => GpuAsk::All,
         other => other,
     };
-    gpu_devices(args.gpu_vendor, want, facts)
+    match gpu_devices(args.gpu_vendor, want, facts) {
+        (Gpus::Nvidia(ids), devices, groups) => (by_uuid(ids, step), devices, groups),
+        other => other,
+    }
+}
+
+/// The GPUs `ids` (the step's, checked by the policy) by Slurm's unique ids, where Slurm
+/// gave them for every one.
+fn by_uuid(ids: Vec<u32>, step: &StepContext) -> Gpus {
+    let uuids: Option<Vec<String>> = ids
+        .iter()
+        .map(|id| {
+            let at = step.gpus.iter().position(|g| g == id)?;
+            step.gpu_uuids.get(at).cloned()
+        })
+        .collect();
+    match uuids {
+        Some(uuids) if !uuids.is_empty() => Gpus::NvidiaUuids(uuids),
+        _ => Gpus::Nvidia(ids),
+    }
 }
 
 /// What Docker is asked for to give a container the GPUs `want` of `vendor` (`Auto`: NVIDIA
@@ -1038,6 +1060,10 @@ pub(crate) fn gpu_env(gpus: &Gpus, devices: &[Device]) -> Vec<(String, String)> 
                 "NVIDIA_VISIBLE_DEVICES".into(),
                 ids.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
             ),
+        ],
+        Gpus::NvidiaUuids(uuids) => vec![
+            ("CUDA_VISIBLE_DEVICES".into(), first_n(uuids.len())),
+            ("NVIDIA_VISIBLE_DEVICES".into(), uuids.join(",")),
         ],
         Gpus::NvidiaAll => vec![("NVIDIA_VISIBLE_DEVICES".into(), "all".into())],
         Gpus::None => {

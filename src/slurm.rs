@@ -39,6 +39,8 @@ pub struct StepContext {
     pub tasks_per_node: Vec<u32>,
     /// Physical GPU ids given to this step on this node (empty when none).
     pub gpus: Vec<u32>,
+    /// Slurm's unique ids of those GPUs, one for one, where it gives them (see `gpu_uuids`).
+    pub gpu_uuids: Vec<String>,
     /// GPU count on this node as Slurm reports it (`SLURM_GPUS_ON_NODE`).
     pub gpus_on_node: Option<u32>,
     /// This node's name as Slurm knows it.
@@ -94,6 +96,7 @@ impl StepContext {
             num_tasks: 1,
             tasks_per_node: vec![1],
             gpus: Vec::new(),
+            gpu_uuids: Vec::new(),
             gpus_on_node: None,
             node_name: hostname.to_string(),
             resv_ports: Vec::new(),
@@ -145,6 +148,7 @@ impl StepContext {
             num_tasks: nodes.len() as u32,
             tasks_per_node: vec![1; nodes.len()],
             gpus: Vec::new(),
+            gpu_uuids: Vec::new(),
             gpus_on_node: None,
             node_name: nodes[rank].clone(),
             resv_ports: Vec::new(),
@@ -240,6 +244,7 @@ impl StepContext {
             Some((v, text)) => parse_ids(v, &text)?,
             None => Vec::new(),
         };
+        let gpu_uuids = gpu_uuids(&gpus, get("CUDA_VISIBLE_DEVICES").as_deref());
         let gpus_on_node = number(&get, "SLURM_GPUS_ON_NODE")?.map(|n| n as u32);
         let resv_ports = match get("SLURM_STEP_RESV_PORTS") {
             Some(text) => parse_ports(&text).map_err(|reason| SlurmError::Invalid {
@@ -266,6 +271,7 @@ impl StepContext {
             num_tasks,
             tasks_per_node,
             gpus,
+            gpu_uuids,
             gpus_on_node,
             resv_ports,
             node_name,
@@ -317,6 +323,30 @@ fn require(get: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<
         var: name,
         hint: STEP_HINT,
     })
+}
+
+/// Slurm's unique ids of the step's GPUs `step_gpus`, where it gives them: with NVML
+/// autodetection a GPU may carry a unique id (a MIG device's `MIG-...`, a GPU's `GPU-...`),
+/// and when devices are not constrained Slurm names the task's GPUs by it in
+/// `CUDA_VISIBLE_DEVICES`, in the order of `SLURM_STEP_GPUS`. Docker must then be asked
+/// for those ids: the index of a MIG device is not a GPU's. Empty unless every entry is
+/// such an id and there is one per step GPU.
+pub fn gpu_uuids(step_gpus: &[u32], cuda_visible: Option<&str>) -> Vec<String> {
+    let Some(text) = cuda_visible else {
+        return Vec::new();
+    };
+    let ids: Vec<&str> = text.split(',').map(str::trim).collect();
+    let is_uuid = |id: &&str| {
+        (id.starts_with("GPU-") || id.starts_with("MIG-"))
+            && id.len() <= 96
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '/')
+    };
+    if step_gpus.is_empty() || ids.len() != step_gpus.len() || !ids.iter().all(is_uuid) {
+        return Vec::new();
+    }
+    ids.into_iter().map(String::from).collect()
 }
 
 fn parse_ids(var: &'static str, text: &str) -> Result<Vec<u32>, SlurmError> {
@@ -456,6 +486,35 @@ mod tests {
         // SLURM_STEP_GPUS for every step that has GPUs; SLURM_JOB_GPUS is the job's).
         let c = ctx(&with(&[("SLURM_JOB_GPUS", "5")])).unwrap();
         assert!(c.gpus.is_empty());
+    }
+
+    #[test]
+    fn mig_and_gpu_uuids_where_slurm_gives_them() {
+        let c = ctx(&with(&[
+            ("SLURM_STEP_GPUS", "2,3"),
+            (
+                "CUDA_VISIBLE_DEVICES",
+                "MIG-4f1c5e2a-0b1d-5c8e-9f3a-1a2b3c4d5e6f,MIG-77aa",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(c.gpus, [2, 3]);
+        assert_eq!(
+            c.gpu_uuids,
+            ["MIG-4f1c5e2a-0b1d-5c8e-9f3a-1a2b3c4d5e6f", "MIG-77aa"]
+        );
+        // Indices (ConstrainDevices), a count that differs, or anything else: none.
+        for cuda in [
+            "0,1",
+            "GPU-a",
+            "GPU-a,GPU-b,GPU-c",
+            "GPU-a,1",
+            "GPU-a,GPU-b;x",
+        ] {
+            assert!(gpu_uuids(&[2, 3], Some(cuda)).is_empty(), "{cuda}");
+        }
+        assert!(gpu_uuids(&[], Some("GPU-a")).is_empty());
+        assert_eq!(gpu_uuids(&[0], Some("GPU-a")), ["GPU-a"]);
     }
 
     #[test]

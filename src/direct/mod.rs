@@ -74,6 +74,10 @@ pub struct Request {
     /// The step's GPUs on this node as Slurm gives them (`SLURM_STEP_GPUS`), if any.
     #[serde(default)]
     pub step_gpus: Option<String>,
+    /// The step's `CUDA_VISIBLE_DEVICES` as Slurm set it, if any: Slurm's unique ids of its
+    /// GPUs where it gives them (MIG devices).
+    #[serde(default)]
+    pub step_cuda_devices: Option<String>,
 }
 
 /// What the root helper answers.
@@ -289,6 +293,7 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
         ),
     ]);
     let step_gpus = step_gpus(req.step_gpus.as_deref())?;
+    refuse_unique_ids(&step_gpus, req.step_cuda_devices.as_deref())?;
     let want = if step_gpus.is_empty() {
         GpuAsk::None
     } else {
@@ -344,6 +349,18 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
         host_namespaces: true,
     };
     Ok((spec, opts))
+}
+
+/// A step whose GPUs Slurm names by unique ids (MIG devices, with NVML autodetection) is
+/// refused: asking Docker for their indices would hand whole GPUs, and the root side cannot
+/// yet check unique ids against the step's devices (the launcher, as the user, can).
+fn refuse_unique_ids(step: &[u32], cuda_visible: Option<&str>) -> Result<(), PlanError> {
+    if crate::slurm::gpu_uuids(step, cuda_visible).is_empty() {
+        return Ok(());
+    }
+    Err(usage(
+        "this step's GPUs are MIG devices (Slurm names them by unique id): direct mode does not give them yet, and will not give whole GPUs instead. Fix: run the job through the launcher (srun mnd-srun --container=IMAGE ...), which asks Docker for exactly these devices",
+    ))
 }
 
 /// The step's GPUs on this node from Slurm's `SLURM_STEP_GPUS` (indices, comma separated).

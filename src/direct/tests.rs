@@ -13,6 +13,7 @@ fn request(options: Options) -> Request {
         options,
         slurm_dirs: vec!["/var/spool/slurmd/pmix.42.3".into()],
         step_gpus: None,
+        step_cuda_devices: None,
     }
 }
 
@@ -293,6 +294,22 @@ fn the_container_gets_exactly_the_steps_gpus_on_the_node() {
     };
     let err = planned_for(&bad, &SiteConfig::default(), &nvidia, "/x").unwrap_err();
     assert!(err.to_string().contains("SLURM_STEP_GPUS"), "{err}");
+    // MIG devices (Slurm names them by unique id): refused, never whole GPUs instead.
+    let mig = Request {
+        step_cuda_devices: Some("MIG-aaaa,MIG-bbbb".into()),
+        ..req.clone()
+    };
+    let err = planned_for(&mig, &SiteConfig::default(), &nvidia, "/x").unwrap_err();
+    assert!(
+        err.to_string().contains("MIG devices") && err.to_string().contains("srun mnd-srun"),
+        "{err}"
+    );
+    // Slurm's own numbering (ConstrainDevices) is no unique id: the step goes on.
+    let constrained = Request {
+        step_cuda_devices: Some("0,1".into()),
+        ..req
+    };
+    assert!(planned_for(&constrained, &SiteConfig::default(), &nvidia, "/x").is_ok());
 }
 
 #[test]

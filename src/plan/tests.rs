@@ -17,6 +17,7 @@ fn step(node_index: usize, gpus: &[u32]) -> StepContext {
         num_tasks: 3,
         tasks_per_node: vec![1, 1, 1],
         gpus: gpus.to_vec(),
+        gpu_uuids: Vec::new(),
         gpus_on_node: (!gpus.is_empty()).then_some(gpus.len() as u32),
         node_name: format!("node{}", node_index + 1),
         resv_ports: Vec::new(),
@@ -320,6 +321,25 @@ fn gpus_use_physical_ids_from_slurm() {
     assert_eq!(p.container.gpus, Gpus::NvidiaAll);
     let p = plan_with(&local, &args(&["--gpus=5"]), &SiteConfig::default(), &f).unwrap();
     assert_eq!(p.container.gpus, Gpus::Nvidia(vec![5]));
+}
+
+#[test]
+fn mig_devices_are_asked_of_docker_by_slurms_unique_ids() {
+    let mut f = facts();
+    f.nvidia = true;
+    let mut s = step(0, &[2, 3]);
+    s.gpu_uuids = vec!["MIG-aaaa".into(), "MIG-bbbb".into()];
+    let p = plan_with(&s, &args(&[]), &SiteConfig::default(), &f).unwrap();
+    assert_eq!(
+        p.container.gpus,
+        Gpus::NvidiaUuids(vec!["MIG-aaaa".into(), "MIG-bbbb".into()])
+    );
+    assert_eq!(env(&p, "CUDA_VISIBLE_DEVICES"), Some("0,1"));
+    assert_eq!(env(&p, "NVIDIA_VISIBLE_DEVICES"), Some("MIG-aaaa,MIG-bbbb"));
+    assert_eq!(p.slots, 2);
+    // A subset by index (checked against the step's) is asked for by its unique id.
+    let p = plan_with(&s, &args(&["--gpus=3"]), &SiteConfig::default(), &f).unwrap();
+    assert_eq!(p.container.gpus, Gpus::NvidiaUuids(vec!["MIG-bbbb".into()]));
 }
 
 #[test]

@@ -127,6 +127,56 @@ fn two_jobs_sharing_nodes_each_get_exactly_their_steps_nvidia_gpus() {
     assert_clean(&name, CLEAN);
 }
 
+/// Where Slurm names the step's GPUs by unique id (NVML autodetection with MIG devices
+/// sets `CUDA_VISIBLE_DEVICES=MIG-...` in the task, one per `SLURM_STEP_GPUS` index),
+/// Docker is asked for those ids, not for indices that would be whole GPUs. Debian's
+/// Slurm has no NVML plugin, so the task's value is set the way that plugin sets it, on
+/// real gres from slurmd.
+#[test]
+fn mig_devices_named_by_slurm_are_asked_of_docker_by_unique_id() {
+    let _g = shared();
+    let name = unique("mig");
+    let s = script(
+        "alice",
+        "e2e-gpu-mig.sh",
+        "#!/bin/bash\necho label=$MND_JOB\necho hostlist=$hostlist\npdsh -w \"$(echo $hostlist | sed 's/:[0-9]*//g')\" 'echo nvidia=$NVIDIA_VISIBLE_DEVICES cuda=$CUDA_VISIBLE_DEVICES' | sort\n",
+    );
+    let r = alice(&format!(
+        "srun -N3 -n3 --gres=gpu:2 bash -c 'CUDA_VISIBLE_DEVICES=$(echo $SLURM_STEP_GPUS | sed \"s/\\([0-9]\\)/MIG-$(hostname)-gpu\\1/g\") exec mnd-srun --container={IMAGE} --dockname={name} --script=./{s}'"
+    ));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("hostlist=node1:2,node2:2,node3:2"),
+        "{}",
+        r.all()
+    );
+    let label = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("label="))
+        .unwrap()
+        .to_string();
+    for node in NODES {
+        let line = node_line(&r.stdout, node);
+        let mig: Vec<&str> = line["nvidia"].split(',').collect();
+        assert_eq!(mig.len(), 2, "{node}: {line:?}");
+        assert!(
+            mig.iter()
+                .all(|m| m.starts_with(&format!("MIG-{node}-gpu"))),
+            "{node}: {line:?}"
+        );
+        assert_eq!(line["cuda"], "0,1", "{node}: {line:?}");
+        let log = root_on(node, &["cat", "/var/log/nvidia-hook.log"]).stdout;
+        let asked = log
+            .lines()
+            .find(|l| l.contains(&format!("MND_JOB={label} ")))
+            .unwrap_or_else(|| panic!("Docker on {node} was asked for no GPU:\n{log}"));
+        let want = format!("NVIDIA_VISIBLE_DEVICES={}", line["nvidia"]);
+        assert_eq!(asked.matches(&want).count(), 2, "{node}: {asked}");
+    }
+    assert_clean(&name, CLEAN);
+}
+
 #[test]
 fn amd_gets_kfd_the_steps_render_nodes_and_the_render_group() {
     let _g = shared();

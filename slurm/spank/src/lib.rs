@@ -17,6 +17,7 @@ mod step;
 use options::{PluginArgs, OPTIONS};
 use slurm_spank::{spank_log_error, Context, Plugin, SpankHandle, SpankOption, SPANK_PLUGIN};
 use std::error::Error;
+use step::StepGpus;
 
 /// Per-task GPU variables Slurm sets, renumbered for the container.
 const GPU_VARS: [&str; 4] = [
@@ -79,9 +80,13 @@ unsafe impl Plugin for MndSpank {
         let Some(step) = &self.step else {
             return Ok(());
         };
-        // Slurm has set the step's GPUs on this node in the job's environment by now.
-        let step_gpus = spank.getenv("SLURM_STEP_GPUS")?;
-        let reply = step.container(&self.args, step_gpus).map_err(|e| {
+        // Slurm has set the step's GPUs on this node in the task's environment by now (and
+        // replaced any value of the user's for these two).
+        let gpus = StepGpus {
+            indices: spank.getenv("SLURM_STEP_GPUS")?,
+            cuda_visible: spank.getenv("CUDA_VISIBLE_DEVICES")?,
+        };
+        let reply = step.container(&self.args, gpus).map_err(|e| {
             spank_log_error!("mnd: {}: {e}", step.node());
             e
         })?;

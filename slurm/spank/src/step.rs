@@ -15,6 +15,14 @@ use std::process::{Command, Stdio};
 /// step: they get no container.
 const SPECIAL_STEPS: [u32; 3] = [0xffff_fffb, 0xffff_fffc, 0xffff_fffa];
 
+/// The step's GPU variables on this node as Slurm set them in the task.
+pub struct StepGpus {
+    /// `SLURM_STEP_GPUS`: Slurm's indices.
+    pub indices: Option<String>,
+    /// `CUDA_VISIBLE_DEVICES`: Slurm's unique ids of them, where it gives them.
+    pub cuda_visible: Option<String>,
+}
+
 /// A step with `--mnd-image`, as slurmstepd knows it.
 pub struct Step {
     request: Request,
@@ -52,6 +60,7 @@ impl Step {
                 slurm_dirs: pmix_dirs(uid, job, step),
                 // Known in the task (`container`).
                 step_gpus: None,
+                step_cuda_devices: None,
             },
         }))
     }
@@ -69,7 +78,7 @@ impl Step {
     /// The step's container on this node (in a task child, as root): the first task to
     /// take the lock asks the helper and records the reply (or the failure, so the other
     /// tasks fail at once with the same message); the others read it.
-    pub fn container(&self, args: &PluginArgs, step_gpus: Option<String>) -> Result<Reply, String> {
+    pub fn container(&self, args: &PluginArgs, gpus: StepGpus) -> Result<Reply, String> {
         private_dir(&args.runtime_dir)?;
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -88,7 +97,7 @@ impl Step {
             return serde_json::from_str(&text)
                 .map_err(|e| format!("{}: {e}", reply_file.display()));
         }
-        let answer = self.ask_helper(args, step_gpus);
+        let answer = self.ask_helper(args, gpus);
         let (file, text) = match &answer {
             Ok(reply) => (reply_file, serde_json::to_string(reply).unwrap_or_default()),
             Err(e) => (error_file, e.clone()),
@@ -99,11 +108,12 @@ impl Step {
 
     /// Runs `mnd direct up` with a clean environment, the request on stdin. The working
     /// directory is slurmstepd's: it moves into the step's before forking the tasks.
-    fn ask_helper(&self, args: &PluginArgs, step_gpus: Option<String>) -> Result<Reply, String> {
+    fn ask_helper(&self, args: &PluginArgs, gpus: StepGpus) -> Result<Reply, String> {
         let request = Request {
             cwd: std::env::current_dir()
                 .map_err(|e| format!("the step's working directory: {e}"))?,
-            step_gpus,
+            step_gpus: gpus.indices,
+            step_cuda_devices: gpus.cuda_visible,
             ..self.request.clone()
         };
         root_only(&args.helper)?;
