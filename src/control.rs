@@ -566,6 +566,17 @@ mod tests {
         })
     }
 
+    /// The next READY or FAILED from `w`, pulls ignored.
+    async fn next_status(w: &WorkerLink, deadline: Instant) -> (String, Result<NodeReady, String>) {
+        w.status(
+            &mut deadline.clone(),
+            Duration::from_secs(1),
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap()
+    }
+
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(5)
     }
@@ -585,13 +596,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            w.status(
-                &mut deadline.clone(),
-                Duration::from_secs(1),
-                &mut |_, _| {}
-            )
-            .await
-            .unwrap(),
+            next_status(&w, deadline).await,
             ("n2".into(), Err("image x / missing".into()))
         );
         w.send(&Order::Abort("node2 failed".into())).await;
@@ -625,13 +630,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            w.status(
-                &mut deadline.clone(),
-                Duration::from_secs(1),
-                &mut |_, _| {}
-            )
-            .await
-            .unwrap(),
+            next_status(&w, deadline).await,
             (
                 "n2".into(),
                 Ok(NodeReady {

@@ -64,6 +64,21 @@ fn gpu_job(name: &str, srun_opts: &str, mnd_opts: &str, slots: u32) -> Run {
     r
 }
 
+/// Checks a 3-node GPU job succeeded with 2 slots per node; its `label=` line (`MND_JOB`).
+fn two_gpus_each_and_label(r: &Run) -> String {
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("hostlist=node1:2,node2:2,node3:2"),
+        "{}",
+        r.all()
+    );
+    r.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("label="))
+        .unwrap_or_else(|| panic!("no label in {}", r.all()))
+        .to_string()
+}
+
 fn ids(text: &str) -> BTreeSet<u32> {
     text.split(',')
         .filter(|s| !s.is_empty())
@@ -94,18 +109,7 @@ fn two_jobs_sharing_nodes_each_get_exactly_their_steps_nvidia_gpus() {
     let (a, b) = (a.join().unwrap(), b.join().unwrap());
     let mut per_node: Vec<Vec<BTreeSet<u32>>> = vec![Vec::new(); 3];
     for r in [&a, &b] {
-        assert_eq!(r.code, 0, "{}", r.all());
-        assert!(
-            r.stdout.contains("hostlist=node1:2,node2:2,node3:2"),
-            "{}",
-            r.all()
-        );
-        let label = r
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("label="))
-            .unwrap()
-            .to_string();
+        let label = two_gpus_each_and_label(r);
         for (i, node) in NODES.iter().enumerate() {
             let line = node_line(&r.stdout, node);
             let slurm = ids(&line["slurm"]);
@@ -144,18 +148,7 @@ fn mig_devices_named_by_slurm_are_asked_of_docker_by_unique_id() {
     let r = alice(&format!(
         "srun -N3 -n3 --gres=gpu:2 bash -c 'CUDA_VISIBLE_DEVICES=$(echo $SLURM_STEP_GPUS | sed \"s/\\([0-9]\\)/MIG-$(hostname)-gpu\\1/g\") exec mnd-srun --container={IMAGE} --dockname={name} --script=./{s}'"
     ));
-    assert_eq!(r.code, 0, "{}", r.all());
-    assert!(
-        r.stdout.contains("hostlist=node1:2,node2:2,node3:2"),
-        "{}",
-        r.all()
-    );
-    let label = r
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("label="))
-        .unwrap()
-        .to_string();
+    let label = two_gpus_each_and_label(&r);
     for node in NODES {
         let line = node_line(&r.stdout, node);
         let mig: Vec<&str> = line["nvidia"].split(',').collect();

@@ -8,7 +8,7 @@ use std::time::Duration;
 const CLEAN: Duration = Duration::from_secs(15);
 
 /// Runs a shell command line on `node` as bob, with no Slurm variable in sight.
-fn bob_on(node: &str, cmdline: &str) -> Run {
+pub(crate) fn bob_on(node: &str, cmdline: &str) -> Run {
     run_on(
         node,
         "bob",

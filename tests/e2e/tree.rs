@@ -125,19 +125,11 @@ fn hosts_mode_relays_over_a_chain_too() {
         "e2e-tree-hosts.sh",
         "#!/bin/bash\nmpirun -H \"$hostlist\" -np \"$np\" hostname | sort | tr '\\n' ' '\necho\nexit 5\n",
     );
-    let r = run_on(
+    let r = crate::hosts::bob_on(
         "node1",
-        "bob",
-        &[
-            "env",
-            "-u",
-            "SLURM_JOB_ID",
-            "bash",
-            "-c",
-            &format!(
-                "mnd-srun --hosts 'node[1-3]' --container={IMAGE} --dockname={name} {CHAIN} -vv --script=./{s}"
-            ),
-        ],
+        &format!(
+            "mnd-srun --hosts 'node[1-3]' --container={IMAGE} --dockname={name} {CHAIN} -vv --script=./{s}"
+        ),
     );
     assert_eq!(r.code, 5, "the script's exit code: {}", r.all());
     assert!(r.stdout.contains("node1 node2 node3"), "{}", r.all());
