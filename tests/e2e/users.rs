@@ -294,22 +294,32 @@ fn a_node_whose_ports_are_taken_moves_to_a_free_pair() {
         });
     }
     let s = script("alice", "e2e-moved.sh", SSH_JOB);
-    let name = unique("moved");
-    let r = alice(&format!(
-        "MND_CONFIG={policy} {} -v --script=./{s}",
-        srun_line(3, &name, "")
-    ));
+    // As a star (node1 tells node2 and node3), and as a chain (node2 passes the ports on to
+    // node3 and reports it ready again).
+    let runs: Vec<(String, Run)> = ["", "--tree-width=1"]
+        .iter()
+        .map(|shape| {
+            let name = unique("moved");
+            let r = alice(&format!(
+                "MND_CONFIG={policy} {} -v --script=./{s}",
+                srun_line(3, &name, shape)
+            ));
+            (name, r)
+        })
+        .collect();
     for (node, pid) in &holders {
         root_on(node, &["kill", pid]);
     }
-    assert_eq!(r.code, 0, "{}", r.all());
-    reached_every_node(&r);
-    assert!(
-        r.stderr.contains("taken here; using") && r.stderr.contains("nodes on other ports"),
-        "no node moved:\n{}",
-        r.all()
-    );
-    assert_clean(&name, CLEAN);
+    for (name, r) in runs {
+        assert_eq!(r.code, 0, "{}", r.all());
+        reached_every_node(&r);
+        assert!(
+            r.stderr.contains("taken here; using") && r.stderr.contains("nodes on other ports"),
+            "no node moved:\n{}",
+            r.all()
+        );
+        assert_clean(&name, CLEAN);
+    }
 }
 
 #[test]
