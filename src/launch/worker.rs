@@ -15,6 +15,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+/// How often a relay passes up pull progress of the nodes below it, at most.
+const PASS_UP_EVERY: Duration = Duration::from_millis(500);
+
 /// This node's subtree once started: its container, and every node below it READY.
 type Started = Result<(Running, Vec<ReadyWorker>), LaunchError>;
 
@@ -62,6 +65,7 @@ pub(super) async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
     // StartingSubtree with the parent connected: report pull progress here and below (it
     // keeps everyone above waiting), and obey ABORT at once.
     let mut last_report = Instant::now() - Duration::from_secs(1);
+    let mut last_passed = Instant::now() - PASS_UP_EVERY;
     let started = loop {
         tokio::select! {
             started = &mut start => break started,
@@ -78,7 +82,12 @@ pub(super) async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
                 }
             }
             Some((node, how_far)) = passed.recv() => {
-                let _ = link.report(&node, &Status::Pulling(how_far)).await;
+                // Progress below only keeps the parent waiting: a line now and then does,
+                // and thousands of pulling nodes do not flood rank 0.
+                if last_passed.elapsed() >= PASS_UP_EVERY {
+                    last_passed = Instant::now();
+                    let _ = link.report(&node, &Status::Pulling(how_far)).await;
+                }
             }
             sig = signals.recv() => {
                 give_up(plan, &key, &connected, &signalled(plan, sig)).await;
