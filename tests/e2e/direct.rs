@@ -118,6 +118,29 @@ fn mpi4py_allreduce_runs_on_sruns_pmix_across_three_nodes() {
     assert_nothing_left(&job);
 }
 
+/// A job's later steps on a `--mnd-name` container run over srun's PMIx too. That step's
+/// PMIx folder was made after the container, so its tasks do not see the server's
+/// shared-memory store and take the data over PMIx's socket instead (`PMIX_MCA_gds=hash`
+/// says so at once, with no "PMIX ERROR" line about the store's lock).
+#[test]
+fn later_pmix_steps_on_a_named_container_run_too() {
+    let _g = shared();
+    let step = format!(
+        "PMIX_MCA_gds=hash srun -N3 --ntasks-per-node=2 --mpi=pmix --mnd-image={IMAGE} --mnd-name=pmixwarm python3 -c \
+         'from mpi4py import MPI; c = MPI.COMM_WORLD; print(\"sum\", c.allreduce(c.rank + 1), \"size\", c.size)'"
+    );
+    let (r, job) = dave_job(3, &format!("{step} && {step}"));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        r.stdout.matches("sum 21 size 6").count(),
+        12,
+        "6 ranks in each of 2 steps: {}",
+        r.all()
+    );
+    assert!(!r.stderr.contains("PMIX ERROR"), "{}", r.all());
+    assert_nothing_left(&job);
+}
+
 #[test]
 fn a_tasks_exit_code_comes_back_from_srun() {
     let _g = shared();
