@@ -102,21 +102,12 @@ fn workers(n: usize, width: usize, from: usize, to: usize) {
 async fn relay(plan: &plan::Plan, mut link: mnd::control::CoordinatorLink) {
     let connected = Connected::default();
     let by = tokio::time::Instant::now() + Duration::from_secs(300);
-    let ready = |image_id: &str| {
-        Status::Ready(NodeReady {
-            sshd_port: SSHD_PORT,
-            image_id: image_id.to_string(),
-        })
+    let own = NodeReady {
+        sshd_port: SSHD_PORT,
+        image_id: "sha256:simulated".into(),
     };
     match fanout::ready_below(plan, &key(), by, &connected, None).await {
-        Ok(below) => {
-            let _ = link
-                .report(plan.this_node(), &ready("sha256:simulated"))
-                .await;
-            for w in below {
-                let _ = link.report(&w.node, &ready(&w.image_id)).await;
-            }
-        }
+        Ok(below) => fanout::report_ready(&mut link, plan.this_node(), own, &below).await,
         Err(e) => {
             let _ = link
                 .report(plan.this_node(), &Status::Failed(e.to_string()))
@@ -129,7 +120,8 @@ async fn relay(plan: &plan::Plan, mut link: mnd::control::CoordinatorLink) {
         Some(Order::Abort(why)) => fanout::abort_all(plan, &key(), links.clone(), &why).await,
         _ => fanout::abort_all(plan, &key(), links.clone(), "parent gone").await,
     }
-    futures_util::future::join_all(links.iter().map(|l| l.closed())).await;
+    // Every child's link ends once the order reached every node below it.
+    futures_util::future::join_all(links.iter().map(|l| l.lost())).await;
 }
 
 fn count_fds() -> usize {
@@ -234,7 +226,7 @@ fn coordinator(n: usize, width: usize, nofile: Option<u64>) {
                 fanout::abort_all(&plan, &key(), links.clone(), "benchmark").await;
             }
             // Every child closes its link once the order reached every node below it.
-            futures_util::future::join_all(links.iter().map(|l| l.closed())).await;
+            futures_util::future::join_all(links.iter().map(|l| l.lost())).await;
             figures.push((ready, t.elapsed()));
         }
         println!(

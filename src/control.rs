@@ -537,12 +537,6 @@ impl WorkerLink {
         }
         (self.node.clone(), "its launcher went away".into())
     }
-
-    /// Resolves when the child's launcher closes the connection.
-    pub async fn closed(&self) {
-        let mut reader = self.reader.lock().await;
-        while read_bounded(&mut *reader).await.is_some() {}
-    }
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ fn check_one_image(
     };
     let differ: Vec<&ReadyWorker> = workers
         .iter()
-        .filter(|w| !w.image_id.is_empty() && w.image_id != running.image_id)
+        .filter(|w| !w.ready.image_id.is_empty() && w.ready.image_id != running.image_id)
         .collect();
     let Some(first) = differ.first() else {
         return Ok(());
@@ -72,7 +72,7 @@ fn check_one_image(
         reason: format!(
             "image '{}' there is {} but on {} it is {}: the tag points to different images on different nodes. Fix: pull or load the same image on every node (--pull=always), or name it by digest (IMAGE@sha256:...)",
             plan.container.image,
-            short(&first.image_id),
+            short(&first.ready.image_id),
             plan.this_node(),
             short(&running.image_id)
         ),
@@ -319,7 +319,10 @@ pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
         Ok((running, workers)) => {
             let agreed = match check_one_image(plan, &running, &workers) {
                 Ok(()) => {
-                    let ports = workers.into_iter().map(|w| (w.node, w.sshd_port)).collect();
+                    let ports = workers
+                        .into_iter()
+                        .map(|w| (w.node, w.ready.sshd_port))
+                        .collect();
                     share_ports(plan, &running, &links, ports).await
                 }
                 Err(e) => Err(e),

@@ -4,7 +4,7 @@
 //! use it alike; a node with no children has nothing to do here.
 
 use super::LaunchError;
-use crate::control::{self, JobKey, Order, WorkerLink};
+use crate::control::{self, CoordinatorLink, JobKey, NodeReady, Order, Status, WorkerLink};
 use crate::docker;
 use crate::plan::Plan;
 use crate::probe;
@@ -26,10 +26,8 @@ const ABORT_REACH: Duration = Duration::from_secs(3);
 pub struct ReadyWorker {
     /// Its node.
     pub node: String,
-    /// The port its sshd listens on.
-    pub sshd_port: u16,
-    /// The id of the image its container runs.
-    pub image_id: String,
+    /// How it is reached, and the image it runs.
+    pub ready: NodeReady,
 }
 
 /// The links to this node's children, recorded as soon as each exists, so that they can be
@@ -85,7 +83,7 @@ async fn ready_child(
     let sshd_port = ready
         .iter()
         .find(|w| &w.node == node)
-        .map_or(plan.ports.preferred().sshd, |w| w.sshd_port);
+        .map_or(plan.ports.preferred().sshd, |w| w.ready.sshd_port);
     let banner_by = deadline.max(Instant::now() + plan.sshd_wait());
     let _slot = opening.acquire().await.expect("never closed");
     probe::wait_banner(node, sshd_port, banner_by)
@@ -122,15 +120,24 @@ async fn subtree_ready(
             .status(deadline, plan.wait_timeout, &mut pass_on)
             .await?
         {
-            (node, Ok(r)) => ready.push(ReadyWorker {
-                node,
-                sshd_port: r.sshd_port,
-                image_id: r.image_id,
-            }),
+            (node, Ok(r)) => ready.push(ReadyWorker { node, ready: r }),
             (node, Err(reason)) => return Err(LaunchError::Node { node, reason }),
         }
     }
     Ok(ready)
+}
+
+/// Tells the parent READY for this node (`node`, `own`) and for every node below it.
+pub async fn report_ready(
+    link: &mut CoordinatorLink,
+    node: &str,
+    own: NodeReady,
+    below: &[ReadyWorker],
+) {
+    let _ = link.report(node, &Status::Ready(own)).await;
+    for w in below {
+        let _ = link.report(&w.node, &Status::Ready(w.ready.clone())).await;
+    }
 }
 
 /// After a PORTS order went down: waits until every node below answered READY again.

@@ -259,14 +259,7 @@ async fn report_ready(
         sshd_port: running.sshd_port,
         image_id: running.image_id.clone(),
     };
-    let _ = link.report(plan.this_node(), &Status::Ready(own)).await;
-    for w in below {
-        let ready = NodeReady {
-            sshd_port: w.sshd_port,
-            image_id: w.image_id.clone(),
-        };
-        let _ = link.report(&w.node, &Status::Ready(ready)).await;
-    }
+    fanout::report_ready(link, plan.this_node(), own, below).await;
 }
 
 /// A worker's exit after the coordinator's order (or its loss).
