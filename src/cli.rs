@@ -201,6 +201,13 @@ pub struct Args {
     #[arg(long, env = "MND_MASTER_ADDR", value_name = "ADDR")]
     pub master_addr: Option<String>,
 
+    /// Set no network defaults: by default the containers get the interface that reaches
+    /// the other nodes in OMPI_MCA_btl_tcp_if_include, OMPI_MCA_oob_tcp_if_include,
+    /// PRTE_MCA_oob_tcp_if_include, NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME (never over
+    /// a value the job, the image or the site set).
+    #[arg(long, env = "MND_NO_NET_DEFAULTS")]
+    pub no_net_defaults: bool,
+
     /// NCCL_SOCKET_IFNAME in the containers (the network interface NCCL uses).
     #[arg(long, env = "MND_NCCL_SOCKET_IFNAME", value_name = "IFACE")]
     pub nccl_socket_ifname: Option<String>,

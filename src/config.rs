@@ -45,6 +45,8 @@ pub struct Defaults {
     pub shm_size: String,
     /// Seconds to wait for all workers.
     pub wait_timeout: u64,
+    /// Tell MPI, NCCL and Gloo which interface reaches the other nodes (`plan::net`).
+    pub net_defaults: bool,
 }
 
 impl Default for Defaults {
@@ -59,6 +61,7 @@ impl Default for Defaults {
             env: Vec::new(),
             shm_size: "8g".into(),
             wait_timeout: 60,
+            net_defaults: true,
         }
     }
 }

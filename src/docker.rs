@@ -13,7 +13,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -145,6 +145,19 @@ pub struct Listed {
     pub created: i64,
     /// Docker's state ("running", "exited", ...).
     pub state: String,
+}
+
+/// A container found by name.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Docker's id.
+    pub id: String,
+    /// Its main process on this node, when it runs.
+    pub pid: Option<i32>,
+    /// The image id it runs.
+    pub image: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Engine {
@@ -579,6 +592,14 @@ impl Engine {
 
     /// A container's main process id on this node and its image id, when it is running.
     pub async fn running_pid(&self, name: &str) -> Result<Option<(i32, String)>, DockerError> {
+        Ok(self
+            .found(name)
+            .await?
+            .and_then(|f| Some((f.pid?, f.image))))
+    }
+
+    /// The container of this name (or id), running or not.
+    pub async fn found(&self, name: &str) -> Result<Option<Found>, DockerError> {
         match within("inspect", self.docker.inspect_container(name, None)).await? {
             Ok(info) => {
                 let pid = info
@@ -587,7 +608,17 @@ impl Engine {
                     .and_then(|s| s.pid)
                     .and_then(|p| i32::try_from(p).ok())
                     .filter(|p| *p > 0);
-                Ok(pid.map(|p| (p, info.image.unwrap_or_default())))
+                Ok(Some(Found {
+                    id: info.id.unwrap_or_default(),
+                    pid,
+                    image: info.image.unwrap_or_default(),
+                    labels: info
+                        .config
+                        .and_then(|c| c.labels)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                }))
             }
             Err(e) if is_status(&e, &[404]) => Ok(None),
             Err(e) => Err(api(format!("inspect of {name}"))(e)),
@@ -668,9 +699,14 @@ impl Engine {
         Ok(made.id)
     }
 
-    /// Kills and removes a container (by name or id); a container already gone is fine.
+    /// Kills and removes a container (by name or id) with its anonymous volumes (an image's
+    /// `VOLUME` would otherwise outlive it in root's storage); a container already gone is
+    /// fine.
     pub async fn remove(&self, name: &str) -> Result<(), DockerError> {
-        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+        let opts = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
         match within("remove", self.docker.remove_container(name, Some(opts))).await? {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, &[404, 409]) || reason(&e).contains("already in progress") => {

@@ -17,6 +17,7 @@ pub fn gather() -> std::io::Result<NodeFacts> {
         amd: amd_facts(),
         can_raise_memlock: bounding_caps().is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0),
         pid: std::process::id(),
+        net: None,
     })
 }
 
@@ -68,6 +69,15 @@ pub fn raise_open_files() -> u64 {
     }
 }
 
+/// When process `pid` started (clock ticks since boot, field 22 of `/proc/PID/stat`): a
+/// pid that ended and was given to another process has another start time.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// The real path of `path`: no `.`, `..` or symbolic link. A part that does not exist yet
 /// (a folder mnd-srun will create) is kept as written after the real path of what exists.
 pub fn real_path(path: &Path) -> std::io::Result<PathBuf> {
@@ -88,6 +98,14 @@ pub fn real_path(path: &Path) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_has_one_start_time() {
+        let me = std::process::id() as i32;
+        let t = process_start_time(me).expect("own start time");
+        assert_eq!(process_start_time(me), Some(t));
+        assert!(process_start_time(i32::MAX).is_none());
+    }
 
     #[test]
     fn real_paths_follow_links_and_keep_missing_tails() {

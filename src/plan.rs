@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
 
+pub mod net;
+pub use net::JobNet;
+
 /// What this launcher does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -42,6 +45,8 @@ pub struct NodeFacts {
     pub can_raise_memlock: bool,
     /// Launcher's process id (names and ports outside Slurm).
     pub pid: u32,
+    /// The interface the job's nodes reach each other on (`netif::find`), if known.
+    pub net: Option<JobNet>,
 }
 
 /// AMD GPU devices of a node.
@@ -219,6 +224,9 @@ pub struct Plan {
     pub container: ContainerSpec,
     /// Variables injected into the script and into every ssh session on this node.
     pub job_env: Vec<(String, String)>,
+    /// Defaults (the job network, Open MPI's single-copy fallback), given where neither
+    /// `job_env` nor the image sets them.
+    pub env_defaults: Vec<(String, String)>,
     /// The script (coordinator only).
     pub script: Option<ScriptSpec>,
     /// The plugin's container this launcher already runs in (direct mode), if any.
@@ -244,6 +252,21 @@ pub struct Inside {
 }
 
 impl Plan {
+    /// The defaults an image with `image_env` (`NAME=VALUE`) gets: those it does not set
+    /// itself.
+    pub fn env_defaults_for(&self, image_env: &[String]) -> Vec<(String, String)> {
+        let sets = |name: &str| {
+            image_env
+                .iter()
+                .any(|e| e.split_once('=').is_some_and(|(k, _)| k == name))
+        };
+        self.env_defaults
+            .iter()
+            .filter(|(k, _)| !sets(k))
+            .cloned()
+            .collect()
+    }
+
     /// This node's name.
     pub fn this_node(&self) -> &str {
         &self.nodes[self.node_rank]
@@ -416,6 +439,13 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         &job_label,
     )?;
     job_env.extend(gpu_env(&gpus, &devices));
+    let env_defaults = env_defaults(
+        &mut job_env,
+        args,
+        site,
+        facts,
+        args.privileged || opts.privileged,
+    );
     let mut env: Vec<String> = vec![
         format!("HOME={}", user.home.display()),
         format!("USER={}", user.name),
@@ -579,6 +609,7 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         user: user.clone(),
         container,
         job_env,
+        env_defaults,
         script,
         inside,
         hosts_mode: step.hosts_mode,
@@ -588,6 +619,42 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
             |d| absolute(&facts.cwd, d),
         ),
     })
+}
+
+/// Variables the job gets unless someone set them. A value the user exported for a
+/// network variable goes to the job as it is (theirs always wins); the others get this
+/// node's job network as defaults, unless `--no-net-defaults` or the site's
+/// `net_defaults = false` turns them off. Open MPI's single-copy transfers are off where
+/// Docker's seccomp profile forbids them (not in a privileged container).
+fn env_defaults(
+    job_env: &mut Vec<(String, String)>,
+    args: &Args,
+    site: &SiteConfig,
+    facts: &NodeFacts,
+    privileged: bool,
+) -> Vec<(String, String)> {
+    for name in net::variables() {
+        if let Some(v) = facts.env.get(name) {
+            if !job_env.iter().any(|(k, _)| k == name) {
+                job_env.push((name.to_string(), v.clone()));
+            }
+        }
+    }
+    let taken = |name: &str| job_env.iter().any(|(k, _)| k == name);
+    let mut out = if args.no_net_defaults || !site.defaults.net_defaults {
+        vec![]
+    } else {
+        net::defaults(facts.net.as_ref(), taken)
+    };
+    if !privileged {
+        out.extend(
+            net::SINGLE_COPY_OFF
+                .iter()
+                .filter(|(k, _)| !taken(k))
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+    }
+    out
 }
 
 /// The direct-mode container this launcher runs in (`MND_DIRECT_CONTAINER`, set by the SPANK
@@ -1066,18 +1133,19 @@ pub(crate) fn gpu_env(gpus: &Gpus, devices: &[Device]) -> Vec<(String, String)> 
             ("NVIDIA_VISIBLE_DEVICES".into(), uuids.join(",")),
         ],
         Gpus::NvidiaAll => vec![("NVIDIA_VISIBLE_DEVICES".into(), "all".into())],
+        // An image's own NVIDIA_VISIBLE_DEVICES=all (CUDA images have it) would hand every
+        // GPU of a node whose default runtime is nvidia: a step without NVIDIA GPUs gets none.
         Gpus::None => {
+            let mut env = vec![("NVIDIA_VISIBLE_DEVICES".to_string(), "void".to_string())];
             let render = devices
                 .iter()
                 .filter(|d| d.host.starts_with("/dev/dri/renderD"))
                 .count();
-            if render == 0 {
-                return vec![];
+            if render > 0 {
+                env.push(("ROCR_VISIBLE_DEVICES".into(), first_n(render)));
+                env.push(("HIP_VISIBLE_DEVICES".into(), first_n(render)));
             }
-            vec![
-                ("ROCR_VISIBLE_DEVICES".into(), first_n(render)),
-                ("HIP_VISIBLE_DEVICES".into(), first_n(render)),
-            ]
+            env
         }
     }
 }

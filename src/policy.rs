@@ -161,6 +161,50 @@ pub fn check_mount_target(target: &Path) -> Result<(), PlanError> {
     }
 }
 
+/// What the helper found at one of Slurm's folders for the step (opened with no link in
+/// its path).
+pub struct SlurmDirFacts {
+    /// Owner of the folder.
+    pub owner: u32,
+    /// It is a folder.
+    pub is_dir: bool,
+    /// Owner of the folder it is in.
+    pub parent_owner: u32,
+    /// Mode of the folder it is in.
+    pub parent_mode: u32,
+}
+
+/// Built-in rule for Slurm's PMIx folders, whose names sit in folders anyone may write
+/// (`/tmp`) and whose base a user may choose (`SLURM_PMIX_TMPDIR`): a folder of root's or
+/// the job user's, in a folder of root's or a sticky one (where nobody can rename another
+/// user's entry), reached with no symbolic link (the helper opened it so).
+pub fn check_slurm_dir(dir: &Path, uid: u32, f: &SlurmDirFacts) -> Result<(), PlanError> {
+    const STICKY: u32 = 0o1000;
+    let why = if !f.is_dir {
+        Some("it is not a folder".to_string())
+    } else if f.owner != 0 && f.owner != uid {
+        Some(format!(
+            "it belongs to uid {}, not to root or the job's user",
+            f.owner
+        ))
+    } else if f.parent_owner != 0 && f.parent_mode & STICKY == 0 {
+        Some(format!(
+            "the folder it is in belongs to uid {} and is not sticky, so its entries can be swapped",
+            f.parent_owner
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(refused(
+            format!("Slurm's PMIx folder {}", dir.display()),
+            why,
+            "leave SLURM_PMIX_TMPDIR unset or point it at a folder of your own in a sticky or root-owned folder, and plant nothing under Slurm's names",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Site rule `allowed_mount_prefixes` for a resolved source. The user's own folders (home,
 /// working directory, script) may also be under the home; `--mounts` must be under a prefix.
 pub fn check_mount_prefix(

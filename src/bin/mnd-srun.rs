@@ -38,7 +38,8 @@ async fn run(args: cli::Args, hostname: &str) -> Result<i32, Error> {
     }
     let site = SiteConfig::load(std::env::var("MND_CONFIG").ok())?;
     let user = Identity::current()?;
-    let facts = node::gather()?;
+    let mut facts = node::gather()?;
+    facts.net = job_network(&step);
     let plan = plan::build(&plan::Inputs {
         step: &step,
         args: &args,
@@ -58,6 +59,19 @@ async fn run(args: cli::Args, hostname: &str) -> Result<i32, Error> {
         ssh::ensure(&plan.ssh_root, &user)?;
     }
     Ok(launch::run(plan).await?)
+}
+
+/// The interface the job's nodes reach each other on: in hosts mode the one the front
+/// door's ssh connection came in on, else the one a route to another node leaves from.
+fn job_network(step: &StepContext) -> Option<plan::JobNet> {
+    let ssh_local = std::env::var("SSH_CONNECTION")
+        .ok()
+        .and_then(|c| c.split_whitespace().nth(2)?.parse().ok());
+    match ssh_local {
+        Some(addr) if step.hosts_mode => mnd::netif::of_address(addr),
+        _ => mnd::netif::find(&step.nodes, &step.node_name),
+    }
+    .or_else(|| mnd::netif::find(&step.nodes, &step.node_name))
 }
 
 /// Hosts mode: the hosts, a reachability check of all of them (nothing starts when one

@@ -9,6 +9,8 @@ use crate::config::{ConfigError, SiteConfig};
 use crate::docker::{DockerError, Engine, PullReport};
 use crate::identity::{Identity, IdentityError};
 use crate::launch::container::{account_files, read_image_accounts};
+use crate::pathid::{id_in_root_of, stat_no_links, FileId};
+use crate::plan::JobNet;
 use crate::plan::{ContainerSpec, PlanError};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -51,6 +53,17 @@ pub enum HelperError {
     /// The container started but is not running.
     #[error("container {0} stopped right after it started; see `docker logs {0}` on this node")]
     NotRunning(String),
+    /// A container of the step's name belongs to someone or something else.
+    #[error("a container named {name} exists but is not this step's ({label} does not match): it is neither used nor removed. Fix: ask your admin to remove it (docker rm -f {name})")]
+    NotOurs {
+        /// Its name.
+        name: String,
+        /// The first owner label that differs.
+        label: String,
+    },
+    /// A mount source changed between its check and the mount.
+    #[error("the mount at {} is not the folder that was checked: its source was replaced (by a link?) while the step started; the container was removed. Fix: do not change mounted folders while a step starts", .0.display())]
+    Swapped(PathBuf),
 }
 
 /// Largest request accepted on stdin.
@@ -98,37 +111,49 @@ pub struct Prepared {
     pub tools: Option<PathBuf>,
     /// The step's GPUs on this node (Slurm's indices).
     pub gpus: Vec<u32>,
+    /// Each mount's target and the identity its source had when it was checked.
+    pub mounted: Vec<(PathBuf, FileId)>,
+    /// The network the step's nodes reach each other on (`None`: no defaults).
+    pub net: Option<JobNet>,
+    /// Labels a container of this name must carry to be reused or removed.
+    pub owner: BTreeMap<String, String>,
 }
 
+/// A path's real path and the identity of what it named when it was resolved, or why not.
+type Lookup = Result<(PathBuf, FileId), String>;
+
+/// Paths resolved as someone.
+type Looked = BTreeMap<PathBuf, Lookup>;
+
 /// `mnd direct up`, before any thread exists: looks up the user, resolves their paths as
-/// them (in a child process that drops to their ids), and plans the container.
+/// them (in a child process that drops to their ids), checks Slurm's folders and the
+/// admin's, and plans the container.
 pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError> {
     let user = Identity::of_uid(req.uid)?;
+    let site = &with_root_prefixes(site)?;
     let mut wanted: Vec<PathBuf> = vec![user.home.clone(), req.cwd.clone()];
     if let Ok(opts) = req.options.check() {
         wanted.extend(opts.mounts.iter().map(|m| m.source.clone()));
     }
-    wanted.extend(site.policy.allowed_mount_prefixes.iter().map(PathBuf::from));
-    let site_sources: Vec<PathBuf> = site
-        .defaults
-        .mounts
-        .iter()
-        .filter_map(|m| crate::plan::parse_mount(m).ok())
-        .map(|m| m.source)
-        .collect();
-    let mut resolved = resolve_as(req.uid, req.gid, &req.gids, &wanted)?;
+    let mut looked = resolve_as(req.uid, req.gid, &req.gids, &wanted)?;
     // The admin's own mounts are resolved as root: the user need not be able to reach them.
-    for p in site_sources {
-        let r = crate::node::real_path(&p).map_err(|e| e.to_string());
-        resolved.insert(p, r);
+    for m in &site.defaults.mounts {
+        if let Ok(m) = crate::plan::parse_mount(m) {
+            looked.insert(m.source.clone(), look(&m.source));
+        }
     }
+    let mut ids: BTreeMap<PathBuf, FileId> = looked
+        .values()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
     let resolve = |p: &Path| -> std::io::Result<PathBuf> {
-        match resolved.get(p) {
-            Some(Ok(r)) => Ok(r.clone()),
+        match looked.get(p) {
+            Some(Ok((real, _))) => Ok(real.clone()),
             Some(Err(e)) => Err(std::io::Error::other(e.clone())),
             None => Err(std::io::Error::other("not looked up")),
         }
     };
+    let slurm_dirs = slurm_dirs(req, &mut ids)?;
     let tools = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf));
@@ -136,6 +161,10 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         uid: req.uid,
         reason: format!("this node's facts: {e}"),
     })?;
+    let req = &Request {
+        slurm_dirs,
+        ..req.clone()
+    };
     let (spec, checked) = plan(&super::Inputs {
         req,
         site,
@@ -144,8 +173,34 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         tools: tools.as_deref(),
         resolve: &resolve,
     })?;
+    let mounted = spec
+        .mounts
+        .iter()
+        .map(|m| {
+            let id = match ids.get(&m.source) {
+                Some(id) => Ok(*id),
+                None => stat_no_links(&m.source).map(|(id, _)| id),
+            };
+            id.map(|id| (m.target.clone(), id))
+                .map_err(|e| HelperError::Resolve {
+                    uid: req.uid,
+                    reason: format!("{}: {e}", m.source.display()),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let gpus = super::step_gpus(req.step_gpus.as_deref())?;
     let tools = tools.filter(|t| spec.mounts.iter().any(|m| &m.target == t));
+    let net = site
+        .defaults
+        .net_defaults
+        .then(|| step_network(req))
+        .flatten();
+    let owner = spec
+        .labels
+        .iter()
+        .filter(|(k, _)| OWNER_LABELS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     Ok(Prepared {
         spec,
         tools,
@@ -154,17 +209,110 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         envlist: checked.envlist,
         workdir: checked.workdir,
         reuse: checked.name.is_some(),
+        mounted,
+        net,
+        owner,
     })
 }
 
+/// Labels that say whose container it is: a container found by name is reused or removed
+/// only when all of them match (a name alone proves nothing).
+const OWNER_LABELS: [&str; 5] = ["mnd.uid", "mnd.job", "mnd.step", "mnd.role", "mnd.name"];
+
+/// The site config with each `allowed_mount_prefixes` entry resolved as root: the
+/// admin's folders, which must exist and be root's (a prefix the user could replace, or
+/// resolve through their own links, would move the rule).
+fn with_root_prefixes(site: &SiteConfig) -> Result<SiteConfig, HelperError> {
+    use std::os::unix::fs::MetadataExt;
+    let config_path = PathBuf::from(site.name());
+    let mut site = site.clone();
+    for prefix in &mut site.policy.allowed_mount_prefixes {
+        let bad = |why: String| {
+            HelperError::Config(ConfigError::Value {
+                path: config_path.clone(),
+                message: format!("policy.allowed_mount_prefixes entry {prefix}: {why}. Fix: name existing folders owned by root"),
+            })
+        };
+        let real = std::fs::canonicalize(&*prefix).map_err(|e| bad(e.to_string()))?;
+        let meta = std::fs::metadata(&real).map_err(|e| bad(e.to_string()))?;
+        if meta.uid() != 0 {
+            return Err(bad(format!(
+                "{} belongs to uid {}",
+                real.display(),
+                meta.uid()
+            )));
+        }
+        *prefix = real.display().to_string();
+    }
+    Ok(site)
+}
+
+/// Slurm's PMIx folders of the step, each checked (`policy::check_slurm_dir`) after opening
+/// it with no symbolic link in its path; a folder that does not exist is left out (the step
+/// does not use it), anything else that fails the rule fails the step.
+fn slurm_dirs(
+    req: &Request,
+    ids: &mut BTreeMap<PathBuf, FileId>,
+) -> Result<Vec<PathBuf>, HelperError> {
+    let mut out = Vec::new();
+    for dir in &req.slurm_dirs {
+        let dir = crate::policy::lexical_clean(dir);
+        if !dir.is_absolute() || dir.parent().is_none() {
+            continue;
+        }
+        let (id, st) = match stat_no_links(&dir) {
+            Ok(found) => found,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(PlanError::Refused {
+                what: format!("Slurm's PMIx folder {}", dir.display()),
+                why: format!("it cannot be opened without following a link ({e})"),
+                fix: "remove the link you put under Slurm's name, or leave SLURM_PMIX_TMPDIR unset"
+                    .into(),
+            }
+            .into()),
+        };
+        let parent = dir.parent().unwrap_or(Path::new("/"));
+        let (_, pst) = stat_no_links(parent).map_err(|e| HelperError::Resolve {
+            uid: req.uid,
+            reason: format!("{}: {e}", parent.display()),
+        })?;
+        crate::policy::check_slurm_dir(
+            &dir,
+            req.uid,
+            &crate::policy::SlurmDirFacts {
+                owner: st.st_uid,
+                is_dir: st.st_mode & libc::S_IFMT == libc::S_IFDIR,
+                parent_owner: pst.st_uid,
+                parent_mode: pst.st_mode,
+            },
+        )?;
+        ids.insert(dir.clone(), id);
+        out.push(dir);
+    }
+    Ok(out)
+}
+
+/// The interface the step's nodes reach each other on, from this node.
+fn step_network(req: &Request) -> Option<JobNet> {
+    let nodes = req
+        .step_nodes
+        .as_deref()
+        .and_then(|l| crate::hostlist::expand(l).ok())
+        .unwrap_or_default();
+    crate::netif::find(&nodes, &req.node)
+}
+
+/// A path's real path and the identity of what it names, as the calling process sees it;
+/// a path that does not exist is an error (dockerd would otherwise make it, as root).
+fn look(p: &Path) -> Lookup {
+    let real = crate::node::real_path(p).map_err(|e| e.to_string())?;
+    let (id, _) = stat_no_links(&real).map_err(|e| e.to_string())?;
+    Ok((real, id))
+}
+
 /// Resolves paths (no `..`, no symbolic links) in a child process running as the user, so a
-/// path the user could not reach is not reached for them.
-fn resolve_as(
-    uid: u32,
-    gid: u32,
-    gids: &[u32],
-    paths: &[PathBuf],
-) -> Result<BTreeMap<PathBuf, Result<PathBuf, String>>, HelperError> {
+/// path the user could not reach is not reached for them, and takes each one's identity.
+fn resolve_as(uid: u32, gid: u32, gids: &[u32], paths: &[PathBuf]) -> Result<Looked, HelperError> {
     use nix::unistd::{fork, setgid, setgroups, setuid, ForkResult, Gid, Uid};
     let fail = |reason: String| HelperError::Resolve { uid, reason };
     let (read_end, write_end) = nix::unistd::pipe().map_err(|e| fail(e.to_string()))?;
@@ -177,21 +325,13 @@ fn resolve_as(
             let dropped = setgroups(&groups)
                 .and_then(|()| setgid(Gid::from_raw(gid)))
                 .and_then(|()| setuid(Uid::from_raw(uid)));
-            let answer: Vec<(PathBuf, Result<PathBuf, String>)> = match dropped {
-                Ok(()) => paths
-                    .iter()
-                    .map(|p| {
-                        (
-                            p.clone(),
-                            crate::node::real_path(p).map_err(|e| e.to_string()),
-                        )
-                    })
-                    .collect(),
-                Err(e) => paths
-                    .iter()
-                    .map(|p| (p.clone(), Err(format!("cannot become uid {uid}: {e}"))))
-                    .collect(),
-            };
+            let answer: Vec<(PathBuf, Lookup)> = paths
+                .iter()
+                .map(|p| match &dropped {
+                    Ok(()) => (p.clone(), look(p)),
+                    Err(e) => (p.clone(), Err(format!("cannot become uid {uid}: {e}"))),
+                })
+                .collect();
             let text = serde_json::to_vec(&answer).unwrap_or_default();
             let mut file = std::fs::File::from(write_end);
             let code = i32::from(std::io::Write::write_all(&mut file, &text).is_err());
@@ -208,7 +348,7 @@ fn resolve_as(
                 Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => {}
                 other => return Err(fail(format!("the lookup process ended with {other:?}"))),
             }
-            let answer: Vec<(PathBuf, Result<PathBuf, String>)> =
+            let answer: Vec<(PathBuf, Lookup)> =
                 serde_json::from_slice(&text).map_err(|e| fail(e.to_string()))?;
             Ok(answer.into_iter().collect())
         }
@@ -216,32 +356,48 @@ fn resolve_as(
 }
 
 /// `mnd direct up` once prepared: the job's running `--mnd-name` container, or a new one
-/// (a leftover of the same name, from a requeued job, is removed first): image pulled when
-/// missing, created, accounts written, started. A container that fails half-way is removed.
+/// (a leftover of the same name and owner, from a requeued job, is removed first): image
+/// pulled when missing, created, accounts written, started, its mounts checked. A
+/// container that fails half-way is removed.
 pub async fn up(p: &Prepared) -> Result<Reply, HelperError> {
     let engine = Engine::connect().await?;
     let name = &p.spec.name;
-    if let Some((pid, running)) = engine.running_pid(name).await? {
-        if p.reuse {
-            let image = engine
-                .ensure_image(
-                    &p.spec.image,
-                    crate::cli::Pull::Never,
-                    name,
-                    PULL_STALL,
-                    &silent(),
-                )
-                .await?;
-            if image.id != running {
-                return Err(HelperError::OtherImage(name.clone(), p.spec.image.clone()));
-            }
-            return Ok(reply(p, pid, &image.env, &image.id));
-        }
+    let Some(found) = engine.found(name).await? else {
+        return start_new(&engine, p).await;
+    };
+    if let Some((key, value)) = p
+        .owner
+        .iter()
+        .find(|(k, v)| found.labels.get(*k) != Some(*v))
+    {
+        return Err(HelperError::NotOurs {
+            name: name.clone(),
+            label: format!("{key}={value}"),
+        });
     }
-    engine.remove(name).await?;
-    let started = start(&engine, p).await;
+    if let (true, Some(pid)) = (p.reuse, found.pid) {
+        let image = engine
+            .ensure_image(
+                &p.spec.image,
+                crate::cli::Pull::Never,
+                name,
+                PULL_STALL,
+                &silent(),
+            )
+            .await?;
+        if image.id != found.image {
+            return Err(HelperError::OtherImage(name.clone(), p.spec.image.clone()));
+        }
+        return reply(p, &found.id, pid, &image.env, &image.id);
+    }
+    engine.remove(&found.id).await?;
+    start_new(&engine, p).await
+}
+
+async fn start_new(engine: &Engine, p: &Prepared) -> Result<Reply, HelperError> {
+    let started = start(engine, p).await;
     if started.is_err() {
-        let _ = engine.remove(name).await;
+        let _ = engine.remove(&p.spec.name).await;
     }
     started
 }
@@ -265,10 +421,28 @@ async fn start(engine: &Engine, p: &Prepared) -> Result<Reply, HelperError> {
         .own_dir(name, crate::ssh::CONTAINER_DIR, p.user.uid, p.user.gid)
         .await?;
     engine.start(name).await?;
-    match engine.running_pid(name).await? {
-        Some((pid, _)) => Ok(reply(p, pid, &image.env, &image.id)),
-        None => Err(HelperError::NotRunning(name.clone())),
+    let found = engine.found(name).await?;
+    let Some((id, pid)) = found.and_then(|f| Some((f.id, f.pid?))) else {
+        return Err(HelperError::NotRunning(name.clone()));
+    };
+    check_mounts(pid, &p.mounted)?;
+    reply(p, &id, pid, &image.env, &image.id)
+}
+
+/// What is mounted at each target must be what was checked: dockerd resolved the sources
+/// again, as root, after the check, and a folder swapped for a link in between would show
+/// another file there.
+fn check_mounts(pid: i32, mounted: &[(PathBuf, FileId)]) -> Result<(), HelperError> {
+    for (target, want) in mounted {
+        let have = id_in_root_of(pid, target).map_err(|e| HelperError::Resolve {
+            uid: 0,
+            reason: format!("the container's {}: {e}", target.display()),
+        })?;
+        if have != *want {
+            return Err(HelperError::Swapped(target.clone()));
+        }
     }
+    Ok(())
 }
 
 /// Removes the container `up` was making (it was stopped half-way).
@@ -278,7 +452,13 @@ pub async fn remove(p: &Prepared) {
     }
 }
 
-fn reply(p: &Prepared, pid: i32, image_env: &[String], image_id: &str) -> Reply {
+fn reply(
+    p: &Prepared,
+    id: &str,
+    pid: i32,
+    image_env: &[String],
+    image_id: &str,
+) -> Result<Reply, HelperError> {
     let (set_env, unset_env) = task_env(
         image_env,
         &p.envlist,
@@ -286,14 +466,19 @@ fn reply(p: &Prepared, pid: i32, image_env: &[String], image_id: &str) -> Reply 
         image_id,
         p.tools.as_deref(),
     );
-    Reply {
+    let pid_start = crate::node::process_start_time(pid)
+        .ok_or_else(|| HelperError::NotRunning(p.spec.name.clone()))?;
+    Ok(Reply {
         container: p.spec.name.clone(),
         pid,
         set_env,
         unset_env,
         workdir: p.workdir.clone(),
         gpus: p.gpus.clone(),
-    }
+        defaults: super::task_defaults(image_env, p.net.as_ref()),
+        container_id: id.to_string(),
+        pid_start,
+    })
 }
 
 /// A pull progress channel nobody reads (the helper prints its own lines).

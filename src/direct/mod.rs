@@ -69,8 +69,12 @@ pub struct Request {
     pub cwd: PathBuf,
     /// The user's options.
     pub options: Options,
-    /// Slurm's own folders the tasks need at the same path (PMIx server and client folders).
+    /// Slurm's own folders the tasks need at the same path (PMIx server and client
+    /// folders), as the plugin found them; the helper trusts none of them unchecked.
     pub slurm_dirs: Vec<PathBuf>,
+    /// The step's nodes (`SLURM_STEP_NODELIST`), to find the network that reaches them.
+    #[serde(default)]
+    pub step_nodes: Option<String>,
     /// The step's GPUs on this node as Slurm gives them (`SLURM_STEP_GPUS`), if any.
     #[serde(default)]
     pub step_gpus: Option<String>,
@@ -96,6 +100,17 @@ pub struct Reply {
     /// The step's GPUs on this node (Slurm's indices), in the container's order.
     #[serde(default)]
     pub gpus: Vec<u32>,
+    /// Variables set only where the task has no value of its own (the network defaults,
+    /// or the image's value of one of them).
+    #[serde(default)]
+    pub defaults: Vec<(String, String)>,
+    /// Docker's id of the container: the joined pid must be in its cgroup.
+    #[serde(default)]
+    pub container_id: String,
+    /// Start time of `pid` (clock ticks since boot, `/proc/PID/stat`): a pid that died and
+    /// was reused has another.
+    #[serde(default)]
+    pub pid_start: u64,
 }
 
 /// Variable set in every task, naming its container (`mnd-srun` sees it runs inside one).
@@ -198,12 +213,28 @@ impl Options {
 }
 
 impl Request {
-    /// The container's name on this node: per step, or per job and `--mnd-name`.
+    /// The container's name on this node: per step, or per job and `--mnd-name`. User
+    /// and container names may hold `-`, so the readable part alone could name two
+    /// different containers (user `ml`, job 5, name `7.0` against user `ml-5`, job 7, step
+    /// 0): a digest of the exact uid, job, step or name and node ends every name.
     pub fn container_name(&self, user: &str, name: Option<&str>) -> String {
-        plan::sanitize_name(&match name {
-            Some(n) => format!("mnd-{user}-{}-{n}-{}", self.job, self.node),
-            None => format!("mnd-{user}-{}.{}-{}", self.job, self.step, self.node),
-        })
+        use sha2::{Digest, Sha256};
+        let (readable, which) = match name {
+            Some(n) => (
+                format!("mnd-{user}-{}-{n}-{}", self.job, self.node),
+                format!("name\0{n}"),
+            ),
+            None => (
+                format!("mnd-{user}-{}.{}-{}", self.job, self.step, self.node),
+                format!("step\0{}", self.step),
+            ),
+        };
+        let digest = Sha256::digest(format!(
+            "{}\0{}\0{which}\0{}",
+            self.uid, self.job, self.node
+        ));
+        let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        plan::sanitize_name(&format!("{readable}-{short}"))
     }
 }
 
@@ -260,8 +291,10 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
         mounts.push(checked(MountOrigin::Workdir, Mount::same(&req.cwd, false))?);
     }
     for dir in &req.slurm_dirs {
-        if !plan::covered(dir, &mounts) {
-            mounts.push(Mount::same(dir, false));
+        let dir = policy::lexical_clean(dir);
+        policy::check_mount_target(&dir)?;
+        if !plan::covered(&dir, &mounts) {
+            mounts.push(Mount::same(&dir, false));
         }
     }
     if let Some(dir) = tools.filter(|d| {
@@ -430,7 +463,7 @@ pub fn task_env(
     let mut set: Vec<(String, String)> = image_env
         .iter()
         .filter_map(|e| e.split_once('='))
-        .filter(|(k, _)| !job_owned(k) && !keep(k))
+        .filter(|(k, _)| !job_owned(k) && !keep(k) && !plan::net::variables().any(|n| n == *k))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let unset = ["LANG", "LANGUAGE", "LC_ALL"]
@@ -451,6 +484,24 @@ pub fn task_env(
     set.push((CONTAINER_VAR.to_string(), container.to_string()));
     set.push((IMAGE_VAR.to_string(), image_id.to_string()));
     (set, unset)
+}
+
+/// What a task gets for each network variable where it has no value of its own: the
+/// image's value, else the job network's (`net`, `None` when the site turned the defaults
+/// off or the network is unknown).
+pub fn task_defaults(image_env: &[String], net: Option<&plan::JobNet>) -> Vec<(String, String)> {
+    let image_value = |name: &str| {
+        image_env
+            .iter()
+            .filter_map(|e| e.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+    };
+    let from_image: Vec<(String, String)> =
+        plan::net::variables().filter_map(image_value).collect();
+    let mut out = plan::net::defaults(net, |n| from_image.iter().any(|(k, _)| k == n));
+    out.extend(from_image);
+    out
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ fn request(options: Options) -> Request {
         options,
         slurm_dirs: vec!["/var/spool/slurmd/pmix.42.3".into()],
         step_gpus: None,
+        step_nodes: None,
         step_cuda_devices: None,
     }
 }
@@ -60,7 +61,11 @@ fn planned_for(
 #[test]
 fn a_step_container_runs_as_the_job_with_nothing_extra() {
     let (spec, _) = planned(image("ubuntu:24.04"), &SiteConfig::default()).unwrap();
-    assert_eq!(spec.name, "mnd-alice-42.3-node2");
+    assert!(
+        spec.name.starts_with("mnd-alice-42.3-node2-"),
+        "{}",
+        spec.name
+    );
     assert_eq!(spec.user, "1001:1001");
     assert_eq!(spec.group_add, vec!["1500".to_string()]);
     assert_eq!(spec.cap_drop, vec!["ALL".to_string()]);
@@ -102,7 +107,11 @@ fn a_named_container_is_the_jobs_not_the_steps() {
         ..image("img")
     };
     let (spec, checked) = planned(opts, &SiteConfig::default()).unwrap();
-    assert_eq!(spec.name, "mnd-alice-42-warm-node2");
+    assert!(
+        spec.name.starts_with("mnd-alice-42-warm-node2-"),
+        "{}",
+        spec.name
+    );
     assert_eq!(spec.labels["mnd.step"], NAMED_STEP);
     assert_eq!(checked.name.as_deref(), Some("warm"));
 }
@@ -322,4 +331,79 @@ fn a_tasks_gpu_ids_follow_the_containers_numbering() {
     assert_eq!(container_gpu_ids(&[2, 3], "0"), None);
     assert_eq!(container_gpu_ids(&[2, 3], "GPU-1234"), None);
     assert_eq!(container_gpu_ids(&[0, 2], "0").as_deref(), Some("0"));
+}
+
+#[test]
+fn names_that_read_alike_are_different_containers() {
+    // User `ml`, job 5, container name `7.0` and user `ml-5`, job 7, step 0 read the same.
+    let ml = Request {
+        uid: 2001,
+        job: 5,
+        ..request(image("img"))
+    };
+    let ml5 = Request {
+        uid: 2002,
+        job: 7,
+        step: 0,
+        ..request(image("img"))
+    };
+    let a = ml.container_name("ml", Some("7.0"));
+    let b = ml5.container_name("ml-5", None);
+    assert_eq!(a.rsplit_once('-').unwrap().0, "mnd-ml-5-7.0-node2");
+    assert_eq!(b.rsplit_once('-').unwrap().0, "mnd-ml-5-7.0-node2");
+    assert_ne!(a, b);
+    assert_eq!(a, ml.container_name("ml", Some("7.0")));
+}
+
+#[test]
+fn network_variables_go_where_the_task_has_none_and_the_images_value_wins_over_ours() {
+    let net = crate::plan::JobNet {
+        interface: "eth0".into(),
+        cidr: "10.1.0.0/16".into(),
+    };
+    let image_env = vec![
+        "PATH=/usr/bin".to_string(),
+        "NCCL_SOCKET_IFNAME=ib0".to_string(),
+        "OMPI_MCA_btl_tcp_if_include=ib0".to_string(),
+    ];
+    let d = task_defaults(&image_env, Some(&net));
+    let get = |k: &str| d.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("NCCL_SOCKET_IFNAME"), Some("ib0"));
+    assert_eq!(get("OMPI_MCA_btl_tcp_if_include"), Some("ib0"));
+    assert_eq!(get("OMPI_MCA_oob_tcp_if_include"), Some("10.1.0.0/16"));
+    assert_eq!(get("GLOO_SOCKET_IFNAME"), Some("eth0"));
+    // The image's value is a default, never set over the task's own.
+    let (set, _) = task_env(&image_env, &[], "c", "sha256:x", None);
+    assert!(!set.iter().any(|(k, _)| k == "NCCL_SOCKET_IFNAME"));
+    assert!(task_defaults(&[], None).is_empty());
+}
+
+#[test]
+fn slurm_folders_must_be_root_or_the_users_in_a_folder_nobody_can_swap() {
+    use crate::policy::{check_slurm_dir, SlurmDirFacts};
+    let dir = Path::new("/tmp/spmix_appdir_1001_42.3");
+    let ok = SlurmDirFacts {
+        owner: 1001,
+        is_dir: true,
+        parent_owner: 0,
+        parent_mode: 0o41777,
+    };
+    assert!(check_slurm_dir(dir, 1001, &ok).is_ok());
+    let other = SlurmDirFacts { owner: 1002, ..ok };
+    let e = check_slurm_dir(dir, 1001, &other).unwrap_err().to_string();
+    assert!(e.contains("belongs to uid 1002"), "{e}");
+    let users_parent = SlurmDirFacts {
+        parent_owner: 1001,
+        parent_mode: 0o40755,
+        ..ok
+    };
+    let e = check_slurm_dir(dir, 1001, &users_parent)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not sticky"), "{e}");
+    let file = SlurmDirFacts {
+        is_dir: false,
+        ..ok
+    };
+    assert!(check_slurm_dir(dir, 1001, &file).is_err());
 }

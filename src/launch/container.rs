@@ -56,6 +56,7 @@ pub(super) fn session_env(
     }
     env.push(("PATH".into(), container_path(image_env)));
     env.extend(plan.job_env.iter().cloned());
+    env.extend(plan.env_defaults_for(image_env));
     Ok(env)
 }
 
@@ -176,6 +177,11 @@ pub(super) async fn start_container(
     let mut spec = spec.clone();
     spec.env
         .push(format!("PATH={}", container_path(&image.env)));
+    spec.env.extend(
+        plan.env_defaults_for(&image.env)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}")),
+    );
     let spec = &spec;
     engine.remove(&spec.name).await.map_err(|e| e.to_string())?;
     phases.mark("remove-stale");

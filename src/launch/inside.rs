@@ -168,6 +168,7 @@ pub(super) fn spawn_script(plan: &Plan) -> std::io::Result<tokio::process::Child
         .envs(own)
         .envs(term)
         .envs(plan.job_env.iter().cloned())
+        .envs(plan.env_defaults_for(&container_env()))
         .env("PATH", path)
         .kill_on_drop(true)
         .spawn()

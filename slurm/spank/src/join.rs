@@ -1,18 +1,43 @@
 //! Entering the container from a task child, as root and single-threaded: join the
 //! container's mount namespace, make its root ours, and close every way to more privilege.
 
+use mnd::direct::Reply;
 use nix::sched::{setns, CloneFlags};
 use std::fs::File;
 
-/// Joins the mount namespace of `pid` (the container's init) and its root, then sets
+/// The container's init runs as the user, who may end it; its pid may then be another
+/// process's (the user's own, in a mount namespace of their making). Checked after the
+/// namespace is open: the same start time as when the helper started it, and in the
+/// container's cgroup.
+fn still_the_container(reply: &Reply) -> Result<(), String> {
+    let pid = reply.pid;
+    let gone = || {
+        format!(
+            "the container {}'s init (pid {pid}) is gone (ended, and the pid is another process's); the step cannot join it. Fix: run the step again",
+            reply.container
+        )
+    };
+    if mnd::node::process_start_time(pid) != Some(reply.pid_start) {
+        return Err(gone());
+    }
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    if reply.container_id.is_empty() || !cgroup.contains(&reply.container_id) {
+        return Err(gone());
+    }
+    Ok(())
+}
+
+/// Joins the mount namespace of the container's init and its root, then sets
 /// `no_new_privs` and empties the capability bounding set: no setuid program or file
 /// capability in the image can raise the task above the job's user.
-pub fn enter(pid: i32) -> Result<(), String> {
+pub fn enter(reply: &Reply) -> Result<(), String> {
+    let pid = reply.pid;
     // Opened before the switch: afterwards /proc is the container's.
     let ns = File::open(format!("/proc/{pid}/ns/mnt"))
         .map_err(|e| format!("the container's mount namespace (pid {pid}): {e}"))?;
     let root = File::open(format!("/proc/{pid}/root"))
         .map_err(|e| format!("the container's root (pid {pid}): {e}"))?;
+    still_the_container(reply)?;
     let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|t| t.trim().parse::<libc::c_ulong>().ok())

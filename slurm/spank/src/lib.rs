@@ -17,7 +17,16 @@ mod step;
 use options::{PluginArgs, OPTIONS};
 use slurm_spank::{spank_log_error, Context, Plugin, SpankHandle, SpankOption, SPANK_PLUGIN};
 use std::error::Error;
-use step::StepGpus;
+use step::TaskFacts;
+
+/// Slurm's PMIx server tells its clients how it runs; an image's own PMIx (another version,
+/// other defaults) connects only when told the same through its MCA variables (as pyxis
+/// does).
+const PMIX_REMAP: [(&str, &str); 3] = [
+    ("PMIX_SECURITY_MODE", "PMIX_MCA_psec"),
+    ("PMIX_GDS_MODULE", "PMIX_MCA_gds"),
+    ("PMIX_PTL_MODULE", "PMIX_MCA_ptl"),
+];
 
 /// Per-task GPU variables Slurm sets, renumbered for the container.
 const GPU_VARS: [&str; 4] = [
@@ -82,20 +91,32 @@ unsafe impl Plugin for MndSpank {
         };
         // Slurm has set the step's GPUs on this node in the task's environment by now (and
         // replaced any value of the user's for these two).
-        let gpus = StepGpus {
-            indices: spank.getenv("SLURM_STEP_GPUS")?,
+        let task = TaskFacts {
+            gpu_indices: spank.getenv("SLURM_STEP_GPUS")?,
             cuda_visible: spank.getenv("CUDA_VISIBLE_DEVICES")?,
+            step_nodes: spank.getenv("SLURM_STEP_NODELIST")?,
+            pmix_tmpdir: spank.getenv("SLURM_PMIX_TMPDIR")?,
         };
-        let reply = step.container(&self.args, gpus).map_err(|e| {
+        let reply = step.container(&self.args, task).map_err(|e| {
             spank_log_error!("mnd: {}: {e}", step.node());
             e
         })?;
-        join::enter(reply.pid).map_err(|e| format!("mnd: {}: {e}", step.node()))?;
+        join::enter(&reply).map_err(|e| format!("mnd: {}: {e}", step.node()))?;
         for name in &reply.unset_env {
             spank.unsetenv(name)?;
         }
         for (name, value) in &reply.set_env {
             spank.setenv(name, value, true)?;
+        }
+        // The network defaults: never over a value of the task's, and not at all when the
+        // user turned them off (MND_NO_NET_DEFAULTS, as for the launcher).
+        let off = spank
+            .getenv("MND_NO_NET_DEFAULTS")?
+            .is_some_and(|v| !matches!(v.as_str(), "" | "0" | "false" | "no"));
+        if !off {
+            for (name, value) in &reply.defaults {
+                spank.setenv(name, value, false)?;
+            }
         }
         self.reply = Some(reply);
         Ok(())
@@ -108,6 +129,14 @@ unsafe impl Plugin for MndSpank {
         if let Some(dir) = &reply.workdir {
             std::env::set_current_dir(dir)
                 .map_err(|e| format!("mnd: --mnd-workdir {}: {e}", dir.display()))?;
+        }
+        // Slurm's PMI variables are set by now (after task_init_privileged).
+        if spank.getenv("PMIX_RANK")?.is_some() {
+            for (from, to) in PMIX_REMAP {
+                if let Some(value) = spank.getenv(from)? {
+                    spank.setenv(to, value, false)?;
+                }
+            }
         }
         // Slurm has set this task's GPUs by now, in its numbering; the container has the
         // step's GPUs as 0..n-1.

@@ -15,12 +15,17 @@ use std::process::{Command, Stdio};
 /// step: they get no container.
 const SPECIAL_STEPS: [u32; 3] = [0xffff_fffb, 0xffff_fffc, 0xffff_fffa];
 
-/// The step's GPU variables on this node as Slurm set them in the task.
-pub struct StepGpus {
+/// What the first task's environment says about the step on this node (Slurm set these
+/// by the time `task_init_privileged` runs).
+pub struct TaskFacts {
     /// `SLURM_STEP_GPUS`: Slurm's indices.
-    pub indices: Option<String>,
+    pub gpu_indices: Option<String>,
     /// `CUDA_VISIBLE_DEVICES`: Slurm's unique ids of them, where it gives them.
     pub cuda_visible: Option<String>,
+    /// `SLURM_STEP_NODELIST`: the step's nodes.
+    pub step_nodes: Option<String>,
+    /// The job's `SLURM_PMIX_TMPDIR` (the user's choice of PMIx client folder base).
+    pub pmix_tmpdir: Option<String>,
 }
 
 /// A step with `--mnd-image`, as slurmstepd knows it.
@@ -39,7 +44,6 @@ impl Step {
             return Ok(None);
         }
         let job = spank.job_id()?;
-        let uid = spank.job_uid()?;
         let node = nix::unistd::gethostname()?
             .to_string_lossy()
             .split('.')
@@ -51,16 +55,17 @@ impl Step {
                 job,
                 step,
                 node,
-                uid,
+                uid: spank.job_uid()?,
                 gid: spank.job_gid()?,
                 gids: spank.job_supplementary_gids()?,
                 // Known once slurmstepd has moved into it (`container`).
                 cwd: PathBuf::new(),
                 options,
-                slurm_dirs: pmix_dirs(uid, job, step),
-                // Known in the task (`container`).
+                // Known in the task (`container`), once Slurm's PMIx server is up.
+                slurm_dirs: vec![],
                 step_gpus: None,
                 step_cuda_devices: None,
+                step_nodes: None,
             },
         }))
     }
@@ -78,7 +83,7 @@ impl Step {
     /// The step's container on this node (in a task child, as root): the first task to
     /// take the lock asks the helper and records the reply (or the failure, so the other
     /// tasks fail at once with the same message); the others read it.
-    pub fn container(&self, args: &PluginArgs, gpus: StepGpus) -> Result<Reply, String> {
+    pub fn container(&self, args: &PluginArgs, task: TaskFacts) -> Result<Reply, String> {
         private_dir(&args.runtime_dir)?;
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -97,7 +102,7 @@ impl Step {
             return serde_json::from_str(&text)
                 .map_err(|e| format!("{}: {e}", reply_file.display()));
         }
-        let answer = self.ask_helper(args, gpus);
+        let answer = self.ask_helper(args, task);
         let (file, text) = match &answer {
             Ok(reply) => (reply_file, serde_json::to_string(reply).unwrap_or_default()),
             Err(e) => (error_file, e.clone()),
@@ -108,13 +113,16 @@ impl Step {
 
     /// Runs `mnd direct up` with a clean environment, the request on stdin. The working
     /// directory is slurmstepd's: it moves into the step's before forking the tasks.
-    fn ask_helper(&self, args: &PluginArgs, gpus: StepGpus) -> Result<Reply, String> {
+    fn ask_helper(&self, args: &PluginArgs, task: TaskFacts) -> Result<Reply, String> {
+        let r = &self.request;
         let request = Request {
             cwd: std::env::current_dir()
                 .map_err(|e| format!("the step's working directory: {e}"))?,
-            step_gpus: gpus.indices,
-            step_cuda_devices: gpus.cuda_visible,
-            ..self.request.clone()
+            slurm_dirs: pmix_dirs(&r.node, (r.uid, r.job, r.step), task.pmix_tmpdir.as_deref()),
+            step_gpus: task.gpu_indices,
+            step_cuda_devices: task.cuda_visible,
+            step_nodes: task.step_nodes,
+            ..r.clone()
         };
         root_only(&args.helper)?;
         let mut cmd = Command::new(&args.helper);
@@ -209,17 +217,26 @@ fn private_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The step's PMIx folders, which the tasks need at the same path: the server's (Slurm
-/// sets `PMIX_SERVER_TMPDIR` in slurmstepd) and the clients' (`spmix_appdir_UID_JOB.STEP`
-/// in `SLURM_PMIX_TMPDIR` or /tmp). Only those that exist (the step uses PMIx).
-fn pmix_dirs(uid: u32, job: u32, step: u32) -> Vec<PathBuf> {
-    let server = std::env::var_os("PMIX_SERVER_TMPDIR").map(PathBuf::from);
-    let tmp =
-        std::env::var_os("SLURM_PMIX_TMPDIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-    let client = tmp.join(format!("spmix_appdir_{uid}_{job}.{step}"));
-    server
-        .into_iter()
-        .chain(std::iter::once(client))
-        .filter(|d| d.is_dir())
-        .collect()
+/// The step's PMIx folders, which the tasks need at the same path, found as Slurm's
+/// mpi/pmix finds them, whatever the site's spool and tmp folders: the server's from
+/// slurmstepd's own `PMIX_SERVER_TMPDIR` (its PMIx server sets it before the tasks start,
+/// from `SlurmdSpoolDir`; a step without PMIx has none, and then gets neither folder), and
+/// the clients' `spmix_appdir_UID_JOB.STEP` (`mnd::slurm::pmix_client_dir`). The helper
+/// trusts none of them: it opens each with no link in its path and checks its owner.
+fn pmix_dirs(node: &str, ids: (u32, u32, u32), job_tmpdir: Option<&str>) -> Vec<PathBuf> {
+    let Some(server) = std::env::var_os("PMIX_SERVER_TMPDIR").map(PathBuf::from) else {
+        return vec![];
+    };
+    let conf = std::env::var_os("SLURM_CONF")
+        .map_or_else(|| PathBuf::from("/etc/slurm/slurm.conf"), PathBuf::from);
+    let slurm_conf = std::fs::read_to_string(&conf).ok();
+    let mpi_conf = std::fs::read_to_string(conf.with_file_name("mpi.conf")).ok();
+    let client = mnd::slurm::pmix_client_dir(
+        job_tmpdir,
+        mpi_conf.as_deref(),
+        slurm_conf.as_deref(),
+        node,
+        ids,
+    );
+    vec![server, client]
 }

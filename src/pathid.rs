@@ -1,0 +1,87 @@
+//! Files by identity (device and inode), opened with no symbolic link anywhere in the
+//! path. The root helper hands dockerd path strings, which dockerd resolves again, as root,
+//! later: a user who swaps a folder for a link in between would get anything mounted. So
+//! every mount source's identity is taken when it is checked, and after the container
+//! starts what is mounted at each target must be that same file.
+
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag, AT_FDCWD};
+use nix::sys::stat::{fstat, FileStat};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+/// A file's identity on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileId {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+}
+
+impl FileId {
+    fn of(st: &FileStat) -> Self {
+        FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
+    }
+}
+
+/// Opens `path` (absolute) for its identity only (`O_PATH`), refusing a symbolic link in
+/// any part of it (`ELOOP`).
+pub fn open_no_links(path: &Path) -> std::io::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    Ok(openat2(AT_FDCWD, path, how)?)
+}
+
+/// The identity and status of `path`, opened with no symbolic link in it.
+pub fn stat_no_links(path: &Path) -> std::io::Result<(FileId, FileStat)> {
+    let fd = open_no_links(path)?;
+    let st = fstat(&fd)?;
+    Ok((FileId::of(&st), st))
+}
+
+/// The identity of what a process's container shows at `target`: resolved inside its root
+/// (`/proc/PID/root`), its own links staying inside it.
+pub fn id_in_root_of(pid: i32, target: &Path) -> std::io::Result<FileId> {
+    let root = openat2(
+        AT_FDCWD,
+        format!("/proc/{pid}/root").as_str(),
+        OpenHow::new().flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC),
+    )?;
+    let inside = target.strip_prefix("/").unwrap_or(target);
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(&root, inside, how)?;
+    Ok(FileId::of(&fstat(&fd)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_anywhere_in_the_path_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(t.path()).unwrap();
+        std::fs::create_dir(real.join("data")).unwrap();
+        std::os::unix::fs::symlink(real.join("data"), real.join("link")).unwrap();
+        assert!(stat_no_links(&real.join("data")).is_ok());
+        let e = stat_no_links(&real.join("link")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
+        std::fs::create_dir(real.join("data/sub")).unwrap();
+        assert!(stat_no_links(&real.join("link/sub")).is_err());
+    }
+
+    #[test]
+    fn a_folder_seen_through_a_process_root_has_its_identity() {
+        let t = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(t.path()).unwrap();
+        let me = std::process::id() as i32;
+        let (id, _) = stat_no_links(&real).unwrap();
+        assert_eq!(id_in_root_of(me, &real).unwrap(), id);
+    }
+}
