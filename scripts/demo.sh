@@ -22,14 +22,14 @@ pdsh -w 'node[1-3]' 'echo NODE_RANK=$NODE_RANK' | sort
 JOB
 chmod 0755 "$home/demo-job.sh"
 chown 1001:1001 "$home/demo-job.sh"
-echo "== srun -N3 -n3 mnd-srun --container=mnd-vc-job:2 --script=./demo-job.sh   (as alice on node1)"
+echo "== srun -N3 -n3 mnd-srun --container=mnd-vc-job:3 --script=./demo-job.sh   (as alice on node1)"
 t1=$(date +%s.%N)
-docker exec -u alice -w /shared/home/alice node1 srun -N3 -n3 mnd-srun --container=mnd-vc-job:2 --script=./demo-job.sh
+docker exec -u alice -w /shared/home/alice node1 srun -N3 -n3 mnd-srun --container=mnd-vc-job:3 --script=./demo-job.sh
 t2=$(date +%s.%N)
-echo "== srun -N3 --ntasks-per-node=2 --mpi=pmix --mnd-image=mnd-vc-job:2 python3 ...   (direct mode, as dave: not in group docker)"
+echo "== srun -N3 --ntasks-per-node=2 --mpi=pmix --mnd-image=mnd-vc-job:3 python3 ...   (direct mode, as dave: not in group docker)"
 t3=$(date +%s.%N)
 docker exec -u dave -w /shared/home/dave -e PMIX_MCA_gds=hash node1 srun -N3 --ntasks-per-node=2 --mpi=pmix -l \
-  --mnd-image=mnd-vc-job:2 python3 -c 'from mpi4py import MPI; import os; c = MPI.COMM_WORLD; print(f"rank {c.rank} of {c.size} on {MPI.Get_processor_name()} uid {os.getuid()}: sum = {c.allreduce(c.rank + 1)}")' | sort
+  --mnd-image=mnd-vc-job:3 python3 -c 'from mpi4py import MPI; import os; c = MPI.COMM_WORLD; print(f"rank {c.rank} of {c.size} on {MPI.Get_processor_name()} uid {os.getuid()}: sum = {c.allreduce(c.rank + 1)}")' | sort
 t4=$(date +%s.%N)
 # The plugin removes a step's containers as its slurmstepd ends, just after srun returns.
 for _ in $(seq 50); do

@@ -176,8 +176,9 @@ pub struct SlurmDirFacts {
 
 /// Built-in rule for Slurm's PMIx folders, whose names sit in folders anyone may write
 /// (`/tmp`) and whose base a user may choose (`SLURM_PMIX_TMPDIR`): a folder of root's or
-/// the job user's, in a folder of root's or a sticky one (where nobody can rename another
-/// user's entry), reached with no symbolic link (the helper opened it so).
+/// the job user's, in a folder of root's, of the job user's or a sticky one (where nobody
+/// else can rename the entry), reached with no symbolic link (the helper opened it so; the
+/// user swapping their own entry later is caught by the check after the mount).
 pub fn check_slurm_dir(dir: &Path, uid: u32, f: &SlurmDirFacts) -> Result<(), PlanError> {
     const STICKY: u32 = 0o1000;
     let why = if !f.is_dir {
@@ -187,7 +188,7 @@ pub fn check_slurm_dir(dir: &Path, uid: u32, f: &SlurmDirFacts) -> Result<(), Pl
             "it belongs to uid {}, not to root or the job's user",
             f.owner
         ))
-    } else if f.parent_owner != 0 && f.parent_mode & STICKY == 0 {
+    } else if f.parent_owner != 0 && f.parent_owner != uid && f.parent_mode & STICKY == 0 {
         Some(format!(
             "the folder it is in belongs to uid {} and is not sticky, so its entries can be swapped",
             f.parent_owner

@@ -397,7 +397,12 @@ fn slurm_folders_must_be_root_or_the_users_in_a_folder_nobody_can_swap() {
         parent_mode: 0o40755,
         ..ok
     };
-    let e = check_slurm_dir(dir, 1001, &users_parent)
+    assert!(check_slurm_dir(dir, 1001, &users_parent).is_ok());
+    let others_parent = SlurmDirFacts {
+        parent_owner: 1002,
+        ..users_parent
+    };
+    let e = check_slurm_dir(dir, 1001, &others_parent)
         .unwrap_err()
         .to_string();
     assert!(e.contains("not sticky"), "{e}");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 /// Nodes of the test cluster.
 pub const NODES: [&str; 3] = ["node1", "node2", "node3"];
 /// The job image loaded on every node.
-pub const IMAGE: &str = "mnd-vc-job:2";
+pub const IMAGE: &str = "mnd-vc-job:3";
 /// The shared folder as seen from the host.
 pub const SHARED: &str = "/var/lib/mnd-vcluster/shared";
 

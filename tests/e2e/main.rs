@@ -10,6 +10,7 @@ mod hardening;
 mod hosts;
 mod images;
 mod launcher;
+mod mpi;
 mod teardown;
 mod tools;
 mod tree;

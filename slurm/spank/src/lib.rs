@@ -115,7 +115,7 @@ unsafe impl Plugin for MndSpank {
             .is_some_and(|v| !matches!(v.as_str(), "" | "0" | "false" | "no"));
         if !off {
             for (name, value) in &reply.defaults {
-                spank.setenv(name, value, false)?;
+                set_unless_set(spank, name, value)?;
             }
         }
         self.reply = Some(reply);
@@ -134,7 +134,7 @@ unsafe impl Plugin for MndSpank {
         if spank.getenv("PMIX_RANK")?.is_some() {
             for (from, to) in PMIX_REMAP {
                 if let Some(value) = spank.getenv(from)? {
-                    spank.setenv(to, value, false)?;
+                    set_unless_set(spank, to, &value)?;
                 }
             }
         }
@@ -157,4 +157,12 @@ unsafe impl Plugin for MndSpank {
         }
         Ok(())
     }
+}
+
+/// Sets a task variable where the task has none (the user's own value wins).
+fn set_unless_set(spank: &mut SpankHandle, name: &str, value: &str) -> Result<(), Box<dyn Error>> {
+    if spank.getenv(name)?.is_none() {
+        spank.setenv(name, value, true)?;
+    }
+    Ok(())
 }
