@@ -8,7 +8,7 @@ use std::time::Duration;
 const CLEAN: Duration = Duration::from_secs(15);
 
 /// No container and no plugin step file of dave's job `job` on any node.
-fn assert_nothing_left(job: &str) {
+pub(crate) fn assert_nothing_left(job: &str) {
     assert_clean(&format!("mnd-dave-{job}"), CLEAN);
     for node in NODES {
         wait_until(
@@ -31,7 +31,7 @@ fn assert_nothing_left(job: &str) {
 
 /// Runs `cmdline` as dave inside a fresh allocation of `nodes` nodes; returns the run and the
 /// job's id, so what is left is looked for by job whatever other tests run meanwhile.
-fn dave_job(nodes: u32, cmdline: &str) -> (Run, String) {
+pub(crate) fn dave_job(nodes: u32, cmdline: &str) -> (Run, String) {
     let quoted = format!("'{}'", cmdline.replace('\'', "'\\''"));
     let r = dave(&format!(
         "salloc -N{nodes} --ntasks-per-node=2 bash -c {quoted}"
@@ -297,10 +297,10 @@ fn a_named_container_serves_the_jobs_later_steps_and_goes_with_the_job() {
 }
 
 /// A site policy at the plugin's config path (plugstack.conf names none: the default file).
-struct DefaultPolicy;
+pub(crate) struct DefaultPolicy;
 
 impl DefaultPolicy {
-    fn install(text: &str) -> DefaultPolicy {
+    pub(crate) fn install(text: &str) -> DefaultPolicy {
         site_config("config.toml", text);
         DefaultPolicy
     }

@@ -7,6 +7,7 @@ mod cluster;
 mod direct;
 mod gpus;
 mod hardening;
+mod hostile;
 mod hosts;
 mod images;
 mod launcher;

@@ -1,0 +1,302 @@
+//! The root side against a hostile user (dave, outside the docker group): links planted
+//! under Slurm's names, folders swapped for links while steps start, image volumes, a
+//! decoy container under the step's name, site prefixes the user can move, an image that
+//! asks for every GPU. Each test fails on the code before the fix (see the commit that
+//! added it); each refusal names what was refused, the rule, and what to do.
+
+use crate::cluster::*;
+use crate::direct::{assert_nothing_left, dave_job, DefaultPolicy};
+use std::path::Path;
+use std::time::Duration;
+
+/// Alice's file in a folder of her 0750 home, which dave cannot reach.
+const SECRET: &str = "alice-secret-4711";
+
+fn alices_secret() {
+    cluster();
+    let home = format!("{SHARED}/home/alice");
+    std::fs::create_dir_all(format!("{home}/pub")).unwrap();
+    std::fs::write(format!("{home}/pub/secret"), SECRET).unwrap();
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "chown -R 1001:1001 {home}/pub && chmod 0755 {home}/pub && chmod 0644 {home}/pub/secret && chmod 0750 {home}"
+        ))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let denied = dave(&format!("cat {home}/pub/secret"));
+    assert_ne!(
+        denied.code,
+        0,
+        "dave must not reach alice's file: {}",
+        denied.all()
+    );
+}
+
+#[test]
+fn a_link_planted_under_the_pmix_client_folders_name_shows_nothing() {
+    let _g = shared();
+    alices_secret();
+    // Step 0 plants the links on the allocated node; steps 1 and 2 are direct-mode steps
+    // whose PMIx client folder Slurm would name so.
+    let (r, job) = dave_job(
+        1,
+        "j=$SLURM_JOB_ID; \
+         srun -n1 sh -c \"ln -sfn /shared/home/alice/pub /tmp/spmix_appdir_1004_$j.1; ln -sfn /etc /tmp/spmix_appdir_1004_$j.2\"; \
+         srun -n1 --mpi=none --mnd-image=mnd-vc-job:3 cat /tmp/spmix_appdir_1004_$j.1/secret; \
+         srun -n1 --mpi=pmix --mnd-image=mnd-vc-job:3 sh -c \"cat /tmp/spmix_appdir_1004_$j.2/slurm/slurm.conf; echo step2-ran\"; \
+         srun -n1 rm -f /tmp/spmix_appdir_1004_$j.1 /tmp/spmix_appdir_1004_$j.2",
+    );
+    assert!(
+        !r.all().contains(SECRET),
+        "alice's file leaked:\n{}",
+        r.all()
+    );
+    assert!(
+        !r.all().contains("SlurmctldHost"),
+        "the node's /etc leaked:\n{}",
+        r.all()
+    );
+    assert_nothing_left(&job);
+}
+
+#[test]
+fn a_folder_swapped_for_a_link_while_steps_start_is_never_mounted() {
+    let _g = shared();
+    alices_secret();
+    // x and l swap places (renameat2 RENAME_EXCHANGE, syscall 316 on x86_64: x is always
+    // there) as fast as they can while 30 steps mount x: x is dave's own folder half of the
+    // time and a link to alice's folder the other half.
+    let (r, job) = dave_job(
+        1,
+        "mkdir -p ~/e2e-race && cd ~/e2e-race && rm -rf x l && mkdir x && echo dave-own > x/secret && \
+         ln -s /shared/home/alice/pub l && \
+         { perl -e 'my ($x, $l) = (\"x\", \"l\"); while (1) { syscall(316, -100, $x, -100, $l, 2) }' & flip=$!; }; \
+         for i in $(seq 30); do srun -n1 --mnd-mounts=$HOME/e2e-race/x:/data --mnd-image=mnd-vc-job:3 cat /data/secret; echo; done; \
+         kill $flip; wait $flip 2>/dev/null; cd ~ && rm -rf ~/e2e-race",
+    );
+    assert!(
+        !r.all().contains(SECRET),
+        "alice's file leaked:\n{}",
+        r.all()
+    );
+    let own = r.stdout.matches("dave-own").count();
+    let swapped = r.stderr.matches("its source was replaced").count();
+    eprintln!("race: {own} steps mounted dave's folder, {swapped} caught a swap, of 30");
+    assert_nothing_left(&job);
+}
+
+/// An image that declares `VOLUME /vol` (writable by anyone), on every node.
+fn volume_image() -> &'static str {
+    let img = "mnd-vc-vol:1";
+    for node in NODES {
+        let r = root_on(
+            node,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "docker image inspect {img} >/dev/null 2>&1 || {{ docker rm -f mk-vol >/dev/null 2>&1; \
+                     docker run --name mk-vol {IMAGE} sh -c 'mkdir /vol && chmod 1777 /vol' && \
+                     docker commit --change 'VOLUME /vol' mk-vol {img} >/dev/null && docker rm mk-vol >/dev/null; }}"
+                ),
+            ],
+        );
+        assert_eq!(r.code, 0, "{}", r.all());
+    }
+    img
+}
+
+#[test]
+fn an_image_volume_goes_with_the_steps_container() {
+    let _g = shared();
+    let img = volume_image();
+    let (r, job) = dave_job(
+        1,
+        &format!(
+            "srun -n1 --mnd-image={img} sh -c 'echo vol-data-$SLURM_JOB_ID > /vol/f && hostname'"
+        ),
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_nothing_left(&job);
+    let node = r.stdout.trim().to_string();
+    wait_until(
+        "no volume of the step on the node",
+        Duration::from_secs(15),
+        || {
+            let left = root_on(
+                &node,
+                &[
+                    "sh",
+                    "-c",
+                    &format!("grep -rls vol-data-{job} /var/lib/docker/volumes || true"),
+                ],
+            );
+            assert_eq!(left.code, 0, "{}", left.all());
+            left.stdout.trim().is_empty()
+        },
+    );
+}
+
+#[test]
+fn a_container_under_the_steps_name_that_is_not_its_own_is_neither_used_nor_removed() {
+    let _g = shared();
+    let home = format!("{SHARED}/home/dave");
+    let (jobfile, go) = (
+        format!("{home}/e2e-decoy.job"),
+        format!("{home}/e2e-decoy.go"),
+    );
+    let _ = std::fs::remove_file(&jobfile);
+    let _ = std::fs::remove_file(&go);
+    let held = std::thread::spawn(|| {
+        dave_job(
+            1,
+            "echo $SLURM_JOB_ID $(hostname) > ~/e2e-decoy.tmp && mv ~/e2e-decoy.tmp ~/e2e-decoy.job; \
+             while [ ! -e ~/e2e-decoy.go ]; do sleep 0.1; done; srun -n1 --mnd-image=mnd-vc-job:3 echo ran",
+        )
+    });
+    wait_until("the held job", Duration::from_secs(60), || {
+        Path::new(&jobfile).exists()
+    });
+    let text = std::fs::read_to_string(&jobfile).unwrap();
+    let (job, node) = text.trim().split_once(' ').unwrap();
+    let request = mnd::direct::Request {
+        job: job.parse().unwrap(),
+        step: 0,
+        node: node.to_string(),
+        uid: 1004,
+        gid: 1004,
+        gids: vec![],
+        cwd: "/".into(),
+        options: Default::default(),
+        slurm_dirs: vec![],
+        step_nodes: None,
+        step_gpus: None,
+        step_cuda_devices: None,
+    };
+    let name = request.container_name("dave", None);
+    // Someone else's container (bob's labels) under exactly that name.
+    let made = root_on(
+        node,
+        &[
+            "docker",
+            "create",
+            "--name",
+            &name,
+            "--label",
+            "mnd.uid=1002",
+            IMAGE,
+            "true",
+        ],
+    );
+    assert_eq!(made.code, 0, "{}", made.all());
+    std::fs::write(&go, "").unwrap();
+    let (r, _) = held.join().unwrap();
+    let still = containers(node, &name);
+    root_on(node, &["docker", "rm", "-f", &name]);
+    let _ = std::fs::remove_file(&go);
+    assert!(!r.stdout.contains("ran"), "{}", r.all());
+    assert!(
+        r.stderr.contains(&format!(
+            "a container named {name} exists but is not this step's ("
+        )) && r
+            .stderr
+            .contains("does not match): it is neither used nor removed. Fix: ask your admin"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(still, vec![name], "the decoy was removed");
+    assert_nothing_left(job);
+}
+
+#[test]
+fn a_site_prefix_the_user_can_move_is_refused() {
+    // The policy file is the default one every job reads: no other test runs meanwhile.
+    let _g = exclusive();
+    let _policy = DefaultPolicy::install("[policy]\nallowed_mount_prefixes = [\"/tmp/e2e-prj\"]\n");
+    // /tmp/e2e-prj does not exist: dave makes it a link to a folder of his own, which the
+    // admin's rule never named.
+    let (r, job) = dave_job(
+        1,
+        "mkdir -p ~/elsewhere && srun -n1 ln -sfn /shared/home/dave/elsewhere /tmp/e2e-prj; \
+         srun -n1 --mnd-mounts=/shared/home/dave/elsewhere:/data --mnd-image=mnd-vc-job:3 echo mounted; \
+         srun -n1 rm -f /tmp/e2e-prj",
+    );
+    assert!(!r.stdout.contains("mounted"), "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("policy.allowed_mount_prefixes entry /tmp/e2e-prj")
+            && r.stderr.contains("belongs to uid 1004")
+            && r.stderr
+                .contains("Fix: name existing folders owned by root"),
+        "{}",
+        r.all()
+    );
+    assert_nothing_left(&job);
+}
+
+#[test]
+fn a_step_without_gpus_gets_none_whatever_the_image_asks() {
+    let _g = shared();
+    let img = "mnd-vc-allgpus:1";
+    for node in NODES {
+        let r = root_on(
+            node,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "docker image inspect {img} >/dev/null 2>&1 || {{ id=$(docker create {IMAGE} true) && \
+                     docker commit --change 'ENV NVIDIA_VISIBLE_DEVICES=all' $id {img} >/dev/null && docker rm $id >/dev/null; }}"
+                ),
+            ],
+        );
+        assert_eq!(r.code, 0, "{}", r.all());
+    }
+    let home = format!("{SHARED}/home/dave");
+    let (jobfile, go) = (
+        format!("{home}/e2e-void.job"),
+        format!("{home}/e2e-void.go"),
+    );
+    let _ = std::fs::remove_file(&jobfile);
+    let _ = std::fs::remove_file(&go);
+    let held = std::thread::spawn(move || {
+        dave_job(
+            1,
+            &format!(
+                "srun -n1 --mnd-image={img} --mnd-name=void true && echo $SLURM_JOB_ID $(hostname) > ~/e2e-void.tmp && mv ~/e2e-void.tmp ~/e2e-void.job; \
+                 while [ ! -e ~/e2e-void.go ]; do sleep 0.1; done"
+            ),
+        )
+    });
+    wait_until("the held job", Duration::from_secs(60), || {
+        Path::new(&jobfile).exists()
+    });
+    let text = std::fs::read_to_string(&jobfile).unwrap();
+    let (job, node) = text.trim().split_once(' ').unwrap();
+    let env = root_on(
+        node,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "docker inspect -f '{{{{range .Config.Env}}}}{{{{println .}}}}{{{{end}}}}' $(docker ps -q --filter label=mnd.job={job})"
+            ),
+        ],
+    );
+    std::fs::write(&go, "").unwrap();
+    let (r, _) = held.join().unwrap();
+    let _ = std::fs::remove_file(&go);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(env.code, 0, "{}", env.all());
+    assert!(
+        env.stdout
+            .lines()
+            .any(|l| l == "NVIDIA_VISIBLE_DEVICES=void")
+            && !env.stdout.contains("NVIDIA_VISIBLE_DEVICES=all"),
+        "{}",
+        env.all()
+    );
+    assert_nothing_left(job);
+}
