@@ -93,6 +93,10 @@ pub struct Policy {
     pub allow_host_ipc: bool,
     /// Resource limits `--dockopts --ulimit` may set.
     pub allowed_ulimits: Vec<String>,
+    /// Largest writable layer of a container (`"20G"`): Docker's `storage-opt size`, which
+    /// only some storage drivers take (overlay2 on xfs with `pquota`, btrfs, zfs); where the
+    /// driver does not, every container fails to start, saying so.
+    pub writable_layer_size: Option<String>,
 }
 
 impl Default for Policy {
@@ -111,6 +115,7 @@ impl Default for Policy {
             allowed_ulimits: ["memlock", "stack", "nofile", "core"]
                 .map(String::from)
                 .to_vec(),
+            writable_layer_size: None,
         }
     }
 }

@@ -309,9 +309,18 @@ impl Engine {
         let opts = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
+        let limited = spec.storage_size.is_some();
         within("create", self.docker.create_container(Some(opts), body))
             .await?
-            .map_err(api(format!("create of container {}", spec.name)))?;
+            .map_err(|e| DockerError::Api {
+                action: format!("create of container {}", spec.name),
+                reason: match reason(&e) {
+                    r if limited && r.contains("storage-opt") => format!(
+                        "{r} (the site's policy.writable_layer_size needs a storage driver that limits a container's size: overlay2 on xfs mounted with pquota, btrfs or zfs; ask your admin)"
+                    ),
+                    r => r,
+                },
+            })?;
         Ok(())
     }
 
@@ -677,12 +686,29 @@ impl Engine {
         Ok(())
     }
 
+    /// Points tag `image` (`repo[:tag]`) at the image with id `id`, when one exists here;
+    /// `false` when no image has that id.
+    pub async fn tag_id(&self, id: &str, image: &str) -> Result<bool, DockerError> {
+        if let Err(e) = within("image inspect", self.docker.inspect_image(id)).await? {
+            return match is_status(&e, &[404]) {
+                true => Ok(false),
+                false => Err(api(format!("inspect of image {id}"))(e)),
+            };
+        }
+        let (repo, tag) = repo_and_tag(image);
+        let opts = bollard::query_parameters::TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(tag)
+            .build();
+        within("tag", self.docker.tag_image(id, Some(opts)))
+            .await?
+            .map_err(api(format!("tag of {id} as {image}")))?;
+        Ok(true)
+    }
+
     /// Saves a container's filesystem as a new image `repo:tag` (`docker commit`); its id.
     pub async fn commit(&self, container: &str, image: &str) -> Result<String, DockerError> {
-        let (repo, tag) = match image.rsplit_once(':') {
-            Some((r, t)) if !t.contains('/') => (r, t),
-            _ => (image, "latest"),
-        };
+        let (repo, tag) = repo_and_tag(image);
         let opts = bollard::query_parameters::CommitContainerOptionsBuilder::default()
             .container(container)
             .repo(repo)
@@ -918,6 +944,10 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
             .host_namespaces
             .then_some(bollard::models::HostConfigCgroupnsModeEnum::HOST),
         init: Some(spec.host_namespaces),
+        storage_opt: spec
+            .storage_size
+            .as_ref()
+            .map(|size| HashMap::from([("size".to_string(), size.clone())])),
         mounts: Some(
             spec.mounts
                 .iter()
@@ -931,6 +961,14 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
                 .collect(),
         ),
         ..Default::default()
+    }
+}
+
+/// `registry:5000/team/img:1` -> (`registry:5000/team/img`, `1`); no tag is `latest`.
+fn repo_and_tag(image: &str) -> (&str, &str) {
+    match image.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, t),
+        _ => (image, "latest"),
     }
 }
 

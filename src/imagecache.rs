@@ -78,6 +78,18 @@ impl Cache {
     /// Opens (creating, mode 0700) the cache folder `dir` of user `uid`; refused when someone
     /// else owns it or could write it.
     pub fn open(dir: &Path, uid: u32) -> Result<Self, CacheError> {
+        crate::pathid::safe_parents(&dir.join("x"), uid, None).map_err(|bad| CacheError::Io {
+            reason: match bad.owner {
+                Some(owner) => format!(
+                    "this folder above the image share is owned by uid {owner}, who could swap its archives; choose --image-cache under your home"
+                ),
+                None => format!(
+                    "this folder above the image share has mode {:04o}: others could swap its archives; chmod go-w it or choose another --image-cache",
+                    bad.mode
+                ),
+            },
+            path: bad.path,
+        })?;
         for sub in ["", "tags", "wanted"] {
             let d = dir.join(sub);
             let _ = fs::DirBuilder::new().recursive(true).mode(0o700).create(&d);
@@ -167,7 +179,11 @@ impl Cache {
     /// Loads image `id` from the cache into this node's Docker.
     pub async fn load(&self, engine: &Engine, id: &str) -> Result<(), CacheError> {
         let archive = self.archive(id);
-        let file = File::open(&archive).map_err(io(&archive))?;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&archive)
+            .map_err(io(&archive))?;
         let gz = flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, file));
         engine.load_image(gz).await?;
         Ok(())
@@ -180,6 +196,7 @@ impl Cache {
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io(&path))?;
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
@@ -252,7 +269,16 @@ struct Record {
 
 /// Reads a tag record; `None` when it is missing or not whole.
 fn read_record(path: &Path) -> Option<Record> {
-    let text = fs::read_to_string(path).ok()?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .ok()?,
+        &mut text,
+    )
+    .ok()?;
     match text.lines().collect::<Vec<_>>().as_slice() {
         [id, tag, job, ..] if !id.is_empty() => Some(Record {
             id: id.to_string(),

@@ -184,6 +184,8 @@ pub struct ContainerSpec {
     /// Direct mode: host pid, uts, cgroup and user namespaces, an init, and a program that
     /// only keeps the container up; the step's tasks join its mount namespace.
     pub host_namespaces: bool,
+    /// Largest writable layer (the site's `writable_layer_size`), if limited.
+    pub storage_size: Option<String>,
 }
 
 /// The script the coordinator runs.
@@ -582,6 +584,7 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         extra_hosts: opts.add_hosts.clone(),
         privileged,
         host_namespaces: false,
+        storage_size: site.policy.writable_layer_size.clone(),
     };
     let script = (role == Role::Coordinator).then(|| ScriptSpec {
         path: script_path,

@@ -126,32 +126,18 @@ pub(crate) fn check_safe(path: &Path, uid: u32, private: bool) -> Result<(), Ssh
 /// the keys. These are the folders sshd's StrictModes checks too.
 fn check_parents(path: &Path, uid: u32, home: &Path) -> Result<(), SshError> {
     // Folders that do not exist yet are created 0700 by `ensure`.
-    let above = path.ancestors().skip(1);
-    let upto_home = above.scan(false, |past_home, p| {
-        let this = (!*past_home).then_some(p);
-        *past_home = *past_home || p == home;
-        this
-    });
-    for parent in upto_home.filter(|p| p.exists()) {
-        let meta = fs::metadata(parent).map_err(io("inspect", parent))?;
-        let unsafe_ = |reason: String| SshError::Unsafe {
-            path: parent.to_path_buf(),
-            reason,
-        };
-        if meta.uid() != uid && meta.uid() != 0 {
-            return Err(unsafe_(format!(
-                "this folder above your ssh material is owned by uid {}, so its owner could swap your keys",
-                meta.uid()
-            )));
-        }
-        if meta.mode() & 0o022 != 0 {
-            return Err(unsafe_(format!(
+    crate::pathid::safe_parents(path, uid, Some(home)).map_err(|bad| SshError::Unsafe {
+        reason: match bad.owner {
+            Some(owner) => format!(
+                "this folder above your ssh material is owned by uid {owner}, so its owner could swap your keys"
+            ),
+            None => format!(
                 "this folder above your ssh material has mode {:04o}: others could swap your keys (and sshd refuses them)",
-                meta.mode() & 0o7777
-            )));
-        }
-    }
-    Ok(())
+                bad.mode
+            ),
+        },
+        path: bad.path,
+    })
 }
 
 /// Creates `path` and its missing parents with mode 0700 (only the owner may enter).

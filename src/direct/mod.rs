@@ -380,6 +380,7 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
         extra_hosts: vec![],
         privileged: false,
         host_namespaces: true,
+        storage_size: site.policy.writable_layer_size.clone(),
     };
     Ok((spec, opts))
 }

@@ -382,6 +382,17 @@ async fn load_shared(
         action: "load from the image share".into(),
         reason: e.to_string(),
     })?;
+    // The archive's own tags are not trusted: the image must be the one its name promised,
+    // and the job's tag is pointed at it here.
+    if !engine.tag_id(id, &plan.container.image).await? {
+        return Err(DockerError::Image {
+            image: plan.container.image.clone(),
+            reason: format!(
+                "the image share's archive {} held another image than {id} (changed since it was saved?); remove that file and run again",
+                cache.archive(id).display()
+            ),
+        });
+    }
     eprintln!(
         "mnd-srun ({}): loaded {} from the image share in {:.1} s",
         plan.this_node(),

@@ -665,3 +665,79 @@ fn sizes() {
     assert_eq!(parse_size("x"), None);
     assert_eq!(parse_size("-1g"), None);
 }
+
+#[test]
+fn network_defaults_never_cover_a_users_value_and_can_be_turned_off() {
+    let net = NodeFacts {
+        net: Some(JobNet {
+            interface: "eth0".into(),
+            cidr: "10.213.77.0/24".into(),
+        }),
+        ..facts()
+    };
+    let on = |p: &Plan, k: &str| {
+        p.env_defaults
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    let p = plan_with(&step(1, &[]), &args(&[]), &SiteConfig::default(), &net).unwrap();
+    assert_eq!(
+        on(&p, "OMPI_MCA_btl_tcp_if_include").as_deref(),
+        Some("10.213.77.0/24")
+    );
+    assert_eq!(on(&p, "NCCL_SOCKET_IFNAME").as_deref(), Some("eth0"));
+    assert_eq!(
+        on(&p, "OMPI_MCA_btl_vader_single_copy_mechanism").as_deref(),
+        Some("none")
+    );
+    // A flag, or a value exported in the user's shell, wins and is passed as it is.
+    let mut own = net.clone();
+    own.env
+        .insert("OMPI_MCA_btl_tcp_if_include".into(), "ib0".into());
+    let p = plan_with(
+        &step(1, &[]),
+        &args(&["--nccl-socket-ifname=ib0"]),
+        &SiteConfig::default(),
+        &own,
+    )
+    .unwrap();
+    assert_eq!(env(&p, "OMPI_MCA_btl_tcp_if_include"), Some("ib0"));
+    assert_eq!(env(&p, "NCCL_SOCKET_IFNAME"), Some("ib0"));
+    assert_eq!(on(&p, "OMPI_MCA_btl_tcp_if_include"), None);
+    assert_eq!(on(&p, "NCCL_SOCKET_IFNAME"), None);
+    // The image's ENV wins over a default too.
+    let image_env = vec!["GLOO_SOCKET_IFNAME=ib1".to_string()];
+    assert!(!p
+        .env_defaults_for(&image_env)
+        .iter()
+        .any(|(k, _)| k == "GLOO_SOCKET_IFNAME"));
+    // Off: by flag, or by the site.
+    let p = plan_with(
+        &step(1, &[]),
+        &args(&["--no-net-defaults"]),
+        &SiteConfig::default(),
+        &net,
+    )
+    .unwrap();
+    assert_eq!(on(&p, "NCCL_SOCKET_IFNAME"), None);
+    let mut site = SiteConfig::default();
+    site.defaults.net_defaults = false;
+    let p = plan_with(&step(1, &[]), &args(&[]), &site, &net).unwrap();
+    assert_eq!(on(&p, "OMPI_MCA_oob_tcp_if_include"), None);
+    // A privileged container may use single-copy.
+    let p = plan_with(
+        &step(1, &[]),
+        &args(&["--privileged"]),
+        &site_allowing_privileged(),
+        &net,
+    )
+    .unwrap();
+    assert_eq!(on(&p, "OMPI_MCA_btl_vader_single_copy_mechanism"), None);
+}
+
+fn site_allowing_privileged() -> SiteConfig {
+    let mut site = SiteConfig::default();
+    site.policy.allow_privileged = true;
+    site
+}

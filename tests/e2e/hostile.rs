@@ -300,3 +300,20 @@ fn a_step_without_gpus_gets_none_whatever_the_image_asks() {
     );
     assert_nothing_left(job);
 }
+
+#[test]
+fn a_writable_layer_limit_the_storage_driver_cannot_keep_is_named() {
+    // The policy file is the default one every job reads: no other test runs meanwhile.
+    let _g = exclusive();
+    let _policy = DefaultPolicy::install("[policy]\nwritable_layer_size = \"1G\"\n");
+    let (r, job) = dave_job(1, "srun -n1 --mnd-image=mnd-vc-job:3 echo started");
+    assert!(!r.stdout.contains("started"), "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("policy.writable_layer_size needs a storage driver that limits")
+            && r.stderr.contains("overlay2 on xfs mounted with pquota"),
+        "{}",
+        r.all()
+    );
+    assert_nothing_left(&job);
+}

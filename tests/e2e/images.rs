@@ -231,3 +231,67 @@ fn an_image_only_on_node1_reaches_the_other_nodes_through_the_share_once() {
     untag(&tag, &NODES);
     root_on("node1", &["rm", "-rf", &dir]);
 }
+
+/// An image of its own (a label on the job image) on `node` only; returns its id.
+fn image_only_on(node: &str, tag: &str, label: &str) -> String {
+    let r = root_on(
+        node,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "c=$(docker create {IMAGE} true) && docker commit --change 'LABEL e2e={label}' $c {tag} && docker rm $c >/dev/null"
+            ),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    r.stdout.trim().to_string()
+}
+
+#[test]
+fn a_tampered_archive_in_the_share_is_refused_naming_the_id() {
+    let _g = shared();
+    let pid = std::process::id();
+    let tag = format!("mnd-vc-job:tamper-{pid}");
+    let id = image_only_on("node1", &tag, &format!("tamper-{pid}"));
+    let other = format!("mnd-vc-job:tamper-other-{pid}");
+    image_only_on("node1", &other, &format!("other-{pid}"));
+    let dir = format!("/shared/home/alice/.mnd/images-tamper-{pid}");
+    let s = script("alice", "e2e-tamper.sh", "#!/bin/bash\ntrue\n");
+    let job = |name: &str| {
+        alice(&format!(
+            "{} --image-cache={dir} --script=./{s}",
+            srun_line(3, name, "").replace(IMAGE, &tag)
+        ))
+    };
+    let name = unique("tamper1");
+    let r = job(&name);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_clean(&name, Duration::from_secs(10));
+    // The archive saved for the image's id now holds another image.
+    let archive = format!("{dir}/{}.tar.gz", id.replace(':', "-"));
+    let swapped = root_on(
+        "node1",
+        &[
+            "sh",
+            "-c",
+            &format!("docker save {other} | gzip -1 > {archive}.new && chown alice: {archive}.new && mv {archive}.new {archive}"),
+        ],
+    );
+    assert_eq!(swapped.code, 0, "{}", swapped.all());
+    untag(&tag, &["node2", "node3"]);
+    let name = unique("tamper2");
+    let r = job(&name);
+    untag(&tag, &["node1", "node2", "node3"]);
+    untag(&other, &["node1", "node2", "node3"]);
+    root_on("node1", &["rm", "-rf", &dir]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains(&format!(
+            "the image share's archive {archive} held another image than {id}"
+        )),
+        "{}",
+        r.all()
+    );
+    assert_clean(&name, Duration::from_secs(10));
+}
