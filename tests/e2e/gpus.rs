@@ -263,9 +263,10 @@ fn a_step_given_no_gpu_in_a_job_with_gpus_gets_none() {
     );
     for node in NODES {
         let line = node_line(&r.stdout, node);
+        // `void`: not even an image's own NVIDIA_VISIBLE_DEVICES=all hands a GPU.
         assert_eq!(
             line.get("nvidia").map(String::as_str),
-            Some(""),
+            Some("void"),
             "{node}: {line:?}"
         );
         assert_eq!(
