@@ -15,6 +15,9 @@ if [ -z "$mnd" ]; then
 fi
 timeout 60 "$mnd" cleanup --job "$SLURM_JOB_ID" --all-users || \
   echo "mnd-srun epilog: cleanup of job $SLURM_JOB_ID failed or timed out" >&2
+# Images direct mode's root side pulled for this job and no running job uses any more.
+timeout 60 "$mnd" image prune --pulled --job "$SLURM_JOB_ID" || \
+  echo "mnd-srun epilog: pruning the images pulled for job $SLURM_JOB_ID failed or timed out" >&2
 # The SPANK plugin's step files of the job (left when a slurmstepd was killed; the plugin's
 # runtime_dir, default /run/mnd-spank).
 case "$SLURM_JOB_ID" in

@@ -81,6 +81,8 @@ pub struct ImageFacts {
     pub id: String,
     /// The image's `ENV`.
     pub env: Vec<String>,
+    /// This call pulled it.
+    pub pulled: bool,
 }
 
 /// A file to put into a container before it starts.
@@ -184,6 +186,7 @@ impl Engine {
         progress: &tokio::sync::watch::Sender<PullReport>,
     ) -> Result<ImageFacts, DockerError> {
         let have = within("image inspect", self.docker.inspect_image(image)).await?;
+        let pulled = !matches!((&have, pull), (Ok(_), Pull::Missing | Pull::Never));
         let info = match (have, pull) {
             (Ok(info), Pull::Missing | Pull::Never) => info,
             (Err(e), Pull::Never) => {
@@ -205,6 +208,7 @@ impl Engine {
         Ok(ImageFacts {
             id: info.id.unwrap_or_default(),
             env: info.config.and_then(|c| c.env).unwrap_or_default(),
+            pulled,
         })
     }
 
@@ -684,6 +688,24 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Removes an image no container uses (`false` when one does, or it is gone already).
+    pub async fn remove_unused_image(&self, image: &str) -> Result<bool, DockerError> {
+        match within(
+            "image remove",
+            self.docker.remove_image(
+                image,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            ),
+        )
+        .await?
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, &[404, 409]) => Ok(false),
+            Err(e) => Err(api(format!("remove of image {image}"))(e)),
+        }
     }
 
     /// Points tag `image` (`repo[:tag]`) at the image with id `id`, when one exists here;

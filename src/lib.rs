@@ -24,6 +24,7 @@ pub mod pathid;
 pub mod plan;
 pub mod policy;
 pub mod probe;
+pub mod pulled;
 pub mod signals;
 pub mod slurm;
 pub mod ssh;

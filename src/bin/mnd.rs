@@ -146,11 +146,19 @@ enum ImageAction {
         #[arg(long, env = "MND_IMAGE_CACHE", value_name = "DIR")]
         image_cache: Option<std::path::PathBuf>,
     },
-    /// Remove saved images (all, or those older than AGE: 90s, 30m, 2h, 7d).
+    /// Remove saved images (all, or those older than AGE: 90s, 30m, 2h, 7d); as root with
+    /// --pulled --job J (the Epilog): the images direct mode's root side pulled whose last
+    /// job was J, unless a container still uses them.
     Prune {
         /// Only images saved longer ago than this.
         #[arg(long, value_name = "AGE")]
         older_than: Option<String>,
+        /// The images the root side pulled for direct mode (root only), not the share.
+        #[arg(long, requires = "job", conflicts_with_all = ["older_than", "image_cache"])]
+        pulled: bool,
+        /// With --pulled: the job that just ended.
+        #[arg(long, requires = "pulled", value_name = "JOB")]
+        job: Option<u32>,
         /// The image share's folder; default ~/.mnd/images.
         #[arg(long, env = "MND_IMAGE_CACHE", value_name = "DIR")]
         image_cache: Option<std::path::PathBuf>,
@@ -679,8 +687,12 @@ fn image(action: ImageAction) -> Result<(), String> {
             Ok(())
         }
         ImageAction::Prune {
+            pulled: true, job, ..
+        } => prune_pulled(job.unwrap_or_default()),
+        ImageAction::Prune {
             older_than,
             image_cache,
+            ..
         } => {
             let older_than = older_than
                 .map(|t| cleanup::parse_duration(&t))
@@ -699,6 +711,36 @@ fn image(action: ImageAction) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// `mnd image prune --pulled --job J` (root, the Epilog): removes the images the root side
+/// pulled whose last job was J and that no container uses.
+fn prune_pulled(job: u32) -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(
+            "mnd image prune --pulled removes images root pulled: run it as root (the Epilog does)"
+                .into(),
+        );
+    }
+    let records = mnd::pulled::Pulled::open(std::path::Path::new(mnd::pulled::DIR))
+        .map_err(|e| format!("{}: {e}", mnd::pulled::DIR))?;
+    let unused = records
+        .job_ended(job)
+        .map_err(|e| format!("{}: {e}", mnd::pulled::DIR))?;
+    if unused.is_empty() {
+        return Ok(());
+    }
+    runtime()?.block_on(async {
+        let engine = Engine::connect().await.map_err(|e| e.to_string())?;
+        for image in unused {
+            match engine.remove_unused_image(&image).await {
+                Ok(true) => eprintln!("mnd: removed image {image} (pulled for direct mode; job {job} was the last to use it)"),
+                Ok(false) => eprintln!("mnd: kept image {image}: a container still uses it"),
+                Err(e) => eprintln!("mnd: image {image}: {e}"),
+            }
+        }
+        Ok(())
+    })
 }
 
 /// `mnd commit` on this node: the job's container as image `name`, saved into the share.

@@ -408,6 +408,16 @@ async fn start(engine: &Engine, p: &Prepared) -> Result<Reply, HelperError> {
     let image = engine
         .ensure_image(&p.spec.image, p.spec.pull, &node, PULL_STALL, &silent())
         .await?;
+    // Root's pulls are the site's storage: recorded, so the Epilog removes them with the
+    // last job that used them (a failure to record costs disk space, never the step).
+    let job = p.spec.labels.get("mnd.job").and_then(|j| j.parse().ok());
+    if let Some(job) = job {
+        let recorded = crate::pulled::Pulled::open(Path::new(crate::pulled::DIR))
+            .and_then(|r| r.used(&p.spec.image, job, image.pulled));
+        if let Err(e) = recorded {
+            log::warn!("recording the pull of {}: {e}", p.spec.image);
+        }
+    }
     engine
         .create(&p.spec, vec!["sleep".into(), "infinity".into()])
         .await?;

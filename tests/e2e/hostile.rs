@@ -317,3 +317,32 @@ fn a_writable_layer_limit_the_storage_driver_cannot_keep_is_named() {
     );
     assert_nothing_left(&job);
 }
+
+#[test]
+fn images_the_root_side_pulled_go_with_the_last_job_that_used_them() {
+    let _g = shared();
+    let tag = format!("rootpull-{}", std::process::id());
+    let image = pushed_image(&tag, &format!("echo {tag} > /marker"));
+    let here = |node: &str| root_on(node, &["docker", "image", "inspect", &image]).code == 0;
+    for node in NODES {
+        root_on(node, &["docker", "rmi", &image]);
+        assert!(!here(node), "{image} is still on {node}");
+    }
+    let (r, job) = dave_job(3, &format!("srun -N3 -n3 --mnd-image={image} cat /marker"));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(r.stdout.matches(&tag).count(), 3, "{}", r.all());
+    assert_nothing_left(&job);
+    // The Epilog of the job removes what root pulled for it; the node's own images stay.
+    wait_until(
+        "the Epilog to remove the pulled image everywhere",
+        Duration::from_secs(30),
+        || NODES.iter().all(|n| !here(n)),
+    );
+    for node in NODES {
+        assert_eq!(
+            root_on(node, &["docker", "image", "inspect", IMAGE]).code,
+            0,
+            "{IMAGE} went from {node}"
+        );
+    }
+}

@@ -254,8 +254,6 @@ fn a_tampered_archive_in_the_share_is_refused_naming_the_id() {
     let pid = std::process::id();
     let tag = format!("mnd-vc-job:tamper-{pid}");
     let id = image_only_on("node1", &tag, &format!("tamper-{pid}"));
-    let other = format!("mnd-vc-job:tamper-other-{pid}");
-    image_only_on("node1", &other, &format!("other-{pid}"));
     let dir = format!("/shared/home/alice/.mnd/images-tamper-{pid}");
     let s = script("alice", "e2e-tamper.sh", "#!/bin/bash\ntrue\n");
     let job = |name: &str| {
@@ -268,14 +266,16 @@ fn a_tampered_archive_in_the_share_is_refused_naming_the_id() {
     let r = job(&name);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_clean(&name, Duration::from_secs(10));
-    // The archive saved for the image's id now holds another image.
+    // The archive saved for the image's id now holds another image under the same tag
+    // (made on node3, which then forgets it).
     let archive = format!("{dir}/{}.tar.gz", id.replace(':', "-"));
+    image_only_on("node3", &tag, &format!("evil-{pid}"));
     let swapped = root_on(
-        "node1",
+        "node3",
         &[
             "sh",
             "-c",
-            &format!("docker save {other} | gzip -1 > {archive}.new && chown alice: {archive}.new && mv {archive}.new {archive}"),
+            &format!("docker save {tag} | gzip -1 > {archive}.new && chown alice: {archive}.new && mv {archive}.new {archive}"),
         ],
     );
     assert_eq!(swapped.code, 0, "{}", swapped.all());
@@ -283,7 +283,6 @@ fn a_tampered_archive_in_the_share_is_refused_naming_the_id() {
     let name = unique("tamper2");
     let r = job(&name);
     untag(&tag, &["node1", "node2", "node3"]);
-    untag(&other, &["node1", "node2", "node3"]);
     root_on("node1", &["rm", "-rf", &dir]);
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(
