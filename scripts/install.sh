@@ -5,8 +5,10 @@
 #
 #   scripts/install.sh [--prefix DIR] [--plugin]   install (default /opt/mnd-srun); safe to re-run
 #   scripts/install.sh [--prefix DIR] --uninstall  remove exactly what was installed
-# --plugin builds lib/mnd_spank.so against this machine's Slurm (22.05; installs Debian's
-# libslurm-dev and libclang-dev when missing) and prints the plugstack.conf line.
+# --plugin builds lib/mnd_spank.so against this machine's Slurm headers (22.05 to 26.05;
+# installs Debian's libslurm-dev and libclang-dev when missing) and prints the
+# plugstack.conf line. MND_SLURM_INCLUDE=DIR builds it for the Slurm whose headers are in
+# DIR/slurm instead (nodes that run another Slurm than this machine).
 # DESTDIR=/stage puts the files under /stage/DIR while they refer to DIR (packaging, or a
 # prefix that is mounted elsewhere on the nodes).
 set -euo pipefail
@@ -57,24 +59,41 @@ if [ "$plugin" = 1 ]; then
       { echo "install.sh: apt-get install$missing failed" >&2; exit 1; }
   fi
   # The plugin is built for one Slurm major.minor (slurmstepd refuses any other): the one
-  # of the headers, which must be the one srun has where there is an srun.
-  number=$(sed -n 's/^#define SLURM_VERSION_NUMBER 0x\([0-9a-fA-F]*\)/\1/p' /usr/include/slurm/slurm_version.h)
+  # of the headers, which must be the one srun has where there is an srun (unless the
+  # headers are another Slurm's, named by MND_SLURM_INCLUDE).
+  include=${MND_SLURM_INCLUDE:-/usr/include}
+  [ -f "$include/slurm/slurm_version.h" ] || { echo "install.sh: no Slurm headers in $include/slurm (install libslurm-dev, or set MND_SLURM_INCLUDE)" >&2; exit 1; }
+  number=$(sed -n 's/^#define SLURM_VERSION_NUMBER 0x\([0-9a-fA-F]*\)/\1/p' "$include/slurm/slurm_version.h")
   headers=$([ -n "$number" ] && printf '%d.%02d.%d' "0x${number:0:2}" "0x${number:2:2}" "0x${number:4:2}")
   runs=$(srun -V 2>/dev/null | awk '{print $2}' || true)
+  features=
   case "$headers" in
     22.05.*) ;;
-    *) echo "install.sh: --plugin builds for Slurm 22.05 (slurm-spank 0.2); the headers are '$headers'. For Slurm >= 23.11 use slurm-spank 0.4 in slurm/spank/Cargo.toml and that version in slurm/spank/src/lib.rs" >&2; exit 1 ;;
+    23.11.*|2[4-9].*) features="--no-default-features --features slurm-23" ;;
+    *) echo "install.sh: --plugin builds for Slurm 22.05 to 26.05; the headers in $include are '$headers'" >&2; exit 1 ;;
   esac
-  if [ -n "$runs" ] && [ "${runs%.*}" != "${headers%.*}" ]; then
-    echo "install.sh: srun here is Slurm $runs but the headers are $headers: install the libslurm-dev of the running Slurm" >&2
+  if [ -z "${MND_SLURM_INCLUDE:-}" ] && [ -n "$runs" ] && [ "${runs%.*}" != "${headers%.*}" ]; then
+    echo "install.sh: srun here is Slurm $runs but the headers are $headers: install the libslurm-dev of the running Slurm (slurmstepd loads a plugin only of its own major.minor)" >&2
     exit 1
   fi
+  export MND_SLURM_INCLUDE=$include
+  [ "$include" = /usr/include ] || export BINDGEN_EXTRA_CLANG_ARGS="-I$include"
   # The plugin follows the binaries' profile: release, or the folder MND_INSTALL_FROM names.
   profile=release
   [ -n "${MND_INSTALL_FROM:-}" ] && [ "$(basename "$bin_dir")" = debug ] && profile=dev
-  echo "== building the SPANK plugin ($profile)"
-  cargo build -q --profile "$profile" -p mnd-spank
-  plugin_so=$bin_dir/libmnd_spank.so
+  echo "== building the SPANK plugin for Slurm $headers ($profile)"
+  # Another Slurm's headers build in a folder of their own (the bindings are generated
+  # from the headers, and cargo would not know they changed).
+  plugin_dir=$bin_dir
+  if [ "$include" != /usr/include ]; then
+    plugin_target=target/slurm-${headers%.*}
+    plugin_dir=$plugin_target/$([ "$profile" = dev ] && echo debug || echo release)
+    export CARGO_TARGET_DIR=$plugin_target
+  fi
+  # shellcheck disable=SC2086
+  cargo build -q --profile "$profile" -p mnd-spank $features
+  unset CARGO_TARGET_DIR
+  plugin_so=$plugin_dir/libmnd_spank.so
   [ -f "$plugin_so" ] || { echo "install.sh: the plugin build left no $plugin_so" >&2; exit 1; }
 fi
 tmp=$(mktemp -d)

@@ -10,6 +10,11 @@
 //! The plugin starts no thread: slurmstepd forks the task children from it, and joining a
 //! mount namespace needs a single-threaded process. Docker work happens in the helper.
 
+#[cfg(all(feature = "slurm-22", not(feature = "slurm-23")))]
+extern crate slurm_spank_0_2 as slurm_spank;
+#[cfg(feature = "slurm-23")]
+extern crate slurm_spank_0_4 as slurm_spank;
+
 mod join;
 mod options;
 mod step;
@@ -36,8 +41,10 @@ const GPU_VARS: [&str; 4] = [
     "GPU_DEVICE_ORDINAL",
 ];
 
-// Slurm 22.05 (only major.minor is compared when the plugin is loaded).
-SPANK_PLUGIN!(b"mnd_spank", 0x160500, MndSpank);
+// `SPANK_PLUGIN!(b"mnd_spank", VERSION, MndSpank)` with the version of the headers
+// (slurmstepd compares major.minor when it loads the plugin; slurm-spank 0.2's macro takes
+// only a literal, so build.rs writes the call).
+include!(concat!(env!("OUT_DIR"), "/plugin.rs"));
 
 /// The plugin's state in one slurmstepd (or srun/sbatch/salloc).
 #[derive(Default)]
