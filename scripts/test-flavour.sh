@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The core subset of the end-to-end suite on another Slurm: MND_VC_SLURM=24.11 or 26.05
+# (scripts/test.sh runs everything on 22.05). The cluster is brought up (or switched) to
+# that flavour; `scripts/vcluster up 3` switches it back.
+#   direct mode with srun's PMIx and an 8 MiB allreduce, PMI-2's fd, the ssh mode's mpirun,
+#   the site policy's refusals, scancel and a killed slurmstepd leaving nothing (the
+#   Epilog), the hostile-user tests of PMIx links and swapped mounts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+flavour=${MND_VC_SLURM:-}
+case "$flavour" in
+  22.05|24.11|26.05) ;;
+  *) echo "test-flavour.sh: set MND_VC_SLURM to 22.05, 24.11 or 26.05 (got '$flavour')" >&2; exit 2 ;;
+esac
+t0=$(date +%s)
+cargo build --bins
+scripts/vcluster up 3 --slurm "$flavour"
+echo "== Slurm $flavour: cluster ready in $(( $(date +%s) - t0 )) s"
+# Debian sid's Slurm 26.05.5 is built without mpi/pmix (no package ships mpi_pmix.so;
+# `srun --mpi=list` names none, pmi2, cray_shasta): there direct mode's MPI wiring is
+# tested through PMI-2 only.
+pmix=mpi::direct_mode_pmix_allreduce_of_8_mib_with_the_pmix_folder_mounted
+[ "$flavour" != 26.05 ] || pmix=mpi::direct_mode_pmi2_hands_each_task_its_fd_and_ranks_exchange_keys
+cargo test --test e2e -- --test-threads=3 \
+  "$pmix" \
+  mpi::direct_mode_pmi2_hands_each_task_its_fd_and_ranks_exchange_keys \
+  mpi::ssh_mode_mpirun_allreduce_of_8_mib_over_three_docker_nodes \
+  direct::the_root_side_enforces_the_site_policy_whatever_the_user_sends \
+  direct::scancel_ends_the_step_and_leaves_nothing \
+  direct::a_killed_slurmstepd_leaves_a_container_that_the_epilog_removes \
+  hostile::a_link_planted_under_the_pmix_client_folders_name_shows_nothing \
+  hostile::a_folder_swapped_for_a_link_while_steps_start_is_never_mounted
+echo "== Slurm $flavour: subset done in $(( $(date +%s) - t0 )) s"
