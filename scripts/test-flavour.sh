@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The core subset of the end-to-end suite on another Slurm: MND_VC_SLURM=24.11 or 26.05
 # (scripts/test.sh runs everything on 22.05). The cluster is brought up (or switched) to
-# that flavour; `scripts/vcluster up 3` switches it back.
+# that flavour; `scripts/vcluster up 3` switches it back. With MND_VC_INSTALL=deb mnd-srun
+# is installed on the nodes by `dpkg -i` of its package, and at the end `dpkg -r` must
+# leave none of the package's files.
 #   direct mode with srun's PMIx and an 8 MiB allreduce, PMI-2's fd, the ssh mode's mpirun,
 #   the site policy's refusals, scancel and a killed slurmstepd leaving nothing (the
 #   Epilog), the hostile-user tests of PMIx links and swapped mounts.
@@ -31,3 +33,16 @@ cargo test --test e2e -- --test-threads=3 \
   hostile::a_link_planted_under_the_pmix_client_folders_name_shows_nothing \
   hostile::a_folder_swapped_for_a_link_while_steps_start_is_never_mounted
 echo "== Slurm $flavour: subset done in $(( $(date +%s) - t0 )) s"
+if [ "${MND_VC_INSTALL:-}" = deb ]; then
+  for node in node1 node2 node3; do
+    left=$(docker exec "$node" sh -c '
+      pkg=$(dpkg-query -W -f="\${Package}" "mnd-srun-slurm-*") || { echo "no package installed"; exit 0; }
+      files=$(dpkg -L "$pkg")
+      dpkg -r "$pkg" >/dev/null
+      rm -f /var/lib/mnd-vc-installed.deb /etc/slurm/plugstack.conf.d/mnd-srun.conf
+      for f in $files; do [ -d "$f" ] || { [ -e "$f" ] && echo "$f"; }; done
+      [ ! -e /usr/lib/mnd-srun ] || echo /usr/lib/mnd-srun')
+    [ -z "$left" ] || { echo "test-flavour.sh: dpkg -r left on $node: $left" >&2; exit 1; }
+    echo "== $node: dpkg -r left none of the package's files"
+  done
+fi
