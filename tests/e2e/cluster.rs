@@ -45,6 +45,30 @@ pub fn cluster() {
     }
 }
 
+/// Runs `scripts/vcluster ARGS` with this build's binaries and `env`; panics with what it
+/// said when it fails; returns what it printed.
+pub fn vcluster(args: &[&str], env: &[(&str, &str)]) -> String {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_mnd-srun")).parent().unwrap();
+    let out = Command::new(repo().join("scripts/vcluster"))
+        .args(args)
+        .env("MND_VC_TARGET", bin_dir)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run scripts/vcluster");
+    assert!(
+        out.status.success(),
+        "vcluster {args:?} {env:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The job image plus Debian's PyTorch on every node (built once); its name.
+pub fn torch_image() -> String {
+    cluster();
+    vcluster(&["torch-image"], &[])
+}
+
 /// Output of a command, as text.
 pub struct Run {
     /// Exit code (-1 when killed).
@@ -305,16 +329,7 @@ pub fn pushed_image(tag: &str, layer_cmd: &str) -> String {
         .unwrap();
     assert!(committed.status.success(), "could not commit {local}");
     let _ = Command::new("docker").args(["rm", "-f", &maker]).output();
-    let pushed = Command::new(repo().join("scripts/vcluster"))
-        .args(["registry", &local])
-        .output()
-        .unwrap();
-    assert!(
-        pushed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pushed.stderr)
-    );
-    let image = String::from_utf8_lossy(&pushed.stdout).trim().to_string();
+    let image = vcluster(&["registry", &local], &[]);
     assert!(image.ends_with(&local), "{image}");
     image
 }

@@ -33,8 +33,9 @@ pub(crate) fn assert_nothing_left(job: &str) {
 /// job's id, so what is left is looked for by job whatever other tests run meanwhile.
 pub(crate) fn dave_job(nodes: u32, cmdline: &str) -> (Run, String) {
     let quoted = format!("'{}'", cmdline.replace('\'', "'\\''"));
+    // A hang (MPI picking the wrong network, say) fails the test instead of blocking it.
     let r = dave(&format!(
-        "salloc -N{nodes} --ntasks-per-node=2 bash -c {quoted}"
+        "timeout 300 salloc -N{nodes} --ntasks-per-node=2 bash -c {quoted}"
     ));
     let job = r
         .stderr

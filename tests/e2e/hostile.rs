@@ -87,9 +87,9 @@ fn a_folder_swapped_for_a_link_while_steps_start_is_never_mounted() {
     assert_nothing_left(&job);
 }
 
-/// An image that declares `VOLUME /vol` (writable by anyone), on every node.
-fn volume_image() -> &'static str {
-    let img = "mnd-vc-vol:1";
+/// The job image made into `img` on every node (where it is missing) by running `cmd` in a
+/// container of it and committing that with the Dockerfile line `change`.
+fn image_on_every_node(img: &str, cmd: &str, change: &str) {
     for node in NODES {
         let r = root_on(
             node,
@@ -97,14 +97,19 @@ fn volume_image() -> &'static str {
                 "sh",
                 "-c",
                 &format!(
-                    "docker image inspect {img} >/dev/null 2>&1 || {{ docker rm -f mk-vol >/dev/null 2>&1; \
-                     docker run --name mk-vol {IMAGE} sh -c 'mkdir /vol && chmod 1777 /vol' && \
-                     docker commit --change 'VOLUME /vol' mk-vol {img} >/dev/null && docker rm mk-vol >/dev/null; }}"
+                    "docker image inspect {img} >/dev/null 2>&1 || {{ c=$(docker create {IMAGE} sh -c '{cmd}') && \
+                     docker start -a $c && docker commit --change '{change}' $c {img} >/dev/null && docker rm $c >/dev/null; }}"
                 ),
             ],
         );
         assert_eq!(r.code, 0, "{}", r.all());
     }
+}
+
+/// An image that declares `VOLUME /vol` (writable by anyone), on every node.
+fn volume_image() -> &'static str {
+    let img = "mnd-vc-vol:1";
+    image_on_every_node(img, "mkdir /vol && chmod 1777 /vol", "VOLUME /vol");
     img
 }
 
@@ -240,20 +245,7 @@ fn a_site_prefix_the_user_can_move_is_refused() {
 fn a_step_without_gpus_gets_none_whatever_the_image_asks() {
     let _g = shared();
     let img = "mnd-vc-allgpus:1";
-    for node in NODES {
-        let r = root_on(
-            node,
-            &[
-                "sh",
-                "-c",
-                &format!(
-                    "docker image inspect {img} >/dev/null 2>&1 || {{ id=$(docker create {IMAGE} true) && \
-                     docker commit --change 'ENV NVIDIA_VISIBLE_DEVICES=all' $id {img} >/dev/null && docker rm $id >/dev/null; }}"
-                ),
-            ],
-        );
-        assert_eq!(r.code, 0, "{}", r.all());
-    }
+    image_on_every_node(img, "true", "ENV NVIDIA_VISIBLE_DEVICES=all");
     let home = format!("{SHARED}/home/dave");
     let (jobfile, go) = (
         format!("{home}/e2e-void.job"),

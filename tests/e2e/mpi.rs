@@ -6,6 +6,7 @@
 //! hang fails the test.
 
 use crate::cluster::*;
+use crate::direct::dave_job;
 use crate::hosts::bob_on;
 use std::time::Duration;
 
@@ -75,22 +76,6 @@ fn every_rank_summed(r: &Run) {
     }
 }
 
-/// Runs `cmdline` as dave in an allocation of 3 nodes x 2 tasks; returns the run and job.
-fn dave_alloc(cmdline: &str) -> (Run, String) {
-    let quoted = format!("'{}'", cmdline.replace('\'', "'\\''"));
-    let r = dave(&format!(
-        "cd ~ && timeout 180 salloc -N3 --ntasks-per-node=2 bash -c {quoted}"
-    ));
-    let job = r
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("salloc: Granted job allocation "))
-        .unwrap_or_else(|| panic!("no allocation: {}", r.all()))
-        .trim()
-        .to_string();
-    (r, job)
-}
-
 #[test]
 fn ssh_mode_mpirun_allreduce_of_8_mib_over_three_docker_nodes() {
     let _g = shared();
@@ -124,7 +109,7 @@ fn direct_mode_pmix_allreduce_of_8_mib_with_the_pmix_folder_mounted() {
     let _g = shared();
     nodes_have_docker0();
     let p = script("dave", "e2e-allreduce.py", ALLREDUCE);
-    let (r, job) = dave_alloc(&format!(
+    let (r, job) = dave_job(3, &format!(
         "srun --mpi=pmix --mnd-image={IMAGE} python3 {p}; \
          srun --mpi=pmix --ntasks-per-node=1 --mnd-image={IMAGE} sh -c \
          'echo \"$(hostname) server-dir=$(findmnt -n -o TARGET \"$PMIX_SERVER_TMPDIR\") psec=$PMIX_MCA_psec/$PMIX_SECURITY_MODE gds=$PMIX_MCA_gds/$PMIX_GDS_MODULE\"'"
@@ -161,7 +146,10 @@ fn same_halves(v: &str) -> bool {
 fn direct_mode_pmi2_hands_each_task_its_fd_and_ranks_exchange_keys() {
     let _g = shared();
     let p = script("dave", "e2e-pmi1.py", PMI1);
-    let (r, job) = dave_alloc(&format!("srun --mpi=pmi2 --mnd-image={IMAGE} python3 {p}"));
+    let (r, job) = dave_job(
+        3,
+        &format!("srun --mpi=pmi2 --mnd-image={IMAGE} python3 {p}"),
+    );
     assert_eq!(r.code, 0, "{}", r.all());
     let all = "v0@node1,v1@node1,v2@node2,v3@node2,v4@node3,v5@node3";
     for rank in 0..6 {
@@ -176,23 +164,7 @@ struct OtherLayout;
 
 impl OtherLayout {
     fn switch(layout: &str) {
-        let out =
-            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/vcluster"))
-                .args(["up", "3"])
-                .env("MND_VC_LAYOUT", layout)
-                .env(
-                    "MND_VC_TARGET",
-                    std::path::Path::new(env!("CARGO_BIN_EXE_mnd-srun"))
-                        .parent()
-                        .unwrap(),
-                )
-                .output()
-                .unwrap();
-        assert!(
-            out.status.success(),
-            "vcluster up with layout {layout}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        vcluster(&["up", "3"], &[("MND_VC_LAYOUT", layout)]);
     }
 }
 
@@ -224,7 +196,7 @@ fn direct_mode_pmix_on_a_site_with_other_spool_and_tmp_folders() {
         conf.all()
     );
     let p = script("dave", "e2e-allreduce.py", ALLREDUCE);
-    let (r, job) = dave_alloc(&format!(
+    let (r, job) = dave_job(3, &format!(
         "srun --mpi=pmix --mnd-image={IMAGE} python3 {p}; \
          srun --mpi=pmix --ntasks-per-node=1 --mnd-image={IMAGE} sh -c \
          'echo \"$(hostname) server=$(findmnt -n -o TARGET \"$PMIX_SERVER_TMPDIR\") client=$(findmnt -n -o TARGET /var/tmp/slurm-tmp/spmix_appdir_$(id -u)_${{SLURM_JOB_ID}}.1)\"'"
@@ -270,7 +242,7 @@ fn a_users_own_network_values_are_never_overwritten() {
     let _g = shared();
     // Direct mode: the job's values win; MND_NO_NET_DEFAULTS turns ours off.
     let show = "echo \"$(hostname) btl=$OMPI_MCA_btl_tcp_if_include nccl=$NCCL_SOCKET_IFNAME gloo=$GLOO_SOCKET_IFNAME\"";
-    let (r, job) = dave_alloc(&format!(
+    let (r, job) = dave_job(3, &format!(
         "export OMPI_MCA_btl_tcp_if_include=eth0 NCCL_SOCKET_IFNAME=lo; \
          srun -N1 -n1 --mnd-image={IMAGE} sh -c '{show}'; \
          MND_NO_NET_DEFAULTS=1 srun -N1 -n1 --mnd-image={IMAGE} sh -c 'echo off: ${{GLOO_SOCKET_IFNAME:-unset}}'"
@@ -302,17 +274,7 @@ fn a_users_own_network_values_are_never_overwritten() {
 #[test]
 fn pytorch_ddp_in_direct_mode_with_plain_srun_tasks() {
     let _g = shared();
-    let built =
-        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/vcluster"))
-            .arg("torch-image")
-            .output()
-            .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let image = String::from_utf8_lossy(&built.stdout).trim().to_string();
+    let image = torch_image();
     // As a pyxis user writes it: rank and size from Slurm, MASTER_ADDR from the job.
     let train = "import os, torch, torch.distributed as dist\n\
 dist.init_process_group('gloo', rank=int(os.environ['SLURM_PROCID']), world_size=int(os.environ['SLURM_NTASKS']))\n\
@@ -322,7 +284,7 @@ grad = model.module.weight.grad.clone()\n\
 dist.all_reduce(grad)\n\
 print(f'rank {dist.get_rank()}/{dist.get_world_size()} grad-sum {grad.sum().item():.1f}', flush=True)\n";
     let p = script("dave", "e2e-ddp.py", train);
-    let (r, job) = dave_alloc(&format!(
+    let (r, job) = dave_job(3, &format!(
         "export MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n1) MASTER_PORT=29517; \
          srun -n3 --ntasks-per-node=1 --mnd-image={image} python3 {p}"
     ));

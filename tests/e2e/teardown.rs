@@ -211,21 +211,7 @@ fn a_nodes_dockerd_restarted_mid_job() {
         root_on("node2", &["pgrep", "-x", "dockerd"]).code != 0
     });
     // Bring the node back the way the cluster script does (it restarts what is not running).
-    let up = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/vcluster"))
-        .args(["up", "3"])
-        .env(
-            "MND_VC_TARGET",
-            std::path::Path::new(env!("CARGO_BIN_EXE_mnd-srun"))
-                .parent()
-                .unwrap(),
-        )
-        .output()
-        .unwrap();
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    vcluster(&["up", "3"], &[]);
     let r = job.join().unwrap();
     assert_ne!(
         r.code,

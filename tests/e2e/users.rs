@@ -325,17 +325,7 @@ fn a_node_whose_ports_are_taken_moves_to_a_free_pair() {
 #[test]
 fn the_readmes_torchrun_recipe_runs_one_ddp_step_over_gloo_on_three_nodes() {
     let _g = shared();
-    let built =
-        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/vcluster"))
-            .arg("torch-image")
-            .output()
-            .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let image = String::from_utf8_lossy(&built.stdout).trim().to_string();
+    let image = torch_image();
     let train = "import torch, torch.distributed as dist\n\
 dist.init_process_group('gloo')\n\
 model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 1))\n\
