@@ -83,6 +83,8 @@ pub struct ImageFacts {
     pub env: Vec<String>,
     /// This call pulled it.
     pub pulled: bool,
+    /// The image's `VOLUME`s.
+    pub volumes: Vec<String>,
 }
 
 /// A file to put into a container before it starts.
@@ -205,10 +207,12 @@ impl Engine {
                     })?
             }
         };
+        let config = info.config.unwrap_or_default();
         Ok(ImageFacts {
             id: info.id.unwrap_or_default(),
-            env: info.config.and_then(|c| c.env).unwrap_or_default(),
+            env: config.env.unwrap_or_default(),
             pulled,
+            volumes: config.volumes.unwrap_or_default(),
         })
     }
 

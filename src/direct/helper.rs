@@ -419,7 +419,10 @@ async fn start(engine: &Engine, p: &Prepared) -> Result<Reply, HelperError> {
         }
     }
     engine
-        .create(&p.spec, vec!["sleep".into(), "infinity".into()])
+        .create(
+            &with_volumes_in_memory(&p.spec, &image.volumes),
+            vec!["sleep".into(), "infinity".into()],
+        )
         .await?;
     let accounts = read_image_accounts(engine, name).await?;
     engine
@@ -437,6 +440,19 @@ async fn start(engine: &Engine, p: &Prepared) -> Result<Reply, HelperError> {
     };
     check_mounts(pid, &p.mounted)?;
     reply(p, &id, pid, &image.env, &image.id)
+}
+
+/// The container with a tmpfs at each of the image's `VOLUME`s that no mount covers:
+/// Docker would otherwise make an anonymous volume in root's storage, which no limit of
+/// the job's holds; a tmpfs is memory charged to the task that writes it.
+fn with_volumes_in_memory(spec: &ContainerSpec, volumes: &[String]) -> ContainerSpec {
+    let mut spec = spec.clone();
+    for v in volumes {
+        if !spec.mounts.iter().any(|m| m.target == Path::new(v)) {
+            spec.tmpfs.insert(v.clone(), "rw,nosuid,nodev".to_string());
+        }
+    }
+    spec
 }
 
 /// What is mounted at each target must be what was checked: dockerd resolved the sources

@@ -114,18 +114,19 @@ fn volume_image() -> &'static str {
 }
 
 #[test]
-fn an_image_volume_goes_with_the_steps_container() {
+fn an_image_volume_is_memory_of_the_step_not_roots_storage() {
     let _g = shared();
     let img = volume_image();
     let (r, job) = dave_job(
         1,
         &format!(
-            "srun -n1 --mnd-image={img} sh -c 'echo vol-data-$SLURM_JOB_ID > /vol/f && hostname'"
+            "srun -n1 --mnd-image={img} sh -c 'echo vol-data-$SLURM_JOB_ID > /vol/f && echo $(hostname) $(findmnt -n -o FSTYPE /vol)'"
         ),
     );
     assert_eq!(r.code, 0, "{}", r.all());
     assert_nothing_left(&job);
-    let node = r.stdout.trim().to_string();
+    let (node, fstype) = r.stdout.trim().split_once(' ').unwrap_or_default();
+    assert_eq!(fstype, "tmpfs", "{}", r.all());
     wait_until(
         "no volume of the step on the node",
         Duration::from_secs(15),
