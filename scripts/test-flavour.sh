@@ -33,6 +33,26 @@ cargo test --test e2e -- --test-threads=3 \
   hostile::a_link_planted_under_the_pmix_client_folders_name_shows_nothing \
   hostile::a_folder_swapped_for_a_link_while_steps_start_is_never_mounted
 echo "== Slurm $flavour: subset done in $(( $(date +%s) - t0 )) s"
+# A plugin built for another Slurm (24.11's, on 26.05) is refused, and says for which
+# Slurm it was built and which refused it.
+if [ "$flavour" = 26.05 ]; then
+  headers=/var/cache/mnd-vcluster/slurm-24.11/usr/include
+  [ -f "$headers/slurm/slurm_version.h" ] ||
+    { echo "test-flavour.sh: no Slurm 24.11 headers in $headers: run the 24.11 flavour first" >&2; exit 1; }
+  MND_SLURM_INCLUDE=$headers BINDGEN_EXTRA_CLANG_ARGS="-I$headers" CARGO_TARGET_DIR=target/slurm-24.11 \
+    cargo build -q -p mnd-spank --no-default-features --features slurm-23
+  cp target/slurm-24.11/debug/libmnd_spank.so /var/lib/mnd-vcluster/shared/e2e-plugin-24.11.so
+  said=$(docker exec -u alice -w /shared/home/alice node1 sh -c '
+    rm -rf /tmp/e2e-sc && cp -r /etc/slurm /tmp/e2e-sc &&
+    echo "required /shared/e2e-plugin-24.11.so" > /tmp/e2e-sc/plugstack.conf &&
+    echo "PlugStackConfig=/tmp/e2e-sc/plugstack.conf" >> /tmp/e2e-sc/slurm.conf &&
+    SLURM_CONF=/tmp/e2e-sc/slurm.conf srun -N1 true; rm -rf /tmp/e2e-sc' 2>&1 || true)
+  rm -f /var/lib/mnd-vcluster/shared/e2e-plugin-24.11.so
+  case "$said" in
+    *"built for Slurm 24.11 and Slurm 26.05"*) echo "== a 24.11 plugin on 26.05 says: $(echo "$said" | grep -m1 'mnd_spank:')" ;;
+    *) echo "test-flavour.sh: the 24.11 plugin loaded by Slurm 26.05 did not name both versions: $said" >&2; exit 1 ;;
+  esac
+fi
 if [ "${MND_VC_INSTALL:-}" = deb ]; then
   for node in node1 node2 node3; do
     left=$(docker exec "$node" sh -c '

@@ -43,7 +43,9 @@ fn main() {
     std::fs::write(
         out.join("plugin.rs"),
         format!(
-            "SPANK_PLUGIN!(b\"mnd_spank\", {:#08x}, MndSpank);\n",
+            "SPANK_PLUGIN!(b\"mnd_spank\", {:#08x}, MndSpank);\n\
+             /// The Slurm major.minor this plugin was built for.\n\
+             const BUILT_FOR: &str = \"{major}.{minor:02}\";\n",
             number & 0xffff00
         ),
     )

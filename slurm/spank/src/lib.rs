@@ -18,6 +18,7 @@ extern crate slurm_spank_0_4 as slurm_spank;
 mod join;
 mod options;
 mod step;
+mod version;
 
 use options::{PluginArgs, OPTIONS};
 use slurm_spank::{spank_log_error, Context, Plugin, SpankHandle, SpankOption, SPANK_PLUGIN};
@@ -57,6 +58,7 @@ struct MndSpank {
 
 unsafe impl Plugin for MndSpank {
     fn init(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        version::started();
         self.args = PluginArgs::parse(&spank.plugin_argv()?)?;
         if matches!(
             spank.context()?,
