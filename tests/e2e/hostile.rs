@@ -90,6 +90,7 @@ fn a_folder_swapped_for_a_link_while_steps_start_is_never_mounted() {
 /// The job image made into `img` on every node (where it is missing) by running `cmd` in a
 /// container of it and committing that with the Dockerfile line `change`.
 fn image_on_every_node(img: &str, cmd: &str, change: &str) {
+    cluster();
     for node in NODES {
         let r = root_on(
             node,
