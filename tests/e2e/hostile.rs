@@ -133,7 +133,7 @@ fn an_image_volume_is_memory_of_the_step_not_roots_storage() {
         Duration::from_secs(15),
         || {
             let left = root_on(
-                &node,
+                node,
                 &[
                     "sh",
                     "-c",
