@@ -980,8 +980,11 @@ fn job_env(
         ));
     }
     for name in listed {
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(usage(format!("--envlist: '{name}' is not a variable name")));
+        if !is_variable_name(name) {
+            return Err(usage(format!(
+                "--envlist: '{}' is not a variable name",
+                name.escape_debug()
+            )));
         }
         match facts.env.get(name) {
             Some(v) => env.push((name.clone(), v.clone())),
@@ -1184,6 +1187,14 @@ pub fn parse_size(text: &str) -> Option<i64> {
         .ok()
         .filter(|n| *n > 0)
         .and_then(|n| n.checked_mul(mult))
+}
+
+/// The one rule for a variable name a user lists (`--envlist`, `--mnd-envlist`): letters,
+/// digits and `_`, not starting with a digit (a shell could not export it otherwise).
+pub(crate) fn is_variable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
 }
 
 pub(crate) fn sanitize_name(s: &str) -> String {

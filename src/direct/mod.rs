@@ -190,9 +190,7 @@ impl Options {
             .map(str::trim)
             .filter(|v| !v.is_empty())
             .map(|v| {
-                let ok = v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    && !v.starts_with(|c: char| c.is_ascii_digit());
-                if ok {
+                if plan::is_variable_name(v) {
                     Ok(v.to_string())
                 } else {
                     Err(usage(format!(

@@ -741,3 +741,22 @@ fn site_allowing_privileged() -> SiteConfig {
     site.policy.allow_privileged = true;
     site
 }
+
+#[test]
+fn one_variable_name_rule_for_both_envlists() {
+    let e = plan_with(
+        &step(1, &[]),
+        &args(&["--envlist=1BAD"]),
+        &SiteConfig::default(),
+        &facts(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("'1BAD' is not a variable name"), "{e}");
+    for ok in ["WANDB_KEY", "_x", "A1"] {
+        assert!(is_variable_name(ok), "{ok}");
+    }
+    for bad in ["", "1A", "A-B", "A B"] {
+        assert!(!is_variable_name(bad), "{bad}");
+    }
+}
