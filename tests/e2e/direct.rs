@@ -410,9 +410,11 @@ fn the_ssh_mode_runs_inside_the_plugins_containers_for_a_user_outside_the_docker
         "#!/bin/bash\necho \"hostlist=$hostlist np=$np NNODES=$NNODES MASTER_ADDR=$MASTER_ADDR slurm_vars=$(env | grep -c ^SLURM_)\"\n\
          mpirun -H \"$hostlist\" -np \"$np\" hostname | sed 's/^/rank-on /'\nexit 3\n",
     );
+    // Three jobs start at once on the two cores here: the workers wait longer than the
+    // default 60 s for a coordinator whose node is slow to start its container.
     let (r, job) = dave_job(
         3,
-        &format!("srun -N3 -n3 --mnd-image={IMAGE} mnd-srun --script=./{s}"),
+        &format!("srun -N3 -n3 --mnd-image={IMAGE} mnd-srun --wait-timeout=180 --script=./{s}"),
     );
     assert_eq!(r.code, 3, "the script's exit code comes back: {}", r.all());
     assert!(
