@@ -52,7 +52,7 @@ impl Pulled {
         if !pulled && !path.exists() {
             return Ok(());
         }
-        let (mut file, _lock) = open_locked(&path)?;
+        let mut file = open_locked(&path)?;
         let mut text = String::new();
         file.read_to_string(&mut text)?;
         let (mut name, mut jobs) = parse(&text);
@@ -71,7 +71,7 @@ impl Pulled {
         let mut unused = Vec::new();
         for entry in fs::read_dir(&self.dir)?.flatten() {
             let path = entry.path();
-            let (mut file, _lock) = open_locked(&path)?;
+            let mut file = open_locked(&path)?;
             let mut text = String::new();
             file.read_to_string(&mut text)?;
             let (name, mut jobs) = parse(&text);
@@ -90,19 +90,17 @@ impl Pulled {
     }
 }
 
-fn open_locked(path: &Path) -> std::io::Result<(fs::File, Flock<fs::File>)> {
-    let open = || {
-        fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-    };
-    let lock = Flock::lock(open()?, FlockArg::LockExclusive).map_err(|(_, e)| e)?;
-    Ok((open()?, lock))
+/// The record at `path`, created when missing, held under an exclusive lock.
+fn open_locked(path: &Path) -> std::io::Result<Flock<fs::File>> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| e.into())
 }
 
 fn parse(text: &str) -> (String, Vec<u32>) {

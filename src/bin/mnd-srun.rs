@@ -66,12 +66,11 @@ async fn run(args: cli::Args, hostname: &str) -> Result<i32, Error> {
 fn job_network(step: &StepContext) -> Option<plan::JobNet> {
     let ssh_local = std::env::var("SSH_CONNECTION")
         .ok()
+        .filter(|_| step.hosts_mode)
         .and_then(|c| c.split_whitespace().nth(2)?.parse().ok());
-    match ssh_local {
-        Some(addr) if step.hosts_mode => mnd::netif::of_address(addr),
-        _ => mnd::netif::find(&step.nodes, &step.node_name),
-    }
-    .or_else(|| mnd::netif::find(&step.nodes, &step.node_name))
+    ssh_local
+        .and_then(mnd::netif::of_address)
+        .or_else(|| mnd::netif::find(&step.nodes, &step.node_name))
 }
 
 /// Hosts mode: the hosts, a reachability check of all of them (nothing starts when one
