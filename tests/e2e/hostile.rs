@@ -159,7 +159,7 @@ fn a_container_under_the_steps_name_that_is_not_its_own_is_neither_used_nor_remo
     let held = std::thread::spawn(|| {
         dave_job(
             1,
-            "echo $SLURM_JOB_ID $(hostname) > ~/e2e-decoy.tmp && mv ~/e2e-decoy.tmp ~/e2e-decoy.job; \
+            "echo $SLURM_JOB_ID $SLURM_JOB_NODELIST > ~/e2e-decoy.tmp && mv ~/e2e-decoy.tmp ~/e2e-decoy.job; \
              while [ ! -e ~/e2e-decoy.go ]; do sleep 0.1; done; srun -n1 --mnd-image=mnd-vc-job:3 echo ran",
         )
     });
@@ -259,7 +259,7 @@ fn a_step_without_gpus_gets_none_whatever_the_image_asks() {
         dave_job(
             1,
             &format!(
-                "srun -n1 --mnd-image={img} --mnd-name=void true && echo $SLURM_JOB_ID $(hostname) > ~/e2e-void.tmp && mv ~/e2e-void.tmp ~/e2e-void.job; \
+                "srun -n1 --mnd-image={img} --mnd-name=void true && echo $SLURM_JOB_ID $SLURM_JOB_NODELIST > ~/e2e-void.tmp && mv ~/e2e-void.tmp ~/e2e-void.job; \
                  while [ ! -e ~/e2e-void.go ]; do sleep 0.1; done"
             ),
         )
