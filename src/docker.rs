@@ -1,7 +1,7 @@
 //! The only module that talks to Docker (Engine API through bollard, never the CLI).
 
 use crate::cli::Pull;
-use crate::plan::{ContainerSpec, Gpus};
+use crate::spec::{ContainerSpec, Gpus};
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, DeviceMapping, DeviceRequest, HostConfig, Mount,
     MountType, ResourcesUlimits,

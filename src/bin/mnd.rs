@@ -780,7 +780,7 @@ fn logs_here(job: u64, follow: bool) -> Result<(), String> {
 /// exists (one of them forks), then starts the runtime; SIGTERM (the task was killed)
 /// removes the container it was making.
 fn direct(action: DirectAction) -> Result<(), String> {
-    use mnd::direct::helper;
+    use mnd::direct as helper;
     match action {
         DirectAction::Up { config } => {
             let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);

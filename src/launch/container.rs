@@ -52,7 +52,7 @@ pub(super) fn session_env(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     for (k, v) in &env {
-        plan::check_env_value(k, v).map_err(|e| format!("the image's ENV: {e}"))?;
+        plan::env::check_env_value(k, v).map_err(|e| format!("the image's ENV: {e}"))?;
     }
     env.push(("PATH".into(), container_path(image_env)));
     env.extend(plan.job_env.iter().cloned());

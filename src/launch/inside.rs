@@ -71,7 +71,7 @@ pub(super) fn write(files: &[FileUpload]) -> Result<(), String> {
 /// without what Slurm and the plugin set per task, as `NAME=VALUE`.
 fn container_env() -> Vec<String> {
     std::env::vars()
-        .filter(|(k, _)| !crate::direct::job_owned(k))
+        .filter(|(k, _)| !crate::spank::job_owned(k))
         .map(|(k, v)| format!("{k}={v}"))
         .collect()
 }

@@ -1,6 +1,9 @@
 use super::*;
 use crate::cli;
 use crate::config::SiteConfig;
+use crate::plan::container::parse_size;
+use crate::plan::env::is_variable_name;
+use std::collections::BTreeMap;
 
 fn alice() -> Identity {
     crate::identity::test_user()

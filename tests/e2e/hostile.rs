@@ -168,7 +168,7 @@ fn a_container_under_the_steps_name_that_is_not_its_own_is_neither_used_nor_remo
     });
     let text = std::fs::read_to_string(&jobfile).unwrap();
     let (job, node) = text.trim().split_once(' ').unwrap();
-    let request = mnd::direct::Request {
+    let request = mnd::spank::Request {
         job: job.parse().unwrap(),
         step: 0,
         node: node.to_string(),

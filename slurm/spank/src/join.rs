@@ -1,7 +1,7 @@
 //! Entering the container from a task child, as root and single-threaded: join the
 //! container's mount namespace, make its root ours, and close every way to more privilege.
 
-use mnd::direct::Reply;
+use mnd::spank::Reply;
 use nix::sched::{setns, CloneFlags};
 use std::fs::File;
 

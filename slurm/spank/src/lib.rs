@@ -20,6 +20,7 @@ mod options;
 mod step;
 mod version;
 
+use mnd::plan::direct::CheckOptions;
 use options::{PluginArgs, OPTIONS};
 use slurm_spank::{spank_log_error, Context, Plugin, SpankHandle, SpankOption, SPANK_PLUGIN};
 use std::error::Error;
@@ -53,7 +54,7 @@ struct MndSpank {
     args: PluginArgs,
     step: Option<step::Step>,
     /// In a task child: what the helper answered.
-    reply: Option<mnd::direct::Reply>,
+    reply: Option<mnd::spank::Reply>,
 }
 
 unsafe impl Plugin for MndSpank {
@@ -152,7 +153,7 @@ unsafe impl Plugin for MndSpank {
         for var in GPU_VARS {
             let mapped = spank
                 .getenv(var)?
-                .and_then(|v| mnd::direct::container_gpu_ids(&reply.gpus, &v));
+                .and_then(|v| mnd::spank::container_gpu_ids(&reply.gpus, &v));
             if let Some(ids) = mapped {
                 spank.setenv(var, ids, true)?;
             }

@@ -1,6 +1,6 @@
 //! The plugin's arguments in plugstack.conf (the admin's) and the user's options.
 
-use mnd::direct::Options;
+use mnd::spank::Options;
 use slurm_spank::{Context, SpankHandle};
 use std::error::Error;
 use std::path::PathBuf;

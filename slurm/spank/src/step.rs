@@ -2,7 +2,7 @@
 //! task start the container while the others wait, and the removal at the step's end.
 
 use crate::options::PluginArgs;
-use mnd::direct::{Options, Reply, Request};
+use mnd::spank::{Options, Reply, Request};
 use nix::fcntl::{Flock, FlockArg};
 use slurm_spank::SpankHandle;
 use std::error::Error;

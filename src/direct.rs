@@ -1,17 +1,19 @@
 //! The root side of direct mode: `mnd direct up` and `mnd direct down`, which the SPANK
 //! plugin runs as root. `up` takes a [`Request`] on stdin, resolves the user's paths *as the
-//! user*, decides the container with [`super::plan`] under the site config the admin named,
+//! user*, decides the container with [`crate::plan::direct::plan`] under the site config the admin named,
 //! starts it (or finds the job's `--mnd-name` container) and prints a [`Reply`] on stdout.
 //! `down` removes a step's containers. Messages for the user go to stderr.
 
-use super::{plan, task_env, Reply, Request, NAMED_STEP};
 use crate::config::{ConfigError, SiteConfig};
 use crate::docker::{DockerError, Engine, PullReport};
 use crate::identity::{Identity, IdentityError};
 use crate::launch::container::{account_files, read_image_accounts};
 use crate::pathid::{id_in_root_of, stat_no_links, FileId};
+use crate::plan::direct::{plan, step_gpus, task_defaults, task_env, CheckOptions, Inputs};
 use crate::plan::JobNet;
-use crate::plan::{ContainerSpec, PlanError};
+use crate::plan::PlanError;
+use crate::spank::{Reply, Request, NAMED_STEP};
+use crate::spec::ContainerSpec;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -138,7 +140,7 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
     let mut looked = resolve_as(req.uid, req.gid, &req.gids, &wanted)?;
     // The admin's own mounts are resolved as root: the user need not be able to reach them.
     for m in &site.defaults.mounts {
-        if let Ok(m) = crate::plan::parse_mount(m) {
+        if let Ok(m) = crate::plan::mounts::parse_mount(m) {
             looked.insert(m.source.clone(), look(&m.source));
         }
     }
@@ -165,7 +167,7 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         slurm_dirs,
         ..req.clone()
     };
-    let (spec, checked) = plan(&super::Inputs {
+    let (spec, checked) = plan(&Inputs {
         req,
         site,
         user: &user,
@@ -188,7 +190,7 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let gpus = super::step_gpus(req.step_gpus.as_deref())?;
+    let gpus = step_gpus(req.step_gpus.as_deref())?;
     let tools = tools.filter(|t| spec.mounts.iter().any(|m| &m.target == t));
     let net = site
         .defaults
@@ -256,7 +258,7 @@ fn slurm_dirs(
 ) -> Result<Vec<PathBuf>, HelperError> {
     let mut out = Vec::new();
     for dir in &req.slurm_dirs {
-        let dir = crate::policy::lexical_clean(dir);
+        let dir = crate::plan::policy::lexical_clean(dir);
         if !dir.is_absolute() || dir.parent().is_none() {
             continue;
         }
@@ -276,10 +278,10 @@ fn slurm_dirs(
             uid: req.uid,
             reason: format!("{}: {e}", parent.display()),
         })?;
-        crate::policy::check_slurm_dir(
+        crate::plan::policy::check_slurm_dir(
             &dir,
             req.uid,
-            &crate::policy::SlurmDirFacts {
+            &crate::plan::policy::SlurmDirFacts {
                 owner: st.st_uid,
                 is_dir: st.st_mode & libc::S_IFMT == libc::S_IFDIR,
                 parent_owner: pst.st_uid,
@@ -501,7 +503,7 @@ fn reply(
         unset_env,
         workdir: p.workdir.clone(),
         gpus: p.gpus.clone(),
-        defaults: super::task_defaults(image_env, p.net.as_ref()),
+        defaults: task_defaults(image_env, p.net.as_ref()),
         container_id: id.to_string(),
         pid_start,
     })

@@ -1,5 +1,6 @@
 use super::*;
 use crate::identity::test_user;
+use crate::spank::container_gpu_ids;
 
 fn request(options: Options) -> Request {
     Request {
@@ -30,7 +31,7 @@ fn resolve(p: &Path) -> std::io::Result<PathBuf> {
     if p.starts_with("/home/alice/etc-link") {
         return Ok(PathBuf::from("/etc"));
     }
-    Ok(crate::policy::lexical_clean(p))
+    Ok(crate::plan::policy::lexical_clean(p))
 }
 
 fn planned(options: Options, site: &SiteConfig) -> Result<(ContainerSpec, Checked), PlanError> {
@@ -380,7 +381,7 @@ fn network_variables_go_where_the_task_has_none_and_the_images_value_wins_over_o
 
 #[test]
 fn slurm_folders_must_be_root_or_the_users_in_a_folder_nobody_can_swap() {
-    use crate::policy::{check_slurm_dir, SlurmDirFacts};
+    use crate::plan::policy::{check_slurm_dir, SlurmDirFacts};
     let dir = Path::new("/tmp/spmix_appdir_1001_42.3");
     let ok = SlurmDirFacts {
         owner: 1001,

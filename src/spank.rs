@@ -1,0 +1,156 @@
+//! The wire between the SPANK plugin and the root helper: the user's option values as
+//! given, what Slurm says about the step, the reply, and the variables a task carries. No
+//! rule lives here; the planner (`plan::direct`) decides.
+
+use crate::spec::sanitize_name;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The user's options, as given (`--mnd-image` ... or the `MND_*` variables).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Options {
+    /// `--mnd-image`: the image.
+    pub image: String,
+    /// `--mnd-mounts`: `SRC[:DST][:ro]`, comma separated.
+    pub mounts: Option<String>,
+    /// `--mnd-workdir`: where the tasks start, inside the container.
+    pub workdir: Option<String>,
+    /// `--mnd-name`: a container kept for the job's later steps on the node.
+    pub name: Option<String>,
+    /// `--mnd-envlist`: variables whose value from the job wins over the image's.
+    pub envlist: Option<String>,
+}
+
+/// What the plugin hands the root helper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Slurm job id.
+    pub job: u32,
+    /// Step id.
+    pub step: u32,
+    /// This node's name.
+    pub node: String,
+    /// The job's user.
+    pub uid: u32,
+    /// The job's primary group.
+    pub gid: u32,
+    /// The job's supplementary groups (from Slurm).
+    pub gids: Vec<u32>,
+    /// The step's working directory.
+    pub cwd: PathBuf,
+    /// The user's options.
+    pub options: Options,
+    /// Slurm's own folders the tasks need at the same path (PMIx server and client
+    /// folders), as the plugin found them; the helper trusts none of them unchecked.
+    pub slurm_dirs: Vec<PathBuf>,
+    /// The step's nodes (`SLURM_STEP_NODELIST`), to find the network that reaches them.
+    #[serde(default)]
+    pub step_nodes: Option<String>,
+    /// The step's GPUs on this node as Slurm gives them (`SLURM_STEP_GPUS`), if any.
+    #[serde(default)]
+    pub step_gpus: Option<String>,
+    /// The step's `CUDA_VISIBLE_DEVICES` as Slurm set it, if any: Slurm's unique ids of its
+    /// GPUs where it gives them (MIG devices).
+    #[serde(default)]
+    pub step_cuda_devices: Option<String>,
+}
+
+/// What the root helper answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The container's name.
+    pub container: String,
+    /// The container's init on this node; tasks join its mount namespace.
+    pub pid: i32,
+    /// Variables to set in every task (the image's, where the job's value does not win).
+    pub set_env: Vec<(String, String)>,
+    /// Variables to remove from every task.
+    pub unset_env: Vec<String>,
+    /// Where the tasks start, when `--mnd-workdir` was given.
+    pub workdir: Option<PathBuf>,
+    /// The step's GPUs on this node (Slurm's indices), in the container's order.
+    #[serde(default)]
+    pub gpus: Vec<u32>,
+    /// Variables set only where the task has no value of its own (the network defaults,
+    /// or the image's value of one of them).
+    #[serde(default)]
+    pub defaults: Vec<(String, String)>,
+    /// Docker's id of the container: the joined pid must be in its cgroup.
+    #[serde(default)]
+    pub container_id: String,
+    /// Start time of `pid` (clock ticks since boot, `/proc/PID/stat`): a pid that died and
+    /// was reused has another.
+    #[serde(default)]
+    pub pid_start: u64,
+}
+
+/// Variable set in every task, naming its container (`mnd-srun` sees it runs inside one).
+pub const CONTAINER_VAR: &str = "MND_DIRECT_CONTAINER";
+
+/// Variable set in every task: the id of the image its container runs.
+pub const IMAGE_VAR: &str = "MND_DIRECT_IMAGE";
+
+/// Label value of `mnd.step` for a `--mnd-name` container, which outlives its step.
+pub const NAMED_STEP: &str = "named";
+
+impl Request {
+    /// The container's name on this node: per step, or per job and `--mnd-name`. User
+    /// and container names may hold `-`, so the readable part alone could name two
+    /// different containers (user `ml`, job 5, name `7.0` against user `ml-5`, job 7, step
+    /// 0): a digest of the exact uid, job, step or name and node ends every name.
+    pub fn container_name(&self, user: &str, name: Option<&str>) -> String {
+        use sha2::{Digest, Sha256};
+        let (readable, which) = match name {
+            Some(n) => (
+                format!("mnd-{user}-{}-{n}-{}", self.job, self.node),
+                format!("name\0{n}"),
+            ),
+            None => (
+                format!("mnd-{user}-{}.{}-{}", self.job, self.step, self.node),
+                format!("step\0{}", self.step),
+            ),
+        };
+        let digest = Sha256::digest(format!(
+            "{}\0{}\0{which}\0{}",
+            self.uid, self.job, self.node
+        ));
+        let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        sanitize_name(&format!("{readable}-{short}"))
+    }
+}
+
+/// A task's GPU variable (`CUDA_VISIBLE_DEVICES`, ...) as the container numbers its GPUs.
+/// The container has the step's GPUs `step` (Slurm's indices) as 0..n-1: a value naming
+/// Slurm's indices, all among the step's, becomes their positions; anything else (Slurm
+/// already numbers from 0 under `ConstrainDevices`, or names no GPU) stays as it is.
+pub fn container_gpu_ids(step: &[u32], value: &str) -> Option<String> {
+    let ids: Vec<u32> = value
+        .split(',')
+        .map(|i| i.trim().parse().ok())
+        .collect::<Option<Vec<u32>>>()?;
+    let positions: Vec<String> = ids
+        .iter()
+        .map(|id| step.iter().position(|s| s == id).map(|p| p.to_string()))
+        .collect::<Option<Vec<_>>>()?;
+    Some(positions.join(","))
+}
+
+/// Variables the image never sets in a task: who the task is, and what Slurm, PMI and the
+/// GPU plugins set per task.
+pub fn job_owned(name: &str) -> bool {
+    const EXACT: [&str; 9] = [
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "HOSTNAME",
+        "TERM",
+        "TMPDIR",
+        "GPU_DEVICE_ORDINAL",
+        CONTAINER_VAR,
+    ];
+    const PREFIXES: [&str; 4] = ["SLURM_", "PMI", "OMPI_", "MND_"];
+    EXACT.contains(&name)
+        || PREFIXES.iter().any(|p| name.starts_with(p))
+        || name.ends_with("_VISIBLE_DEVICES")
+}
