@@ -4,10 +4,10 @@
 //! starts it (or finds the job's `--mnd-name` container) and prints a [`Reply`] on stdout.
 //! `down` removes a step's containers. Messages for the user go to stderr.
 
+use crate::accounts::{account_files, read_image_accounts};
 use crate::config::{ConfigError, SiteConfig};
 use crate::docker::{DockerError, Engine, PullReport};
 use crate::identity::{Identity, IdentityError};
-use crate::launch::container::{account_files, read_image_accounts};
 use crate::pathid::{id_in_root_of, stat_no_links, FileId};
 use crate::plan::direct::{plan, step_gpus, task_defaults, task_env, CheckOptions, Inputs};
 use crate::plan::JobNet;

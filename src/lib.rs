@@ -3,6 +3,7 @@
 //! everything; thin modules talk to the outside (`identity`, `ssh`, `docker`, `probe`,
 //! `control`, `signals`) and `launch` runs the coordinator and worker state machines.
 
+pub mod accounts;
 pub mod cleanup;
 pub mod cli;
 pub mod config;

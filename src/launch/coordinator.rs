@@ -1,22 +1,19 @@
-//! Coordinator: Preflight -> StartingAll (own container, every worker READY + sshd banner,
+//! Coordinator: Preflight -> StartingSubtree (own container, every node READY + sshd banner,
 //! fail fast; ports shared when some node moved) -> RunningScript -> Stopping (STOP to
 //! workers, own container removed) -> exit with the script's code.
 
-use super::container::{log_saved, share, ssh_config_file};
 use super::fanout::{self, Connected, ReadyWorker};
+use super::files::ssh_config_file;
+use super::running::{port_is_free, tear_down, Running, Runtime};
 use super::timing::eprintln_timing;
-use super::{
-    job_key, node_err, port_is_free, start_subtree, tear_down, LaunchError, Running, Runtime,
-};
-use crate::cli::ImageShare;
+use super::{job_key, node_err, start_subtree, LaunchError};
 use crate::control::{Order, WorkerLink};
 use crate::docker::{self, PullReport};
-use crate::plan::{Plan, Role};
+use crate::plan::Plan;
 use crate::signals::{self, Signals};
 use crate::terminal;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -100,46 +97,6 @@ async fn share_ports(
         .write(plan, &[ssh_config_file(plan, &node_ports)])
         .await
         .map_err(node_err(plan))
-}
-
-/// With `--image-share=auto`, while the workers start: a worker that lacks the image and
-/// cannot pull it asks in the share, and the first node saves it there (once; a later job
-/// finds it saved). Runs until the wait ends.
-pub(super) async fn serve_share(plan: &Plan) -> std::convert::Infallible {
-    let never = std::future::pending();
-    if plan.image_share != ImageShare::Auto || plan.role != Role::Coordinator {
-        return never.await;
-    }
-    let image = &plan.container.image;
-    let cache = loop {
-        if let Ok(cache) = share(plan) {
-            break cache;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let Some(id) = cache.id_for_job(image, &plan.job_label) else {
-            continue;
-        };
-        if !cache.take_want(image) {
-            continue;
-        }
-        let saved = match docker::Engine::connect().await {
-            Ok(engine) => cache
-                .save(&engine, image, &id)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match saved {
-            Ok(now) => log_saved(plan, now),
-            Err(e) => {
-                log::error!("{}: could not share {image}: {e}", plan.this_node());
-                return never.await;
-            }
-        }
-    }
 }
 
 /// How the script's run ended.

@@ -5,8 +5,7 @@
 //! the script as a child process. The control channel, the wait for every node and the
 //! script's environment are the launcher's own.
 
-use super::container::{session_env, ssh_files};
-use super::{Running, Runtime};
+use super::files::{session_env, ssh_files};
 use crate::docker::FileUpload;
 use crate::plan::Plan;
 use crate::probe;
@@ -77,7 +76,7 @@ fn container_env() -> Vec<String> {
 }
 
 /// Writes this node's sshd and ssh files, starts sshd on `port` and waits until it answers.
-pub(super) async fn start(plan: &Plan, port: u16) -> Result<Running, String> {
+pub(super) async fn start(plan: &Plan, port: u16) -> Result<Sshd, String> {
     let inside = plan.inside.as_ref().expect("inside the plugin's container");
     let env = session_env(plan, &container_env())?;
     write(&ssh_files(plan, &env, port))?;
@@ -139,11 +138,7 @@ pub(super) async fn start(plan: &Plan, port: u16) -> Result<Running, String> {
         plan.this_node(),
         inside.container
     );
-    Ok(Running {
-        sshd_port: port,
-        image_id: inside.image_id.clone(),
-        runtime: Runtime::Inside(sshd),
-    })
+    Ok(sshd)
 }
 
 /// Starts the script as a child of the launcher, with the environment a script started by

@@ -1,7 +1,8 @@
 //! The launcher's two state machines, driven by a `Plan`: `worker` and `coordinator`, each a
-//! module of its own; `container` starts and prepares this node's container; `fanout` talks
-//! to this node's children in the fan-out tree; `timing` prints phase timings for the
-//! benchmarks.
+//! module of its own. `running` picks who runs this node's container (Docker: `container`;
+//! the SPANK plugin: `inside`); `files` are what goes into it; `share` obtains the image and
+//! serves the image share; `fanout` talks to this node's children in the fan-out tree;
+//! `timing` prints phase timings for the benchmarks.
 //!
 //! Worker:      Listening + StartingSubtree (own container, every node below READY) ->
 //!              Reporting -> Serving (orders passed down, losses below passed up) ->
@@ -13,17 +14,21 @@
 //! node's container by name, and a launcher killed with SIGKILL leaves a container whose
 //! stdin closes, so it ends and removes itself.
 
-pub(crate) mod container;
+mod container;
 mod coordinator;
 pub mod fanout;
+mod files;
 mod inside;
+mod running;
+mod share;
 mod timing;
 mod worker;
 
 use crate::control::{ControlError, JobKey};
-use crate::docker::{DockerError, Engine, FileUpload, Lifeline, PullReport};
+use crate::docker::{DockerError, PullReport};
 use crate::plan::{Plan, Role};
 use crate::ssh;
+use running::Running;
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -81,72 +86,6 @@ pub async fn run(plan: Plan) -> Result<i32, LaunchError> {
     result
 }
 
-/// This node's running container.
-struct Running {
-    /// The port its sshd listens on.
-    sshd_port: u16,
-    /// The id of the image it runs.
-    image_id: String,
-    /// Who runs it.
-    runtime: Runtime,
-}
-
-/// Who runs this node's container.
-enum Runtime {
-    /// Docker, for this launcher: removing it is ours to do.
-    Docker { engine: Engine, _lifeline: Lifeline },
-    /// The SPANK plugin (direct mode): the launcher runs inside it, its sshd is a child.
-    Inside(inside::Sshd),
-}
-
-impl Running {
-    /// Writes files (an updated ssh config) into the container.
-    async fn write(&self, plan: &Plan, files: &[FileUpload]) -> Result<(), String> {
-        match &self.runtime {
-            Runtime::Docker { engine, .. } => engine
-                .upload(&plan.container.name, files)
-                .await
-                .map_err(|e| e.to_string()),
-            Runtime::Inside(_) => inside::write(files),
-        }
-    }
-
-    /// Follows a Slurm suspend (SIGTSTP) or resume (SIGCONT) of the step. A Docker
-    /// container's processes are Docker's, not the step's, so Slurm's SIGSTOP never reaches
-    /// them: the container is paused. Inside the plugin's container the processes are the
-    /// step's own, and Slurm stops them itself.
-    async fn follow_suspend(&self, plan: &Plan, sig: i32) {
-        let Runtime::Docker { engine, .. } = &self.runtime else {
-            return;
-        };
-        let suspend = crate::signals::Signals::is_suspend(sig);
-        match engine.freeze(&plan.container.name, suspend).await {
-            Ok(()) => log::info!(
-                "{}: container {}",
-                plan.this_node(),
-                if suspend { "paused" } else { "resumed" }
-            ),
-            Err(e) => log::warn!("{}: {e}", plan.this_node()),
-        }
-    }
-
-    /// Ends when the container (or, inside, its sshd) ends by itself; its exit code.
-    async fn ended(&self, plan: &Plan) -> i64 {
-        match &self.runtime {
-            Runtime::Docker { engine, .. } => engine.wait_exit(&plan.container.name).await,
-            Runtime::Inside(sshd) => sshd.ended().await,
-        }
-    }
-
-    /// Removes the container (inside: stops the sshd; the plugin removes the container).
-    async fn tear_down(&self, plan: &Plan) {
-        match &self.runtime {
-            Runtime::Docker { engine, .. } => tear_down(plan, Some(engine)).await,
-            Runtime::Inside(sshd) => sshd.stop().await,
-        }
-    }
-}
-
 /// This node's container and every node below it in the fan-out tree, started together:
 /// both ready, or the first failure (a failing subtree lets this node's own start end, so
 /// its container is removed). On the first node, also serves the image share meanwhile.
@@ -159,11 +98,11 @@ async fn start_subtree(
     pass_up: Option<&fanout::PassUp>,
 ) -> Result<(Running, Vec<fanout::ReadyWorker>), LaunchError> {
     let deadline = Instant::now() + plan.tree.wait_below(plan.node_rank, plan.wait_timeout);
-    let own = container::start_container(plan, own_port, progress);
+    let own = running::start(plan, own_port, progress);
     let below = async {
         tokio::select! {
             w = fanout::ready_below(plan, key, deadline, connected, pass_up) => w,
-            never = coordinator::serve_share(plan) => match never {},
+            never = share::serve_share(plan) => match never {},
         }
     };
     tokio::pin!(own, below);
@@ -209,36 +148,4 @@ fn job_key(plan: &Plan) -> Result<JobKey, LaunchError> {
         })
     })?;
     Ok(JobKey::new(&key, &plan.job_label))
-}
-
-fn port_is_free(port: u16) -> bool {
-    std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
-}
-
-/// Removes this node's container, whatever state it is in (inside the plugin's container
-/// there is nothing of ours to remove).
-async fn tear_down(plan: &Plan, engine: Option<&Engine>) {
-    if plan.inside.is_some() {
-        return;
-    }
-    let t0 = Instant::now();
-    let result = match engine {
-        Some(e) => e.remove(&plan.container.name).await,
-        None => match Engine::connect().await {
-            Ok(e) => e.remove(&plan.container.name).await,
-            Err(e) => Err(e),
-        },
-    };
-    match result {
-        Ok(()) => log::info!(
-            "{}: container removed in {:?}",
-            plan.this_node(),
-            t0.elapsed()
-        ),
-        Err(e) => log::error!(
-            "{}: could not remove container {}: {e}",
-            plan.this_node(),
-            plan.container.name
-        ),
-    }
 }

@@ -3,9 +3,10 @@
 //! (READY for each node of the subtree, or the failed node) -> Serving (orders passed down,
 //! ports shared on request, a loss below reported up) -> TearingDown -> exit 0.
 
-use super::container::ssh_config_file;
 use super::fanout::{self, Connected, ReadyWorker};
-use super::{job_key, node_err, port_is_free, start_subtree, tear_down, LaunchError, Running};
+use super::files::ssh_config_file;
+use super::running::{port_is_free, tear_down, Running};
+use super::{job_key, node_err, start_subtree, LaunchError};
 use crate::control::{self, ControlError, CoordinatorLink, JobKey, NodeReady, Order, Status};
 use crate::docker::PullReport;
 use crate::plan::{Plan, PortPair};
