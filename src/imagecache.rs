@@ -191,20 +191,7 @@ impl Cache {
 
     fn lock(&self, id: &str) -> Result<nix::fcntl::Flock<File>, CacheError> {
         let path = self.dir.join(format!(".{}.lock", id_stem(id)));
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(io(&path))?;
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
-            CacheError::Io {
-                path,
-                reason: e.to_string(),
-            }
-        })
+        crate::fsx::lock(&path).map_err(io(&path))
     }
 
     /// The saved images, newest first, with the tags recorded for them.
@@ -291,10 +278,7 @@ fn read_record(path: &Path) -> Option<Record> {
 
 /// Writes a small file whole: a temporary file, then a rename.
 fn write_atomically(path: &Path, content: &[u8]) -> Result<(), CacheError> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    fs::write(&tmp, content)
-        .and_then(|()| fs::rename(&tmp, path))
-        .map_err(io(path))
+    crate::fsx::write_whole(path, content, 0o644).map_err(io(path))
 }
 
 #[cfg(test)]

@@ -138,6 +138,120 @@ pub fn under_slurm() -> bool {
     which::which("squeue").is_ok() && which::which("srun").is_ok()
 }
 
+/// Runs `mnd ARGS --here` on `reach` of job `job` through srun: output captured (for `ps`)
+/// or passed through; srun's failure (another user's job, a job not running) is an error.
+pub fn on_job(
+    job: u64,
+    reach: &Reach,
+    pty: bool,
+    args: &[String],
+    capture: bool,
+) -> Result<String, String> {
+    let me = std::env::current_exe().map_err(|e| format!("cannot find mnd itself: {e}"))?;
+    let argv = fan_out(&me, job, reach, pty, args);
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    if capture {
+        let out = cmd.output().map_err(|e| format!("cannot run srun: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "job {job}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let status = cmd.status().map_err(|e| format!("cannot run srun: {e}"))?;
+    match status.code() {
+        Some(0) => Ok(String::new()),
+        Some(code) => std::process::exit(code),
+        None => Err(format!("srun for job {job} ended by a signal")),
+    }
+}
+
+/// The ssh command that runs `mnd ARGS --here` on `host` (hosts mode): this mnd's path,
+/// batch mode (keys only), a terminal when `pty`.
+fn over_ssh(host: &str, pty: bool, args: &[String]) -> Result<std::process::Command, String> {
+    let me = std::env::current_exe().map_err(|e| format!("cannot find mnd itself: {e}"))?;
+    let mut words = vec![crate::hosts::quote(&me.to_string_lossy())];
+    if let Some((sub, rest)) = args.split_first() {
+        words.push(sub.clone());
+        words.push("--here".into());
+        words.extend(rest.iter().map(|a| crate::hosts::quote(a)));
+    }
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.args(crate::hosts::ssh_args(host, pty));
+    cmd.arg(words.join(" "));
+    Ok(cmd)
+}
+
+/// `mnd ARGS --here` on every host at once, each host's output captured.
+pub fn on_hosts(hosts: &[String], args: &[String]) -> Result<Vec<(String, String)>, String> {
+    let runs: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            let cmd = over_ssh(h, false, args);
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let out = cmd?
+                    .output()
+                    .map_err(|e| format!("{h}: cannot run ssh: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "{h}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
+                Ok((h, String::from_utf8_lossy(&out.stdout).into_owned()))
+            })
+        })
+        .collect();
+    runs.into_iter()
+        .map(|r| {
+            r.join()
+                .map_err(|_| "a host's ssh thread failed".to_string())?
+        })
+        .collect()
+}
+
+/// A job tool in hosts mode: on one host (`node`, passed through, terminal and exit code
+/// included), or on every host with its output labelled by host (`all`).
+pub fn hosts_tool(
+    hosts: &str,
+    node: Option<&str>,
+    all: bool,
+    pty: bool,
+    args: &[String],
+) -> Result<(), String> {
+    let hosts = crate::hostlist::expand(hosts).map_err(|e| e.to_string())?;
+    match (node, all) {
+        (Some(n), _) => {
+            if !hosts.iter().any(|h| h == n) {
+                return Err(format!("--node {n} is not one of --hosts"));
+            }
+            let status = over_ssh(n, pty, args)?
+                .status()
+                .map_err(|e| format!("cannot run ssh: {e}"))?;
+            match status.code() {
+                Some(0) => Ok(()),
+                Some(code) => std::process::exit(code),
+                None => Err(format!("ssh to {n} ended by a signal")),
+            }
+        }
+        (None, true) => {
+            for (h, out) in on_hosts(&hosts, args)? {
+                for line in out.lines() {
+                    println!("{h}: {line}");
+                }
+            }
+            Ok(())
+        }
+        (None, false) => {
+            Err("say where: --node NODE (see `mnd ps --hosts ...`), or --all for every host".into())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ pub mod direct;
 pub mod docker;
 pub mod dockopts;
 pub mod error;
+pub mod fsx;
 pub mod hostlist;
 pub mod hosts;
 pub mod identity;

@@ -95,6 +95,18 @@ pub fn real_path(path: &Path) -> std::io::Result<PathBuf> {
     }
 }
 
+/// The interface the job's nodes reach each other on: in hosts mode the one the front
+/// door's ssh connection came in on, else the one a route to another node leaves from.
+pub fn job_network(step: &crate::slurm::StepContext) -> Option<crate::plan::JobNet> {
+    let ssh_local = std::env::var("SSH_CONNECTION")
+        .ok()
+        .filter(|_| step.hosts_mode)
+        .and_then(|c| c.split_whitespace().nth(2)?.parse().ok());
+    ssh_local
+        .and_then(crate::netif::of_address)
+        .or_else(|| crate::netif::find(&step.nodes, &step.node_name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,10 +4,9 @@
 //! removed unless something still uses it. Images the node had before, or that only the
 //! launcher (as the user) pulled, have no record and are never touched.
 
-use nix::fcntl::{Flock, FlockArg};
 use std::fs;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// Where the records live.
@@ -52,7 +51,7 @@ impl Pulled {
         if !pulled && !path.exists() {
             return Ok(());
         }
-        let mut file = open_locked(&path)?;
+        let mut file = crate::fsx::lock(&path)?;
         let mut text = String::new();
         file.read_to_string(&mut text)?;
         let (mut name, mut jobs) = parse(&text);
@@ -71,7 +70,7 @@ impl Pulled {
         let mut unused = Vec::new();
         for entry in fs::read_dir(&self.dir)?.flatten() {
             let path = entry.path();
-            let mut file = open_locked(&path)?;
+            let mut file = crate::fsx::lock(&path)?;
             let mut text = String::new();
             file.read_to_string(&mut text)?;
             let (name, mut jobs) = parse(&text);
@@ -88,19 +87,6 @@ impl Pulled {
         }
         Ok(unused)
     }
-}
-
-/// The record at `path`, created when missing, held under an exclusive lock.
-fn open_locked(path: &Path) -> std::io::Result<Flock<fs::File>> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| e.into())
 }
 
 fn parse(text: &str) -> (String, Vec<u32>) {

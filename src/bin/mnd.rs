@@ -49,32 +49,7 @@ enum Command {
     },
     /// Run a command inside a running job's container, as the job's user: a shell, py-spy,
     /// nvidia-smi. Only the job's owner (or root).
-    Exec {
-        /// The Slurm job.
-        #[arg(long, value_name = "ID")]
-        job: u64,
-        /// The node whose container (see `mnd ps`).
-        #[arg(long, value_name = "NODE", conflicts_with = "all")]
-        node: Option<String>,
-        /// Every node of the job, output labelled by node.
-        #[arg(long)]
-        all: bool,
-        /// Keep standard input open.
-        #[arg(short, long)]
-        interactive: bool,
-        /// A terminal (for a shell: -it).
-        #[arg(short, long)]
-        tty: bool,
-        /// Hosts mode: the job's hosts (hostlist), reached over your ssh, instead of Slurm's.
-        #[arg(long, value_name = "HOSTLIST")]
-        hosts: Option<String>,
-        /// This node only (what each node runs).
-        #[arg(long, hide = true)]
-        here: bool,
-        /// The command and its arguments.
-        #[arg(last = true, required = true)]
-        cmd: Vec<String>,
-    },
+    Exec(ExecArgs),
     /// Show what a job's containers printed (their sshd's log), per node.
     Logs {
         /// The Slurm job.
@@ -204,6 +179,35 @@ enum HostlistAction {
     },
 }
 
+/// `mnd exec`'s options.
+#[derive(clap::Args, Debug)]
+struct ExecArgs {
+    /// The Slurm job.
+    #[arg(long, value_name = "ID")]
+    job: u64,
+    /// The node whose container (see `mnd ps`).
+    #[arg(long, value_name = "NODE", conflicts_with = "all")]
+    node: Option<String>,
+    /// Every node of the job, output labelled by node.
+    #[arg(long)]
+    all: bool,
+    /// Keep standard input open.
+    #[arg(short, long)]
+    interactive: bool,
+    /// A terminal (for a shell: -it).
+    #[arg(short, long)]
+    tty: bool,
+    /// Hosts mode: the job's hosts (hostlist), reached over your ssh, instead of Slurm's.
+    #[arg(long, value_name = "HOSTLIST")]
+    hosts: Option<String>,
+    /// This node only (what each node runs).
+    #[arg(long, hide = true)]
+    here: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    cmd: Vec<String>,
+}
+
 fn expand_all(exprs: &[String]) -> Result<Vec<String>, hostlist::HostlistError> {
     let mut hosts = Vec::new();
     for e in exprs {
@@ -245,166 +249,26 @@ async fn engine_or_nothing() -> Option<Engine> {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Completions { shell, command } => {
-            let mut cmd = match command.as_str() {
-                "mnd" => Cli::command(),
-                "mnd-srun" => mnd::cli::Args::command(),
-                other => {
-                    return Err(format!(
-                        "no completions for '{other}' (use mnd or mnd-srun)"
-                    ))
-                }
-            };
-            clap_complete::generate(shell, &mut cmd, command, &mut std::io::stdout());
-            Ok(())
-        }
+        Command::Completions { shell, command } => completions_cmd(shell, command),
         Command::Ps {
             job,
             all_users,
             hosts,
             here,
-        } => {
-            if here || (hosts.is_none() && !jobtools::under_slurm()) {
-                if !here {
-                    print!("{}", cleanup::table_header());
-                }
-                return ps_here(job, all_users);
-            }
-            let ps_args = |j: Option<u64>| {
-                let mut args = vec!["ps".to_string()];
-                if let Some(j) = j {
-                    args.extend(["--job".into(), j.to_string()]);
-                }
-                if all_users {
-                    args.push("--all-users".into());
-                }
-                args
-            };
-            print!("{}", cleanup::table_header());
-            let mut rows: Vec<String> = Vec::new();
-            if let Some(hosts) = &hosts {
-                let hosts = expand_all(std::slice::from_ref(hosts)).map_err(|e| e.to_string())?;
-                for (_, out) in on_hosts(&hosts, &ps_args(job))? {
-                    rows.extend(out.lines().map(str::to_string));
-                }
-            } else {
-                let jobs = match job {
-                    Some(j) => vec![(j, jobtools::job_nodes(j).map_err(|e| e.to_string())?)],
-                    None => {
-                        jobtools::running_jobs(all_users && is_root()).map_err(|e| e.to_string())?
-                    }
-                };
-                for (j, nodes) in jobs {
-                    let reach = jobtools::Reach::All { nodes };
-                    let out = match on_job(j, &reach, false, &ps_args(Some(j)), true) {
-                        Ok(out) => out,
-                        // A job that ended since squeue listed it has nothing left to show.
-                        Err(_) if job.is_none() => continue,
-                        Err(e) => return Err(e),
-                    };
-                    // srun --label prefixes "N: "; the rows carry their node already.
-                    rows.extend(
-                        out.lines()
-                            .map(|l| l.split_once(": ").map_or(l, |(_, r)| r).to_string()),
-                    );
-                }
-            }
-            rows.sort();
-            for r in rows {
-                println!("{r}");
-            }
-            Ok(())
-        }
-        Command::Exec {
-            job,
-            node,
-            all,
-            interactive,
-            tty,
-            hosts,
-            here,
-            cmd,
-        } => {
-            if here || (hosts.is_none() && !jobtools::under_slurm()) {
-                return exec_here(job, interactive, tty, cmd);
-            }
-            let mut args = vec!["exec".to_string(), "--job".into(), job.to_string()];
-            if interactive {
-                args.push("--interactive".into());
-            }
-            if tty {
-                args.push("--tty".into());
-            }
-            args.push("--".into());
-            args.extend(cmd);
-            if let Some(hosts) = &hosts {
-                return hosts_tool(hosts, node.as_deref(), all, tty, &args);
-            }
-            let reach = match (node, all) {
-                (Some(n), _) => jobtools::Reach::Node(n),
-                (None, true) => jobtools::Reach::All {
-                    nodes: jobtools::job_nodes(job).map_err(|e| e.to_string())?,
-                },
-                (None, false) => {
-                    return Err(
-                        "say where: --node NODE (see `mnd ps`), or --all for every node".into(),
-                    )
-                }
-            };
-            on_job(job, &reach, tty, &args, false).map(|_| ())
-        }
+        } => ps_cmd(job, all_users, hosts, here),
+        Command::Exec(args) => exec_cmd(args),
         Command::Logs {
             job,
             node,
             follow,
             hosts,
             here,
-        } => {
-            if here || (hosts.is_none() && !jobtools::under_slurm()) {
-                return logs_here(job, follow);
-            }
-            let mut args = vec!["logs".to_string(), "--job".into(), job.to_string()];
-            if follow {
-                args.push("--follow".into());
-            }
-            if let Some(hosts) = &hosts {
-                return hosts_tool(hosts, node.as_deref(), node.is_none(), false, &args);
-            }
-            let reach = match node {
-                Some(n) => jobtools::Reach::Node(n),
-                None => jobtools::Reach::All {
-                    nodes: jobtools::job_nodes(job).map_err(|e| e.to_string())?,
-                },
-            };
-            on_job(job, &reach, false, &args, false).map(|_| ())
-        }
+        } => logs_cmd(job, node, follow, hosts, here),
         Command::Cleanup {
             job,
             older_than,
             all_users,
-        } => {
-            let older_than = older_than
-                .map(|t| cleanup::parse_duration(&t))
-                .transpose()
-                .map_err(|e| e.to_string())?;
-            let sel = Selection {
-                job,
-                uid: owner_filter(all_users, true)?,
-                older_than,
-            };
-            runtime()?.block_on(async {
-                let Some(engine) = engine_or_nothing().await else {
-                    return Ok(());
-                };
-                let removed = cleanup::remove(&engine, &sel)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                for name in &removed {
-                    eprintln!("mnd: removed {name}");
-                }
-                Ok(())
-            })
-        }
+        } => cleanup_cmd(job, older_than, all_users),
         Command::Direct { action } => direct(action),
         Command::Image { action } => image(action),
         Command::Commit {
@@ -413,22 +277,7 @@ fn run(cli: Cli) -> Result<(), String> {
             image_cache,
             here,
             name,
-        } => {
-            if here || !jobtools::under_slurm() {
-                return commit_here(job, image_cache, &name);
-            }
-            let node = match node {
-                Some(n) => n,
-                None => jobtools::first_node(job).map_err(|e| e.to_string())?,
-            };
-            let mut args = vec!["commit".to_string(), "--job".into(), job.to_string()];
-            if let Some(dir) = image_cache {
-                args.push("--image-cache".into());
-                args.push(dir.display().to_string());
-            }
-            args.push(name);
-            on_job(job, &jobtools::Reach::Node(node), false, &args, false).map(|_| ())
-        }
+        } => commit_cmd(job, node, image_cache, here, name),
         Command::Hostlist { action } => {
             let out = std::io::stdout().lock();
             let mut out = BufWriter::with_capacity(1 << 16, out);
@@ -453,122 +302,199 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// `mnd completions`.
+fn completions_cmd(shell: clap_complete::Shell, command: String) -> Result<(), String> {
+    let mut cmd = match command.as_str() {
+        "mnd" => Cli::command(),
+        "mnd-srun" => mnd::cli::Args::command(),
+        other => {
+            return Err(format!(
+                "no completions for '{other}' (use mnd or mnd-srun)"
+            ))
+        }
+    };
+    clap_complete::generate(shell, &mut cmd, command, &mut std::io::stdout());
+    Ok(())
+}
+
+/// `mnd ps`.
+fn ps_cmd(
+    job: Option<u64>,
+    all_users: bool,
+    hosts: Option<String>,
+    here: bool,
+) -> Result<(), String> {
+    if here || (hosts.is_none() && !jobtools::under_slurm()) {
+        if !here {
+            print!("{}", cleanup::table_header());
+        }
+        return ps_here(job, all_users);
+    }
+    let ps_args = |j: Option<u64>| {
+        let mut args = vec!["ps".to_string()];
+        if let Some(j) = j {
+            args.extend(["--job".into(), j.to_string()]);
+        }
+        if all_users {
+            args.push("--all-users".into());
+        }
+        args
+    };
+    print!("{}", cleanup::table_header());
+    let mut rows: Vec<String> = Vec::new();
+    if let Some(hosts) = &hosts {
+        let hosts = expand_all(std::slice::from_ref(hosts)).map_err(|e| e.to_string())?;
+        for (_, out) in jobtools::on_hosts(&hosts, &ps_args(job))? {
+            rows.extend(out.lines().map(str::to_string));
+        }
+    } else {
+        let jobs = match job {
+            Some(j) => vec![(j, jobtools::job_nodes(j).map_err(|e| e.to_string())?)],
+            None => jobtools::running_jobs(all_users && is_root()).map_err(|e| e.to_string())?,
+        };
+        for (j, nodes) in jobs {
+            let reach = jobtools::Reach::All { nodes };
+            let out = match jobtools::on_job(j, &reach, false, &ps_args(Some(j)), true) {
+                Ok(out) => out,
+                // A job that ended since squeue listed it has nothing left to show.
+                Err(_) if job.is_none() => continue,
+                Err(e) => return Err(e),
+            };
+            // srun --label prefixes "N: "; the rows carry their node already.
+            rows.extend(
+                out.lines()
+                    .map(|l| l.split_once(": ").map_or(l, |(_, r)| r).to_string()),
+            );
+        }
+    }
+    rows.sort();
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
+
+/// `mnd exec`.
+fn exec_cmd(args: ExecArgs) -> Result<(), String> {
+    let ExecArgs {
+        job,
+        node,
+        all,
+        interactive,
+        tty,
+        hosts,
+        here,
+        cmd,
+    } = args;
+    if here || (hosts.is_none() && !jobtools::under_slurm()) {
+        return exec_here(job, interactive, tty, cmd);
+    }
+    let mut args = vec!["exec".to_string(), "--job".into(), job.to_string()];
+    if interactive {
+        args.push("--interactive".into());
+    }
+    if tty {
+        args.push("--tty".into());
+    }
+    args.push("--".into());
+    args.extend(cmd);
+    if let Some(hosts) = &hosts {
+        return jobtools::hosts_tool(hosts, node.as_deref(), all, tty, &args);
+    }
+    let reach = match (node, all) {
+        (Some(n), _) => jobtools::Reach::Node(n),
+        (None, true) => jobtools::Reach::All {
+            nodes: jobtools::job_nodes(job).map_err(|e| e.to_string())?,
+        },
+        (None, false) => {
+            return Err("say where: --node NODE (see `mnd ps`), or --all for every node".into())
+        }
+    };
+    jobtools::on_job(job, &reach, tty, &args, false).map(|_| ())
+}
+
+/// `mnd logs`.
+fn logs_cmd(
+    job: u64,
+    node: Option<String>,
+    follow: bool,
+    hosts: Option<String>,
+    here: bool,
+) -> Result<(), String> {
+    if here || (hosts.is_none() && !jobtools::under_slurm()) {
+        return logs_here(job, follow);
+    }
+    let mut args = vec!["logs".to_string(), "--job".into(), job.to_string()];
+    if follow {
+        args.push("--follow".into());
+    }
+    if let Some(hosts) = &hosts {
+        return jobtools::hosts_tool(hosts, node.as_deref(), node.is_none(), false, &args);
+    }
+    let reach = match node {
+        Some(n) => jobtools::Reach::Node(n),
+        None => jobtools::Reach::All {
+            nodes: jobtools::job_nodes(job).map_err(|e| e.to_string())?,
+        },
+    };
+    jobtools::on_job(job, &reach, false, &args, false).map(|_| ())
+}
+
+/// `mnd cleanup`.
+fn cleanup_cmd(
+    job: Option<u64>,
+    older_than: Option<String>,
+    all_users: bool,
+) -> Result<(), String> {
+    let older_than = older_than
+        .map(|t| cleanup::parse_duration(&t))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let sel = Selection {
+        job,
+        uid: owner_filter(all_users, true)?,
+        older_than,
+    };
+    runtime()?.block_on(async {
+        let Some(engine) = engine_or_nothing().await else {
+            return Ok(());
+        };
+        let removed = cleanup::remove(&engine, &sel)
+            .await
+            .map_err(|e| e.to_string())?;
+        for name in &removed {
+            eprintln!("mnd: removed {name}");
+        }
+        Ok(())
+    })
+}
+
+/// `mnd commit`.
+fn commit_cmd(
+    job: u64,
+    node: Option<String>,
+    image_cache: Option<std::path::PathBuf>,
+    here: bool,
+    name: String,
+) -> Result<(), String> {
+    if here || !jobtools::under_slurm() {
+        return commit_here(job, image_cache, &name);
+    }
+    let node = match node {
+        Some(n) => n,
+        None => jobtools::first_node(job).map_err(|e| e.to_string())?,
+    };
+    let mut args = vec!["commit".to_string(), "--job".into(), job.to_string()];
+    if let Some(dir) = image_cache {
+        args.push("--image-cache".into());
+        args.push(dir.display().to_string());
+    }
+    args.push(name);
+    jobtools::on_job(job, &jobtools::Reach::Node(node), false, &args, false).map(|_| ())
+}
+
 fn is_root() -> bool {
     nix::unistd::getuid().is_root()
-}
-
-/// Runs `mnd ARGS --here` on `reach` of job `job` through srun: output captured (for `ps`)
-/// or passed through; srun's failure (another user's job, a job not running) is an error.
-fn on_job(
-    job: u64,
-    reach: &jobtools::Reach,
-    pty: bool,
-    args: &[String],
-    capture: bool,
-) -> Result<String, String> {
-    let me = std::env::current_exe().map_err(|e| format!("cannot find mnd itself: {e}"))?;
-    let argv = jobtools::fan_out(&me, job, reach, pty, args);
-    let mut cmd = std::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
-    if capture {
-        let out = cmd.output().map_err(|e| format!("cannot run srun: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "job {job}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-    }
-    let status = cmd.status().map_err(|e| format!("cannot run srun: {e}"))?;
-    match status.code() {
-        Some(0) => Ok(String::new()),
-        Some(code) => std::process::exit(code),
-        None => Err(format!("srun for job {job} ended by a signal")),
-    }
-}
-
-/// The ssh command that runs `mnd ARGS --here` on `host` (hosts mode): this mnd's path,
-/// batch mode (keys only), a terminal when `pty`.
-fn over_ssh(host: &str, pty: bool, args: &[String]) -> Result<std::process::Command, String> {
-    let me = std::env::current_exe().map_err(|e| format!("cannot find mnd itself: {e}"))?;
-    let mut words = vec![mnd::hosts::quote(&me.to_string_lossy())];
-    if let Some((sub, rest)) = args.split_first() {
-        words.push(sub.clone());
-        words.push("--here".into());
-        words.extend(rest.iter().map(|a| mnd::hosts::quote(a)));
-    }
-    let mut cmd = std::process::Command::new("ssh");
-    cmd.args(["-o", "BatchMode=yes", if pty { "-t" } else { "-T" }, host]);
-    cmd.arg(words.join(" "));
-    Ok(cmd)
-}
-
-/// `mnd ARGS --here` on every host at once, each host's output captured.
-fn on_hosts(hosts: &[String], args: &[String]) -> Result<Vec<(String, String)>, String> {
-    let runs: Vec<_> = hosts
-        .iter()
-        .map(|h| {
-            let cmd = over_ssh(h, false, args);
-            let h = h.clone();
-            std::thread::spawn(move || {
-                let out = cmd?
-                    .output()
-                    .map_err(|e| format!("{h}: cannot run ssh: {e}"))?;
-                if !out.status.success() {
-                    return Err(format!(
-                        "{h}: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    ));
-                }
-                Ok((h, String::from_utf8_lossy(&out.stdout).into_owned()))
-            })
-        })
-        .collect();
-    runs.into_iter()
-        .map(|r| {
-            r.join()
-                .map_err(|_| "a host's ssh thread failed".to_string())?
-        })
-        .collect()
-}
-
-/// A job tool in hosts mode: on one host (`node`, passed through, terminal and exit code
-/// included), or on every host with its output labelled by host (`all`).
-fn hosts_tool(
-    hosts: &str,
-    node: Option<&str>,
-    all: bool,
-    pty: bool,
-    args: &[String],
-) -> Result<(), String> {
-    let hosts = expand_all(&[hosts.to_string()]).map_err(|e| e.to_string())?;
-    match (node, all) {
-        (Some(n), _) => {
-            if !hosts.iter().any(|h| h == n) {
-                return Err(format!("--node {n} is not one of --hosts"));
-            }
-            let status = over_ssh(n, pty, args)?
-                .status()
-                .map_err(|e| format!("cannot run ssh: {e}"))?;
-            match status.code() {
-                Some(0) => Ok(()),
-                Some(code) => std::process::exit(code),
-                None => Err(format!("ssh to {n} ended by a signal")),
-            }
-        }
-        (None, true) => {
-            for (h, out) in on_hosts(&hosts, args)? {
-                for line in out.lines() {
-                    println!("{h}: {line}");
-                }
-            }
-            Ok(())
-        }
-        (None, false) => {
-            Err("say where: --node NODE (see `mnd ps --hosts ...`), or --all for every host".into())
-        }
-    }
 }
 
 /// `mnd ps` on this node: rows with CPU and memory of each running container.

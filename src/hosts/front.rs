@@ -24,18 +24,7 @@ const GRACE: Duration = Duration::from_secs(15);
 /// ssh in batch mode: keys only, never a password prompt, bounded connect time.
 fn ssh(host: &str) -> Command {
     let mut c = Command::new("ssh");
-    c.args([
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ConnectTimeout=10",
-        "-o",
-        "ServerAliveInterval=5",
-        "-o",
-        "ServerAliveCountMax=3",
-        "-T",
-        host,
-    ]);
+    c.args(super::ssh_args(host, false));
     c
 }
 

@@ -2,6 +2,7 @@
 //! launcher started on a host reads from the variables the front door sets, and the ssh
 //! command line that starts it there. Pure: no I/O.
 
+pub mod door;
 pub mod front;
 
 use crate::hostlist;
@@ -136,6 +137,24 @@ fn check(hosts: Vec<Host>, what: &str) -> Result<Vec<Host>, HostsError> {
         )));
     }
     Ok(hosts)
+}
+
+/// The user's ssh to `host` in batch mode, as every mnd tool uses it: keys only (never a
+/// password prompt), a bounded connect time, a lost link noticed within 15 s, and a
+/// terminal only when `tty`.
+pub fn ssh_args(host: &str, tty: bool) -> [&str; 10] {
+    [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "ServerAliveInterval=5",
+        "-o",
+        "ServerAliveCountMax=3",
+        if tty { "-t" } else { "-T" },
+        host,
+    ]
 }
 
 /// A word for a POSIX shell, quoted so it reaches the program byte for byte.

@@ -202,35 +202,24 @@ async fn image_accounts(
 /// Takes this user's image lock on this node (`~/.mnd/locks/pull-NODE.lock`); released when
 /// dropped. Without a usable lock file the pull goes ahead unlocked (logged).
 async fn pull_lock(plan: &Plan) -> Option<nix::fcntl::Flock<std::fs::File>> {
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = plan.user.home.join(".mnd/locks");
     let path = dir.join(format!("pull-{}.lock", plan.this_node()));
-    let opened = ssh::create_private_dir(&dir).and_then(|()| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-    });
-    let file = match opened {
-        Ok(f) => f,
-        Err(e) => {
+    if let Err(e) = ssh::create_private_dir(&dir) {
+        log::warn!("no image lock ({}: {e}); pulling without it", dir.display());
+        return None;
+    }
+    let locking = path.clone();
+    match tokio::task::spawn_blocking(move || crate::fsx::lock(&locking)).await {
+        Ok(Ok(lock)) => Some(lock),
+        Ok(Err(e)) => {
             log::warn!(
                 "no image lock ({}: {e}); pulling without it",
                 path.display()
             );
-            return None;
+            None
         }
-    };
-    let locked = tokio::task::spawn_blocking(move || {
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-    })
-    .await;
-    match locked {
-        Ok(Ok(lock)) => Some(lock),
-        _ => {
-            log::warn!("could not lock {}; pulling without it", path.display());
+        Err(e) => {
+            log::warn!("could not lock {}: {e}; pulling without it", path.display());
             None
         }
     }

@@ -51,17 +51,13 @@ impl Sshd {
 
 /// Writes files in the container as the user (each replaced whole: write, then rename).
 pub(super) fn write(files: &[FileUpload]) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
     for f in files {
         let path = std::path::Path::new(&f.path);
         let fail = |e: std::io::Error| format!("writing {}: {e}", path.display());
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(fail)?;
         }
-        let tmp = path.with_extension("mnd-tmp");
-        std::fs::write(&tmp, &f.content).map_err(fail)?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode)).map_err(fail)?;
-        std::fs::rename(&tmp, path).map_err(fail)?;
+        crate::fsx::write_whole(path, f.content.as_bytes(), f.mode).map_err(fail)?;
     }
     Ok(())
 }
