@@ -181,24 +181,7 @@ impl StepContext {
                 hint: "this runs inside an allocation but not in a job step. mnd-srun must be started by srun, one task per node, e.g. `srun -N3 -n3 mnd-srun --container=IMAGE --script=./job.sh`",
             });
         };
-        let (list_var, list) = first_of(&get, &["SLURM_STEP_NODELIST", "SLURM_NODELIST"]).ok_or(
-            SlurmError::Missing {
-                var: "SLURM_STEP_NODELIST",
-                hint: STEP_HINT,
-            },
-        )?;
-        let nodes = hostlist::expand(&list).map_err(|e| SlurmError::Invalid {
-            var: list_var,
-            value: list.clone(),
-            reason: e.to_string(),
-        })?;
-        if nodes.is_empty() {
-            return Err(SlurmError::Invalid {
-                var: list_var,
-                value: list,
-                reason: "names no node".into(),
-            });
-        }
+        let (list_var, list, nodes) = step_nodes(&get)?;
         let node_index = require(&get, "SLURM_NODEID")? as usize;
         if node_index >= nodes.len() {
             return Err(SlurmError::Contradiction(format!(
@@ -216,25 +199,7 @@ impl StepContext {
         }
         let local_id = require(&get, "SLURM_LOCALID")? as u32;
         let proc_id = number(&get, "SLURM_PROCID")?.unwrap_or(0) as u32;
-        let tasks_per_node =
-            match first_of(&get, &["SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"]) {
-                Some((v, text)) => {
-                    hostlist::expand_tasks_per_node(&text).map_err(|e| SlurmError::Invalid {
-                        var: v,
-                        value: text.clone(),
-                        reason: e.to_string(),
-                    })?
-                }
-                None => vec![1; nodes.len()],
-            };
-        if tasks_per_node.len() != nodes.len() {
-            return Err(SlurmError::Contradiction(format!(
-                "tasks per node '{}' lists {} nodes, the step has {}",
-                hostlist::compress_tasks_per_node(&tasks_per_node),
-                tasks_per_node.len(),
-                nodes.len()
-            )));
-        }
+        let tasks_per_node = tasks_per_node(&get, nodes.len())?;
         let num_tasks = number(&get, "SLURM_STEP_NUM_TASKS")?
             .or(number(&get, "SLURM_NTASKS")?)
             .map_or_else(|| tasks_per_node.iter().sum(), |n| n as u32);
@@ -294,6 +259,58 @@ impl StepContext {
             _ => Role::ExtraLocalTask,
         }
     }
+}
+
+/// The step's nodes (`SLURM_STEP_NODELIST`, else `SLURM_NODELIST`): the variable it came
+/// from, its text and the names, at least one.
+fn step_nodes(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<(&'static str, String, Vec<String>), SlurmError> {
+    let (list_var, list) =
+        first_of(get, &["SLURM_STEP_NODELIST", "SLURM_NODELIST"]).ok_or(SlurmError::Missing {
+            var: "SLURM_STEP_NODELIST",
+            hint: STEP_HINT,
+        })?;
+    let nodes = hostlist::expand(&list).map_err(|e| SlurmError::Invalid {
+        var: list_var,
+        value: list.clone(),
+        reason: e.to_string(),
+    })?;
+    if nodes.is_empty() {
+        return Err(SlurmError::Invalid {
+            var: list_var,
+            value: list,
+            reason: "names no node".into(),
+        });
+    }
+    Ok((list_var, list, nodes))
+}
+
+/// Tasks on each of the step's `nodes` nodes (1 each when Slurm does not say).
+fn tasks_per_node(
+    get: &impl Fn(&str) -> Option<String>,
+    nodes: usize,
+) -> Result<Vec<u32>, SlurmError> {
+    let tasks_per_node = match first_of(get, &["SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"])
+    {
+        Some((v, text)) => {
+            hostlist::expand_tasks_per_node(&text).map_err(|e| SlurmError::Invalid {
+                var: v,
+                value: text.clone(),
+                reason: e.to_string(),
+            })?
+        }
+        None => vec![1; nodes],
+    };
+    if tasks_per_node.len() != nodes {
+        return Err(SlurmError::Contradiction(format!(
+            "tasks per node '{}' lists {} nodes, the step has {}",
+            hostlist::compress_tasks_per_node(&tasks_per_node),
+            tasks_per_node.len(),
+            nodes
+        )));
+    }
+    Ok(tasks_per_node)
 }
 
 fn first_of(

@@ -136,27 +136,7 @@ pub async fn run(job: &Job<'_>) -> std::io::Result<i32> {
         crate::hostlist::compress(&names),
         job.id
     );
-    let mut children: Vec<Child> = Vec::new();
-    let mut pumps = Vec::new();
-    for (rank, h) in job.hosts.iter().enumerate() {
-        let cmd = remote_command(job.exe, job.cwd, job.hosts, rank, job.id, job.args);
-        let mut child = ssh(&h.name)
-            .arg(cmd)
-            // Its stdin is the launcher's lifeline: closed, the job ends there.
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let name: Arc<str> = Arc::from(h.name.as_str());
-        if let Some(out) = child.stdout.take() {
-            pumps.push(tokio::spawn(pump(name.clone(), out, false)));
-        }
-        if let Some(err) = child.stderr.take() {
-            pumps.push(tokio::spawn(pump(name, err, true)));
-        }
-        children.push(child);
-    }
+    let (mut children, pumps) = spawn_all(job)?;
     let mut lifelines: Vec<_> = children.iter_mut().map(|c| c.stdin.take()).collect();
     let pids: Vec<Option<u32>> = children.iter().map(Child::id).collect();
     let (done, mut ended) = tokio::sync::mpsc::unbounded_channel();
@@ -236,8 +216,41 @@ pub async fn run(job: &Job<'_>) -> std::io::Result<i32> {
         }
     }
     join_all(pumps).await;
+    Ok(summary(job, &ends))
+}
+
+/// The launcher on every host over ssh, rank by rank, each host's output streamed with the
+/// host in front.
+fn spawn_all(job: &Job<'_>) -> std::io::Result<(Vec<Child>, Vec<tokio::task::JoinHandle<()>>)> {
+    let mut children: Vec<Child> = Vec::new();
+    let mut pumps = Vec::new();
+    for (rank, h) in job.hosts.iter().enumerate() {
+        let cmd = remote_command(job.exe, job.cwd, job.hosts, rank, job.id, job.args);
+        let mut child = ssh(&h.name)
+            .arg(cmd)
+            // Its stdin is the launcher's lifeline: closed, the job ends there.
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let name: Arc<str> = Arc::from(h.name.as_str());
+        if let Some(out) = child.stdout.take() {
+            pumps.push(tokio::spawn(pump(name.clone(), out, false)));
+        }
+        if let Some(err) = child.stderr.take() {
+            pumps.push(tokio::spawn(pump(name, err, true)));
+        }
+        children.push(child);
+    }
+    Ok((children, pumps))
+}
+
+/// Prints a line per host (exit code, time) and returns the job's exit code: the first
+/// host's (the script's), unless ssh itself failed there (255); then the first failure.
+fn summary(job: &Job<'_>, ends: &[Option<Ended>]) -> i32 {
     eprintln!("mnd-srun: {:<24} {:>5} {:>9}", "host", "exit", "time");
-    for (h, e) in job.hosts.iter().zip(&ends) {
+    for (h, e) in job.hosts.iter().zip(ends) {
         let (code, took) = e
             .as_ref()
             .map_or((None, Duration::ZERO), |e| (e.code, e.took));
@@ -253,7 +266,7 @@ pub async fn run(job: &Job<'_>) -> std::io::Result<i32> {
         .iter()
         .map(|e| e.as_ref().and_then(|e| e.code))
         .collect();
-    Ok(match codes.first().copied().flatten() {
+    match codes.first().copied().flatten() {
         Some(c) if c != 255 => c,
         _ => codes
             .iter()
@@ -261,5 +274,5 @@ pub async fn run(job: &Job<'_>) -> std::io::Result<i32> {
             .copied()
             .find(|c| *c != 0)
             .unwrap_or(1),
-    })
+    }
 }

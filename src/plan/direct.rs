@@ -154,8 +154,7 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
         site,
         user,
         facts,
-        tools,
-        resolve,
+        ..
     } = *i;
     let opts = req.options.check()?;
     policy::check_request(
@@ -167,34 +166,7 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
             dockopts: false,
         },
     )?;
-    let checked = |origin, m| mounts::checked_mount(site, user, origin, m, resolve);
-    let mut mounts = vec![checked(MountOrigin::Home, Mount::same(&user.home, false))?];
-    for spec in &site.defaults.mounts {
-        mounts.push(checked(MountOrigin::Site, mounts::parse_mount(spec)?)?);
-    }
-    for m in &opts.mounts {
-        mounts.push(checked(MountOrigin::User, m.clone())?);
-    }
-    if !mounts::covered(&req.cwd, &mounts) {
-        mounts.push(checked(MountOrigin::Workdir, Mount::same(&req.cwd, false))?);
-    }
-    for dir in &req.slurm_dirs {
-        let dir = policy::lexical_clean(dir);
-        policy::check_mount_target(&dir)?;
-        if !mounts::covered(&dir, &mounts) {
-            mounts.push(Mount::same(&dir, false));
-        }
-    }
-    if let Some(dir) = tools.filter(|d| {
-        policy::check_mount_source(MountOrigin::User, d).is_ok()
-            && policy::check_mount_target(d).is_ok()
-            && !mounts
-                .iter()
-                .any(|m| m.target.starts_with(d) || d.starts_with(&m.target))
-    }) {
-        mounts.push(Mount::same(dir, true));
-    }
-    mounts::distinct_targets(&mounts)?;
+    let mounts = step_mounts(i, &opts)?;
     let mut labels = container::base_labels(
         req.job.to_string(),
         match opts.name {
@@ -256,6 +228,49 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
         storage_size: site.policy.writable_layer_size.clone(),
     };
     Ok((spec, opts))
+}
+
+/// The step's mounts: the user's home, the site's mounts, `--mnd-mounts` and the working
+/// directory under the mount rules (sources resolved as the user); Slurm's folders at
+/// their own path; the mnd tools' folder read-only where nothing else shows it.
+fn step_mounts(i: &Inputs, opts: &Checked) -> Result<Vec<Mount>, PlanError> {
+    let Inputs {
+        req,
+        site,
+        user,
+        tools,
+        resolve,
+        ..
+    } = *i;
+    let checked = |origin, m| mounts::checked_mount(site, user, origin, m, resolve);
+    let mut mounts = vec![checked(MountOrigin::Home, Mount::same(&user.home, false))?];
+    for spec in &site.defaults.mounts {
+        mounts.push(checked(MountOrigin::Site, mounts::parse_mount(spec)?)?);
+    }
+    for m in &opts.mounts {
+        mounts.push(checked(MountOrigin::User, m.clone())?);
+    }
+    if !mounts::covered(&req.cwd, &mounts) {
+        mounts.push(checked(MountOrigin::Workdir, Mount::same(&req.cwd, false))?);
+    }
+    for dir in &req.slurm_dirs {
+        let dir = policy::lexical_clean(dir);
+        policy::check_mount_target(&dir)?;
+        if !mounts::covered(&dir, &mounts) {
+            mounts.push(Mount::same(&dir, false));
+        }
+    }
+    if let Some(dir) = tools.filter(|d| {
+        policy::check_mount_source(MountOrigin::User, d).is_ok()
+            && policy::check_mount_target(d).is_ok()
+            && !mounts
+                .iter()
+                .any(|m| m.target.starts_with(d) || d.starts_with(&m.target))
+    }) {
+        mounts.push(Mount::same(dir, true));
+    }
+    mounts::distinct_targets(&mounts)?;
+    Ok(mounts)
 }
 
 /// A step whose GPUs Slurm names by unique ids (MIG devices, with NVML autodetection) is

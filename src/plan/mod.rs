@@ -186,18 +186,7 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
     let (image, script_arg) = image_and_script(inside.as_ref(), args)?;
     // Inside the plugin's container its root side has checked the image already.
     if inside.is_none() {
-        policy::check_request(
-            site,
-            user,
-            &policy::Request {
-                image: &image,
-                privileged: args.privileged,
-                dockopts: args
-                    .dockopts
-                    .as_deref()
-                    .is_some_and(|d| !d.trim().is_empty()),
-            },
-        )?;
+        check_image_rules(site, user, args, &image)?;
     }
     let (nodes, node_rank, role) = choose_nodes(step, args)?;
     let job_label = match (step.job_id, step.step_id) {
@@ -214,10 +203,7 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
     };
     policy::check_dockopts(site, user, &opts)?;
     let script_path = mounts::absolute(&facts.cwd, &script_arg);
-    let ssh_root = args.ssh_dir.as_ref().map_or_else(
-        || user.home.join(".mnd/ssh"),
-        |d| mounts::absolute(&facts.cwd, d),
-    );
+    let ssh_root = user_dir(args.ssh_dir.as_deref(), user, facts, ".mnd/ssh");
     let mounts = mounts::mounts(
         &mounts::MountInputs {
             user,
@@ -231,28 +217,15 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         resolve,
     )?;
     let (gpus, devices, gpu_groups) = gpus::gpus(step, args, facts, gpu_ask);
-    let mut job_env = env::job_env(
-        &env::JobShape {
-            nodes: &nodes,
-            node_rank,
-            slots,
-            node_slots: &step.node_slots,
-            ports: &ports,
-            job_label: &job_label,
-        },
-        args,
-        site,
-        facts,
-        &opts,
-    )?;
-    job_env.extend(gpus::gpu_env(&gpus, &devices));
-    let env_defaults = env::env_defaults(
-        &mut job_env,
-        args,
-        site,
-        facts,
-        args.privileged || opts.privileged,
-    );
+    let shape = env::JobShape {
+        nodes: &nodes,
+        node_rank,
+        slots,
+        node_slots: &step.node_slots,
+        ports: &ports,
+        job_label: &job_label,
+    };
+    let (job_env, env_defaults) = environment(i, &shape, &opts, &gpus, &devices)?;
     let container = launcher_container(&Shaped {
         i,
         opts: &opts,
@@ -297,11 +270,54 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         inside,
         hosts_mode: step.hosts_mode,
         image_share: args.image_share,
-        image_cache: args.image_cache.as_ref().map_or_else(
-            || user.home.join(".mnd/images"),
-            |d| mounts::absolute(&facts.cwd, d),
-        ),
+        image_cache: user_dir(args.image_cache.as_deref(), user, facts, ".mnd/images"),
     })
+}
+
+/// The job's variables (with the GPUs' numbering) and the defaults given where neither
+/// they nor the image set a value.
+fn environment(
+    i: &Inputs,
+    shape: &env::JobShape,
+    opts: &DockOpts,
+    gpus: &Gpus,
+    devices: &[Device],
+) -> Result<(Vec<(String, String)>, Vec<(String, String)>), PlanError> {
+    let mut job_env = env::job_env(shape, i.args, i.site, i.facts, opts)?;
+    job_env.extend(gpus::gpu_env(gpus, devices));
+    let privileged = i.args.privileged || opts.privileged;
+    let defaults = env::env_defaults(&mut job_env, i.args, i.site, i.facts, privileged);
+    Ok((job_env, defaults))
+}
+
+/// The site's rules on images, `--privileged` and `--dockopts` at all.
+fn check_image_rules(
+    site: &SiteConfig,
+    user: &Identity,
+    args: &Args,
+    image: &str,
+) -> Result<(), PlanError> {
+    policy::check_request(
+        site,
+        user,
+        &policy::Request {
+            image,
+            privileged: args.privileged,
+            dockopts: args
+                .dockopts
+                .as_deref()
+                .is_some_and(|d| !d.trim().is_empty()),
+        },
+    )
+}
+
+/// A folder of the user's: as given (relative to the working directory), else `default`
+/// under their home.
+fn user_dir(given: Option<&Path>, user: &Identity, facts: &NodeFacts, default: &str) -> PathBuf {
+    given.map_or_else(
+        || user.home.join(default),
+        |d| mounts::absolute(&facts.cwd, d),
+    )
 }
 
 /// The image (the plugin's, inside its container) and the script; both are required.
