@@ -2,6 +2,7 @@
 //! (`mnd cleanup`, also the Slurm Epilog's command).
 
 use crate::docker::{DockerError, Engine, Listed};
+use crate::spec::labels;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
@@ -50,12 +51,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, CleanupError> {
 impl Selection {
     /// Docker label filters for this selection.
     fn labels(&self) -> Vec<String> {
-        let mut l = vec!["mnd.job".to_string()];
+        let mut l = vec![labels::JOB.to_string()];
         if let Some(j) = self.job {
-            l.push(format!("mnd.job={j}"));
+            l.push(format!("{}={j}", labels::JOB));
         }
         if let Some(u) = self.uid {
-            l.push(format!("mnd.uid={u}"));
+            l.push(format!("{}={u}", labels::UID));
         }
         l
     }
@@ -115,10 +116,10 @@ pub fn table(containers: &[Listed], usage: &[Option<(f64, u64)>]) -> String {
         };
         let image: String = c.image.chars().take(24).collect();
         out.push_str(&table_line([
-            &l("mnd.node"),
-            &l("mnd.job"),
-            &l("mnd.step"),
-            &l("mnd.user"),
+            &l(labels::NODE),
+            &l(labels::JOB),
+            &l(labels::STEP),
+            &l(labels::USER),
             &image,
             &age(t - c.created),
             &c.state,

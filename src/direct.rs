@@ -13,7 +13,7 @@ use crate::plan::direct::{plan, step_gpus, task_defaults, task_env, CheckOptions
 use crate::plan::JobNet;
 use crate::plan::PlanError;
 use crate::spank::{Reply, Request, NAMED_STEP};
-use crate::spec::ContainerSpec;
+use crate::spec::{labels, ContainerSpec};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -219,7 +219,13 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
 
 /// Labels that say whose container it is: a container found by name is reused or removed
 /// only when all of them match (a name alone proves nothing).
-const OWNER_LABELS: [&str; 5] = ["mnd.uid", "mnd.job", "mnd.step", "mnd.role", "mnd.name"];
+const OWNER_LABELS: [&str; 5] = [
+    labels::UID,
+    labels::JOB,
+    labels::STEP,
+    labels::ROLE,
+    labels::NAME,
+];
 
 /// The site config with each `allowed_mount_prefixes` entry resolved as root: the
 /// admin's folders, which must exist and be root's (a prefix the user could replace, or
@@ -406,13 +412,13 @@ async fn start_new(engine: &Engine, p: &Prepared) -> Result<Reply, HelperError> 
 
 async fn start(engine: &Engine, p: &Prepared) -> Result<Reply, HelperError> {
     let name = &p.spec.name;
-    let node = p.spec.labels.get("mnd.node").cloned().unwrap_or_default();
+    let node = p.spec.labels.get(labels::NODE).cloned().unwrap_or_default();
     let image = engine
         .ensure_image(&p.spec.image, p.spec.pull, &node, PULL_STALL, &silent())
         .await?;
     // Root's pulls are the site's storage: recorded, so the Epilog removes them with the
     // last job that used them (a failure to record costs disk space, never the step).
-    let job = p.spec.labels.get("mnd.job").and_then(|j| j.parse().ok());
+    let job = p.spec.labels.get(labels::JOB).and_then(|j| j.parse().ok());
     if let Some(job) = job {
         let recorded = crate::pulled::Pulled::open(Path::new(crate::pulled::DIR))
             .and_then(|r| r.used(&p.spec.image, job, image.pulled));
@@ -526,9 +532,9 @@ pub async fn down(job: u32, step: &str) -> Result<usize, HelperError> {
     let engine = Engine::connect().await?;
     let found = engine
         .list(&[
-            format!("mnd.job={job}"),
-            format!("mnd.step={step}"),
-            "mnd.role=direct".into(),
+            format!("{}={job}", labels::JOB),
+            format!("{}={step}", labels::STEP),
+            format!("{}=direct", labels::ROLE),
         ])
         .await?;
     for c in &found {

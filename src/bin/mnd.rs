@@ -537,7 +537,11 @@ async fn job_container(engine: &Engine, job: u64) -> Result<mnd::docker::Listed,
         .into_iter()
         .filter(|c| c.state == "running")
         .collect();
-    found.sort_by_key(|c| c.labels.get("mnd.step").and_then(|s| s.parse::<u64>().ok()));
+    found.sort_by_key(|c| {
+        c.labels
+            .get(mnd::spec::labels::STEP)
+            .and_then(|s| s.parse::<u64>().ok())
+    });
     let node = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();

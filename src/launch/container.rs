@@ -6,9 +6,10 @@ use super::files::{container_path, files, session_env};
 use super::share::obtain_image;
 use super::timing::Phases;
 use crate::accounts::{read_image_accounts, ImageAccounts, ACCOUNT_FILES};
-use crate::docker::{DockerError, Engine, Lifeline, PullReport};
+use crate::docker::{DockerError, Engine, ImageFacts, Lifeline, PullReport};
 use crate::plan::Plan;
 use crate::probe;
+use crate::spec::ContainerSpec;
 use crate::ssh;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -52,26 +53,7 @@ pub(super) async fn start(
     let mut phases = Phases::new(plan.this_node());
     let engine = Engine::connect().await.map_err(|e| e.to_string())?;
     phases.mark("connect");
-    // One image check/pull at a time per user on this node: several jobs starting at once
-    // then pull once (Docker alone re-downloads when two pulls overlap).
-    let image = {
-        // Waiting for another job's pull counts as progress: that pull has its own bound.
-        let _lock = {
-            let lock = pull_lock(plan);
-            tokio::pin!(lock);
-            let mut beat = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    l = &mut lock => break l,
-                    _ = beat.tick() => progress.send_modify(|r| {
-                        r.events += 1;
-                        r.summary = "waiting for another job's pull of the image".into();
-                    }),
-                }
-            }
-        };
-        obtain_image(plan, &engine, progress).await?
-    };
+    let image = image_under_lock(plan, &engine, progress).await?;
     phases.mark("image");
     let env = session_env(plan, &image.env)?;
     let mut spec = spec.clone();
@@ -118,25 +100,7 @@ pub(super) async fn start(
         }
     };
     log::debug!("container started after {:?}", t0.elapsed());
-    // Readiness once the image is there is bounded by --wait-timeout (at most 30 s).
-    let sshd_by = Instant::now() + plan.sshd_wait();
-    tokio::select! {
-        r = probe::wait_banner("127.0.0.1", port, sshd_by) => {
-            if let Err(e) = r {
-                let _ = engine.remove(&spec.name).await;
-                return Err(format!("sshd in the container did not answer on port {port}: {e}"));
-            }
-        }
-        code = engine.wait_exit(&spec.name) => {
-            let tail = engine.log_tail(&spec.name).await;
-            let _ = engine.remove(&spec.name).await;
-            return Err(if code == NO_SSHD {
-                format!("image '{}' has no sshd. Fix: install openssh-server in the image (apt-get install openssh-server)", spec.image)
-            } else {
-                format!("the container exited with code {code} before sshd answered{}", if tail.is_empty() { String::new() } else { format!(": {tail}") })
-            });
-        }
-    }
+    wait_sshd(plan, &engine, spec, port).await?;
     phases.mark("sshd");
     log::info!(
         "{}: container {} up, sshd on port {port} after {:?}",
@@ -197,6 +161,62 @@ async fn image_accounts(
         log::debug!("image account cache not written: {e}");
     }
     Ok(accounts)
+}
+
+/// The image, checked or pulled under this user's image lock on this node.
+async fn image_under_lock(
+    plan: &Plan,
+    engine: &Engine,
+    progress: &watch::Sender<PullReport>,
+) -> Result<ImageFacts, String> {
+    // One image check/pull at a time per user on this node: several jobs starting at once
+    // then pull once (Docker alone re-downloads when two pulls overlap).
+    // Waiting for another job's pull counts as progress: that pull has its own bound.
+    let _lock = {
+        let lock = pull_lock(plan);
+        tokio::pin!(lock);
+        let mut beat = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                l = &mut lock => break l,
+                _ = beat.tick() => progress.send_modify(|r| {
+                    r.events += 1;
+                    r.summary = "waiting for another job's pull of the image".into();
+                }),
+            }
+        }
+    };
+    obtain_image(plan, engine, progress).await
+}
+
+/// Waits for the container's sshd to answer on `port`; a container that ends first, or an
+/// sshd that never answers, is removed and named.
+async fn wait_sshd(
+    plan: &Plan,
+    engine: &Engine,
+    spec: &ContainerSpec,
+    port: u16,
+) -> Result<(), String> {
+    // Readiness once the image is there is bounded by --wait-timeout (at most 30 s).
+    let sshd_by = Instant::now() + plan.sshd_wait();
+    tokio::select! {
+        r = probe::wait_banner("127.0.0.1", port, sshd_by) => {
+            if let Err(e) = r {
+                let _ = engine.remove(&spec.name).await;
+                return Err(format!("sshd in the container did not answer on port {port}: {e}"));
+            }
+        }
+        code = engine.wait_exit(&spec.name) => {
+            let tail = engine.log_tail(&spec.name).await;
+            let _ = engine.remove(&spec.name).await;
+            return Err(if code == NO_SSHD {
+                format!("image '{}' has no sshd. Fix: install openssh-server in the image (apt-get install openssh-server)", spec.image)
+            } else {
+                format!("the container exited with code {code} before sshd answered{}", if tail.is_empty() { String::new() } else { format!(": {tail}") })
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Takes this user's image lock on this node (`~/.mnd/locks/pull-NODE.lock`); released when

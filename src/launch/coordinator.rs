@@ -7,7 +7,7 @@ use super::files::ssh_config_file;
 use super::running::{port_is_free, tear_down, Running, Runtime};
 use super::timing::eprintln_timing;
 use super::{job_key, node_err, start_subtree, LaunchError};
-use crate::control::{Order, WorkerLink};
+use crate::control::{JobKey, Order, WorkerLink};
 use crate::docker::{self, PullReport};
 use crate::plan::Plan;
 use crate::signals::{self, Signals};
@@ -97,6 +97,63 @@ async fn share_ports(
         .write(plan, &[ssh_config_file(plan, &node_ports)])
         .await
         .map_err(node_err(plan))
+}
+
+/// Every node runs the same image, and every node knows the others' sshd ports.
+async fn agree(
+    plan: &Plan,
+    running: &Running,
+    workers: Vec<ReadyWorker>,
+    links: &[Arc<WorkerLink>],
+) -> Result<(), LaunchError> {
+    check_one_image(plan, running, &workers)?;
+    let ports = workers
+        .into_iter()
+        .map(|w| (w.node, w.ready.sshd_port))
+        .collect();
+    share_ports(plan, running, links, ports).await
+}
+
+/// After the script: STOP down the tree when it finished, else ABORT with the reason; the
+/// launcher's exit code or error.
+async fn finish(
+    plan: &Plan,
+    key: &JobKey,
+    links: Vec<Arc<WorkerLink>>,
+    outcome: Outcome,
+) -> Result<i32, LaunchError> {
+    match outcome {
+        Outcome::Finished(code) => {
+            fanout::stop_all(&links).await;
+            Ok(i32::try_from(code)
+                .ok()
+                .filter(|c| (0..=255).contains(c))
+                .unwrap_or(1))
+        }
+        Outcome::Signal(sig) => {
+            fanout::abort_all(plan, key, links, &format!("coordinator got signal {sig}")).await;
+            Err(LaunchError::Signal(sig))
+        }
+        Outcome::Lost(node) => {
+            let why = format!("the launcher on {node} went away while the script ran");
+            fanout::abort_all(plan, key, links, &why).await;
+            Err(LaunchError::Node { node, reason: "its launcher went away while the script ran (killed, or the node failed); job stopped".into() })
+        }
+        Outcome::Died(code) => {
+            let why = format!(
+                "the container on {} ended by itself (code {code})",
+                plan.this_node()
+            );
+            fanout::abort_all(plan, key, links, &why).await;
+            Err(node_err(plan)(format!(
+                "the container ended by itself (code {code}) while the script ran"
+            )))
+        }
+        Outcome::Failed(e) => {
+            fanout::abort_all(plan, key, links, &e).await;
+            Err(LaunchError::Script(e))
+        }
+    }
 }
 
 /// How the script's run ended.
@@ -273,25 +330,13 @@ pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
     };
     let links = connected.into_inner().expect("not poisoned");
     let started = match started {
-        Ok((running, workers)) => {
-            let agreed = match check_one_image(plan, &running, &workers) {
-                Ok(()) => {
-                    let ports = workers
-                        .into_iter()
-                        .map(|w| (w.node, w.ready.sshd_port))
-                        .collect();
-                    share_ports(plan, &running, &links, ports).await
-                }
-                Err(e) => Err(e),
-            };
-            match agreed {
-                Ok(()) => Ok(running),
-                Err(e) => {
-                    running.tear_down(plan).await;
-                    Err(e)
-                }
+        Ok((running, workers)) => match agree(plan, &running, workers, &links).await {
+            Ok(()) => Ok(running),
+            Err(e) => {
+                running.tear_down(plan).await;
+                Err(e)
             }
-        }
+        },
         Err(e) => Err(e),
     };
     let running = match started {
@@ -317,38 +362,7 @@ pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
     eprintln_timing("ready", t0);
     let outcome = run_script(plan, &running, &links, &mut signals, &mut forwarded).await;
     let t_end = Instant::now();
-    let result = match outcome {
-        Outcome::Finished(code) => {
-            fanout::stop_all(&links).await;
-            Ok(i32::try_from(code)
-                .ok()
-                .filter(|c| (0..=255).contains(c))
-                .unwrap_or(1))
-        }
-        Outcome::Signal(sig) => {
-            fanout::abort_all(plan, &key, links, &format!("coordinator got signal {sig}")).await;
-            Err(LaunchError::Signal(sig))
-        }
-        Outcome::Lost(node) => {
-            let why = format!("the launcher on {node} went away while the script ran");
-            fanout::abort_all(plan, &key, links, &why).await;
-            Err(LaunchError::Node { node, reason: "its launcher went away while the script ran (killed, or the node failed); job stopped".into() })
-        }
-        Outcome::Died(code) => {
-            let why = format!(
-                "the container on {} ended by itself (code {code})",
-                plan.this_node()
-            );
-            fanout::abort_all(plan, &key, links, &why).await;
-            Err(node_err(plan)(format!(
-                "the container ended by itself (code {code}) while the script ran"
-            )))
-        }
-        Outcome::Failed(e) => {
-            fanout::abort_all(plan, &key, links, &e).await;
-            Err(LaunchError::Script(e))
-        }
-    };
+    let result = finish(plan, &key, links, outcome).await;
     running.tear_down(plan).await;
     eprintln_timing("teardown", t_end);
     result

@@ -274,6 +274,9 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
     })
 }
 
+/// Variables as (name, value) pairs.
+type Vars = Vec<(String, String)>;
+
 /// The job's variables (with the GPUs' numbering) and the defaults given where neither
 /// they nor the image set a value.
 fn environment(
@@ -282,7 +285,7 @@ fn environment(
     opts: &DockOpts,
     gpus: &Gpus,
     devices: &[Device],
-) -> Result<(Vec<(String, String)>, Vec<(String, String)>), PlanError> {
+) -> Result<(Vars, Vars), PlanError> {
     let mut job_env = env::job_env(shape, i.args, i.site, i.facts, opts)?;
     job_env.extend(gpus::gpu_env(gpus, devices));
     let privileged = i.args.privileged || opts.privileged;
