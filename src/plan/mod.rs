@@ -11,7 +11,7 @@ use crate::hostlist;
 use crate::identity::Identity;
 use crate::slurm::{Role as SlurmRole, StepContext};
 use crate::spec::{self, ContainerSpec, Device, Gpus, Mount};
-use crate::ssh::Material;
+use crate::ssh::paths::Material;
 use crate::tree::{self, Tree};
 use policy::GpuAsk;
 use std::path::{Path, PathBuf};

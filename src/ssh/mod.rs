@@ -6,7 +6,10 @@
 //! written in a temporary folder and renamed into place, so when every node of a job creates
 //! it at the same moment on a shared home, one wins and all use the winner's.
 
+pub mod paths;
+
 use crate::identity::Identity;
+pub use paths::Material;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -42,43 +45,6 @@ pub enum SshError {
         /// What went wrong.
         reason: String,
     },
-}
-
-/// Paths of a user's ssh material (all on the shared home, same paths in the containers).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Material {
-    /// The folder holding the files.
-    pub dir: PathBuf,
-    /// Client private key.
-    pub client_key: PathBuf,
-    /// Host private key.
-    pub host_key: PathBuf,
-    /// Keys sshd accepts.
-    pub authorized_keys: PathBuf,
-    /// Pinned host key.
-    pub known_hosts: PathBuf,
-    /// Secret of the launchers' control channel (random, 0600; not an ssh key).
-    pub control_key: PathBuf,
-    /// Name the host key is pinned under (`HostKeyAlias`).
-    pub host_alias: String,
-}
-
-const VERSION_DIR: &str = "v1";
-
-impl Material {
-    /// The paths under `root` (e.g. `~/.mnd/ssh`) for `user`.
-    pub fn paths(root: &Path, user: &str) -> Self {
-        let dir = root.join(VERSION_DIR);
-        Material {
-            client_key: dir.join("id_ed25519"),
-            host_key: dir.join("host_ed25519"),
-            authorized_keys: dir.join("authorized_keys"),
-            known_hosts: dir.join("known_hosts"),
-            control_key: dir.join("control_key"),
-            dir,
-            host_alias: format!("mnd-{user}"),
-        }
-    }
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SshError + 'a {
@@ -413,7 +379,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(leftovers, [VERSION_DIR]);
+        assert_eq!(leftovers, [paths::VERSION_DIR]);
     }
 
     #[test]
