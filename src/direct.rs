@@ -6,10 +6,11 @@
 
 use crate::accounts::{account_files, read_image_accounts};
 use crate::config::{ConfigError, SiteConfig};
-use crate::docker::{DockerError, Engine, PullReport};
+use crate::docker::{DockerError, Engine, ImageFacts, PullReport};
 use crate::identity::{Identity, IdentityError};
 use crate::pathid::{id_in_root_of, stat_no_links, FileId};
-use crate::plan::direct::{plan, step_gpus, task_defaults, task_env, CheckOptions, Inputs};
+use crate::plan::direct::{plan, step_gpus, task_defaults, task_env, user_mounts, Inputs};
+use crate::plan::options::{CheckOptions, NameMode};
 use crate::plan::JobNet;
 use crate::plan::PlanError;
 use crate::spank::{Reply, Request, NAMED_STEP};
@@ -52,6 +53,12 @@ pub enum HelperError {
     /// A `--mnd-name` container of the job runs another image.
     #[error("the job's container {0} runs another image than {1}: use another --mnd-name, or the same image")]
     OtherImage(String, String),
+    /// `--mnd-name=NAME:create` found the container.
+    #[error("a container named {0} of this job already runs on {1} (--mnd-name={0}:create makes a new one only). Fix: pick another name, or drop :create to use it")]
+    NameTaken(String, String),
+    /// `--mnd-name` without an image, or with `:exec`, found no running container.
+    #[error("no running container named {0} of this job on {1}. Fix: make it first with --mnd-image=IMAGE --mnd-name={0} (:exec and a name without an image only use one that runs)")]
+    NotNamed(String, String),
     /// The container started but is not running.
     #[error("container {0} stopped right after it started; see `docker logs {0}` on this node")]
     NotRunning(String),
@@ -109,6 +116,16 @@ pub struct Prepared {
     pub workdir: Option<PathBuf>,
     /// A `--mnd-name` container: a running one of the job is used again.
     pub reuse: bool,
+    /// What `--mnd-name`'s mode asks of the named container.
+    pub name_mode: NameMode,
+    /// An image was given (without one, only a running named container can serve).
+    pub has_image: bool,
+    /// `--mnd-readonly`.
+    pub read_only: bool,
+    /// `--mnd-remap-root`.
+    pub remap_root: bool,
+    /// `--mnd-unshare`: the container's namespaces the tasks join.
+    pub namespaces: Vec<String>,
     /// The mnd tools' folder, when the container shows it.
     pub tools: Option<PathBuf>,
     /// The step's GPUs on this node (Slurm's indices).
@@ -135,7 +152,7 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
     let site = &with_root_prefixes(site)?;
     let mut wanted: Vec<PathBuf> = vec![user.home.clone(), req.cwd.clone()];
     if let Ok(opts) = req.options.check() {
-        wanted.extend(opts.mounts.iter().map(|m| m.source.clone()));
+        wanted.extend(user_mounts(&opts, &req.cwd).into_iter().map(|m| m.source));
     }
     let mut looked = resolve_as(req.uid, req.gid, &req.gids, &wanted)?;
     // The admin's own mounts are resolved as root: the user need not be able to reach them.
@@ -211,6 +228,11 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         envlist: checked.envlist,
         workdir: checked.workdir,
         reuse: checked.name.is_some(),
+        name_mode: checked.name_mode,
+        has_image: checked.image.is_some(),
+        read_only: !checked.writable,
+        remap_root: checked.remap_root,
+        namespaces: checked.unshare.iter().map(|n| n.to_string()).collect(),
         mounted,
         net,
         owner,
@@ -370,36 +392,49 @@ fn resolve_as(uid: u32, gid: u32, gids: &[u32], paths: &[PathBuf]) -> Result<Loo
 pub async fn up(p: &Prepared) -> Result<Reply, HelperError> {
     let engine = Engine::connect().await?;
     let name = &p.spec.name;
-    let Some(found) = engine.found(name).await? else {
-        return start_new(&engine, p).await;
-    };
-    if let Some((key, value)) = p
-        .owner
-        .iter()
-        .find(|(k, v)| found.labels.get(*k) != Some(*v))
-    {
-        return Err(HelperError::NotOurs {
-            name: name.clone(),
-            label: format!("{key}={value}"),
-        });
-    }
-    if let (true, Some(pid)) = (p.reuse, found.pid) {
-        let image = engine
-            .ensure_image(
-                &p.spec.image,
-                crate::cli::Pull::Never,
-                name,
-                PULL_STALL,
-                &silent(),
-            )
-            .await?;
-        if image.id != found.image {
-            return Err(HelperError::OtherImage(name.clone(), p.spec.image.clone()));
+    let found = engine.found(name).await?;
+    if let Some(found) = &found {
+        if let Some((key, value)) = p
+            .owner
+            .iter()
+            .find(|(k, v)| found.labels.get(*k) != Some(*v))
+        {
+            return Err(HelperError::NotOurs {
+                name: name.clone(),
+                label: format!("{key}={value}"),
+            });
         }
-        return reply(p, &found.id, pid, &image.env, &image.id);
     }
-    engine.remove(&found.id).await?;
-    start_new(&engine, p).await
+    let named = || p.spec.labels.get(labels::NAME).cloned().unwrap_or_default();
+    let node = || p.spec.labels.get(labels::NODE).cloned().unwrap_or_default();
+    if p.reuse && p.name_mode == NameMode::Create && found.is_some() {
+        return Err(HelperError::NameTaken(named(), node()));
+    }
+    match found {
+        Some(found) if p.reuse && found.pid.is_some() => {
+            let pid = found.pid.unwrap_or_default();
+            let wanted = if p.has_image {
+                &p.spec.image
+            } else {
+                &found.image
+            };
+            let image = engine
+                .ensure_image(wanted, crate::cli::Pull::Never, name, PULL_STALL, &silent())
+                .await?;
+            if image.id != found.image {
+                return Err(HelperError::OtherImage(name.clone(), p.spec.image.clone()));
+            }
+            reply(p, &found.id, pid, &image)
+        }
+        _ if p.reuse && (p.name_mode == NameMode::Exec || !p.has_image) => {
+            Err(HelperError::NotNamed(named(), node()))
+        }
+        Some(found) => {
+            engine.remove(&found.id).await?;
+            start_new(&engine, p).await
+        }
+        None => start_new(&engine, p).await,
+    }
 }
 
 async fn start_new(engine: &Engine, p: &Prepared) -> Result<Reply, HelperError> {
@@ -447,7 +482,7 @@ async fn start(engine: &Engine, p: &Prepared) -> Result<Reply, HelperError> {
         return Err(HelperError::NotRunning(name.clone()));
     };
     check_mounts(pid, &p.mounted)?;
-    reply(p, &id, pid, &image.env, &image.id)
+    reply(p, &id, pid, &image)
 }
 
 /// The container with a tmpfs at each of the image's `VOLUME`s that no mount covers:
@@ -486,13 +521,10 @@ pub async fn remove(p: &Prepared) {
     }
 }
 
-fn reply(
-    p: &Prepared,
-    id: &str,
-    pid: i32,
-    image_env: &[String],
-    image_id: &str,
-) -> Result<Reply, HelperError> {
+/// The reply for the tasks: the image's environment, and where they start: `--mnd-workdir`,
+/// else the image's `WORKDIR` (as pyxis), else the step's working directory.
+fn reply(p: &Prepared, id: &str, pid: i32, image: &ImageFacts) -> Result<Reply, HelperError> {
+    let (image_env, image_id) = (&image.env, &image.id);
     let (set_env, unset_env) = task_env(
         image_env,
         &p.envlist,
@@ -507,11 +539,18 @@ fn reply(
         pid,
         set_env,
         unset_env,
-        workdir: p.workdir.clone(),
+        workdir: p
+            .workdir
+            .clone()
+            .or_else(|| image.workdir.as_ref().map(PathBuf::from)),
         gpus: p.gpus.clone(),
         defaults: task_defaults(image_env, p.net.as_ref()),
         container_id: id.to_string(),
         pid_start,
+        namespaces: p.namespaces.clone(),
+        read_only: p.read_only,
+        remap_root: p.remap_root,
+        no_exec: p.name_mode == NameMode::NoExec,
     })
 }
 

@@ -4,7 +4,7 @@ use crate::cli::Pull;
 use crate::spec::{ContainerSpec, Gpus};
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, DeviceMapping, DeviceRequest, HostConfig, Mount,
-    MountType, ResourcesUlimits,
+    MountBindOptions, MountType, ResourcesUlimits,
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
@@ -85,6 +85,8 @@ pub struct ImageFacts {
     pub pulled: bool,
     /// The image's `VOLUME`s.
     pub volumes: Vec<String>,
+    /// The image's `WORKDIR`, if it sets one.
+    pub workdir: Option<String>,
 }
 
 /// A file to put into a container before it starts.
@@ -213,6 +215,7 @@ impl Engine {
             env: config.env.unwrap_or_default(),
             pulled,
             volumes: config.volumes.unwrap_or_default(),
+            workdir: config.working_dir.filter(|w| !w.is_empty()),
         })
     }
 
@@ -964,7 +967,7 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
         ),
         device_requests,
         pid_mode: spec.host_namespaces.then(|| "host".into()),
-        uts_mode: spec.host_namespaces.then(|| "host".into()),
+        uts_mode: (spec.host_namespaces && !spec.own_uts).then(|| "host".into()),
         userns_mode: spec.host_namespaces.then(|| "host".into()),
         cgroupns_mode: spec
             .host_namespaces
@@ -982,10 +985,28 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
                     source: Some(m.source.display().to_string()),
                     typ: Some(MountType::BIND),
                     read_only: Some(m.read_only),
+                    bind_options: m.propagation.as_deref().map(bind_propagation),
                     ..Default::default()
                 })
                 .collect(),
         ),
+        ..Default::default()
+    }
+}
+
+/// Docker's bind options for a propagation the planner accepted.
+fn bind_propagation(p: &str) -> MountBindOptions {
+    use bollard::models::MountBindOptionsPropagationEnum as P;
+    let propagation = match p {
+        "private" => P::PRIVATE,
+        "shared" => P::SHARED,
+        "rshared" => P::RSHARED,
+        "slave" => P::SLAVE,
+        "rslave" => P::RSLAVE,
+        _ => P::RPRIVATE,
+    };
+    MountBindOptions {
+        propagation: Some(propagation),
         ..Default::default()
     }
 }

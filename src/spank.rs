@@ -6,19 +6,43 @@ use crate::spec::sanitize_name;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// The user's options, as given (`--mnd-image` ... or the `MND_*` variables).
+/// The user's options, as given (`--mnd-image` ... or the `MND_*` variables): text as
+/// typed, flags as given or not. Nothing here is checked; `plan::direct` checks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Options {
-    /// `--mnd-image`: the image.
+    /// `--mnd-image`: the image (empty: none given, only `--mnd-name`).
     pub image: String,
-    /// `--mnd-mounts`: `SRC[:DST][:ro]`, comma separated.
+    /// `--mnd-mounts`: `SRC[:DST[:FLAGS]]`, comma separated, flags joined with `+`.
     pub mounts: Option<String>,
     /// `--mnd-workdir`: where the tasks start, inside the container.
     pub workdir: Option<String>,
-    /// `--mnd-name`: a container kept for the job's later steps on the node.
+    /// `--mnd-name`: `NAME[:auto|create|exec|no_exec]`, a container kept for the job's
+    /// later steps on the node.
     pub name: Option<String>,
-    /// `--mnd-envlist`: variables whose value from the job wins over the image's.
+    /// `--mnd-env` (or `--mnd-envlist`): variables whose value from the job wins over the
+    /// image's.
     pub envlist: Option<String>,
+    /// `--mnd-mount-home` (true) or `--no-mnd-mount-home` (false).
+    #[serde(default)]
+    pub mount_home: Option<bool>,
+    /// `--mnd-remap-root` (true) or `--no-mnd-remap-root` (false).
+    #[serde(default)]
+    pub remap_root: Option<bool>,
+    /// `--mnd-entrypoint` (true) or `--no-mnd-entrypoint` (false).
+    #[serde(default)]
+    pub entrypoint: Option<bool>,
+    /// `--mnd-entrypoint-log`.
+    #[serde(default)]
+    pub entrypoint_log: bool,
+    /// `--mnd-writable` (true) or `--mnd-readonly` (false).
+    #[serde(default)]
+    pub writable: Option<bool>,
+    /// `--mnd-unshare`: `net`, `ipc`, `uts`, comma separated.
+    #[serde(default)]
+    pub unshare: Option<String>,
+    /// `--mnd-save`: where the container goes at the end of the step.
+    #[serde(default)]
+    pub save: Option<String>,
 }
 
 /// What the plugin hands the root helper.
@@ -82,6 +106,21 @@ pub struct Reply {
     /// was reused has another.
     #[serde(default)]
     pub pid_start: u64,
+    /// The container's own namespaces (`net`, `ipc`, `uts`) the tasks join besides its mount
+    /// namespace (`--mnd-unshare`).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// The container's root is read-only for the tasks (`--mnd-readonly`).
+    #[serde(default)]
+    pub read_only: bool,
+    /// The tasks appear as root in a user namespace that maps root to the user
+    /// (`--mnd-remap-root`).
+    #[serde(default)]
+    pub remap_root: bool,
+    /// The tasks run outside the container (`--mnd-name=NAME:no_exec`): it was only made or
+    /// found.
+    #[serde(default)]
+    pub no_exec: bool,
 }
 
 /// Variable set in every task, naming its container (`mnd-srun` sees it runs inside one).

@@ -14,6 +14,8 @@ pub struct Mount {
     pub target: PathBuf,
     /// Read-only.
     pub read_only: bool,
+    /// Bind propagation (`rprivate`, `rslave`, ...), when not Docker's default.
+    pub propagation: Option<String>,
 }
 
 impl Mount {
@@ -23,6 +25,7 @@ impl Mount {
             source: path.to_path_buf(),
             target: path.to_path_buf(),
             read_only,
+            propagation: None,
         }
     }
 }
@@ -100,6 +103,8 @@ pub struct ContainerSpec {
     /// Direct mode: host pid, uts, cgroup and user namespaces, an init, and a program that
     /// only keeps the container up; the step's tasks join its mount namespace.
     pub host_namespaces: bool,
+    /// With `host_namespaces`: a UTS namespace of its own all the same (`--mnd-unshare=uts`).
+    pub own_uts: bool,
     /// Largest writable layer (the site's `writable_layer_size`), if limited.
     pub storage_size: Option<String>,
 }

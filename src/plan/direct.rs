@@ -4,127 +4,18 @@
 use super::container;
 use super::error::{usage, PlanError};
 use super::facts::NodeFacts;
+use super::options::{CheckOptions, Checked};
 use super::policy::{self, GpuAsk, MountOrigin};
-use super::{env, gpus, mounts, net};
+use super::{gpus, mounts, net};
 use crate::cli::GpuVendor;
 use crate::config::SiteConfig;
 use crate::identity::Identity;
-use crate::spank::{job_owned, Options, Request, CONTAINER_VAR, IMAGE_VAR, NAMED_STEP};
+use crate::spank::{job_owned, Request, CONTAINER_VAR, IMAGE_VAR, NAMED_STEP};
 use crate::spec::{labels, ContainerSpec, Mount};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[cfg(test)]
 mod tests;
-
-/// The options, checked for form (nothing here looks at the node).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checked {
-    /// The image.
-    pub image: String,
-    /// Mounts, sources not yet resolved.
-    pub mounts: Vec<Mount>,
-    /// Working directory in the container.
-    pub workdir: Option<PathBuf>,
-    /// Name of a job-lifetime container.
-    pub name: Option<String>,
-    /// Variables the job's value wins for.
-    pub envlist: Vec<String>,
-}
-
-/// Direct mode's options, checked for form.
-pub trait CheckOptions {
-    /// Checks the options' form.
-    fn check(&self) -> Result<Checked, PlanError>;
-}
-
-impl CheckOptions for Options {
-    /// Checks the options' form: an image name without spaces or control characters, mounts
-    /// as `SRC[:DST][:ro]` with absolute paths, an absolute working directory, a name of
-    /// letters, digits, `_.-`, and variable names.
-    fn check(&self) -> Result<Checked, PlanError> {
-        let image = self.image.trim();
-        if image.is_empty() {
-            return Err(usage(
-                "--mnd-image is empty: give an image, e.g. --mnd-image=ubuntu:24.04",
-            ));
-        }
-        if image.len() > 255 || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(usage(format!(
-                "--mnd-image '{}' is not an image name (no spaces or control characters, at most 255 characters)",
-                image.escape_debug()
-            )));
-        }
-        let mounts = self
-            .mounts
-            .iter()
-            .flat_map(|m| m.split(','))
-            .map(str::trim)
-            .filter(|m| !m.is_empty())
-            .map(|m| {
-                if m.chars().any(char::is_control) {
-                    return Err(usage(format!(
-                        "--mnd-mounts '{}' holds a control character",
-                        m.escape_debug()
-                    )));
-                }
-                mounts::parse_mount(m)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let workdir = match self.workdir.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(w) if w.starts_with('/') && !w.chars().any(char::is_control) => {
-                Some(policy::lexical_clean(Path::new(w)))
-            }
-            Some(w) => {
-                return Err(usage(format!(
-                    "--mnd-workdir '{}' is not an absolute path",
-                    w.escape_debug()
-                )))
-            }
-        };
-        let name = match self.name.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(n)
-                if n.len() <= 64
-                    && n.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) =>
-            {
-                Some(n.to_string())
-            }
-            Some(n) => {
-                return Err(usage(format!(
-                    "--mnd-name '{}' may hold only letters, digits, '_', '.' and '-' (at most 64)",
-                    n.escape_debug()
-                )))
-            }
-        };
-        let envlist = self
-            .envlist
-            .iter()
-            .flat_map(|l| l.split(','))
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(|v| {
-                if env::is_variable_name(v) {
-                    Ok(v.to_string())
-                } else {
-                    Err(usage(format!(
-                        "--mnd-envlist: '{}' is not a variable name",
-                        v.escape_debug()
-                    )))
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Checked {
-            image: image.to_string(),
-            mounts,
-            workdir,
-            name,
-            envlist,
-        })
-    }
-}
 
 /// What the container of a direct-mode step is decided from.
 pub struct Inputs<'a> {
@@ -157,15 +48,17 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
         ..
     } = *i;
     let opts = req.options.check()?;
-    policy::check_request(
-        site,
-        user,
-        &policy::Request {
-            image: &opts.image,
-            privileged: false,
-            dockopts: false,
-        },
-    )?;
+    if let Some(image) = &opts.image {
+        policy::check_request(
+            site,
+            user,
+            &policy::Request {
+                image,
+                privileged: false,
+                dockopts: false,
+            },
+        )?;
+    }
     let mounts = step_mounts(i, &opts)?;
     let mut labels = container::base_labels(
         req.job.to_string(),
@@ -202,7 +95,7 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
     );
     let spec = ContainerSpec {
         name: req.container_name(&user.name, opts.name.as_deref()),
-        image: opts.image.clone(),
+        image: opts.image.clone().unwrap_or_default(),
         pull: crate::cli::Pull::Missing,
         user: format!("{}:{}", req.uid, req.gid),
         group_add,
@@ -210,10 +103,23 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
         mounts,
         env,
         workdir: req.cwd.clone(),
-        network: "host".into(),
-        // The node's /dev/shm, as the tasks would have without a container: Slurm's PMIx
-        // server (outside the container) shares its segments with them there.
-        ipc: Some("host".into()),
+        // The node's network and /dev/shm, as the tasks would have without a container
+        // (Slurm's PMIx server, outside, shares its segments with them there), unless
+        // --mnd-unshare gives the container its own.
+        network: if opts.unshare.contains(&"net") {
+            "none"
+        } else {
+            "host"
+        }
+        .into(),
+        ipc: Some(
+            if opts.unshare.contains(&"ipc") {
+                "shareable"
+            } else {
+                "host"
+            }
+            .into(),
+        ),
         shm_size: None,
         ulimits: vec![],
         devices,
@@ -221,10 +127,15 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
         cap_add: vec![],
         cap_drop: container::cap_drop(false, &[]),
         security_opt: container::security_opt(&[]),
-        tmpfs: BTreeMap::new(),
+        tmpfs: opts
+            .tmpfs
+            .iter()
+            .map(|(t, o)| (t.display().to_string(), o.clone()))
+            .collect(),
         extra_hosts: vec![],
         privileged: false,
         host_namespaces: true,
+        own_uts: opts.unshare.contains(&"uts"),
         storage_size: site.policy.writable_layer_size.clone(),
     };
     Ok((spec, opts))
@@ -243,14 +154,19 @@ fn step_mounts(i: &Inputs, opts: &Checked) -> Result<Vec<Mount>, PlanError> {
         ..
     } = *i;
     let checked = |origin, m| mounts::checked_mount(site, user, origin, m, resolve);
-    let mut mounts = vec![checked(MountOrigin::Home, Mount::same(&user.home, false))?];
+    let mut mounts = Vec::new();
+    if opts.mount_home {
+        mounts.push(checked(MountOrigin::Home, Mount::same(&user.home, false))?);
+    }
     for spec in &site.defaults.mounts {
         mounts.push(checked(MountOrigin::Site, mounts::parse_mount(spec)?)?);
     }
-    for m in &opts.mounts {
-        mounts.push(checked(MountOrigin::User, m.clone())?);
+    for m in user_mounts(opts, &req.cwd) {
+        mounts.push(checked(MountOrigin::User, m)?);
     }
-    if !mounts::covered(&req.cwd, &mounts) {
+    // Without the home, a working directory inside it is not shown either (as pyxis).
+    let hidden = !opts.mount_home && req.cwd.starts_with(&user.home);
+    if !hidden && !mounts::covered(&req.cwd, &mounts) {
         mounts.push(checked(MountOrigin::Workdir, Mount::same(&req.cwd, false))?);
     }
     for dir in &req.slurm_dirs {
@@ -270,7 +186,28 @@ fn step_mounts(i: &Inputs, opts: &Checked) -> Result<Vec<Mount>, PlanError> {
         mounts.push(Mount::same(dir, true));
     }
     mounts::distinct_targets(&mounts)?;
+    for (target, _) in &opts.tmpfs {
+        policy::check_mount_target(target)?;
+        if mounts.iter().any(|m| &m.target == target) {
+            return Err(usage(format!(
+                "--mnd-mounts: {} is the target of two mounts",
+                target.display()
+            )));
+        }
+    }
     Ok(mounts)
+}
+
+/// `--mnd-mounts` binds with each relative source made absolute from the step's working
+/// directory (then resolved as the user, like any other).
+pub fn user_mounts(opts: &Checked, cwd: &Path) -> Vec<Mount> {
+    opts.mounts
+        .iter()
+        .map(|m| Mount {
+            source: mounts::absolute(cwd, &m.source),
+            ..m.clone()
+        })
+        .collect()
 }
 
 /// A step whose GPUs Slurm names by unique ids (MIG devices, with NVML autodetection) is

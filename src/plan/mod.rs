@@ -25,6 +25,7 @@ pub mod facts;
 pub mod gpus;
 pub mod mounts;
 pub mod net;
+pub mod options;
 pub mod policy;
 pub mod ports;
 
@@ -459,6 +460,7 @@ fn launcher_container(s: &Shaped) -> Result<ContainerSpec, PlanError> {
         extra_hosts: opts.add_hosts.clone(),
         privileged,
         host_namespaces: false,
+        own_uts: false,
         storage_size: site.policy.writable_layer_size.clone(),
     })
 }

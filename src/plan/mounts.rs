@@ -36,6 +36,7 @@ pub(crate) fn parse_mount(spec: &str) -> Result<Mount, PlanError> {
         source: src.into(),
         target: policy::lexical_clean(Path::new(dst)),
         read_only: ro,
+        propagation: None,
     })
 }
 

@@ -33,6 +33,16 @@ pub const SYSTEM_FOLDERS: &[&str] = &[
     "/root",
 ];
 
+/// Character devices that give nothing away (no host state, no hardware), so a user may
+/// mount them as files, as pyxis users do with `/dev/null`.
+pub const HARMLESS_DEVICES: [&str; 5] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
+
 /// The container folder holding the files mnd-srun gives a container (sshd and ssh
 /// configs, the ssh wrappers). It lies in the container's own layer: no mount may cover it.
 pub const PRIVATE_DIR: &str = "/.mnd";
@@ -115,6 +125,11 @@ fn system_folder_of(path: &Path) -> Option<&'static str> {
 /// system folder, never the Docker socket, whatever the config says.
 pub fn check_mount_source(origin: MountOrigin, resolved: &Path) -> Result<(), PlanError> {
     if origin == MountOrigin::Site {
+        return Ok(());
+    }
+    // Devices that hold nothing of the host's (pyxis users mount /dev/null over files).
+    let harmless = HARMLESS_DEVICES.iter().any(|d| Path::new(d) == resolved);
+    if origin == MountOrigin::User && harmless {
         return Ok(());
     }
     if let Some(sys) = system_folder_of(resolved) {

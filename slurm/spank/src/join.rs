@@ -27,14 +27,36 @@ fn still_the_container(reply: &Reply) -> Result<(), String> {
     Ok(())
 }
 
-/// Joins the mount namespace of the container's init and its root, then sets
-/// `no_new_privs` and empties the capability bounding set: no setuid program or file
-/// capability in the image can raise the task above the job's user.
+/// The namespaces `--mnd-unshare` gives the container, as `/proc/PID/ns` names them.
+fn own_namespace(name: &str) -> Option<CloneFlags> {
+    match name {
+        "net" => Some(CloneFlags::CLONE_NEWNET),
+        "ipc" => Some(CloneFlags::CLONE_NEWIPC),
+        "uts" => Some(CloneFlags::CLONE_NEWUTS),
+        _ => None,
+    }
+}
+
+/// Joins the mount namespace of the container's init and its root (and the namespaces of
+/// its own it has: `--mnd-unshare`), makes its root read-only when asked
+/// (`--mnd-readonly`; mounts keep their own mode), then sets `no_new_privs` and empties
+/// the capability bounding set: no setuid program or file capability in the image can
+/// raise the task above the job's user.
 pub fn enter(reply: &Reply) -> Result<(), String> {
     let pid = reply.pid;
     // Opened before the switch: afterwards /proc is the container's.
     let ns = File::open(format!("/proc/{pid}/ns/mnt"))
         .map_err(|e| format!("the container's mount namespace (pid {pid}): {e}"))?;
+    let others = reply
+        .namespaces
+        .iter()
+        .filter_map(|n| Some((n, own_namespace(n)?)))
+        .map(|(n, flag)| {
+            File::open(format!("/proc/{pid}/ns/{n}"))
+                .map(|f| (f, flag))
+                .map_err(|e| format!("the container's {n} namespace (pid {pid}): {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let root = File::open(format!("/proc/{pid}/root"))
         .map_err(|e| format!("the container's root (pid {pid}): {e}"))?;
     still_the_container(reply)?;
@@ -42,9 +64,18 @@ pub fn enter(reply: &Reply) -> Result<(), String> {
         .ok()
         .and_then(|t| t.trim().parse::<libc::c_ulong>().ok())
         .unwrap_or(63);
+    for (f, flag) in &others {
+        setns(f, *flag).map_err(|e| format!("joining the container's namespace: {e}"))?;
+    }
     setns(&ns, CloneFlags::CLONE_NEWNS).map_err(|e| format!("joining the container: {e}"))?;
     nix::unistd::fchdir(&root).map_err(|e| format!("entering the container's root: {e}"))?;
     nix::unistd::chroot(".").map_err(|e| format!("entering the container's root: {e}"))?;
+    if reply.read_only {
+        use nix::mount::{mount, MsFlags};
+        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+        mount(None::<&str>, "/", None::<&str>, flags, None::<&str>)
+            .map_err(|e| format!("making the container's root read-only: {e}"))?;
+    }
     // SAFETY: plain prctl calls on this process with integer arguments.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
@@ -60,4 +91,32 @@ pub fn enter(reply: &Reply) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `--mnd-remap-root`, in the task as the job's user: a user namespace of its own where
+/// root is the user and nothing else is mapped. Root there owns no namespace but this one,
+/// so it gains nothing outside: files it writes are the user's, and the host's root is
+/// nobody.
+pub fn remap_root() -> Result<(), String> {
+    let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+    // After slurmstepd's switch to the user the task is not dumpable, so its /proc files
+    // are root's and it cannot write its own maps. The exec that follows makes it dumpable
+    // anyway (no set-id program runs): this only does it a moment earlier.
+    // SAFETY: a plain prctl on this process with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "--mnd-remap-root: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    nix::sched::unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| {
+        format!("--mnd-remap-root: a user namespace ({e}; the node must allow unprivileged user namespaces)")
+    })?;
+    let write = |file: &str, text: String| {
+        std::fs::write(format!("/proc/self/{file}"), text)
+            .map_err(|e| format!("--mnd-remap-root: /proc/self/{file}: {e}"))
+    };
+    write("setgroups", "deny".into())?;
+    write("uid_map", format!("0 {uid} 1"))?;
+    write("gid_map", format!("0 {gid} 1"))
 }

@@ -20,7 +20,7 @@ mod options;
 mod step;
 mod version;
 
-use mnd::plan::direct::CheckOptions;
+use mnd::plan::options::CheckOptions;
 use options::{PluginArgs, OPTIONS};
 use slurm_spank::{spank_log_error, Context, Plugin, SpankHandle, SpankOption, SPANK_PLUGIN};
 use std::error::Error;
@@ -66,11 +66,11 @@ unsafe impl Plugin for MndSpank {
             Context::Local | Context::Remote | Context::Allocator
         ) {
             for o in OPTIONS {
-                spank.register_option(
-                    SpankOption::new(o.name)
-                        .takes_value(o.value)
-                        .usage(&o.usage()),
-                )?;
+                let option = SpankOption::new(o.name).usage(&o.usage());
+                spank.register_option(match o.value {
+                    Some(v) => option.takes_value(v),
+                    None => option,
+                })?;
             }
         }
         Ok(())
@@ -111,6 +111,10 @@ unsafe impl Plugin for MndSpank {
             spank_log_error!("mnd: {}: {e}", step.node());
             e
         })?;
+        // --mnd-name=NAME:no_exec: the container is made or found; the tasks stay outside.
+        if reply.no_exec {
+            return Ok(());
+        }
         join::enter(&reply).map_err(|e| format!("mnd: {}: {e}", step.node()))?;
         for name in &reply.unset_env {
             spank.unsetenv(name)?;
@@ -136,29 +140,10 @@ unsafe impl Plugin for MndSpank {
         let Some(reply) = &self.reply else {
             return Ok(());
         };
-        if let Some(dir) = &reply.workdir {
-            std::env::set_current_dir(dir)
-                .map_err(|e| format!("mnd: --mnd-workdir {}: {e}", dir.display()))?;
-        }
-        // Slurm's PMI variables are set by now (after task_init_privileged).
-        if spank.getenv("PMIX_RANK")?.is_some() {
-            for (from, to) in PMIX_REMAP {
-                if let Some(value) = spank.getenv(from)? {
-                    set_unless_set(spank, to, &value)?;
-                }
-            }
-        }
-        // Slurm has set this task's GPUs by now, in its numbering; the container has the
-        // step's GPUs as 0..n-1.
-        for var in GPU_VARS {
-            let mapped = spank
-                .getenv(var)?
-                .and_then(|v| mnd::spank::container_gpu_ids(&reply.gpus, &v));
-            if let Some(ids) = mapped {
-                spank.setenv(var, ids, true)?;
-            }
-        }
-        Ok(())
+        in_task(reply, spank).map_err(|e| {
+            spank_log_error!("{e}");
+            e
+        })
     }
 
     fn exit(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
@@ -167,6 +152,37 @@ unsafe impl Plugin for MndSpank {
         }
         Ok(())
     }
+}
+
+/// A task, as the job's user, just before its program: root remapped, the working
+/// directory, Slurm's PMIx settings for the image's PMIx, the GPUs renumbered.
+fn in_task(reply: &mnd::spank::Reply, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+    if reply.remap_root {
+        join::remap_root().map_err(|e| format!("mnd: {e}"))?;
+    }
+    if let Some(dir) = &reply.workdir {
+        std::env::set_current_dir(dir)
+            .map_err(|e| format!("mnd: the working directory {}: {e}", dir.display()))?;
+    }
+    // Slurm's PMI variables are set by now (after task_init_privileged).
+    if spank.getenv("PMIX_RANK")?.is_some() {
+        for (from, to) in PMIX_REMAP {
+            if let Some(value) = spank.getenv(from)? {
+                set_unless_set(spank, to, &value)?;
+            }
+        }
+    }
+    // Slurm has set this task's GPUs by now, in its numbering; the container has the
+    // step's GPUs as 0..n-1.
+    for var in GPU_VARS {
+        let mapped = spank
+            .getenv(var)?
+            .and_then(|v| mnd::spank::container_gpu_ids(&reply.gpus, &v));
+        if let Some(ids) = mapped {
+            spank.setenv(var, ids, true)?;
+        }
+    }
+    Ok(())
 }
 
 /// Sets a task variable where the task has none (the user's own value wins).

@@ -54,12 +54,12 @@ impl PluginArgs {
     }
 }
 
-/// One user option: `--NAME=VALUE` on srun/sbatch/salloc, or the variable `ENV`.
+/// One user option: `--NAME[=VALUE]` on srun/sbatch/salloc, or the variable `ENV`.
 pub struct UserOption {
     /// Option name without `--`.
     pub name: &'static str,
-    /// What the value is, for `--help`.
-    pub value: &'static str,
+    /// What the value is, for `--help`; `None` for a flag.
+    pub value: Option<&'static str>,
     /// The environment variable that sets it when the option is not given.
     pub env: &'static str,
     /// What it does.
@@ -73,68 +73,198 @@ impl UserOption {
     }
 }
 
-/// The options, as `srun --help` lists them.
-pub const OPTIONS: [UserOption; 5] = [
+const fn value(
+    name: &'static str,
+    value: &'static str,
+    env: &'static str,
+    help: &'static str,
+) -> UserOption {
     UserOption {
-        name: "mnd-image",
-        value: "IMAGE",
-        env: "MND_IMAGE",
-        help: "[mnd] run every task of the step inside IMAGE (a Docker image on the nodes or pullable)",
-    },
+        name,
+        value: Some(value),
+        env,
+        help,
+    }
+}
+
+const fn flag(name: &'static str, env: &'static str, help: &'static str) -> UserOption {
     UserOption {
-        name: "mnd-mounts",
-        value: "SRC[:DST][:ro],...",
-        env: "MND_MOUNTS",
-        help: "[mnd] more folders in the container (home and working directory are always there)",
-    },
-    UserOption {
-        name: "mnd-workdir",
-        value: "DIR",
-        env: "MND_WORKDIR",
-        help: "[mnd] start the tasks in DIR inside the container (default: the working directory)",
-    },
-    UserOption {
-        name: "mnd-name",
-        value: "NAME",
-        env: "MND_NAME",
-        help: "[mnd] keep the container for the job's later steps with the same NAME",
-    },
-    UserOption {
-        name: "mnd-envlist",
-        value: "VAR,...",
-        env: "MND_ENVLIST",
-        help: "[mnd] variables whose value from the job wins over the image's",
-    },
+        name,
+        value: None,
+        env,
+        help,
+    }
+}
+
+/// The options, as `srun --help` lists them: pyxis's `--container-*` as `--mnd-*`, with the
+/// same meaning (README: "Coming from pyxis").
+pub const OPTIONS: [UserOption; 17] = [
+    value("mnd-image", "IMAGE", "MND_IMAGE", "[mnd] run every task of the step inside IMAGE (a Docker image on the nodes or pullable)"),
+    value("mnd-mounts", "SRC[:DST[:FLAGS]],...", "MND_MOUNTS", "[mnd] bind mount[s] in the container; FLAGS joined with '+' (ro, rw, rprivate, rslave, ...); tmpfs:DST[:OPTS] for a tmpfs"),
+    value("mnd-workdir", "DIR", "MND_WORKDIR", "[mnd] start the tasks in DIR inside the container (default: the working directory)"),
+    value("mnd-name", "NAME[:MODE]", "MND_NAME", "[mnd] keep the container for the job's later steps with the same NAME; MODE: auto (default), create, exec, no_exec"),
+    value("mnd-env", "VAR,...", "MND_ENV", "[mnd] variables whose value from the job wins over the image's"),
+    value("mnd-envlist", "VAR,...", "MND_ENVLIST", "[mnd] the same as --mnd-env"),
+    value("mnd-save", "PATH", "MND_SAVE", "[mnd] not supported in direct mode (refused; see mnd commit)"),
+    flag("mnd-mount-home", "MND_MOUNT_HOME", "[mnd] bind mount your home (the default)"),
+    flag("no-mnd-mount-home", "MND_MOUNT_HOME", "[mnd] do not bind mount your home"),
+    flag("mnd-remap-root", "MND_REMAP_ROOT", "[mnd] appear as root inside (a user namespace mapping root to you: no privilege outside)"),
+    flag("no-mnd-remap-root", "MND_REMAP_ROOT", "[mnd] stay yourself inside (the default)"),
+    flag("mnd-entrypoint", "MND_ENTRYPOINT", "[mnd] not supported (refused): the image's entrypoint does not run"),
+    flag("no-mnd-entrypoint", "MND_ENTRYPOINT", "[mnd] do not run the image's entrypoint (the default)"),
+    flag("mnd-entrypoint-log", "MND_ENTRYPOINT_LOG", "[mnd] accepted for pyxis scripts; no entrypoint runs, so nothing to log"),
+    flag("mnd-writable", "MND_WRITABLE", "[mnd] the container's filesystem is writable (the default)"),
+    flag("mnd-readonly", "MND_READONLY", "[mnd] the container's filesystem is read-only (mounts keep their own mode)"),
+    value("mnd-unshare", "NS,...", "MND_UNSHARE", "[mnd] namespaces of the container's own: net, ipc, uts"),
 ];
+/// Where the plugin reads what the user gave.
+struct Source<'a, 'b> {
+    spank: &'a mut SpankHandle<'b>,
+    remote: bool,
+    /// Options given on the command line (not from the environment).
+    given: Vec<&'static str>,
+}
+
+impl Source<'_, '_> {
+    /// `--NAME=VALUE`, else the variable `ENV` (empty: unset). An empty value on the
+    /// command line is refused, as pyxis does.
+    fn text(&mut self, name: &'static str) -> Result<Option<String>, Box<dyn Error>> {
+        if let Some(v) = self.spank.get_option_value(name)?.map(|v| v.into_owned()) {
+            if v.is_empty() {
+                return Err(format!("mnd: --{name}: argument required").into());
+            }
+            self.given.push(name);
+            return Ok(Some(v));
+        }
+        self.env(env_of(name))
+    }
+
+    /// A variable of the job (in slurmstepd) or of srun; empty is unset.
+    fn env(&mut self, name: &str) -> Result<Option<String>, Box<dyn Error>> {
+        let value = if self.remote {
+            self.spank.getenv(name)?
+        } else {
+            std::env::var(name).ok()
+        };
+        Ok(value.filter(|v| !v.is_empty()))
+    }
+
+    /// `--ON` (true) or `--OFF` (false), both refused; else the variable of `ON` as a
+    /// boolean (1/0, true/false, yes/no, on/off; anything else is unset, as pyxis).
+    fn switch(
+        &mut self,
+        on: &'static str,
+        off: &'static str,
+    ) -> Result<Option<bool>, Box<dyn Error>> {
+        match (self.spank.is_option_set(on), self.spank.is_option_set(off)) {
+            (true, true) => Err(format!("mnd: both --{on} and --{off} were given").into()),
+            (true, false) => {
+                self.given.push(on);
+                Ok(Some(true))
+            }
+            (false, true) => {
+                self.given.push(off);
+                Ok(Some(false))
+            }
+            (false, false) => Ok(self.env(env_of(on))?.and_then(|v| boolean(&v))),
+        }
+    }
+}
+
+impl Source<'_, '_> {
+    /// `--NAME`, else its variable as a boolean.
+    fn flag(&mut self, name: &'static str) -> Result<bool, Box<dyn Error>> {
+        if self.spank.is_option_set(name) {
+            self.given.push(name);
+            return Ok(true);
+        }
+        Ok(self.env(env_of(name))?.and_then(|v| boolean(&v)) == Some(true))
+    }
+}
+
+/// The variable of an option.
+fn env_of(name: &str) -> &'static str {
+    OPTIONS
+        .iter()
+        .find(|o| o.name == name)
+        .map_or("", |o| o.env)
+}
+
+/// pyxis's booleans.
+fn boolean(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "y" | "on" => Some(true),
+        "0" | "false" | "no" | "n" | "off" => Some(false),
+        _ => None,
+    }
+}
 
 /// The user's options: from the command line, else from the environment (the job's, in
-/// slurmstepd); `None` without an image.
+/// slurmstepd); `None` without an image or a name. Options given without either are
+/// refused (the same variables in the environment alone are ignored, so a profile that
+/// exports them does not break plain steps).
 pub fn given(spank: &mut SpankHandle) -> Result<Option<Options>, Box<dyn Error>> {
     let remote = spank.context()? == Context::Remote;
-    let mut values = Vec::new();
-    for o in &OPTIONS {
-        let from_option = spank.get_option_value(o.name)?.map(|v| v.into_owned());
-        let value = match from_option {
-            Some(v) => Some(v),
-            None if remote => spank.getenv(o.env)?,
-            None => std::env::var(o.env).ok(),
-        };
-        values.push(value.filter(|v| !v.is_empty()));
-    }
-    let [image, mounts, workdir, name, envlist]: [Option<String>; 5] =
-        values.try_into().map_err(|_| "mnd_spank: option table")?;
-    Ok(image.map(|image| Options {
-        image,
-        mounts,
-        workdir,
-        name,
+    let mut src = Source {
+        spank,
+        remote,
+        given: Vec::new(),
+    };
+    let envlist = match src.text("mnd-env")? {
+        Some(v) => Some(v),
+        None => src.text("mnd-envlist")?,
+    };
+    let writable = match src.switch("mnd-writable", "mnd-readonly")? {
+        Some(w) => Some(w),
+        None => src
+            .env("MND_READONLY")?
+            .and_then(|v| boolean(&v))
+            .map(|ro| !ro),
+    };
+    let options = Options {
+        image: src.text("mnd-image")?.unwrap_or_default(),
+        mounts: src.text("mnd-mounts")?,
+        workdir: src.text("mnd-workdir")?,
+        name: src.text("mnd-name")?,
         envlist,
-    }))
+        mount_home: src.switch("mnd-mount-home", "no-mnd-mount-home")?,
+        remap_root: src.switch("mnd-remap-root", "no-mnd-remap-root")?,
+        entrypoint: src.switch("mnd-entrypoint", "no-mnd-entrypoint")?,
+        entrypoint_log: src.flag("mnd-entrypoint-log")?,
+        writable,
+        unshare: src.text("mnd-unshare")?,
+        save: src.text("mnd-save")?,
+    };
+    if !options.image.is_empty() || options.name.is_some() {
+        return Ok(Some(options));
+    }
+    match src.given.first() {
+        Some(name) => Err(format!(
+            "mnd: --{name} needs --mnd-image=IMAGE (or --mnd-name=NAME of a container of this job)"
+        )
+        .into()),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_option_has_its_variable_and_booleans_read_as_pyxis_reads_them() {
+        for o in &OPTIONS {
+            assert!(
+                o.env.starts_with("MND_") && !o.help.is_empty(),
+                "{}",
+                o.name
+            );
+        }
+        assert_eq!(env_of("no-mnd-mount-home"), "MND_MOUNT_HOME");
+        assert_eq!(boolean("Yes"), Some(true));
+        assert_eq!(boolean("0"), Some(false));
+        assert_eq!(boolean("maybe"), None);
+    }
 
     #[test]
     fn plugstack_arguments() {

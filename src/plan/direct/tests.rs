@@ -1,6 +1,7 @@
 use super::*;
 use crate::identity::test_user;
 use crate::spank::container_gpu_ids;
+use crate::spank::Options;
 
 fn request(options: Options) -> Request {
     Request {
@@ -119,52 +120,94 @@ fn a_named_container_is_the_jobs_not_the_steps() {
 
 #[test]
 fn hostile_option_values_are_refused_with_the_option_named() {
-    let cases = [
-        (image(""), "--mnd-image is empty"),
+    let long_image = "A".repeat(2048);
+    let long_name = "a".repeat(300);
+    let with = |f: &dyn Fn(&mut Options)| {
+        let mut o = image("ubuntu:24.04");
+        f(&mut o);
+        o
+    };
+    // pyxis's invalid_args.bats, option for option, and a few of ours.
+    let cases: Vec<(Options, &str)> = vec![
+        (image(" "), "--mnd-image: argument required"),
+        (image(&long_image), "--mnd-image"),
+        (image("./"), "is a path"),
+        (image("/dev/urandom"), "is a path"),
         (image("img --privileged"), "--mnd-image"),
         (image("img\nx"), "--mnd-image"),
         (
             Options {
-                mounts: Some("relative:/x".into()),
-                ..image("img")
+                name: Some("args-test:bogus".into()),
+                ..Options::default()
             },
-            "absolute",
+            "mode 'bogus'",
+        ),
+        (with(&|o| o.name = Some("/tmp/foo".into())), "--mnd-name"),
+        (with(&|o| o.name = Some(":exec".into())), "empty name"),
+        (with(&|o| o.name = Some(long_name.clone())), "--mnd-name"),
+        (with(&|o| o.name = Some("../../etc".into())), "--mnd-name"),
+        (
+            with(&|o| o.mounts = Some(String::new())),
+            "--mnd-mounts: argument required",
         ),
         (
-            Options {
-                mounts: Some("/a:/b:/c:/d".into()),
-                ..image("img")
-            },
-            "SRC[:DST][:ro]",
+            with(&|o| o.mounts = Some(":".into())),
+            "empty source or target",
         ),
         (
-            Options {
-                mounts: Some("/data\n:/x".into()),
-                ..image("img")
-            },
+            with(&|o| o.mounts = Some("/tmp:".into())),
+            "empty source or target",
+        ),
+        (
+            with(&|o| o.mounts = Some("/tmp:mnt:ro".into())),
+            "absolute path in the container",
+        ),
+        (
+            with(&|o| o.mounts = Some("/home:../home".into())),
+            "absolute path in the container",
+        ),
+        (
+            with(&|o| o.mounts = Some("relative:/x".into())),
+            "the source must be a path",
+        ),
+        (
+            with(&|o| o.mounts = Some("/tmp:/mnt:unbindable+ro".into())),
+            "flag 'unbindable'",
+        ),
+        (
+            with(&|o| o.mounts = Some("devpts:/mydevpts:ro".into())),
+            "'devpts' mounts are not supported",
+        ),
+        (
+            with(&|o| o.mounts = Some("/data\n:/x".into())),
             "control character",
         ),
         (
-            Options {
-                name: Some("../../etc".into()),
-                ..image("img")
-            },
-            "--mnd-name",
+            with(&|o| o.workdir = Some(String::new())),
+            "--mnd-workdir: argument required",
         ),
         (
-            Options {
-                workdir: Some("rel/dir".into()),
-                ..image("img")
-            },
-            "--mnd-workdir",
+            with(&|o| o.envlist = Some(String::new())),
+            "--mnd-env: argument required",
         ),
         (
-            Options {
-                envlist: Some("PATH,A=B".into()),
-                ..image("img")
-            },
-            "--mnd-envlist",
+            with(&|o| o.envlist = Some("FOO,".into())),
+            "not a variable name",
         ),
+        (with(&|o| o.envlist = Some("PATH,A=B".into())), "--mnd-env"),
+        (
+            with(&|o| o.unshare = Some("pid".into())),
+            "unknown namespace 'pid'",
+        ),
+        (
+            with(&|o| o.unshare = Some(String::new())),
+            "--mnd-unshare: argument required",
+        ),
+        (
+            with(&|o| o.entrypoint = Some(true)),
+            "--mnd-entrypoint is not supported",
+        ),
+        (with(&|o| o.save = Some("/tmp/x.sqsh".into())), "--mnd-save"),
     ];
     for (opts, want) in cases {
         let err = planned(opts.clone(), &SiteConfig::default())
@@ -172,6 +215,84 @@ fn hostile_option_values_are_refused_with_the_option_named() {
             .to_string();
         assert!(err.contains(want), "{opts:?}: {err}");
     }
+}
+
+#[test]
+fn pyxis_forms_are_taken_as_pyxis_takes_them() {
+    let opts = Options {
+        mounts: Some(
+            "./:/test-mnt,/dev/null:/null,/data,/data:/ro:ro+rslave,tmpfs:/scratch:size=1g+mode=1777,/data"
+                .into(),
+        ),
+        workdir: Some("../".into()),
+        name: Some("warm:no_exec".into()),
+        envlist: Some("PATH,LD_LIBRARY_PATH".into()),
+        mount_home: Some(false),
+        writable: Some(false),
+        unshare: Some("net,uts,net".into()),
+        entrypoint: Some(false),
+        ..image("img")
+    };
+    let (spec, checked) = planned(opts, &SiteConfig::default()).unwrap();
+    let shown: Vec<(String, String, bool, Option<String>)> = spec
+        .mounts
+        .iter()
+        .map(|m| {
+            (
+                m.source.display().to_string(),
+                m.target.display().to_string(),
+                m.read_only,
+                m.propagation.clone(),
+            )
+        })
+        .collect();
+    let cwd = "/shared/home/alice/proj".to_string();
+    assert!(
+        shown.contains(&(cwd, "/test-mnt".into(), false, None)),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains(&("/dev/null".into(), "/null".into(), false, None)),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains(&("/data".into(), "/data".into(), false, None)),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains(&("/data".into(), "/ro".into(), true, Some("rslave".into()))),
+        "{shown:?}"
+    );
+    assert!(
+        !shown.iter().any(|(s, _, _, _)| s == "/shared/home/alice"),
+        "--no-mnd-mount-home: {shown:?}"
+    );
+    assert_eq!(
+        spec.tmpfs.get("/scratch").map(String::as_str),
+        Some("size=1g,mode=1777")
+    );
+    assert_eq!(checked.workdir.as_deref(), Some(Path::new("/")));
+    assert_eq!(checked.name_mode, crate::plan::options::NameMode::NoExec);
+    assert!(!checked.writable);
+    assert_eq!(checked.unshare, ["net", "uts"]);
+    assert_eq!(spec.network, "none");
+    assert!(spec.own_uts);
+    assert_eq!(spec.ipc.as_deref(), Some("host"));
+    // A name alone names a container of the job; nothing else is enough.
+    let (spec, checked) = planned(
+        Options {
+            name: Some("warm:exec".into()),
+            ..Options::default()
+        },
+        &SiteConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(checked.image, None);
+    assert!(spec.name.contains("warm"));
+    assert!(planned(Options::default(), &SiteConfig::default())
+        .unwrap_err()
+        .to_string()
+        .contains("--mnd-image is missing"));
 }
 
 #[test]
@@ -191,7 +312,8 @@ fn mounts_follow_the_mount_rules_after_resolving() {
     assert!(refused("/var/run/docker.sock").contains("docker.sock"));
     assert!(refused("/home/alice/d:/etc").contains("/etc"));
     assert!(refused("/home/alice/a/../../../usr:/u").contains("/usr"));
-    assert!(refused("/data,/data").contains("two mounts target /data"));
+    assert!(refused("/data,/other:/data").contains("two mounts target /data"));
+    assert!(refused("/dev/sda:/disk").contains("/dev"));
 }
 
 #[test]
