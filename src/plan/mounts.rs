@@ -104,7 +104,7 @@ pub(crate) fn checked_mount(
 ) -> Result<Mount, PlanError> {
     let source = resolve(&m.source).map_err(|e| {
         usage(format!(
-            "mount source {} cannot be used: {e}. Fix: give an existing folder",
+            "mount source {} cannot be used: {e}. Fix: give an existing folder or file",
             m.source.display()
         ))
     })?;

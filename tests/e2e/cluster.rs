@@ -380,3 +380,23 @@ impl HeldJob {
         r
     }
 }
+
+/// The job image made into `img` on every node (where it is missing) by running `cmd` in a
+/// container of it and committing that with the Dockerfile line `change`.
+pub fn image_on_every_node(img: &str, cmd: &str, change: &str) {
+    cluster();
+    for node in NODES {
+        let r = root_on(
+            node,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "docker image inspect {img} >/dev/null 2>&1 || {{ c=$(docker create {IMAGE} sh -c '{cmd}') && \
+                     docker start -a $c && docker commit --change '{change}' $c {img} >/dev/null && docker rm $c >/dev/null; }}"
+                ),
+            ],
+        );
+        assert_eq!(r.code, 0, "{}", r.all());
+    }
+}

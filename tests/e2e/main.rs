@@ -12,6 +12,7 @@ mod hosts;
 mod images;
 mod launcher;
 mod mpi;
+mod pyxis;
 mod teardown;
 mod tools;
 mod tree;

@@ -1,0 +1,43 @@
+//! `--mnd-unshare=net,ipc,uts` (pyxis `unshare*.bats`).
+
+use super::refused;
+use crate::cluster::*;
+use crate::direct::{assert_nothing_left, dave_job};
+
+#[test]
+fn unshared_namespaces_are_the_containers_own_and_the_rest_the_nodes() {
+    let _g = shared();
+    let show = "sh -c \"echo \\$(ls /sys/class/net) \\$(readlink /proc/self/ns/net /proc/self/ns/ipc /proc/self/ns/uts)\"";
+    let (r, job) = dave_job(
+        1,
+        &format!(
+            "srun -n1 {show}; srun -n1 --mnd-image={IMAGE} --mnd-unshare=net,ipc,uts {show}; \
+             srun -n1 --mnd-image={IMAGE} {show}"
+        ),
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_nothing_left(&job);
+    let lines: Vec<Vec<&str>> = r.stdout.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 3, "{}", r.all());
+    let (node, own, shared) = (&lines[0], &lines[1], &lines[2]);
+    assert_eq!(own[0], "lo", "only the loopback: {}", r.all());
+    assert_eq!(own.len(), 4, "{}", r.all());
+    for i in 1..4 {
+        assert_ne!(
+            own[i],
+            node[node.len() - 4 + i],
+            "the container's own: {}",
+            r.all()
+        );
+        assert_eq!(
+            shared[shared.len() - 4 + i],
+            node[node.len() - 4 + i],
+            "the node's: {}",
+            r.all()
+        );
+    }
+    refused(
+        &format!("--mnd-image={IMAGE} --mnd-unshare=pid true"),
+        "unknown namespace 'pid'",
+    );
+}
