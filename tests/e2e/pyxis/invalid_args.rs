@@ -73,7 +73,7 @@ fn every_invalid_argument_of_pyxis_is_refused_here_too() {
             "--mnd-save",
         ),
         (
-            format!("--mnd-mounts=/tmp:/x true"),
+            "--mnd-mounts=/tmp:/x true".to_string(),
             "--mnd-mounts needs --mnd-image",
         ),
     ];
