@@ -173,6 +173,9 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         }
     };
     let slurm_dirs = slurm_dirs(req, &mut ids)?;
+    if let Some(script) = &req.batch_script {
+        ids.insert(script.clone(), batch_script(req, script)?);
+    }
     let tools = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf));
@@ -275,6 +278,31 @@ fn with_root_prefixes(site: &SiteConfig) -> Result<SiteConfig, HelperError> {
         *prefix = real.display().to_string();
     }
     Ok(site)
+}
+
+/// The batch step's script, checked where Slurm keeps it: its identity for the check after
+/// the mount.
+fn batch_script(req: &Request, script: &Path) -> Result<FileId, HelperError> {
+    let script = crate::plan::policy::lexical_clean(script);
+    let parent = script.parent().unwrap_or(Path::new("/"));
+    let stat = |p: &Path| {
+        stat_no_links(p).map_err(|e| HelperError::Resolve {
+            uid: req.uid,
+            reason: format!("the batch script {}: {e}", p.display()),
+        })
+    };
+    let ((id, st), (_, pst)) = (stat(&script)?, stat(parent)?);
+    crate::plan::policy::check_batch_script(
+        &script,
+        req.uid,
+        &crate::plan::policy::SlurmDirFacts {
+            owner: st.st_uid,
+            is_dir: st.st_mode & libc::S_IFMT != libc::S_IFREG,
+            parent_owner: pst.st_uid,
+            parent_mode: pst.st_mode,
+        },
+    )?;
+    Ok(id)
 }
 
 /// Slurm's PMIx folders of the step, each checked (`policy::check_slurm_dir`) after opening

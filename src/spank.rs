@@ -77,6 +77,10 @@ pub struct Request {
     /// GPUs where it gives them (MIG devices).
     #[serde(default)]
     pub step_cuda_devices: Option<String>,
+    /// The batch step's script in slurmd's spool (`sbatch --mnd-image`), shown read-only at
+    /// its own path so the batch script runs in the container.
+    #[serde(default)]
+    pub batch_script: Option<PathBuf>,
 }
 
 /// What the root helper answers.

@@ -176,6 +176,10 @@ fn step_mounts(i: &Inputs, opts: &Checked) -> Result<Vec<Mount>, PlanError> {
             mounts.push(Mount::same(&dir, false));
         }
     }
+    if let Some(script) = &req.batch_script {
+        policy::check_mount_target(script)?;
+        mounts.push(Mount::same(script, true));
+    }
     if let Some(dir) = tools.filter(|d| {
         policy::check_mount_source(MountOrigin::User, d).is_ok()
             && policy::check_mount_target(d).is_ok()

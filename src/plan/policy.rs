@@ -221,6 +221,33 @@ pub fn check_slurm_dir(dir: &Path, uid: u32, f: &SlurmDirFacts) -> Result<(), Pl
     }
 }
 
+/// Built-in rule for the batch step's script (`sbatch --mnd-image`), which the plugin names
+/// from Slurm: a file of root's or the job user's, in a folder of root's or the job user's
+/// that nobody else can write, reached with no symbolic link. `f.is_dir` is whether the
+/// script itself is a folder.
+pub fn check_batch_script(script: &Path, uid: u32, f: &SlurmDirFacts) -> Result<(), PlanError> {
+    let why = if f.is_dir {
+        Some("it is a folder".to_string())
+    } else if f.owner != 0 && f.owner != uid {
+        Some(format!(
+            "it belongs to uid {}, not to root or the job's user",
+            f.owner
+        ))
+    } else if (f.parent_owner != 0 && f.parent_owner != uid) || f.parent_mode & 0o022 != 0 {
+        Some("the folder it is in is not root's or the job user's alone".to_string())
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(refused(
+            format!("the batch script {}", script.display()),
+            why,
+            "check SlurmdSpoolDir: it must be root's and not writable by others",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Site rule `allowed_mount_prefixes` for a resolved source. The user's own folders (home,
 /// working directory, script) may also be under the home; `--mounts` must be under a prefix.
 pub fn check_mount_prefix(

@@ -385,7 +385,7 @@ fn the_root_side_enforces_the_site_policy_whatever_the_user_sends() {
     );
     refused(
         &format!("srun -N1 --mnd-image={IMAGE} --mnd-mounts='/shared/home/dave:/d:ro:rw' true"),
-        "is not SRC[:DST][:ro]",
+        "flag 'ro:rw' is not one Docker can give a bind mount",
     );
     refused(
         &format!("srun -N1 --mnd-image={IMAGE} --mnd-name='../x' true"),

@@ -13,7 +13,11 @@ use std::process::{Command, Stdio};
 
 /// Step ids Slurm uses for the batch script, the extern step and `salloc`'s interactive
 /// step: they get no container.
-const SPECIAL_STEPS: [u32; 3] = [0xffff_fffb, 0xffff_fffc, 0xffff_fffa];
+const SPECIAL_STEPS: [u32; 2] = [0xffff_fffc, 0xffff_fffa];
+
+/// Slurm's id of the batch step (`SLURM_BATCH_SCRIPT`): `sbatch --mnd-image` runs the
+/// batch script in the container, as pyxis does.
+const BATCH_STEP: u32 = 0xffff_fffb;
 
 /// What the first task's environment says about the step on this node (Slurm set these
 /// by the time `task_init_privileged` runs).
@@ -66,6 +70,9 @@ impl Step {
                 step_gpus: None,
                 step_cuda_devices: None,
                 step_nodes: None,
+                batch_script: (step == BATCH_STEP)
+                    .then(|| spank.job_argv().ok()?.first().map(PathBuf::from))
+                    .flatten(),
             },
         }))
     }

@@ -17,6 +17,7 @@ fn request(options: Options) -> Request {
         step_gpus: None,
         step_nodes: None,
         step_cuda_devices: None,
+        batch_script: None,
     }
 }
 

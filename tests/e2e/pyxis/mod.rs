@@ -10,6 +10,7 @@ mod mount_home;
 mod mounts;
 mod name;
 mod remap_root;
+mod sbatch;
 mod unshare;
 mod workdir;
 mod writable;
