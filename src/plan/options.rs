@@ -144,7 +144,19 @@ fn image(text: &str) -> Result<Option<String>, PlanError> {
             image.escape_debug()
         )));
     }
-    Ok(Some(image.to_string()))
+    Ok(Some(docker_name(image)))
+}
+
+/// An image as enroot names it (`[USER@][REGISTRY#]IMAGE`, as pyxis users write it) in
+/// Docker's words: `REGISTRY/IMAGE` (the credentials user is Docker's login's business).
+fn docker_name(image: &str) -> String {
+    match image.split_once('#') {
+        Some((registry, rest)) => {
+            let registry = registry.rsplit_once('@').map_or(registry, |(_, r)| r);
+            format!("{registry}/{rest}")
+        }
+        None => image.to_string(),
+    }
 }
 
 /// At most 60 characters of a value, for a message.

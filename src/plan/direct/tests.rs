@@ -289,6 +289,17 @@ fn pyxis_forms_are_taken_as_pyxis_takes_them() {
     )
     .unwrap();
     assert_eq!(checked.image, None);
+    for (enroot, docker) in [
+        (
+            "nvcr.io#nvidia/pytorch:24.01-py3",
+            "nvcr.io/nvidia/pytorch:24.01-py3",
+        ),
+        ("me@registry:5000#team/img", "registry:5000/team/img"),
+        ("ubuntu:24.04", "ubuntu:24.04"),
+    ] {
+        let checked = image(enroot).check().unwrap();
+        assert_eq!(checked.image.as_deref(), Some(docker), "{enroot}");
+    }
     assert!(spec.name.contains("warm"));
     assert!(planned(Options::default(), &SiteConfig::default())
         .unwrap_err()
