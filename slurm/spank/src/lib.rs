@@ -87,7 +87,7 @@ unsafe impl Plugin for MndSpank {
             }
             Context::Remote => {
                 if let Some(o) = given {
-                    self.step = step::Step::from_job(spank, o)?;
+                    self.step = step::Step::from_job(spank, o, &self.args)?;
                 }
             }
             _ => {}

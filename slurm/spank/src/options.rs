@@ -14,6 +14,11 @@ pub struct PluginArgs {
     pub config: Option<PathBuf>,
     /// `runtime_dir=`: root's folder for the per-step lock and reply.
     pub runtime_dir: PathBuf,
+    /// `sbatch_support=`: `sbatch --mnd-image` runs the batch script in the container
+    /// (pyxis's setting of that name; default on).
+    pub sbatch_support: bool,
+    /// `mount_home=`: the site's default for `--[no-]mnd-mount-home` (default on).
+    pub mount_home: bool,
 }
 
 impl Default for PluginArgs {
@@ -22,17 +27,41 @@ impl Default for PluginArgs {
             helper: "/opt/mnd-srun/bin/mnd".into(),
             config: None,
             runtime_dir: "/run/mnd-spank".into(),
+            sbatch_support: true,
+            mount_home: true,
         }
     }
 }
 
 impl PluginArgs {
-    /// Parses `key=value` words; an unknown key or a relative path is an error (the plugin
-    /// then does not load, and slurmstepd says why).
+    /// Parses `key=value` words; an unknown key, a relative path or a setting the plugin
+    /// cannot honour is an error (the plugin then does not load, and slurmstepd says why).
+    /// pyxis's own settings are taken where they mean something here.
     pub fn parse(words: &[&str]) -> Result<Self, String> {
         let mut args = PluginArgs::default();
         for w in words {
             let (key, value) = w.split_once('=').unwrap_or((w, ""));
+            let switch = || {
+                boolean(value)
+                    .ok_or_else(|| format!("mnd_spank: plugstack.conf argument '{w}' needs 1 or 0"))
+            };
+            match (key, value) {
+                ("sbatch_support", _) => {
+                    args.sbatch_support = switch()?;
+                    continue;
+                }
+                ("mount_home", _) => {
+                    args.mount_home = switch()?;
+                    continue;
+                }
+                ("container_scope", "job") | ("execute_entrypoint", "0") => continue,
+                ("container_scope", _) | ("execute_entrypoint", _) => {
+                    return Err(format!(
+                        "mnd_spank: plugstack.conf argument '{w}' cannot be honoured: containers are per job and no entrypoint runs (drop it, or use container_scope=job, execute_entrypoint=0)"
+                    ))
+                }
+                _ => {}
+            }
             let path = PathBuf::from(value);
             if !path.is_absolute() {
                 return Err(format!(
@@ -45,7 +74,7 @@ impl PluginArgs {
                 "runtime_dir" => args.runtime_dir = path,
                 _ => {
                     return Err(format!(
-                        "mnd_spank: unknown plugstack.conf argument '{w}' (known: helper=, config=, runtime_dir=)"
+                        "mnd_spank: unknown plugstack.conf argument '{w}' (known: helper=, config=, runtime_dir=, sbatch_support=, mount_home=, container_scope=job, execute_entrypoint=0)"
                     ))
                 }
             }
@@ -278,5 +307,14 @@ mod tests {
         assert!(PluginArgs::parse(&["nope=/x"])
             .unwrap_err()
             .contains("unknown"));
+        let a = PluginArgs::parse(&["sbatch_support=0", "mount_home=no", "container_scope=job"])
+            .unwrap();
+        assert!(!a.sbatch_support && !a.mount_home);
+        assert!(PluginArgs::parse(&["container_scope=global"])
+            .unwrap_err()
+            .contains("cannot be honoured"));
+        assert!(PluginArgs::parse(&["sbatch_support=maybe"])
+            .unwrap_err()
+            .contains("1 or 0"));
     }
 }

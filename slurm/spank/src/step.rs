@@ -41,12 +41,14 @@ impl Step {
     /// Reads the job from Slurm (remote `init_post_opt`, root); `None` for special steps.
     pub fn from_job(
         spank: &mut SpankHandle,
-        options: Options,
+        mut options: Options,
+        args: &PluginArgs,
     ) -> Result<Option<Self>, Box<dyn Error>> {
         let step = spank.job_stepid()?;
-        if SPECIAL_STEPS.contains(&step) {
+        if SPECIAL_STEPS.contains(&step) || (step == BATCH_STEP && !args.sbatch_support) {
             return Ok(None);
         }
+        options.mount_home.get_or_insert(args.mount_home);
         let job = spank.job_id()?;
         let node = nix::unistd::gethostname()?
             .to_string_lossy()
