@@ -12,6 +12,7 @@ use crate::config::SiteConfig;
 use crate::identity::Identity;
 use crate::spank::{job_owned, Request, CONTAINER_VAR, IMAGE_VAR, NAMED_STEP};
 use crate::spec::{labels, ContainerSpec, Mount};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[cfg(test)]
@@ -60,20 +61,7 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
         )?;
     }
     let mounts = step_mounts(i, &opts)?;
-    let mut labels = container::base_labels(
-        req.job.to_string(),
-        match opts.name {
-            Some(_) => NAMED_STEP.to_string(),
-            None => req.step.to_string(),
-        },
-        user,
-        &req.node,
-        "direct",
-    );
-    labels.insert(
-        labels::NAME.to_string(),
-        opts.name.clone().unwrap_or_default(),
-    );
+    let labels = step_labels(req, user, opts.name.as_deref());
     let step_gpus = step_gpus(req.step_gpus.as_deref())?;
     refuse_unique_ids(&step_gpus, req.step_cuda_devices.as_deref())?;
     let want = if step_gpus.is_empty() {
@@ -139,6 +127,21 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
         storage_size: site.policy.writable_layer_size.clone(),
     };
     Ok((spec, opts))
+}
+
+/// The labels of a step's container: the job's, the step's (`named` for a `--mnd-name`
+/// one, which outlives its step) and the name.
+fn step_labels(req: &Request, user: &Identity, name: Option<&str>) -> BTreeMap<String, String> {
+    let step = match name {
+        Some(_) => NAMED_STEP.to_string(),
+        None => req.step.to_string(),
+    };
+    let mut out = container::base_labels(req.job.to_string(), step, user, &req.node, "direct");
+    out.insert(
+        labels::NAME.to_string(),
+        name.unwrap_or_default().to_string(),
+    );
+    out
 }
 
 /// The step's mounts: the user's home, the site's mounts, `--mnd-mounts` and the working
