@@ -4,7 +4,7 @@
 //! starts it (or finds the job's `--mnd-name` container) and prints a [`Reply`] on stdout.
 //! `down` removes a step's containers. Messages for the user go to stderr.
 
-use crate::accounts::{account_files, read_image_accounts};
+use crate::accounts::{account_files, AccountCache};
 use crate::config::{ConfigError, SiteConfig};
 use crate::docker::{DockerError, Engine, ImageFacts, PullReport};
 use crate::identity::{Identity, IdentityError};
@@ -75,6 +75,9 @@ pub enum HelperError {
     Swapped(PathBuf),
 }
 
+/// Root's cache of image accounts (content-addressed by image id).
+const ACCOUNT_CACHE: &str = "/var/cache/mnd-srun/accounts";
+
 /// Largest request accepted on stdin.
 const MAX_REQUEST: u64 = 64 * 1024;
 
@@ -101,6 +104,37 @@ pub fn site_config(named: Option<&Path>) -> Result<SiteConfig, ConfigError> {
     match named {
         Some(path) => SiteConfig::load_named(path),
         None => SiteConfig::load(None),
+    }
+}
+
+/// How long each phase of `mnd direct up` took, for the reply (the plugin shows them under
+/// `MND_TIMING=1`).
+pub struct Phases {
+    last: std::time::Instant,
+    marks: Vec<(String, u32)>,
+}
+
+impl Phases {
+    /// The phases so far.
+    pub fn done(self) -> Vec<(String, u32)> {
+        self.marks
+    }
+
+    /// Starts counting now.
+    pub fn start() -> Self {
+        Phases {
+            last: std::time::Instant::now(),
+            marks: Vec::new(),
+        }
+    }
+
+    /// The phase `name` ended now.
+    pub fn mark(&mut self, name: &str) {
+        let now = std::time::Instant::now();
+        let ms = now.duration_since(self.last).as_millis();
+        self.marks
+            .push((name.to_string(), u32::try_from(ms).unwrap_or(u32::MAX)));
+        self.last = now;
     }
 }
 
@@ -417,10 +451,11 @@ fn resolve_as(uid: u32, gid: u32, gids: &[u32], paths: &[PathBuf]) -> Result<Loo
 /// (a leftover of the same name and owner, from a requeued job, is removed first): image
 /// pulled when missing, created, accounts written, started, its mounts checked. A
 /// container that fails half-way is removed.
-pub async fn up(p: &Prepared) -> Result<Reply, HelperError> {
+pub async fn up(p: &Prepared, phases: &mut Phases) -> Result<Reply, HelperError> {
     let engine = Engine::connect().await?;
     let name = &p.spec.name;
     let found = engine.found(name).await?;
+    phases.mark("look");
     if let Some(found) = &found {
         if let Some((key, value)) = p
             .owner
@@ -459,26 +494,31 @@ pub async fn up(p: &Prepared) -> Result<Reply, HelperError> {
         }
         Some(found) => {
             engine.remove(&found.id).await?;
-            start_new(&engine, p).await
+            start_new(&engine, p, phases).await
         }
-        None => start_new(&engine, p).await,
+        None => start_new(&engine, p, phases).await,
     }
 }
 
-async fn start_new(engine: &Engine, p: &Prepared) -> Result<Reply, HelperError> {
-    let started = start(engine, p).await;
+async fn start_new(
+    engine: &Engine,
+    p: &Prepared,
+    phases: &mut Phases,
+) -> Result<Reply, HelperError> {
+    let started = start(engine, p, phases).await;
     if started.is_err() {
         let _ = engine.remove(&p.spec.name).await;
     }
     started
 }
 
-async fn start(engine: &Engine, p: &Prepared) -> Result<Reply, HelperError> {
+async fn start(engine: &Engine, p: &Prepared, phases: &mut Phases) -> Result<Reply, HelperError> {
     let name = &p.spec.name;
     let node = p.spec.labels.get(labels::NODE).cloned().unwrap_or_default();
     let image = engine
         .ensure_image(&p.spec.image, p.spec.pull, &node, PULL_STALL, &silent())
         .await?;
+    phases.mark("image");
     // Root's pulls are the site's storage: recorded, so the Epilog removes them with the
     // last job that used them (a failure to record costs disk space, never the step).
     let job = p.spec.labels.get(labels::JOB).and_then(|j| j.parse().ok());
@@ -495,21 +535,28 @@ async fn start(engine: &Engine, p: &Prepared) -> Result<Reply, HelperError> {
             vec!["sleep".into(), "infinity".into()],
         )
         .await?;
-    let accounts = read_image_accounts(engine, name).await?;
-    engine
-        .upload(name, &account_files(&p.user, &accounts))
-        .await?;
+    phases.mark("create");
+    let cache = AccountCache {
+        root: Path::new(ACCOUNT_CACHE),
+        owner: 0,
+    };
+    let accounts = cache.accounts(engine, name, &image.id).await?;
+    phases.mark("accounts");
     // mnd-srun run inside the container (ssh mode through the plugin) writes its sshd and
-    // ssh files there, as the user.
+    // ssh files in CONTAINER_DIR, as the user.
+    let own = (crate::ssh::CONTAINER_DIR, p.user.uid, p.user.gid);
     engine
-        .own_dir(name, crate::ssh::CONTAINER_DIR, p.user.uid, p.user.gid)
+        .upload_and_own(name, &account_files(&p.user, &accounts), own)
         .await?;
+    phases.mark("upload");
     engine.start(name).await?;
+    phases.mark("start");
     let found = engine.found(name).await?;
     let Some((id, pid)) = found.and_then(|f| Some((f.id, f.pid?))) else {
         return Err(HelperError::NotRunning(name.clone()));
     };
     check_mounts(pid, &p.mounted)?;
+    phases.mark("check-mounts");
     reply(p, &id, pid, &image)
 }
 
@@ -579,6 +626,7 @@ fn reply(p: &Prepared, id: &str, pid: i32, image: &ImageFacts) -> Result<Reply, 
         read_only: p.read_only,
         remap_root: p.remap_root,
         no_exec: p.name_mode == NameMode::NoExec,
+        phases: vec![],
     })
 }
 

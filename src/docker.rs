@@ -335,32 +335,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Makes an empty folder in a created container, owned by `uid:gid`, mode 0700.
-    pub async fn own_dir(
-        &self,
-        name: &str,
-        path: &str,
-        uid: u32,
-        gid: u32,
-    ) -> Result<(), DockerError> {
-        let mut builder = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o700);
-        h.set_uid(u64::from(uid));
-        h.set_gid(u64::from(gid));
-        h.set_size(0);
-        builder
-            .append_data(
-                &mut h,
-                format!("{}/", path.trim_start_matches('/')),
-                std::io::empty(),
-            )
-            .map_err(tar_err)?;
-        let tar = builder.into_inner().map_err(tar_err)?;
-        self.unpack_at_root(name, tar, path).await
-    }
-
     /// Unpacks a tar archive at the container's `/`. A folder the image made a link or file
     /// (a hostile image's /etc -> /home/...) is refused rather than followed or replaced.
     async fn unpack_at_root(
@@ -416,42 +390,19 @@ impl Engine {
 
     /// Puts files into a container (owned by root), creating parent folders.
     pub async fn upload(&self, name: &str, files: &[FileUpload]) -> Result<(), DockerError> {
-        let mut builder = tar::Builder::new(Vec::new());
-        let mut dirs = std::collections::BTreeSet::new();
-        for f in files {
-            let rel = f.path.trim_start_matches('/');
-            let mut acc = String::new();
-            for part in rel
-                .split('/')
-                .collect::<Vec<_>>()
-                .split_last()
-                .map(|(_, d)| d.to_vec())
-                .unwrap_or_default()
-            {
-                acc = if acc.is_empty() {
-                    part.to_string()
-                } else {
-                    format!("{acc}/{part}")
-                };
-                if dirs.insert(acc.clone()) {
-                    let mut h = tar::Header::new_gnu();
-                    h.set_entry_type(tar::EntryType::Directory);
-                    h.set_mode(0o755);
-                    h.set_size(0);
-                    builder
-                        .append_data(&mut h, format!("{acc}/"), std::io::empty())
-                        .map_err(tar_err)?;
-                }
-            }
-            let mut h = tar::Header::new_gnu();
-            h.set_mode(f.mode);
-            h.set_size(f.content.len() as u64);
-            h.set_mtime(0);
-            builder
-                .append_data(&mut h, rel, f.content.as_bytes())
-                .map_err(tar_err)?;
-        }
-        let tar = builder.into_inner().map_err(tar_err)?;
+        let tar = files_tar(files, None)?;
+        self.unpack_at_root(name, tar, "files").await
+    }
+
+    /// Puts files into a container and makes the folder `dir` (mode 0700) `uid`:`gid`'s,
+    /// in one archive: the root helper's whole placement is one call.
+    pub async fn upload_and_own(
+        &self,
+        name: &str,
+        files: &[FileUpload],
+        dir: (&str, u32, u32),
+    ) -> Result<(), DockerError> {
+        let tar = files_tar(files, Some(dir))?;
         self.unpack_at_root(name, tar, "files").await
     }
 
@@ -992,6 +943,48 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
         ),
         ..Default::default()
     }
+}
+
+/// A tar archive of `files` (parent folders 0755, root's) and, when given, a folder of
+/// its own owner (0700).
+fn files_tar(
+    files: &[FileUpload],
+    owned: Option<(&str, u32, u32)>,
+) -> Result<Vec<u8>, DockerError> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let folder = |builder: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, owner: (u32, u32)| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(mode);
+        h.set_uid(u64::from(owner.0));
+        h.set_gid(u64::from(owner.1));
+        h.set_size(0);
+        builder
+            .append_data(&mut h, format!("{path}/"), std::io::empty())
+            .map_err(tar_err)
+    };
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in files {
+        let rel = f.path.trim_start_matches('/');
+        let parents: Vec<&str> = rel.split('/').collect();
+        for i in 1..parents.len() {
+            let dir = parents[..i].join("/");
+            if dirs.insert(dir.clone()) {
+                folder(&mut builder, &dir, 0o755, (0, 0))?;
+            }
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(f.mode);
+        h.set_size(f.content.len() as u64);
+        h.set_mtime(0);
+        builder
+            .append_data(&mut h, rel, f.content.as_bytes())
+            .map_err(tar_err)?;
+    }
+    if let Some((dir, uid, gid)) = owned {
+        folder(&mut builder, dir.trim_start_matches('/'), 0o700, (uid, gid))?;
+    }
+    builder.into_inner().map_err(tar_err)
 }
 
 /// Docker's bind options for a propagation the planner accepted.

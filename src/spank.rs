@@ -125,6 +125,10 @@ pub struct Reply {
     /// found.
     #[serde(default)]
     pub no_exec: bool,
+    /// How long each phase of the helper's start took (name, milliseconds), for
+    /// `MND_TIMING=1`.
+    #[serde(default)]
+    pub phases: Vec<(String, u32)>,
 }
 
 /// Variable set in every task, naming its container (`mnd-srun` sees it runs inside one).

@@ -714,16 +714,19 @@ fn direct(action: DirectAction) -> Result<(), String> {
     match action {
         DirectAction::Up { config } => {
             let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+            let mut phases = helper::Phases::start();
             let req = helper::read_request(std::io::stdin().lock()).map_err(|e| e.to_string())?;
             let site = helper::site_config(config.as_deref()).map_err(|e| e.to_string())?;
             let prepared = helper::prepare(&req, &site).map_err(|e| e.to_string())?;
+            phases.mark("prepare");
             runtime()?.block_on(async {
                 let mut term =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                         .map_err(|e| e.to_string())?;
                 tokio::select! {
-                    reply = helper::up(&prepared) => {
-                        let reply = reply.map_err(|e| e.to_string())?;
+                    reply = helper::up(&prepared, &mut phases) => {
+                        let mut reply = reply.map_err(|e| e.to_string())?;
+                        reply.phases = std::mem::replace(&mut phases, helper::Phases::start()).done();
                         let text = serde_json::to_string(&reply).map_err(|e| e.to_string())?;
                         println!("{text}");
                         Ok(())

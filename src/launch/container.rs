@@ -5,7 +5,7 @@
 use super::files::{container_path, files, session_env};
 use super::share::obtain_image;
 use super::timing::Phases;
-use crate::accounts::{read_image_accounts, ImageAccounts, ACCOUNT_FILES};
+use crate::accounts::AccountCache;
 use crate::docker::{DockerError, Engine, ImageFacts, Lifeline, PullReport};
 use crate::plan::Plan;
 use crate::probe;
@@ -79,7 +79,11 @@ pub(super) async fn start(
         .map_err(|e| e.to_string())?;
     phases.mark("create");
     let prepared = async {
-        let accounts = image_accounts(plan, &engine, &image.id).await?;
+        let cache = AccountCache {
+            root: &plan.user.home.join(".mnd/cache/v2"),
+            owner: plan.user.uid,
+        };
+        let accounts = cache.accounts(&engine, &spec.name, &image.id).await?;
         phases.mark("read-passwd");
         engine
             .upload(&spec.name, &files(plan, &env, &accounts, port))
@@ -113,54 +117,6 @@ pub(super) async fn start(
         lifeline,
         image_id: image.id,
     })
-}
-
-/// The image's `/etc/passwd`, `/etc/group` and `/etc/shells`: from
-/// `~/.mnd/cache/v2/ID/` when there, else read from the created container and cached (image
-/// ids are content addresses, so the cache is never stale). The user can write the cache,
-/// so what is read from it is never trusted to grant anything (`Identity::merge_passwd`,
-/// `merge_group`). A cache folder others could write is ignored.
-async fn image_accounts(
-    plan: &Plan,
-    engine: &Engine,
-    image_id: &str,
-) -> Result<ImageAccounts, DockerError> {
-    let root = plan.user.home.join(".mnd/cache/v2");
-    let dir = root.join(image_id.replace(':', "-"));
-    // The same rule as for ssh material: a folder of ours that nobody else can write.
-    let ours = |p: &std::path::Path| p.is_dir() && ssh::check_safe(p, plan.user.uid, false).is_ok();
-    if ours(&root) && ours(&dir) {
-        let read = |f: &str| std::fs::read_to_string(dir.join(f));
-        if let (Ok(passwd), Ok(group), Ok(shells)) = (read("passwd"), read("group"), read("shells"))
-        {
-            return Ok(ImageAccounts {
-                passwd,
-                group,
-                shells,
-            });
-        }
-    }
-    let accounts = read_image_accounts(engine, &plan.container.name).await?;
-    // Best effort: write into a temporary folder, then rename it into place.
-    let stored = ssh::create_private_dir(&root).and_then(|()| {
-        let tmp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(&root)?;
-        for (file, text) in
-            ACCOUNT_FILES
-                .iter()
-                .zip([&accounts.passwd, &accounts.group, &accounts.shells])
-        {
-            std::fs::write(tmp.path().join(file), text)?;
-        }
-        let tmp = tmp.keep();
-        if std::fs::rename(&tmp, &dir).is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        Ok(())
-    });
-    if let Err(e) = stored {
-        log::debug!("image account cache not written: {e}");
-    }
-    Ok(accounts)
 }
 
 /// The image, checked or pulled under this user's image lock on this node.

@@ -107,15 +107,32 @@ unsafe impl Plugin for MndSpank {
             step_nodes: spank.getenv("SLURM_STEP_NODELIST")?,
             pmix_tmpdir: spank.getenv("SLURM_PMIX_TMPDIR")?,
         };
+        let t0 = std::time::Instant::now();
         let reply = step.container(&self.args, task).map_err(|e| {
             spank_log_error!("mnd: {}: {e}", step.node());
             e
         })?;
+        let started = t0.elapsed();
         // --mnd-name=NAME:no_exec: the container is made or found; the tasks stay outside.
         if reply.no_exec {
             return Ok(());
         }
         join::enter(&reply).map_err(|e| format!("mnd: {}: {e}", step.node()))?;
+        let first_task = spank.getenv("SLURM_LOCALID")?.as_deref() == Some("0");
+        if first_task && spank.getenv("MND_TIMING")?.is_some() {
+            let phases: Vec<String> = reply
+                .phases
+                .iter()
+                .map(|(name, ms)| format!("{name} {ms}"))
+                .collect();
+            slurm_spank::spank_log_user!(
+                "mnd timing: {} container {} ms (helper: {}), joined after {} ms",
+                step.node(),
+                started.as_millis(),
+                phases.join(", "),
+                t0.elapsed().as_millis()
+            );
+        }
         for name in &reply.unset_env {
             spank.unsetenv(name)?;
         }
