@@ -4,11 +4,13 @@
 //! starts it (or finds the job's `--mnd-name` container) and prints a [`Reply`] on stdout.
 //! `down` removes a step's containers. Messages for the user go to stderr.
 
-use crate::accounts::{account_files, AccountCache};
+use crate::accounts::{account_files, ImageAccounts};
 use crate::config::{ConfigError, SiteConfig};
 use crate::docker::{DockerError, Engine, ImageFacts, PullReport};
 use crate::identity::{Identity, IdentityError};
-use crate::pathid::{id_in_root_of, stat_no_links, FileId};
+use crate::pathid::{
+    id_in_root_of, own_dir_in_root_of, read_in_root_of, stat_no_links, write_in_root_of, FileId,
+};
 use crate::plan::direct::{plan, step_gpus, task_defaults, task_env, user_mounts, Inputs};
 use crate::plan::options::{CheckOptions, NameMode};
 use crate::plan::JobNet;
@@ -59,6 +61,9 @@ pub enum HelperError {
     /// `--mnd-name` without an image, or with `:exec`, found no running container.
     #[error("no running container named {0} of this job on {1}. Fix: make it first with --mnd-image=IMAGE --mnd-name={0} (:exec and a name without an image only use one that runs)")]
     NotNamed(String, String),
+    /// The accounts or the user's folder could not be written into the container.
+    #[error("placing the job's accounts in the container: {0}. Fix: an image whose /etc and /etc/passwd are no links")]
+    Placing(String),
     /// The container started but is not running.
     #[error("container {0} stopped right after it started; see `docker logs {0}` on this node")]
     NotRunning(String),
@@ -74,9 +79,6 @@ pub enum HelperError {
     #[error("the mount at {} is not the folder that was checked: its source was replaced (by a link?) while the step started; the container was removed. Fix: do not change mounted folders while a step starts", .0.display())]
     Swapped(PathBuf),
 }
-
-/// Root's cache of image accounts (content-addressed by image id).
-const ACCOUNT_CACHE: &str = "/var/cache/mnd-srun/accounts";
 
 /// Largest request accepted on stdin.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -454,7 +456,21 @@ fn resolve_as(uid: u32, gid: u32, gids: &[u32], paths: &[PathBuf]) -> Result<Loo
 pub async fn up(p: &Prepared, phases: &mut Phases) -> Result<Reply, HelperError> {
     let engine = Engine::connect().await?;
     let name = &p.spec.name;
-    let found = engine.found(name).await?;
+    let node = p.spec.labels.get(labels::NODE).cloned().unwrap_or_default();
+    // The name and the image are looked up at once (each a round trip to dockerd); the
+    // image is pulled here when missing, while nothing else waits.
+    let wanted = async {
+        match p.has_image {
+            true => Some(
+                engine
+                    .ensure_image(&p.spec.image, p.spec.pull, &node, PULL_STALL, &silent())
+                    .await,
+            ),
+            false => None,
+        }
+    };
+    let (found, image) = tokio::join!(engine.found(name), wanted);
+    let (found, image) = (found?, image.transpose()?);
     phases.mark("look");
     if let Some(found) = &found {
         if let Some((key, value)) = p
@@ -469,56 +485,61 @@ pub async fn up(p: &Prepared, phases: &mut Phases) -> Result<Reply, HelperError>
         }
     }
     let named = || p.spec.labels.get(labels::NAME).cloned().unwrap_or_default();
-    let node = || p.spec.labels.get(labels::NODE).cloned().unwrap_or_default();
     if p.reuse && p.name_mode == NameMode::Create && found.is_some() {
-        return Err(HelperError::NameTaken(named(), node()));
+        return Err(HelperError::NameTaken(named(), node.clone()));
     }
-    match found {
-        Some(found) if p.reuse && found.pid.is_some() => {
+    match (found, image) {
+        (Some(found), image) if p.reuse && found.pid.is_some() => {
             let pid = found.pid.unwrap_or_default();
-            let wanted = if p.has_image {
-                &p.spec.image
-            } else {
-                &found.image
+            let image = match image {
+                Some(image) => image,
+                None => {
+                    engine
+                        .ensure_image(
+                            &found.image,
+                            crate::cli::Pull::Never,
+                            name,
+                            PULL_STALL,
+                            &silent(),
+                        )
+                        .await?
+                }
             };
-            let image = engine
-                .ensure_image(wanted, crate::cli::Pull::Never, name, PULL_STALL, &silent())
-                .await?;
             if image.id != found.image {
                 return Err(HelperError::OtherImage(name.clone(), p.spec.image.clone()));
             }
             reply(p, &found.id, pid, &image)
         }
-        _ if p.reuse && (p.name_mode == NameMode::Exec || !p.has_image) => {
-            Err(HelperError::NotNamed(named(), node()))
-        }
-        Some(found) => {
+        (_, None) => Err(HelperError::NotNamed(named(), node)),
+        _ if p.reuse && p.name_mode == NameMode::Exec => Err(HelperError::NotNamed(named(), node)),
+        (Some(found), Some(image)) => {
             engine.remove(&found.id).await?;
-            start_new(&engine, p, phases).await
+            start_new(&engine, p, &image, phases).await
         }
-        None => start_new(&engine, p, phases).await,
+        (None, Some(image)) => start_new(&engine, p, &image, phases).await,
     }
 }
 
 async fn start_new(
     engine: &Engine,
     p: &Prepared,
+    image: &ImageFacts,
     phases: &mut Phases,
 ) -> Result<Reply, HelperError> {
-    let started = start(engine, p, phases).await;
+    let started = start(engine, p, image, phases).await;
     if started.is_err() {
         let _ = engine.remove(&p.spec.name).await;
     }
     started
 }
 
-async fn start(engine: &Engine, p: &Prepared, phases: &mut Phases) -> Result<Reply, HelperError> {
+async fn start(
+    engine: &Engine,
+    p: &Prepared,
+    image: &ImageFacts,
+    phases: &mut Phases,
+) -> Result<Reply, HelperError> {
     let name = &p.spec.name;
-    let node = p.spec.labels.get(labels::NODE).cloned().unwrap_or_default();
-    let image = engine
-        .ensure_image(&p.spec.image, p.spec.pull, &node, PULL_STALL, &silent())
-        .await?;
-    phases.mark("image");
     // Root's pulls are the site's storage: recorded, so the Epilog removes them with the
     // last job that used them (a failure to record costs disk space, never the step).
     let job = p.spec.labels.get(labels::JOB).and_then(|j| j.parse().ok());
@@ -536,28 +557,44 @@ async fn start(engine: &Engine, p: &Prepared, phases: &mut Phases) -> Result<Rep
         )
         .await?;
     phases.mark("create");
-    let cache = AccountCache {
-        root: Path::new(ACCOUNT_CACHE),
-        owner: 0,
-    };
-    let accounts = cache.accounts(engine, name, &image.id).await?;
-    phases.mark("accounts");
-    // mnd-srun run inside the container (ssh mode through the plugin) writes its sshd and
-    // ssh files in CONTAINER_DIR, as the user.
-    let own = (crate::ssh::CONTAINER_DIR, p.user.uid, p.user.gid);
-    engine
-        .upload_and_own(name, &account_files(&p.user, &accounts), own)
-        .await?;
-    phases.mark("upload");
     engine.start(name).await?;
     phases.mark("start");
     let found = engine.found(name).await?;
     let Some((id, pid)) = found.and_then(|f| Some((f.id, f.pid?))) else {
         return Err(HelperError::NotRunning(name.clone()));
     };
+    place_files(p, pid)?;
+    phases.mark("files");
     check_mounts(pid, &p.mounted)?;
     phases.mark("check-mounts");
-    reply(p, &id, pid, &image)
+    reply(p, &id, pid, image)
+}
+
+/// The user's accounts merged into the image's `/etc/passwd` and `/etc/group`, and the
+/// user's `/.mnd` (where mnd-srun run inside writes its sshd and ssh files), written
+/// straight into the started container's root: every path opened inside it with no link
+/// (a link the image planted is refused, never followed onto the host). Docker's archive
+/// API would mount the container's file system for each call.
+fn place_files(p: &Prepared, pid: i32) -> Result<(), HelperError> {
+    let fail = |what: &str| {
+        let what = what.to_string();
+        move |e: std::io::Error| HelperError::Placing(format!("{what}: {e}"))
+    };
+    let read = |f: &str| {
+        read_in_root_of(pid, Path::new(f))
+            .map(Option::unwrap_or_default)
+            .map_err(fail(f))
+    };
+    let accounts = ImageAccounts {
+        passwd: read("/etc/passwd")?,
+        group: read("/etc/group")?,
+        shells: read("/etc/shells")?,
+    };
+    for f in account_files(&p.user, &accounts) {
+        write_in_root_of(pid, Path::new(&f.path), &f.content, f.mode).map_err(fail(&f.path))?;
+    }
+    let dir = crate::ssh::CONTAINER_DIR;
+    own_dir_in_root_of(pid, Path::new(dir), p.user.uid, p.user.gid).map_err(fail(dir))
 }
 
 /// The container with a tmpfs at each of the image's `VOLUME`s that no mount covers:

@@ -390,19 +390,7 @@ impl Engine {
 
     /// Puts files into a container (owned by root), creating parent folders.
     pub async fn upload(&self, name: &str, files: &[FileUpload]) -> Result<(), DockerError> {
-        let tar = files_tar(files, None)?;
-        self.unpack_at_root(name, tar, "files").await
-    }
-
-    /// Puts files into a container and makes the folder `dir` (mode 0700) `uid`:`gid`'s,
-    /// in one archive: the root helper's whole placement is one call.
-    pub async fn upload_and_own(
-        &self,
-        name: &str,
-        files: &[FileUpload],
-        dir: (&str, u32, u32),
-    ) -> Result<(), DockerError> {
-        let tar = files_tar(files, Some(dir))?;
+        let tar = files_tar(files)?;
         self.unpack_at_root(name, tar, "files").await
     }
 
@@ -945,19 +933,13 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
     }
 }
 
-/// A tar archive of `files` (parent folders 0755, root's) and, when given, a folder of
-/// its own owner (0700).
-fn files_tar(
-    files: &[FileUpload],
-    owned: Option<(&str, u32, u32)>,
-) -> Result<Vec<u8>, DockerError> {
+/// A tar archive of `files`, with their parent folders (0755, root's).
+fn files_tar(files: &[FileUpload]) -> Result<Vec<u8>, DockerError> {
     let mut builder = tar::Builder::new(Vec::new());
-    let folder = |builder: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, owner: (u32, u32)| {
+    let folder = |builder: &mut tar::Builder<Vec<u8>>, path: &str| {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(mode);
-        h.set_uid(u64::from(owner.0));
-        h.set_gid(u64::from(owner.1));
+        h.set_mode(0o755);
         h.set_size(0);
         builder
             .append_data(&mut h, format!("{path}/"), std::io::empty())
@@ -970,7 +952,7 @@ fn files_tar(
         for i in 1..parents.len() {
             let dir = parents[..i].join("/");
             if dirs.insert(dir.clone()) {
-                folder(&mut builder, &dir, 0o755, (0, 0))?;
+                folder(&mut builder, &dir)?;
             }
         }
         let mut h = tar::Header::new_gnu();
@@ -980,9 +962,6 @@ fn files_tar(
         builder
             .append_data(&mut h, rel, f.content.as_bytes())
             .map_err(tar_err)?;
-    }
-    if let Some((dir, uid, gid)) = owned {
-        folder(&mut builder, dir.trim_start_matches('/'), 0o700, (uid, gid))?;
     }
     builder.into_inner().map_err(tar_err)
 }

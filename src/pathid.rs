@@ -59,6 +59,87 @@ pub fn id_in_root_of(pid: i32, target: &Path) -> std::io::Result<FileId> {
     Ok(FileId::of(&fstat(&fd)?))
 }
 
+/// A process's root (`/proc/PID/root`), to open paths inside it as the process sees them.
+fn root_of(pid: i32) -> std::io::Result<OwnedFd> {
+    Ok(openat2(
+        AT_FDCWD,
+        format!("/proc/{pid}/root").as_str(),
+        OpenHow::new().flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC),
+    )?)
+}
+
+/// Opens `path` inside a process's root with no symbolic link anywhere in it (a link the
+/// image planted there is refused, never followed onto the host).
+fn open_in_root(root: &OwnedFd, path: &Path, flags: OFlag, mode: u32) -> std::io::Result<OwnedFd> {
+    let inside = match path.strip_prefix("/").unwrap_or(path) {
+        p if p.as_os_str().is_empty() => Path::new("."),
+        p => p,
+    };
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .mode(nix::sys::stat::Mode::from_bits_truncate(mode))
+        .resolve(
+            ResolveFlag::RESOLVE_IN_ROOT
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    Ok(openat2(root, inside, how)?)
+}
+
+/// Reads a small text file of a process's container (`None` when it does not exist).
+pub fn read_in_root_of(pid: i32, path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let root = root_of(pid)?;
+    match open_in_root(&root, path, OFlag::O_RDONLY, 0) {
+        Ok(fd) => {
+            let mut text = String::new();
+            std::fs::File::from(fd)
+                .take(1 << 20)
+                .read_to_string(&mut text)?;
+            Ok(Some(text))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces a file of a process's container with `content` (root's, `mode`), its folder
+/// and the file reached with no link.
+pub fn write_in_root_of(pid: i32, path: &Path, content: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let root = root_of(pid)?;
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC;
+    let mut file = std::fs::File::from(open_in_root(&root, path, flags, mode)?);
+    file.write_all(content.as_bytes())?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+}
+
+/// Makes the folder `path` of a process's container `uid`:`gid`'s, mode 0700, creating it
+/// when missing; a link anywhere on the way, or a file there, is refused.
+pub fn own_dir_in_root_of(pid: i32, path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = root_of(pid)?;
+    let parent = open_in_root(
+        &root,
+        path.parent().unwrap_or(Path::new("/")),
+        OFlag::O_PATH | OFlag::O_DIRECTORY,
+        0,
+    )?;
+    let name = path.file_name().unwrap_or_default();
+    match nix::sys::stat::mkdirat(
+        &parent,
+        name,
+        nix::sys::stat::Mode::from_bits_truncate(0o700),
+    ) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let dir = open_in_root(&root, path, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?;
+    nix::unistd::fchown(&dir, Some(uid.into()), Some(gid.into()))?;
+    std::fs::File::from(dir).set_permissions(std::fs::Permissions::from_mode(0o700))
+}
+
 /// Why a folder above a private file could let someone else swap it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnsafeParent {
@@ -144,5 +225,57 @@ mod tests {
         let me = std::process::id() as i32;
         let (id, _) = stat_no_links(&real).unwrap();
         assert_eq!(id_in_root_of(me, &real).unwrap(), id);
+    }
+
+    #[test]
+    fn files_go_into_a_process_root_by_real_paths_only() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let t = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(t.path()).unwrap();
+        let me = std::process::id() as i32;
+        let (uid, gid) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        std::fs::create_dir(real.join("etc")).unwrap();
+        write_in_root_of(
+            me,
+            &real.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\n",
+            0o644,
+        )
+        .unwrap();
+        let read = read_in_root_of(me, &real.join("etc/passwd")).unwrap();
+        assert_eq!(read.as_deref(), Some("root:x:0:0::/root:/bin/sh\n"));
+        assert_eq!(read_in_root_of(me, &real.join("etc/none")).unwrap(), None);
+        // A link the image planted is refused, never followed.
+        let outside = real.join("outside");
+        std::fs::write(&outside, "keep").unwrap();
+        std::os::unix::fs::symlink(&outside, real.join("etc/group")).unwrap();
+        assert!(write_in_root_of(me, &real.join("etc/group"), "x", 0o644).is_err());
+        std::os::unix::fs::symlink(real.join("etc"), real.join("etc-link")).unwrap();
+        assert!(write_in_root_of(me, &real.join("etc-link/passwd"), "x", 0o644).is_err());
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
+        own_dir_in_root_of(me, &real.join("mnd"), uid, gid).unwrap();
+        // Directly under the root, as the helper's /.mnd.
+        let fake_root = real.join("root");
+        std::fs::create_dir(&fake_root).unwrap();
+        let root = root_of(me).unwrap();
+        let inside =
+            open_in_root(&root, &fake_root, OFlag::O_PATH | OFlag::O_DIRECTORY, 0).unwrap();
+        let top = open_in_root(
+            &inside,
+            Path::new("/"),
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            0,
+        );
+        assert!(top.is_ok(), "the root itself opens");
+        let meta = std::fs::metadata(real.join("mnd")).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.permissions().mode() & 0o777),
+            (uid, 0o700)
+        );
+        std::os::unix::fs::symlink(&outside, real.join("mnd-link")).unwrap();
+        assert!(own_dir_in_root_of(me, &real.join("mnd-link"), uid, gid).is_err());
     }
 }

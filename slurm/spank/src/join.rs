@@ -120,3 +120,17 @@ pub fn remap_root() -> Result<(), String> {
     write("uid_map", format!("0 {uid} 1"))?;
     write("gid_map", format!("0 {gid} 1"))
 }
+
+/// Ends the step's container at the step's end without waiting for Docker: its init, still
+/// the one the helper started (same start time, in the container's cgroup), is killed, and
+/// Docker removes the container by itself (it was made with auto-remove). Whatever is left
+/// (Docker down, a killed slurmstepd) the Epilog removes. False when the init is not
+/// provably the container's any more: then the helper removes it by name.
+pub fn end(reply: &Reply) -> bool {
+    still_the_container(reply).is_ok()
+        && nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(reply.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .is_ok()
+}

@@ -55,6 +55,9 @@ struct MndSpank {
     step: Option<step::Step>,
     /// In a task child: what the helper answered.
     reply: Option<mnd::spank::Reply>,
+    /// In the first task child under `MND_TIMING=1`: where its start went, printed on the
+    /// task's stderr just before the program (the only output the user sees from here).
+    timing: Option<String>,
 }
 
 unsafe impl Plugin for MndSpank {
@@ -118,20 +121,20 @@ unsafe impl Plugin for MndSpank {
             return Ok(());
         }
         join::enter(&reply).map_err(|e| format!("mnd: {}: {e}", step.node()))?;
-        let first_task = spank.getenv("SLURM_LOCALID")?.as_deref() == Some("0");
+        let first_task = spank.task_id().ok() == Some(0);
         if first_task && spank.getenv("MND_TIMING")?.is_some() {
             let phases: Vec<String> = reply
                 .phases
                 .iter()
                 .map(|(name, ms)| format!("{name} {ms}"))
                 .collect();
-            slurm_spank::spank_log_user!(
+            self.timing = Some(format!(
                 "mnd timing: {} container {} ms (helper: {}), joined after {} ms",
                 step.node(),
                 started.as_millis(),
                 phases.join(", "),
                 t0.elapsed().as_millis()
-            );
+            ));
         }
         for name in &reply.unset_env {
             spank.unsetenv(name)?;
@@ -157,6 +160,9 @@ unsafe impl Plugin for MndSpank {
         let Some(reply) = &self.reply else {
             return Ok(());
         };
+        if let Some(line) = &self.timing {
+            eprintln!("{line}");
+        }
         in_task(reply, spank).map_err(|e| {
             spank_log_error!("{e}");
             e

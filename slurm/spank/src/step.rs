@@ -168,11 +168,16 @@ impl Step {
         serde_json::from_slice(&out.stdout).map_err(|e| format!("helper reply: {e}"))
     }
 
-    /// At the step's end (slurmstepd, root): removes the step's container when one was
-    /// made, and the step's files.
+    /// At the step's end (slurmstepd, root): ends the step's container when one was made
+    /// (`join::end`; else the helper removes it), and removes the step's files.
     pub fn finish(&self, args: &PluginArgs) {
-        let made = self.file(args, "reply").exists();
-        if made && self.request.options.name.is_none() {
+        let reply: Option<Reply> = std::fs::read_to_string(self.file(args, "reply"))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
+        // A --mnd-name container outlives the step: the Epilog removes it with the job.
+        let unnamed = self.request.options.name.is_none();
+        let ended = unnamed && reply.as_ref().is_some_and(crate::join::end);
+        if reply.is_some() && unnamed && !ended {
             let status = Command::new(&args.helper)
                 .args(["direct", "down", "--job"])
                 .arg(self.request.job.to_string())
