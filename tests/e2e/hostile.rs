@@ -321,3 +321,34 @@ fn images_the_root_side_pulled_go_with_the_last_job_that_used_them() {
         );
     }
 }
+
+#[test]
+fn an_image_whose_account_files_are_links_out_of_it_is_refused_and_the_host_untouched() {
+    let _g = shared();
+    // The root side writes the user's accounts into the container's own /etc: a hostile
+    // image makes /etc/passwd a link to a host path (as seen from outside the container).
+    let img = "mnd-vc-linkedpw:1";
+    let target = "/var/tmp/mnd-e2e-linked-passwd";
+    image_on_every_node(
+        img,
+        &format!("rm -f /etc/passwd && ln -s /proc/1/root{target} /etc/passwd"),
+        "LABEL hostile=1",
+    );
+    for node in NODES {
+        root_on(node, &["sh", "-c", &format!("echo host-file > {target}")]);
+    }
+    let (r, job) = dave_job(1, &format!("srun -n1 --mnd-image={img} echo started"));
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(!r.stdout.contains("started"), "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("placing the job's accounts in the container: /etc/passwd"),
+        "{}",
+        r.all()
+    );
+    for node in NODES {
+        let host = root_on(node, &["cat", target]);
+        assert_eq!(host.stdout.trim(), "host-file", "{node}: {}", host.all());
+    }
+    assert_nothing_left(&job);
+}
