@@ -80,6 +80,9 @@ pub enum HelperError {
     Swapped(PathBuf),
 }
 
+/// Root's per-image pull locks.
+const PULL_LOCKS: &str = "/run/mnd-srun/pull-locks";
+
 /// Largest request accepted on stdin.
 const MAX_REQUEST: u64 = 64 * 1024;
 
@@ -461,11 +464,7 @@ pub async fn up(p: &Prepared, phases: &mut Phases) -> Result<Reply, HelperError>
     // image is pulled here when missing, while nothing else waits.
     let wanted = async {
         match p.has_image {
-            true => Some(
-                engine
-                    .ensure_image(&p.spec.image, p.spec.pull, &node, PULL_STALL, &silent())
-                    .await,
-            ),
+            true => Some(image_once(&engine, &p.spec, &node).await),
             false => None,
         }
     };
@@ -518,6 +517,38 @@ pub async fn up(p: &Prepared, phases: &mut Phases) -> Result<Reply, HelperError>
         }
         (None, Some(image)) => start_new(&engine, p, &image, phases).await,
     }
+}
+
+/// The image on this node, checked or pulled under a per-image lock of root's: steps and
+/// jobs that start together pull it once (Docker alone downloads twice when two pulls
+/// overlap); the others find it there when their turn comes.
+async fn image_once(
+    engine: &Engine,
+    spec: &ContainerSpec,
+    node: &str,
+) -> Result<ImageFacts, HelperError> {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(spec.image.as_bytes());
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let path = Path::new(PULL_LOCKS).join(format!("{name}.lock"));
+    let lock = tokio::task::spawn_blocking(move || {
+        crate::ssh::create_private_dir(Path::new(PULL_LOCKS))?;
+        crate::fsx::lock(&path)
+    })
+    .await;
+    let _held = match lock {
+        Ok(Ok(held)) => Some(held),
+        other => {
+            log::warn!(
+                "no pull lock for {} ({other:?}); pulling without it",
+                spec.image
+            );
+            None
+        }
+    };
+    Ok(engine
+        .ensure_image(&spec.image, spec.pull, node, PULL_STALL, &silent())
+        .await?)
 }
 
 async fn start_new(

@@ -294,3 +294,41 @@ fn a_tampered_archive_in_the_share_is_refused_naming_the_id() {
     );
     assert_clean(&name, Duration::from_secs(10));
 }
+
+#[test]
+fn two_direct_mode_steps_starting_together_pull_their_image_once_per_node() {
+    let _g = shared();
+    let tag = format!("twopulls-{}", std::process::id());
+    let image = pushed_image(&tag, &format!("echo {tag} > /marker"));
+    for node in NODES {
+        root_on(node, &["docker", "rmi", &image]);
+    }
+    let since = root_on("node1", &["date", "+%s"]).stdout.trim().to_string();
+    let (r, job) = crate::direct::dave_job(
+        3,
+        &format!(
+            "srun --overlap -N3 -n3 --mnd-image={image} cat /marker & srun --overlap -N3 -n3 --mnd-image={image} cat /marker & wait"
+        ),
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(r.stdout.matches(tag.as_str()).count(), 6, "{}", r.all());
+    for node in NODES {
+        let events = root_on(
+            node,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "docker events --since {since} --until $(date +%s) --filter event=pull --format '{{{{.ID}}}}' | grep -c ."
+                ),
+            ],
+        );
+        assert_eq!(
+            events.stdout.trim(),
+            "1",
+            "{node} pulled {} times",
+            events.stdout.trim()
+        );
+    }
+    crate::direct::assert_nothing_left(&job);
+}
