@@ -3,11 +3,10 @@
 
 use crate::options::PluginArgs;
 use mnd::spank::{Options, Reply, Request};
-use nix::fcntl::{Flock, FlockArg};
 use slurm_spank::SpankHandle;
 use std::error::Error;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -94,15 +93,8 @@ impl Step {
     /// tasks fail at once with the same message); the others read it.
     pub fn container(&self, args: &PluginArgs, task: TaskFacts) -> Result<Reply, String> {
         private_dir(&args.runtime_dir)?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(self.file(args, "lock"))
-            .map_err(|e| format!("lock file in {}: {e}", args.runtime_dir.display()))?;
-        let _held = Flock::lock(lock, FlockArg::LockExclusive)
-            .map_err(|(_, e)| format!("lock in {}: {e}", args.runtime_dir.display()))?;
+        let _held = mnd::fsx::lock(&self.file(args, "lock"))
+            .map_err(|e| format!("lock in {}: {e}", args.runtime_dir.display()))?;
         let (reply_file, error_file) = (self.file(args, "reply"), self.file(args, "error"));
         if let Ok(text) = std::fs::read_to_string(&error_file) {
             return Err(text);
