@@ -31,5 +31,6 @@ pub mod slurm;
 pub mod spank;
 pub mod spec;
 pub mod ssh;
+pub mod stepsave;
 pub mod terminal;
 pub mod tree;

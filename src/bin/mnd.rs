@@ -149,6 +149,31 @@ enum DirectAction {
         #[arg(long, value_name = "FILE")]
         config: Option<std::path::PathBuf>,
     },
+    /// Save a step's container as a `docker save` archive, written as the job's user
+    /// (`--mnd-save`).
+    Save {
+        /// The container's id.
+        #[arg(long, value_name = "ID")]
+        container: String,
+        /// The Slurm job.
+        #[arg(long, value_name = "ID")]
+        job: u32,
+        /// The step.
+        #[arg(long, value_name = "ID")]
+        step: u32,
+        /// The job's user.
+        #[arg(long, value_name = "UID")]
+        uid: u32,
+        /// Their primary group.
+        #[arg(long, value_name = "GID")]
+        gid: u32,
+        /// Their groups, comma separated.
+        #[arg(long, value_name = "GIDS", value_delimiter = ',')]
+        gids: Vec<u32>,
+        /// The archive (absolute).
+        #[arg(long, value_name = "PATH")]
+        to: std::path::PathBuf,
+    },
     /// Remove this node's containers of a step.
     Down {
         /// The Slurm job.
@@ -737,6 +762,35 @@ fn direct(action: DirectAction) -> Result<(), String> {
                     }
                 }
             })
+        }
+        DirectAction::Save {
+            container,
+            job,
+            step,
+            uid,
+            gid,
+            gids,
+            to,
+        } => {
+            if !is_root() {
+                return Err(
+                    "mnd direct save is the root side of --mnd-save; slurmstepd runs it as root"
+                        .into(),
+                );
+            }
+            let r = mnd::stepsave::SaveRequest {
+                container,
+                job,
+                step,
+                uid,
+                gid,
+                gids,
+                to,
+            };
+            let writer = mnd::stepsave::writer(&r).map_err(|e| e.to_string())?;
+            runtime()?
+                .block_on(mnd::stepsave::save(&r, writer))
+                .map_err(|e| e.to_string())
         }
         DirectAction::Down { job, step } => runtime()?.block_on(async {
             helper::down(job, &step)

@@ -11,7 +11,7 @@ use crate::identity::Identity;
 use crate::spec::Mount;
 use std::path::{Path, PathBuf};
 
-pub(crate) fn absolute(cwd: &Path, p: &Path) -> PathBuf {
+pub fn absolute(cwd: &Path, p: &Path) -> PathBuf {
     // Lexical clean-up of "." and ".." so the same path works inside the container.
     policy::lexical_clean(&cwd.join(p))
 }

@@ -36,6 +36,9 @@ pub struct Checked {
     pub writable: bool,
     /// Namespaces of its own: `net`, `ipc`, `uts`.
     pub unshare: Vec<&'static str>,
+    /// Where the container goes at the step's end (`docker save` archive), relative to the
+    /// step's working directory when not absolute.
+    pub save: Option<PathBuf>,
 }
 
 /// A tmpfs mount: its target and its options.
@@ -84,12 +87,6 @@ impl CheckOptions for Options {
                 "--mnd-entrypoint is not supported: the tasks join a container that is already running, so the image's entrypoint never wraps them. Fix: run it yourself in front of your command (srun --mnd-image=IMAGE /path/to/entrypoint.sh CMD), or drop the option",
             ));
         }
-        if let Some(save) = &self.save {
-            return Err(usage(format!(
-                "--mnd-save={} is not supported yet: direct mode cannot save a step's container. Fix: run the job through the launcher and save it with `mnd commit --job JOB NAME` (into your image share), or drop the option",
-                save.escape_debug()
-            )));
-        }
         let (mounts, tmpfs) = match &self.mounts {
             Some(text) => mount_list(text)?,
             None => (vec![], vec![]),
@@ -116,6 +113,7 @@ impl CheckOptions for Options {
                 .map(unshare)
                 .transpose()?
                 .unwrap_or_default(),
+            save: self.save.as_deref().map(save).transpose()?,
         })
     }
 }
@@ -212,6 +210,31 @@ fn workdir(text: &str) -> Result<PathBuf, PlanError> {
         )));
     }
     Ok(policy::lexical_clean(&Path::new("/").join(text)))
+}
+
+/// `--mnd-save`: a file to write (not a folder: pyxis refuses `/tmp/`, `/` and `./`).
+fn save(text: &str) -> Result<PathBuf, PlanError> {
+    if text.is_empty() {
+        return Err(usage(
+            "--mnd-save: argument required, e.g. --mnd-save=./step.tar",
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(usage(format!(
+            "--mnd-save '{}' holds a control character",
+            text.escape_debug()
+        )));
+    }
+    let last = Path::new(text)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    if text.ends_with('/') || matches!(last.as_deref(), None | Some(".") | Some("..")) {
+        return Err(usage(format!(
+            "--mnd-save={}: target is a directory. Fix: name a file, e.g. --mnd-save=./step.tar",
+            text.escape_debug()
+        )));
+    }
+    Ok(PathBuf::from(text))
 }
 
 /// `--mnd-env`: variable names, comma separated, none empty.

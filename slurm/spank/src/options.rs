@@ -134,7 +134,7 @@ pub const OPTIONS: [UserOption; 17] = [
     value("mnd-name", "NAME[:MODE]", "MND_NAME", "[mnd] keep the container for the job's later steps with the same NAME; MODE: auto (default), create, exec, no_exec"),
     value("mnd-env", "VAR,...", "MND_ENV", "[mnd] variables whose value from the job wins over the image's"),
     value("mnd-envlist", "VAR,...", "MND_ENVLIST", "[mnd] the same as --mnd-env"),
-    value("mnd-save", "PATH", "MND_SAVE", "[mnd] not supported in direct mode (refused; see mnd commit)"),
+    value("mnd-save", "PATH", "MND_SAVE", "[mnd] save the container at the step's end as a docker save archive at PATH"),
     flag("mnd-mount-home", "MND_MOUNT_HOME", "[mnd] bind mount your home (the default)"),
     flag("no-mnd-mount-home", "MND_MOUNT_HOME", "[mnd] do not bind mount your home"),
     flag("mnd-remap-root", "MND_REMAP_ROOT", "[mnd] appear as root inside (a user namespace mapping root to you: no privilege outside)"),

@@ -160,12 +160,46 @@ impl Step {
         serde_json::from_slice(&out.stdout).map_err(|e| format!("helper reply: {e}"))
     }
 
+    /// `--mnd-save`: the helper commits the container and writes it as the user, before
+    /// the container ends; a failure is said, and the step's own result stands.
+    fn save(&self, args: &PluginArgs, reply: &Reply, to: &str) {
+        let r = &self.request;
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let to = mnd::stepsave::target(&cwd, Path::new(to));
+        let gids: Vec<String> = r.gids.iter().map(u32::to_string).collect();
+        let out = Command::new(&args.helper)
+            .args(["direct", "save", "--container", &reply.container_id])
+            .args(["--job", &r.job.to_string(), "--step", &r.step.to_string()])
+            .args(["--uid", &r.uid.to_string(), "--gid", &r.gid.to_string()])
+            .arg(format!("--gids={}", gids.join(",")))
+            .arg("--to")
+            .arg(&to)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => slurm_spank::spank_log_error!(
+                "mnd: {}: --mnd-save: {}",
+                self.node(),
+                String::from_utf8_lossy(&o.stderr)
+                    .trim()
+                    .trim_start_matches("mnd: ")
+            ),
+            Err(e) => slurm_spank::spank_log_error!("mnd: {}: --mnd-save: {e}", self.node()),
+        }
+    }
+
     /// At the step's end (slurmstepd, root): ends the step's container when one was made
     /// (`join::end`; else the helper removes it), and removes the step's files.
     pub fn finish(&self, args: &PluginArgs) {
         let reply: Option<Reply> = std::fs::read_to_string(self.file(args, "reply"))
             .ok()
             .and_then(|text| serde_json::from_str(&text).ok());
+        if let (Some(reply), Some(to)) = (&reply, &self.request.options.save) {
+            self.save(args, reply, to);
+        }
         // A --mnd-name container outlives the step: the Epilog removes it with the job.
         let unnamed = self.request.options.name.is_none();
         let ended = unnamed && reply.as_ref().is_some_and(crate::join::end);

@@ -208,7 +208,14 @@ fn hostile_option_values_are_refused_with_the_option_named() {
             with(&|o| o.entrypoint = Some(true)),
             "--mnd-entrypoint is not supported",
         ),
-        (with(&|o| o.save = Some("/tmp/x.sqsh".into())), "--mnd-save"),
+        (
+            with(&|o| o.save = Some("/tmp/".into())),
+            "target is a directory",
+        ),
+        (
+            with(&|o| o.save = Some("./".into())),
+            "target is a directory",
+        ),
     ];
     for (opts, want) in cases {
         let err = planned(opts.clone(), &SiteConfig::default())

@@ -10,6 +10,7 @@ mod mount_home;
 mod mounts;
 mod name;
 mod remap_root;
+mod save;
 mod sbatch;
 mod unshare;
 mod workdir;
