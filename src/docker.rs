@@ -676,6 +676,48 @@ impl Engine {
 
     /// Saves a container's filesystem as a new image `repo:tag` (`docker commit`); its id.
     pub async fn commit(&self, container: &str, image: &str) -> Result<String, DockerError> {
+        let config = bollard::models::ContainerConfig::default();
+        self.commit_with(container, image, config).await
+    }
+
+    /// `commit` with the entrypoint, command, user and working directory of the image
+    /// `base` (the container's own are mnd's: `sleep infinity` as the job's user).
+    pub async fn commit_as(
+        &self,
+        container: &str,
+        image: &str,
+        base: &str,
+    ) -> Result<String, DockerError> {
+        let info = within("image inspect", self.docker.inspect_image(base))
+            .await?
+            .map_err(api(format!("inspect of image {base}")))?;
+        let base = info.config.unwrap_or_default();
+        // An empty entrypoint must be sent as `[]` (not left out): Docker refills a missing
+        // one from the container's own (`sleep infinity`).
+        let config = bollard::models::ContainerConfig {
+            entrypoint: Some(base.entrypoint.unwrap_or_default()),
+            cmd: Some(base.cmd.unwrap_or_default()),
+            user: Some(
+                base.user
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| "root".into()),
+            ),
+            working_dir: Some(
+                base.working_dir
+                    .filter(|w| !w.is_empty())
+                    .unwrap_or_else(|| "/".into()),
+            ),
+            ..Default::default()
+        };
+        self.commit_with(container, image, config).await
+    }
+
+    async fn commit_with(
+        &self,
+        container: &str,
+        image: &str,
+        config: bollard::models::ContainerConfig,
+    ) -> Result<String, DockerError> {
         let (repo, tag) = repo_and_tag(image);
         let opts = bollard::query_parameters::CommitContainerOptionsBuilder::default()
             .container(container)
@@ -683,13 +725,9 @@ impl Engine {
             .tag(tag)
             .pause(true)
             .build();
-        let made = within(
-            "commit",
-            self.docker
-                .commit_container(opts, bollard::models::ContainerConfig::default()),
-        )
-        .await?
-        .map_err(api(format!("commit of {container}")))?;
+        let made = within("commit", self.docker.commit_container(opts, config))
+            .await?
+            .map_err(api(format!("commit of {container}")))?;
         Ok(made.id)
     }
 

@@ -125,13 +125,12 @@ fn write_as_user(r: &SaveRequest, input: OwnedFd) -> std::io::Result<()> {
 pub async fn save(r: &SaveRequest, w: Writer) -> Result<(), SaveError> {
     let Writer { child, input, to } = w;
     let saved = commit_and_write(r, input).await;
-    let status = nix::sys::wait::waitpid(child, None);
-    saved?;
-    match status {
-        Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
+    // The writer's own failure (it said why on stderr) explains the broken pipe here.
+    match nix::sys::wait::waitpid(child, None) {
+        Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(saved?),
         other => Err(SaveError::Write {
             path: to,
-            reason: format!("the writer ended with {other:?} (see the line above)"),
+            reason: format!("nothing saved (the writer ended with {other:?})"),
         }),
     }
 }
@@ -152,13 +151,29 @@ async fn commit_and_write(r: &SaveRequest, input: OwnedFd) -> Result<(), SaveErr
     }
     let user = found.labels.get(labels::USER).cloned().unwrap_or_default();
     let tag = format!("mnd-saved-{user}:{}.{}", r.job, r.step);
-    engine.commit(&found.id, &tag).await?;
+    engine.commit_as(&found.id, &tag, &found.image).await?;
     let mut out = std::fs::File::from(input);
     let written = engine.save_image(&tag, &mut out).await;
     drop(out);
     let _ = engine.remove_unused_image(&tag).await;
     written?;
     Ok(())
+}
+
+/// In srun, as the user: the folder of the archive (relative to this working directory)
+/// exists and the user may write there, so a step never runs to find at its end that its
+/// container cannot be saved (the root side's message then only reaches slurmd's log).
+pub fn check_writable(to: &Path) -> Result<(), String> {
+    let cwd = std::env::current_dir().map_err(|e| format!("the working directory: {e}"))?;
+    let to = target(&cwd, to);
+    let dir = to.parent().unwrap_or(Path::new("/"));
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).map_err(|e| {
+        format!(
+            "--mnd-save {}: you cannot write in {} ({e}). Fix: save into a folder of yours, e.g. --mnd-save=./step.tar",
+            to.display(),
+            dir.display()
+        )
+    })
 }
 
 /// The archive's absolute path: `to` as given, relative to `cwd` when not absolute.

@@ -58,6 +58,8 @@ struct MndSpank {
     /// In the first task child under `MND_TIMING=1`: where its start went, printed on the
     /// task's stderr just before the program (the only output the user sees from here).
     timing: Option<String>,
+    /// In slurmstepd: how many of the node's tasks have exited.
+    exited: u32,
 }
 
 unsafe impl Plugin for MndSpank {
@@ -85,7 +87,10 @@ unsafe impl Plugin for MndSpank {
             // Early and advisory: the root helper checks again, with the site policy.
             Context::Local | Context::Allocator => {
                 if let Some(o) = &given {
-                    o.check().map_err(|e| format!("mnd: {e}"))?;
+                    let checked = o.check().map_err(|e| format!("mnd: {e}"))?;
+                    if let Some(to) = &checked.save {
+                        mnd::stepsave::check_writable(to).map_err(|e| format!("mnd: {e}"))?;
+                    }
                 }
             }
             Context::Remote => {
@@ -167,6 +172,19 @@ unsafe impl Plugin for MndSpank {
             spank_log_error!("{e}");
             e
         })
+    }
+
+    /// slurmstepd, as each task of the node exits, before srun hears of it: once the last
+    /// one did, `--mnd-save` saves the container (so srun, and the job, wait for it).
+    fn task_exit(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        let Some(step) = &self.step else {
+            return Ok(());
+        };
+        self.exited += 1;
+        if self.exited == spank.job_local_task_count()? {
+            step.save(&self.args);
+        }
+        Ok(())
     }
 
     fn exit(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {

@@ -125,6 +125,13 @@ impl Step {
             step_nodes: task.step_nodes,
             ..r.clone()
         };
+        // slurmstepd's own folder at the step's end is slurmd's: --mnd-save's relative path
+        // is the step's, kept here.
+        std::fs::write(
+            self.file(args, "cwd"),
+            request.cwd.as_os_str().as_encoded_bytes(),
+        )
+        .map_err(|e| format!("{}: {e}", self.file(args, "cwd").display()))?;
         root_only(&args.helper)?;
         let mut cmd = Command::new(&args.helper);
         cmd.args(["direct", "up"]);
@@ -162,10 +169,16 @@ impl Step {
 
     /// `--mnd-save`: the helper commits the container and writes it as the user, before
     /// the container ends; a failure is said, and the step's own result stands.
-    fn save(&self, args: &PluginArgs, reply: &Reply, to: &str) {
+    pub fn save(&self, args: &PluginArgs) {
+        let reply: Option<Reply> = std::fs::read_to_string(self.file(args, "reply"))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
+        let (Some(reply), Some(to)) = (reply, &self.request.options.save) else {
+            return;
+        };
+        let cwd = std::fs::read_to_string(self.file(args, "cwd")).unwrap_or_default();
+        let to = mnd::stepsave::target(Path::new(&cwd), Path::new(to));
         let r = &self.request;
-        let cwd = std::env::current_dir().unwrap_or_default();
-        let to = mnd::stepsave::target(&cwd, Path::new(to));
         let gids: Vec<String> = r.gids.iter().map(u32::to_string).collect();
         let out = Command::new(&args.helper)
             .args(["direct", "save", "--container", &reply.container_id])
@@ -197,9 +210,6 @@ impl Step {
         let reply: Option<Reply> = std::fs::read_to_string(self.file(args, "reply"))
             .ok()
             .and_then(|text| serde_json::from_str(&text).ok());
-        if let (Some(reply), Some(to)) = (&reply, &self.request.options.save) {
-            self.save(args, reply, to);
-        }
         // A --mnd-name container outlives the step: the Epilog removes it with the job.
         let unnamed = self.request.options.name.is_none();
         let ended = unnamed && reply.as_ref().is_some_and(crate::join::end);
@@ -220,7 +230,7 @@ impl Step {
                 );
             }
         }
-        for ext in ["reply", "error", "lock"] {
+        for ext in ["reply", "error", "lock", "cwd"] {
             let _ = std::fs::remove_file(self.file(args, ext));
         }
     }
