@@ -302,6 +302,8 @@ fn two_direct_mode_steps_starting_together_pull_their_image_once_per_node() {
     let image = pushed_image(&tag, &format!("echo {tag} > /marker"));
     for node in NODES {
         root_on(node, &["docker", "rmi", &image]);
+        let there = root_on(node, &["docker", "image", "inspect", &image]);
+        assert_ne!(there.code, 0, "{node} still has {image}");
     }
     let since = root_on("node1", &["date", "+%s"]).stdout.trim().to_string();
     let (r, job) = crate::direct::dave_job(
@@ -319,7 +321,7 @@ fn two_direct_mode_steps_starting_together_pull_their_image_once_per_node() {
                 "sh",
                 "-c",
                 &format!(
-                    "docker events --since {since} --until $(date +%s) --filter event=pull --format '{{{{.ID}}}}' | grep -c ."
+                    "docker events --since {since} --until $(( $(date +%s) + 2 )) --filter event=pull --format '{{{{.ID}}}}' | grep -c ."
                 ),
             ],
         );
