@@ -198,9 +198,7 @@ impl Source<'_, '_> {
             (false, false) => Ok(self.env(env_of(on))?.and_then(|v| boolean(&v))),
         }
     }
-}
 
-impl Source<'_, '_> {
     /// `--NAME`, else its variable as a boolean.
     fn flag(&mut self, name: &'static str) -> Result<bool, Box<dyn Error>> {
         if self.spank.is_option_set(name) {
