@@ -604,22 +604,54 @@ impl Engine {
         Ok(bytes)
     }
 
-    /// Loads a `docker save` archive read from `input` (in 1 MiB chunks).
+    /// Loads a `docker save` archive read from `input`.
     pub async fn load_image(
         &self,
-        input: impl std::io::Read + Send + 'static,
+        mut input: impl std::io::Read + Send + 'static,
     ) -> Result<(), DockerError> {
-        let chunks = futures_util::stream::unfold(input, |mut input| async move {
-            let mut buf = vec![0u8; 1 << 20];
-            match input.read(&mut buf) {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), input))
-                }
-                Err(e) => Some((Err(e), input)),
+        self.load_written(move |out| std::io::copy(&mut input, out).map(|_| ()))
+            .await
+    }
+
+    /// Loads the `docker save` archive that `produce` writes, on a thread of its own (it may
+    /// wait for a file still being written, or check what it passes on). When `produce`
+    /// fails the load is cut off, so Docker keeps nothing of it, and its error is returned.
+    pub async fn load_written(
+        &self,
+        produce: impl FnOnce(&mut ChunkSender) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<(), DockerError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut out = ChunkSender {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(CHUNK),
+            };
+            let made = produce(&mut out).and_then(|()| out.send_buffered());
+            if let Err(e) = &made {
+                let _ = tx.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
             }
+            made
         });
+        let chunks = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let loaded = self.load_stream(chunks).await;
+        let produced = producer
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        match (produced.and_then(|r| r), loaded) {
+            (Err(e), _) => Err(DockerError::Api {
+                action: "load of an image".into(),
+                reason: e.to_string(),
+            }),
+            (Ok(()), loaded) => loaded,
+        }
+    }
+
+    /// Loads a `docker save` archive from a stream of chunks; an error in the stream ends
+    /// the load (Docker keeps nothing of it).
+    async fn load_stream(
+        &self,
+        chunks: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+    ) -> Result<(), DockerError> {
         let opts = bollard::query_parameters::ImportImageOptionsBuilder::default()
             .quiet(true)
             .build();
@@ -1036,6 +1068,42 @@ fn gpu_request(ids: Option<Vec<String>>) -> DeviceRequest {
         device_ids: ids,
         capabilities: Some(vec![vec!["gpu".into()]]),
         ..Default::default()
+    }
+}
+
+/// The size of the pieces an archive goes to Docker in.
+const CHUNK: usize = 1 << 20;
+
+/// Where a loaded archive is written: 1 MiB pieces, sent on to Docker's load.
+pub struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    fn send_buffered(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .blocking_send(Ok(bytes::Bytes::from(chunk)))
+            .map_err(|_| std::io::Error::other("Docker stopped reading the image"))
+    }
+}
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.send_buffered()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@
 
 use crate::docker::{DockerError, Engine};
 use std::fs::{self, File};
-use std::io::BufWriter;
+use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -146,45 +146,97 @@ impl Cache {
     /// Saves image `tag` (which is `id`) unless it is there already; `true` when this call
     /// saved it. Other savers of the same image wait on its lock and find it saved.
     pub async fn save(&self, engine: &Engine, tag: &str, id: &str) -> Result<bool, CacheError> {
-        let archive = self.archive(id);
-        let _lock = self.lock(id)?;
-        if archive.exists() {
+        let Some(mut saving) = self.begin_save(id)? else {
             return Ok(false);
+        };
+        engine.save_image(tag, &mut saving).await?;
+        saving.finish()?;
+        Ok(true)
+    }
+
+    /// Starts saving image `id` (write the uncompressed `docker save` stream into what this
+    /// returns, then [`Saving::finish`]); `None` when it is saved already. The archive grows
+    /// as `ID.tar.gz.part`, which nodes that need it load meanwhile ([`Cache::open_archive`]),
+    /// and is renamed into place when whole. Other savers of the image wait on its lock.
+    pub fn begin_save(&self, id: &str) -> Result<Option<Saving>, CacheError> {
+        let (archive, part) = (self.archive(id), self.part(id));
+        let lock = self.lock(id)?;
+        if archive.exists() {
+            return Ok(None);
         }
-        let tmp = archive.with_extension(format!("tmp-{}", std::process::id()));
+        // A part left by a saver that died: nobody writes it now (the lock is ours).
+        let _ = fs::remove_file(&part);
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        let mut gz = flate2::write::GzEncoder::new(
-            BufWriter::with_capacity(1 << 20, file),
-            flate2::Compression::fast(),
-        );
-        let saved = engine.save_image(tag, &mut gz).await;
-        let finished = saved.map_err(CacheError::from).and_then(|_| {
-            gz.finish()
-                .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
-                .and_then(|f| f.sync_all())
-                .map_err(io(&tmp))
-        });
-        if let Err(e) = finished.and_then(|()| fs::rename(&tmp, &archive).map_err(io(&archive))) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        Ok(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&part)
+            .map_err(io(&part))?;
+        Ok(Some(Saving {
+            gz: Some(flate2::write::GzEncoder::new(
+                BufWriter::with_capacity(1 << 20, file),
+                flate2::Compression::fast(),
+            )),
+            part,
+            archive,
+            _lock: lock,
+        }))
     }
 
-    /// Loads image `id` from the cache into this node's Docker.
-    pub async fn load(&self, engine: &Engine, id: &str) -> Result<(), CacheError> {
-        let archive = self.archive(id);
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&archive)
-            .map_err(io(&archive))?;
-        let gz = flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, file));
+    /// The growing archive of image `id`.
+    fn part(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{}.tar.gz.part", id_stem(id)))
+    }
+
+    /// Whether image `id` is saved or being saved.
+    pub fn has_archive(&self, id: &str) -> bool {
+        self.archive(id).exists() || self.part(id).exists()
+    }
+
+    /// The saved archive of image `id` (gzip-compressed), or the one being saved, followed as
+    /// it grows until its saver renames it into place; `None` when there is neither. A saver
+    /// that writes nothing for `stall` ends the reading with an error.
+    pub fn open_archive(
+        &self,
+        id: &str,
+        stall: Duration,
+    ) -> Result<Option<Box<dyn Read + Send>>, CacheError> {
+        let (archive, part) = (self.archive(id), self.part(id));
+        let open = |path: &Path| {
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+        };
+        if let Ok(file) = open(&archive) {
+            return Ok(Some(Box::new(file)));
+        }
+        match open(&part) {
+            Ok(file) => Ok(Some(Box::new(Following {
+                file,
+                archive,
+                part,
+                stall,
+                grew: std::time::Instant::now(),
+            }))),
+            Err(_) if archive.exists() => Err(io(&archive)(std::io::Error::other(
+                "cannot be opened (is it a link?)",
+            ))),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Loads image `id` from the cache into this node's Docker (following an archive still
+    /// being saved).
+    pub async fn load(&self, engine: &Engine, id: &str, stall: Duration) -> Result<(), CacheError> {
+        let archive = self
+            .open_archive(id, stall)?
+            .ok_or_else(|| CacheError::Io {
+                path: self.archive(id),
+                reason: "not in the image share".into(),
+            })?;
+        let gz = flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, archive));
         engine.load_image(gz).await?;
         Ok(())
     }
@@ -244,6 +296,92 @@ impl Cache {
             }
         }
         Ok(old)
+    }
+}
+
+/// An archive being saved: the compressed stream into its `.part` file, under its lock.
+pub struct Saving {
+    gz: Option<flate2::write::GzEncoder<BufWriter<File>>>,
+    part: PathBuf,
+    archive: PathBuf,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl Write for Saving {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.gz {
+            Some(gz) => gz.write(buf),
+            None => Err(std::io::Error::other("the archive is finished")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.gz.as_mut().map_or(Ok(()), |gz| gz.flush())
+    }
+}
+
+impl Saving {
+    /// The archive whole: compressed to its end, on disk, renamed into place.
+    pub fn finish(mut self) -> Result<(), CacheError> {
+        let Some(gz) = self.gz.take() else {
+            return Ok(());
+        };
+        gz.finish()
+            .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+            .and_then(|f| f.sync_all())
+            .map_err(io(&self.part))?;
+        fs::rename(&self.part, &self.archive).map_err(io(&self.archive))
+    }
+}
+
+impl Drop for Saving {
+    /// Not finished: the part goes (its readers see their saver gone).
+    fn drop(&mut self) {
+        if self.gz.is_some() {
+            let _ = fs::remove_file(&self.part);
+        }
+    }
+}
+
+/// Reads an archive while its saver writes it: at the end of the part it waits for more,
+/// and ends once the saver renamed the same file into place.
+struct Following {
+    file: File,
+    archive: PathBuf,
+    part: PathBuf,
+    stall: Duration,
+    grew: std::time::Instant,
+}
+
+impl Read for Following {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let same = |path: &Path, ino: u64| fs::symlink_metadata(path).is_ok_and(|m| m.ino() == ino);
+        loop {
+            let n = self.file.read(buf)?;
+            if n > 0 {
+                self.grew = std::time::Instant::now();
+                return Ok(n);
+            }
+            let ino = self.file.metadata()?.ino();
+            if same(&self.archive, ino) {
+                // Renamed, so written to its end: what is left, then the end.
+                return self.file.read(buf);
+            }
+            if !same(&self.part, ino) {
+                return Err(std::io::Error::other(format!(
+                    "{}: its saver stopped before the end",
+                    self.part.display()
+                )));
+            }
+            if self.grew.elapsed() > self.stall {
+                return Err(std::io::Error::other(format!(
+                    "{}: its saver wrote nothing for {} s",
+                    self.part.display(),
+                    self.stall.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -323,5 +461,53 @@ mod tests {
         fs::set_permissions(tmp.path().join("images"), fs::Permissions::from_mode(0o755)).unwrap();
         let err = Cache::open(&tmp.path().join("images"), uid).err().unwrap();
         assert!(err.to_string().contains("nobody else"), "{err}");
+    }
+
+    #[test]
+    fn an_archive_is_read_while_it_is_saved_and_a_dead_saver_is_noticed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let uid = nix::unistd::getuid().as_raw();
+        let cache = Cache::open(&tmp.path().join("images"), uid).unwrap();
+        assert!(cache
+            .open_archive("sha256:cd", Duration::from_secs(5))
+            .unwrap()
+            .is_none());
+        let mut saving = cache.begin_save("sha256:cd").unwrap().unwrap();
+        assert!(cache.has_archive("sha256:cd") && !cache.archive("sha256:cd").exists());
+        let mut reader = cache
+            .open_archive("sha256:cd", Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
+        let writer = std::thread::spawn(move || {
+            for i in 0..20u8 {
+                saving.write_all(&[i; 70_000]).unwrap();
+                saving.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            saving.finish().unwrap();
+        });
+        let mut whole = Vec::new();
+        flate2::read::GzDecoder::new(&mut reader)
+            .read_to_end(&mut whole)
+            .unwrap();
+        writer.join().unwrap();
+        assert_eq!(whole.len(), 20 * 70_000);
+        assert!(whole
+            .chunks(70_000)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|b| *b == i as u8)));
+        assert!(cache.archive("sha256:cd").exists() && !cache.has_archive("sha256:ef"));
+        // Saved already: nobody saves it again.
+        assert!(cache.begin_save("sha256:cd").unwrap().is_none());
+        // A saver that ends before finishing takes its part away; its reader says so.
+        let mut saving = cache.begin_save("sha256:ef").unwrap().unwrap();
+        saving.write_all(&[1; 10]).unwrap();
+        let mut reader = cache
+            .open_archive("sha256:ef", Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
+        drop(saving);
+        let err = reader.read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("stopped before the end"), "{err}");
     }
 }

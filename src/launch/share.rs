@@ -98,7 +98,7 @@ async fn from_share(
     let by = Instant::now() + plan.wait_timeout;
     loop {
         if let Some(id) = cache.id_for_job(&spec.image, &plan.job_label) {
-            if cache.archive(&id).exists() {
+            if cache.has_archive(&id) {
                 return load_shared(plan, engine, progress, &cache, &id)
                     .await
                     .map_err(|e| e.to_string());
@@ -133,10 +133,13 @@ async fn load_shared(
         r.summary = "loading the image from the share".into();
     });
     let t0 = Instant::now();
-    cache.load(engine, id).await.map_err(|e| DockerError::Api {
-        action: "load from the image share".into(),
-        reason: e.to_string(),
-    })?;
+    cache
+        .load(engine, id, plan.wait_timeout)
+        .await
+        .map_err(|e| DockerError::Api {
+            action: "load from the image share".into(),
+            reason: e.to_string(),
+        })?;
     // The archive's own tags are not trusted: the image must be the one its name promised,
     // and the job's tag is pointed at it here.
     if !engine.tag_id(id, &plan.container.image).await? {
