@@ -47,6 +47,9 @@ pub struct Defaults {
     pub wait_timeout: u64,
     /// Tell MPI, NCCL and Gloo which interface reaches the other nodes (`plan::net`).
     pub net_defaults: bool,
+    /// Direct mode: a node that lacks a step's image loads it from the user's image share,
+    /// where the step's first node (which has it, from no registry) saved it.
+    pub image_share: bool,
 }
 
 impl Default for Defaults {
@@ -62,6 +65,7 @@ impl Default for Defaults {
             shm_size: "8g".into(),
             wait_timeout: 60,
             net_defaults: true,
+            image_share: true,
         }
     }
 }

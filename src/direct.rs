@@ -6,6 +6,7 @@
 
 use crate::accounts::{account_files, ImageAccounts};
 use crate::config::{ConfigError, SiteConfig};
+use crate::directshare::StepShare;
 use crate::docker::{DockerError, Engine, ImageFacts, PullReport};
 use crate::identity::{Identity, IdentityError};
 use crate::pathid::{
@@ -44,6 +45,20 @@ pub enum HelperError {
     /// Docker.
     #[error(transparent)]
     Docker(#[from] DockerError),
+    /// A node lacks the image and the image share could not give it.
+    #[error("{missing}; and the image share {} could not give it from {first}: {reason}. Fix: push the image to a registry the nodes reach, or make sure {first} (the step's first node) has it", dir.display())]
+    NotShared {
+        /// The image.
+        image: String,
+        /// Why this node has none.
+        missing: String,
+        /// The step's first node.
+        first: String,
+        /// The share.
+        dir: PathBuf,
+        /// Why the share failed.
+        reason: String,
+    },
     /// Resolving the user's paths.
     #[error("resolving the job's paths as uid {uid}: {reason}")]
     Resolve {
@@ -175,6 +190,9 @@ pub struct Prepared {
     pub net: Option<JobNet>,
     /// Labels a container of this name must carry to be reused or removed.
     pub owner: BTreeMap<String, String>,
+    /// A step on more than one node: the user's image share, for an image only the first
+    /// node has.
+    pub share: Option<StepShare>,
 }
 
 /// A path's real path and the identity of what it named when it was resolved, or why not.
@@ -256,6 +274,11 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         .net_defaults
         .then(|| step_network(req))
         .flatten();
+    let share = site
+        .defaults
+        .image_share
+        .then(|| StepShare::of(req, &user.home))
+        .flatten();
     let owner = spec
         .labels
         .iter()
@@ -278,6 +301,7 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         mounted,
         net,
         owner,
+        share,
     })
 }
 
@@ -464,7 +488,7 @@ pub async fn up(p: &Prepared, phases: &mut Phases) -> Result<Reply, HelperError>
     // image is pulled here when missing, while nothing else waits.
     let wanted = async {
         match p.has_image {
-            true => Some(image_once(&engine, &p.spec, &node).await),
+            true => Some(image_here(&engine, p, &node).await),
             false => None,
         }
     };
@@ -516,6 +540,38 @@ pub async fn up(p: &Prepared, phases: &mut Phases) -> Result<Reply, HelperError>
             start_new(&engine, p, &image, phases).await
         }
         (None, Some(image)) => start_new(&engine, p, &image, phases).await,
+    }
+}
+
+/// The image for the step on this node: here already or pulled, else (a node of a
+/// multi-node step) vouched for by the step's first node and loaded from the user's image
+/// share. The first node vouches for an image that came from no registry.
+async fn image_here(engine: &Engine, p: &Prepared, node: &str) -> Result<ImageFacts, HelperError> {
+    let here = image_once(engine, &p.spec, node).await;
+    let Some(share) = &p.share else {
+        return here;
+    };
+    match here {
+        Ok(facts) if share.is_first => {
+            // The nodes that need the image hear why they cannot have it; the others and
+            // this node go on.
+            if let Err(e) = crate::directshare::offer(share, engine, &p.spec.image, &facts).await {
+                log::warn!("sharing {}: {e}", p.spec.image);
+                crate::directshare::say_failed(share, &e);
+            }
+            Ok(facts)
+        }
+        Err(HelperError::Docker(missing)) if !share.is_first => {
+            let fetched = crate::directshare::fetch(share, engine, &p.spec.image).await;
+            fetched.map_err(|e| HelperError::NotShared {
+                image: p.spec.image.clone(),
+                missing: missing.to_string(),
+                first: share.first_node.clone(),
+                dir: share.dir.clone(),
+                reason: e.to_string(),
+            })
+        }
+        other => other,
     }
 }
 
@@ -575,17 +631,23 @@ async fn start(
     // last job that used them (a failure to record costs disk space, never the step).
     let job = p.spec.labels.get(labels::JOB).and_then(|j| j.parse().ok());
     if let Some(job) = job {
-        let recorded = crate::pulled::Pulled::open(Path::new(crate::pulled::DIR))
-            .and_then(|r| r.used(&p.spec.image, job, image.pulled));
+        let recorded = crate::pulled::Pulled::open(Path::new(crate::pulled::DIR)).and_then(|r| {
+            match image.by_id_only {
+                // Loaded from the share for this job: removed with its last job too.
+                true => r.used(&image.id, job, image.pulled),
+                false => r.used(&p.spec.image, job, image.pulled),
+            }
+        });
         if let Err(e) = recorded {
             log::warn!("recording the pull of {}: {e}", p.spec.image);
         }
     }
+    let mut spec = with_volumes_in_memory(&p.spec, &image.volumes);
+    if image.by_id_only {
+        spec.image = image.id.clone();
+    }
     engine
-        .create(
-            &with_volumes_in_memory(&p.spec, &image.volumes),
-            vec!["sleep".into(), "infinity".into()],
-        )
+        .create(&spec, vec!["sleep".into(), "infinity".into()])
         .await?;
     phases.mark("create");
     engine.start(name).await?;

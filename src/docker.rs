@@ -87,6 +87,12 @@ pub struct ImageFacts {
     pub volumes: Vec<String>,
     /// The image's `WORKDIR`, if it sets one.
     pub workdir: Option<String>,
+    /// It came from a registry (it has a repo digest): other nodes can pull it too. One
+    /// built, loaded or committed here has none.
+    pub from_registry: bool,
+    /// Known here by its id alone (loaded untagged from an image share, so that no name
+    /// changed): containers are made from the id.
+    pub by_id_only: bool,
 }
 
 /// A file to put into a container before it starts.
@@ -211,6 +217,8 @@ impl Engine {
         };
         let config = info.config.unwrap_or_default();
         Ok(ImageFacts {
+            from_registry: info.repo_digests.is_some_and(|d| !d.is_empty()),
+            by_id_only: false,
             id: info.id.unwrap_or_default(),
             env: config.env.unwrap_or_default(),
             pulled,

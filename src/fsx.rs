@@ -35,6 +35,19 @@ pub fn write_whole(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
     written
 }
 
+/// The content of `path`, opened without following a link there.
+pub fn read_no_follow(path: &Path) -> io::Result<Vec<u8>> {
+    let mut content = Vec::new();
+    io::Read::read_to_end(
+        &mut OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?,
+        &mut content,
+    )?;
+    Ok(content)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -174,6 +174,25 @@ enum DirectAction {
         #[arg(long, value_name = "PATH")]
         to: std::path::PathBuf,
     },
+    /// One operation on the job user's image share, as that user (the root helper runs it
+    /// to give direct mode's nodes an image only the step's first node has).
+    #[command(hide = true)]
+    Share {
+        /// The share's folder.
+        #[arg(long, value_name = "DIR")]
+        dir: std::path::PathBuf,
+        /// put-word NAME | get-word NAME | save ID | get-archive ID
+        #[arg(value_parser = ["put-word", "get-word", "save", "get-archive"])]
+        op: String,
+        /// The word's name or the image's id.
+        name: String,
+        /// How long to wait for it (get-word, get-archive).
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        wait: u64,
+        /// save: stdin's first line is this word, left first.
+        #[arg(long, value_name = "NAME")]
+        word: Option<String>,
+    },
     /// Remove this node's containers of a step.
     Down {
         /// The Slurm job.
@@ -791,6 +810,23 @@ fn direct(action: DirectAction) -> Result<(), String> {
             runtime()?
                 .block_on(mnd::stepsave::save(&r, writer))
                 .map_err(|e| e.to_string())
+        }
+        DirectAction::Share {
+            dir,
+            op,
+            name,
+            wait,
+            word,
+        } => {
+            use mnd::directshare::UserOp;
+            let wait = std::time::Duration::from_secs(wait);
+            let op = match op.as_str() {
+                "put-word" => UserOp::PutWord(name),
+                "get-word" => UserOp::GetWord(name, wait),
+                "save" => UserOp::Save(name, word),
+                _ => UserOp::GetArchive(name, wait),
+            };
+            mnd::directshare::as_user_op(&dir, op)
         }
         DirectAction::Down { job, step } => runtime()?.block_on(async {
             helper::down(job, &step)

@@ -334,3 +334,117 @@ fn two_direct_mode_steps_starting_together_pull_their_image_once_per_node() {
     }
     crate::direct::assert_nothing_left(&job);
 }
+
+/// An image with `/marker` saying `mark`, on `node` only; returns its id.
+fn marked_image_only_on(node: &str, tag: &str, mark: &str) -> String {
+    cluster();
+    let r = root_on(
+        node,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "docker rm -f mk-{mark} >/dev/null 2>&1; docker run --name mk-{mark} {IMAGE} sh -c 'echo {mark} > /marker' && docker commit mk-{mark} {tag} && docker rm mk-{mark} >/dev/null"
+            ),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    r.stdout.trim().to_string()
+}
+
+#[test]
+fn direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_tampered_archive() {
+    let _g = shared();
+    let pid = std::process::id();
+    let tag = format!("mnd-vc-job:direct-only1-{pid}");
+    let mark = format!("direct-only1-{pid}");
+    let id = marked_image_only_on("node1", &tag, &mark);
+    let archive = format!(
+        "/shared/home/dave/.mnd/images/{}.tar.gz",
+        id.replace(':', "-")
+    );
+    root_on("node1", &["rm", "-f", &archive]);
+    let step =
+        format!("srun -N3 -n3 --mnd-image={tag} bash -c 'echo $SLURMD_NODENAME: $(cat /marker)'");
+    // 1. dave (outside the docker group) runs it on all three nodes: node1 saves it into
+    // his share, node2 and node3 load it by id (a load, no tag), and the Epilog removes it
+    // with the job.
+    let since = root_on("node1", &["date", "+%s"]).stdout.trim().to_string();
+    let (r, job) = crate::direct::dave_job(3, &step);
+    assert_eq!(r.code, 0, "{}", r.all());
+    for node in NODES {
+        assert!(
+            r.stdout.contains(&format!("{node}: {mark}")),
+            "{node}: {}",
+            r.all()
+        );
+    }
+    crate::direct::assert_nothing_left(&job);
+    for node in ["node2", "node3"] {
+        // Other tests load and tag images meanwhile: only this image's events count.
+        let events = root_on(
+            node,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "docker events --since {since} --until $(( $(date +%s) + 2 )) --filter type=image --format '{{{{.Action}}}} {{{{.ID}}}} {{{{.Actor.Attributes.name}}}}'"
+                ),
+            ],
+        )
+        .stdout;
+        let loads = events
+            .lines()
+            .filter(|l| l.starts_with(&format!("load {id}")))
+            .count();
+        assert_eq!(loads, 1, "{node}: loads of {id}: {events}");
+        assert!(
+            !events
+                .lines()
+                .any(|l| l.starts_with("tag ") && (l.contains(&id) || l.contains(&tag))),
+            "{node}: a name was given to {id}: {events}"
+        );
+        for image in [id.as_str(), tag.as_str()] {
+            let there = root_on(node, &["docker", "image", "inspect", image]);
+            assert_ne!(there.code, 0, "{node} kept {image} after the job");
+        }
+    }
+    let owner = root_on("node1", &["stat", "-c", "%U %a", &archive]);
+    assert_eq!(owner.stdout.trim(), "dave 600", "{}", owner.all());
+    crate::direct::assert_nothing_left(&job);
+    // 2. dave swaps the archive for one of another image under the same name: the nodes
+    // that need it refuse it, naming both ids, and load nothing.
+    let evil = format!("mnd-vc-job:evil-{pid}");
+    marked_image_only_on("node3", &evil, &format!("evil-{pid}"));
+    let swapped = root_on(
+        "node3",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "docker tag {evil} {tag} && docker save {tag} | gzip -1 > {archive}.new && chown dave: {archive}.new && mv {archive}.new {archive} && docker rmi {evil} {tag} >/dev/null"
+            ),
+        ],
+    );
+    assert_eq!(swapped.code, 0, "{}", swapped.all());
+    let (r, job) = crate::direct::dave_job(3, &step);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("the archive holds image sha256:")
+            && r.stderr.contains(&format!("not {id}")),
+        "{}",
+        r.all()
+    );
+    for node in ["node2", "node3"] {
+        for image in [id.as_str(), tag.as_str()] {
+            let there = root_on(node, &["docker", "image", "inspect", image]);
+            assert_ne!(
+                there.code, 0,
+                "{node} loaded {image} from a tampered archive"
+            );
+        }
+    }
+    crate::direct::assert_nothing_left(&job);
+    untag(&tag, &["node1"]);
+    root_on("node1", &["rm", "-f", &archive]);
+}

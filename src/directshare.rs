@@ -1,0 +1,465 @@
+//! Direct mode's images from the user's image share (`~/.mnd/images`): an image that exists
+//! only on the step's first node (built, loaded or committed there, never pushed) runs on
+//! every node of the step.
+//!
+//! - The first node's root side, finding the image with no registry origin, vouches for
+//!   it: a MUNGE credential (encoded by root, so no user can forge it) saying "for job J,
+//!   step S, user U, image NAME is id X", left in the share. It saves the image there
+//!   unless the share has it (once per image; nodes load while it is written).
+//! - A node whose Docker lacks the image (and cannot pull it) reads that word, checks the
+//!   credential is root's and names this step, user and image, then loads the archive
+//!   checked to be image X and stripped of every tag ([`crate::imagearchive`]), and runs
+//!   the container by id: no name in root's Docker changes, for anyone.
+//!
+//! Every file of the share is read and written by a process that became the user
+//! (`mnd direct share`), so links and root-squashed homes are the user's own business, and
+//! what it hands over is checked here, as root.
+
+use crate::docker::{DockerError, Engine, ImageFacts};
+use crate::imagecache::Cache;
+use crate::munge::{self, MungeError};
+use crate::spank::Request;
+use std::io::{BufRead, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use thiserror::Error;
+
+/// How long a credential stays valid (nodes read it within seconds of the step's start).
+const WORD_TTL_SECS: u32 = 600;
+
+/// How long a node waits for the first node's word, and for a growing archive to grow.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Why the share could not serve the image.
+#[derive(Debug, Error)]
+pub enum ShareError {
+    /// MUNGE.
+    #[error("vouching for the image through MUNGE: {0}")]
+    Munge(#[from] MungeError),
+    /// The word in the share is not root's word for this step.
+    #[error("the image share's record for this step is not valid ({0}): it was not written by the first node's root side")]
+    NotVouched(String),
+    /// The process acting as the user failed.
+    #[error("{0}")]
+    AsUser(String),
+    /// Docker.
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+}
+
+/// One multi-node step's view of the share, on one node.
+#[derive(Debug, Clone)]
+pub struct StepShare {
+    /// The share's folder (`~/.mnd/images`).
+    pub dir: PathBuf,
+    /// The step's first node, which vouches and saves.
+    pub first_node: String,
+    /// This node is it.
+    pub is_first: bool,
+    job: u32,
+    step: u32,
+    uid: u32,
+    gid: u32,
+    gids: Vec<u32>,
+}
+
+impl StepShare {
+    /// The share of step `req` of a user whose home is `home`; `None` for a step on one
+    /// node, or when the step's nodes are not known.
+    pub fn of(req: &Request, home: &Path) -> Option<StepShare> {
+        let nodes = crate::hostlist::expand(req.step_nodes.as_deref()?).ok()?;
+        let first_node = nodes.first()?.clone();
+        (nodes.len() > 1).then(|| StepShare {
+            dir: home.join(".mnd/images"),
+            is_first: first_node == req.node,
+            first_node,
+            job: req.job,
+            step: req.step,
+            uid: req.uid,
+            gid: req.gid,
+            gids: req.gids.clone(),
+        })
+    }
+
+    /// What root on the first node vouches for.
+    fn word(&self, image: &str, id: &str) -> String {
+        format!(
+            "mnd-image-share/1 job={} step={} uid={} image={image} id={id}",
+            self.job, self.step, self.uid
+        )
+    }
+
+    /// The word's file name in the share.
+    fn word_file(&self) -> String {
+        format!("{}.{}", self.job, self.step)
+    }
+
+    /// `mnd direct share OP ARGS...` as the user: their ids, no other environment, and it
+    /// dies with this process.
+    fn as_user(&self, op: &[&str]) -> Command {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mnd"));
+        let mut cmd = Command::new(exe);
+        cmd.args(["direct", "share", "--dir"])
+            .arg(&self.dir)
+            .args(op)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .current_dir("/");
+        let (uid, gid, gids) = (self.uid, self.gid, self.gids.clone());
+        // SAFETY: between fork and exec the closure makes raw system calls only.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(gids.len(), gids.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Runs an as-user operation with `input` on its stdin; what it printed (at most 64 KiB).
+    fn run_as_user(&self, op: &[&str], input: &[u8]) -> Result<String, ShareError> {
+        let mut child = self
+            .as_user(op)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| ShareError::AsUser(format!("cannot run the share's process: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(input);
+        }
+        let mut out = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            let _ = stdout.take(64 << 10).read_to_string(&mut out);
+        }
+        finished(child)?;
+        Ok(out)
+    }
+}
+
+/// Waits for an as-user process; its complaint (its stderr) as the error.
+fn finished(child: std::process::Child) -> Result<(), ShareError> {
+    let out = child
+        .wait_with_output()
+        .map_err(|e| ShareError::AsUser(e.to_string()))?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(ShareError::AsUser(
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .trim_start_matches("mnd: ")
+                .to_string(),
+        )),
+    }
+}
+
+/// The first node: when `facts` came from no registry, vouches for `image` and saves it
+/// into the share unless it is there already.
+pub async fn offer(
+    share: &StepShare,
+    engine: &Engine,
+    image: &str,
+    facts: &ImageFacts,
+) -> Result<(), ShareError> {
+    if facts.from_registry {
+        return Ok(());
+    }
+    let credential = munge::encode(&share.word(image, &facts.id), WORD_TTL_SECS).await?;
+    // One process as the user leaves the word, then saves the image unless it is saved.
+    let mut saver = share
+        .as_user(&["save", &facts.id, "--word", &share.word_file()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| ShareError::AsUser(format!("cannot run the share's process: {e}")))?;
+    if let Some(stdin) = saver.stdin.as_mut() {
+        let _ = writeln!(stdin, "{}", credential.trim());
+    }
+    let mut said = String::new();
+    if let Some(stdout) = saver.stdout.take() {
+        let _ = std::io::BufReader::new(stdout).read_line(&mut said);
+    }
+    if said.trim() == "ready" {
+        if let Some(mut stdin) = saver.stdin.take() {
+            // A failure here shows as the saver's own (it got less than a whole archive).
+            let _ = engine.save_image(&facts.id, &mut stdin).await;
+        }
+    }
+    drop(saver.stdin.take());
+    finished(saver)
+}
+
+/// The first node could not vouch or save: the other nodes hear why.
+pub fn say_failed(share: &StepShare, e: &ShareError) {
+    let word = format!("{FAILED}{e}");
+    let _ = share.run_as_user(&["put-word", &share.word_file()], word.as_bytes());
+}
+
+/// How a word that reports the first node's failure starts.
+const FAILED: &str = "mnd-failed: ";
+
+/// A node without `image`: the first node's word for it, checked, then the image by id
+/// (loaded from the share, checked, when this node lacks it).
+pub async fn fetch(
+    share: &StepShare,
+    engine: &Engine,
+    image: &str,
+) -> Result<ImageFacts, ShareError> {
+    let wait = WAIT.as_secs().to_string();
+    let credential = share.run_as_user(&["get-word", &share.word_file(), "--wait", &wait], b"")?;
+    if let Some(why) = credential.strip_prefix(FAILED) {
+        return Err(ShareError::AsUser(format!(
+            "{} could not share it: {why}",
+            share.first_node
+        )));
+    }
+    let decoded = munge::decode(&credential).await?;
+    let id = vouched_id(share, image, decoded.uid, &decoded.payload)?;
+    if let Ok(facts) = by_id(engine, &id).await {
+        return Ok(facts);
+    }
+
+    let mut reader = share
+        .as_user(&["get-archive", &id, "--wait", &wait])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| ShareError::AsUser(format!("cannot run the share's process: {e}")))?;
+    let stdout = reader.stdout.take();
+    let expected = id.clone();
+    let loaded = engine
+        .load_written(move |out| {
+            let stdout = stdout.ok_or_else(|| std::io::Error::other("no archive"))?;
+            let gz =
+                flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, stdout));
+            crate::imagearchive::pass_checked(gz, &expected, out)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .await;
+    // The reader's complaint (no archive, a stalled saver) explains a failed load best.
+    finished(reader)?;
+    loaded?;
+    let facts = by_id(engine, &id).await?;
+    // Loaded for this job: recorded as root's pulls are, so the Epilog removes it.
+    Ok(ImageFacts {
+        pulled: true,
+        ..facts
+    })
+}
+
+/// Image `id` on this node, which has no name for it.
+async fn by_id(engine: &Engine, id: &str) -> Result<ImageFacts, DockerError> {
+    let silent = tokio::sync::watch::channel(Default::default()).0;
+    let facts = engine
+        .ensure_image(id, crate::cli::Pull::Never, id, WAIT, &silent)
+        .await?;
+    Ok(ImageFacts {
+        by_id_only: true,
+        ..facts
+    })
+}
+
+/// The id in a decoded word, when root wrote it for this very step, user and image.
+fn vouched_id(
+    share: &StepShare,
+    image: &str,
+    uid: u32,
+    payload: &str,
+) -> Result<String, ShareError> {
+    if uid != 0 {
+        return Err(ShareError::NotVouched(format!(
+            "encoded by uid {uid}, not root"
+        )));
+    }
+    let id = payload
+        .rsplit_once(" id=")
+        .map(|(_, id)| id.trim().to_string())
+        .filter(|id| id.starts_with("sha256:") && id.len() == 71)
+        .ok_or_else(|| ShareError::NotVouched("no image id".into()))?;
+    if payload.trim() != share.word(image, &id) {
+        return Err(ShareError::NotVouched(format!(
+            "it is for another job, step, user or image: {:?}",
+            payload.trim()
+        )));
+    }
+    Ok(id)
+}
+
+/// What `mnd direct share` does, as the user.
+#[derive(Debug, Clone)]
+pub enum UserOp {
+    /// The first node's word (stdin) into `words/NAME`.
+    PutWord(String),
+    /// `words/NAME` to stdout, waiting for it to appear.
+    GetWord(String, Duration),
+    /// The image `ID`'s archive from stdin (raw `docker save`), unless saved; with a word's
+    /// name, stdin's first line is that word, left first.
+    Save(String, Option<String>),
+    /// The image `ID`'s archive (compressed) to stdout, following one being saved.
+    GetArchive(String, Duration),
+}
+
+/// `mnd direct share`: one operation on the user's share, as the user (refused as root).
+pub fn as_user_op(dir: &Path, op: UserOp) -> Result<(), String> {
+    let uid = nix::unistd::getuid().as_raw();
+    if uid == 0 {
+        return Err("mnd direct share acts as the job's user; the root helper runs it".into());
+    }
+    let cache = Cache::open(dir, uid).map_err(|e| e.to_string())?;
+    let words = dir.join("words");
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-'))
+    };
+    let checked = |n: String| {
+        if name_ok(&n) {
+            Ok(n)
+        } else {
+            Err(format!("{n:?}: not a name of the share"))
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    match op {
+        UserOp::PutWord(name) => {
+            let mut word = Vec::new();
+            std::io::stdin()
+                .take(64 << 10)
+                .read_to_end(&mut word)
+                .map_err(|e| e.to_string())?;
+            put_word(&words, &checked(name)?, &word)
+        }
+        UserOp::GetWord(name, wait) => {
+            let path = words.join(checked(name)?);
+            let word = wait_for(wait, || crate::fsx::read_no_follow(&path).ok()).ok_or_else(|| {
+                format!("no word from the step's first node in {} within {} s: is it on a filesystem every node shares, and does the first node have the image?", dir.display(), wait.as_secs())
+            })?;
+            stdout.write_all(&word).map_err(|e| e.to_string())
+        }
+        UserOp::Save(id, word) => {
+            let mut input = std::io::stdin().lock();
+            if let Some(name) = word {
+                let mut line = String::new();
+                (&mut input)
+                    .take(64 << 10)
+                    .read_line(&mut line)
+                    .map_err(|e| e.to_string())?;
+                put_word(&words, &checked(name)?, line.trim().as_bytes())?;
+            }
+            match cache.begin_save(&checked(id)?).map_err(|e| e.to_string())? {
+                None => writeln!(stdout, "present").map_err(|e| e.to_string()),
+                Some(mut saving) => {
+                    writeln!(stdout, "ready")
+                        .and_then(|()| stdout.flush())
+                        .map_err(|e| e.to_string())?;
+                    let n = std::io::copy(&mut input, &mut saving).map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        return Err("the image share got nothing to save".into());
+                    }
+                    saving.finish().map_err(|e| e.to_string())
+                }
+            }
+        }
+        UserOp::GetArchive(id, wait) => {
+            let id = checked(id)?;
+            let mut archive = wait_for(wait, || cache.open_archive(&id, wait).ok().flatten())
+                .ok_or_else(|| {
+                    format!(
+                        "{} is not in the image share {} (nor being saved) after {} s",
+                        id,
+                        dir.display(),
+                        wait.as_secs()
+                    )
+                })?;
+            std::io::copy(&mut archive, &mut stdout)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Leaves `word` as `words/NAME` (whole, readable by the user alone); old words go.
+fn put_word(words: &Path, name: &str, word: &[u8]) -> Result<(), String> {
+    crate::ssh::create_private_dir(words).map_err(|e| format!("{}: {e}", words.display()))?;
+    let path = words.join(name);
+    crate::fsx::write_whole(&path, word, 0o600).map_err(|e| format!("{}: {e}", path.display()))?;
+    prune_words(words);
+    Ok(())
+}
+
+/// Polls `look` every 50 ms until it finds something or `wait` passes.
+fn wait_for<T>(wait: Duration, mut look: impl FnMut() -> Option<T>) -> Option<T> {
+    let by = std::time::Instant::now() + wait;
+    loop {
+        if let Some(found) = look() {
+            return Some(found);
+        }
+        if std::time::Instant::now() > by {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Words older than a day are of steps long gone.
+fn prune_words(words: &Path) {
+    let day = Duration::from_secs(24 * 3600);
+    for e in std::fs::read_dir(words).into_iter().flatten().flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > day);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share() -> StepShare {
+        let req: Request = serde_json::from_value(serde_json::json!({
+            "job": 7, "step": 0, "node": "node2", "uid": 1001, "gid": 1001, "gids": [1001],
+            "cwd": "/", "options": {}, "slurm_dirs": [], "step_nodes": "node[1-3]",
+            "step_gpus": null, "step_cuda_devices": null, "batch_script": null
+        }))
+        .unwrap();
+        StepShare::of(&req, Path::new("/home/dave")).unwrap()
+    }
+
+    #[test]
+    fn only_roots_word_for_this_step_user_and_image_counts() {
+        let s = share();
+        assert!(!s.is_first && s.first_node == "node1");
+        assert_eq!(s.dir, Path::new("/home/dave/.mnd/images"));
+        let id = format!("sha256:{}", "a".repeat(64));
+        let word = s.word("img:1", &id);
+        assert_eq!(vouched_id(&s, "img:1", 0, &word).unwrap(), id);
+        let err = vouched_id(&s, "img:1", 1001, &word).unwrap_err();
+        assert!(err.to_string().contains("uid 1001, not root"), "{err}");
+        for other in [
+            word.replace("step=0", "step=1"),
+            word.replace("uid=1001", "uid=1002"),
+        ] {
+            let err = vouched_id(&s, "img:1", 0, &other).unwrap_err();
+            assert!(
+                err.to_string().contains("another job, step, user or image"),
+                "{err}"
+            );
+        }
+        assert!(vouched_id(&s, "other:1", 0, &word).is_err());
+        assert!(vouched_id(&s, "img:1", 0, &word.replace(&id, "sha256:short")).is_err());
+    }
+}

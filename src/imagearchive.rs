@@ -1,0 +1,243 @@
+//! A `docker save` archive from a place the user controls, checked on its way into root's
+//! Docker: it must hold exactly the image whose id root vouched for (the id is the digest
+//! of the image's config, and Docker checks every layer against that config), and it may
+//! change no tag (its `RepoTags`, `repositories` and index names are dropped, so loading
+//! it touches no image name of anyone's). The check runs while the archive streams through;
+//! the manifest is passed on last, after the check, so a failed check cuts the load off
+//! before Docker keeps anything.
+
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use thiserror::Error;
+
+/// Why an archive was refused.
+#[derive(Debug, Error)]
+pub enum ArchiveError {
+    /// It holds another image than the one vouched for.
+    #[error("the archive holds image sha256:{found}, not {expected}: it was changed since it was saved (remove it from the image share and run again)")]
+    OtherImage {
+        /// The id root vouched for.
+        expected: String,
+        /// The digest of the archive's config.
+        found: String,
+    },
+    /// It is not a `docker save` archive of one image.
+    #[error("not a docker save archive of one image: {0}")]
+    Malformed(String),
+    /// Reading or passing it on failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Files up to this size are hashed on the way (an image config is a few KiB; layers are
+/// passed on unhashed, Docker checks them against the config).
+const HASHED_UP_TO: u64 = 64 << 20;
+
+/// The manifest and index are read whole; they are small.
+const SMALL_FILE: u64 = 4 << 20;
+
+/// Passes the archive `input` (a tar stream) on to `out`, checked to hold image
+/// `expected` (`sha256:HEX`) and stripped of every tag.
+pub fn pass_checked(input: impl Read, expected: &str, out: impl Write) -> Result<(), ArchiveError> {
+    let malformed = |what: String| ArchiveError::Malformed(what);
+    let mut archive = tar::Archive::new(input);
+    let mut builder = tar::Builder::new(out);
+    let mut digests: BTreeMap<String, String> = BTreeMap::new();
+    let mut held: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        if path.starts_with('/') || path.split('/').any(|c| c == "..") {
+            return Err(malformed(format!("the path {path:?} leaves the archive")));
+        }
+        let mut header = entry.header().clone();
+        let size = header.size()?;
+        match path.as_str() {
+            "repositories" => continue,
+            "manifest.json" | "index.json" => {
+                if size > SMALL_FILE {
+                    return Err(malformed(format!("{path} is {size} bytes")));
+                }
+                let mut text = Vec::new();
+                entry.read_to_end(&mut text)?;
+                held.insert(path, text);
+                continue;
+            }
+            _ => {}
+        }
+        if header.entry_type().is_symlink() || header.entry_type().is_hard_link() {
+            let target = entry
+                .link_name()?
+                .ok_or_else(|| malformed(format!("{path}: a link to nothing")))?
+                .into_owned();
+            builder.append_link(&mut header, &path, target)?;
+        } else if header.entry_type().is_file() && size <= HASHED_UP_TO {
+            let mut hashing = Hashing {
+                inner: &mut entry,
+                hash: Sha256::new(),
+            };
+            builder.append_data(&mut header, &path, &mut hashing)?;
+            digests.insert(path, hex(&hashing.hash.finalize()));
+        } else {
+            builder.append_data(&mut header, &path, &mut entry)?;
+        }
+    }
+    let manifest = held
+        .remove("manifest.json")
+        .ok_or_else(|| malformed("no manifest.json".into()))?;
+    let manifest = checked_manifest(&manifest, expected, &digests)?;
+    append_file(&mut builder, "manifest.json", &manifest)?;
+    if let Some(index) = held.remove("index.json") {
+        append_file(&mut builder, "index.json", &untagged_index(&index)?)?;
+    }
+    builder.into_inner()?.flush()?;
+    Ok(())
+}
+
+/// The manifest, checked to name one image whose config is `expected`, without its tags.
+fn checked_manifest(
+    text: &[u8],
+    expected: &str,
+    digests: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, ArchiveError> {
+    let malformed = |what: &str| ArchiveError::Malformed(format!("manifest.json: {what}"));
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| malformed(&e.to_string()))?;
+    let images = manifest
+        .as_array_mut()
+        .ok_or_else(|| malformed("not a list"))?;
+    let [image] = images.as_mut_slice() else {
+        return Err(malformed(&format!("{} images, not one", images.len())));
+    };
+    let config = image
+        .get("Config")
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| malformed("no Config"))?;
+    let found = digests
+        .get(config.trim_start_matches("./"))
+        .ok_or_else(|| malformed(&format!("its Config {config} is not in the archive")))?;
+    let want = expected.strip_prefix("sha256:").unwrap_or(expected);
+    if found != want {
+        return Err(ArchiveError::OtherImage {
+            expected: expected.to_string(),
+            found: found.clone(),
+        });
+    }
+    image["RepoTags"] = serde_json::Value::Null;
+    serde_json::to_vec(&manifest).map_err(|e| malformed(&e.to_string()))
+}
+
+/// An OCI `index.json` without the annotations that name its images.
+fn untagged_index(text: &[u8]) -> Result<Vec<u8>, ArchiveError> {
+    let malformed = |e: serde_json::Error| ArchiveError::Malformed(format!("index.json: {e}"));
+    let mut index: serde_json::Value = serde_json::from_slice(text).map_err(malformed)?;
+    if let Some(all) = index.get_mut("manifests").and_then(|m| m.as_array_mut()) {
+        for m in all.iter_mut().filter_map(|m| m.as_object_mut()) {
+            m.remove("annotations");
+        }
+    }
+    serde_json::to_vec(&index).map_err(malformed)
+}
+
+fn append_file<W: Write>(
+    builder: &mut tar::Builder<W>,
+    path: &str,
+    content: &[u8],
+) -> std::io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    builder.append_data(&mut header, path, content)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A reader that hashes what passes through it.
+struct Hashing<'a, R> {
+    inner: &'a mut R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for Hashing<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small `docker save`-like archive: a config, a layer, tags everywhere.
+    fn archive(config: &[u8], tags: &[&str], images: usize) -> (Vec<u8>, String) {
+        let id = format!("sha256:{}", hex(&Sha256::digest(config)));
+        let name = format!("{}.json", id.trim_start_matches("sha256:"));
+        let mut b = tar::Builder::new(Vec::new());
+        append_file(&mut b, &name, config).unwrap();
+        append_file(&mut b, "abc/layer.tar", &[7u8; 3000]).unwrap();
+        let one =
+            serde_json::json!({"Config": name, "RepoTags": tags, "Layers": ["abc/layer.tar"]});
+        let manifest = serde_json::Value::Array(vec![one; images]);
+        append_file(&mut b, "manifest.json", manifest.to_string().as_bytes()).unwrap();
+        append_file(&mut b, "repositories", br#"{"ubuntu":{"22.04":"abc"}}"#).unwrap();
+        (b.into_inner().unwrap(), id)
+    }
+
+    fn files(tar_bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
+        let mut a = tar::Archive::new(tar_bytes);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let mut v = Vec::new();
+                e.read_to_end(&mut v).unwrap();
+                (e.path().unwrap().to_string_lossy().into_owned(), v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_vouched_image_passes_without_any_tag() {
+        let (tar_bytes, id) = archive(br#"{"rootfs":{}}"#, &["ubuntu:22.04"], 1);
+        let mut out = Vec::new();
+        pass_checked(&tar_bytes[..], &id, &mut out).unwrap();
+        let got = files(&out);
+        assert!(!got.contains_key("repositories"));
+        assert_eq!(got["abc/layer.tar"], vec![7u8; 3000]);
+        let manifest: serde_json::Value = serde_json::from_slice(&got["manifest.json"]).unwrap();
+        assert_eq!(manifest[0]["RepoTags"], serde_json::Value::Null);
+        assert_eq!(manifest[0]["Layers"][0], "abc/layer.tar");
+    }
+
+    #[test]
+    fn another_image_or_two_images_or_an_escaping_path_are_refused() {
+        let (tar_bytes, _) = archive(br#"{"evil":1}"#, &["ubuntu:22.04"], 1);
+        let (_, vouched) = archive(br#"{"rootfs":{}}"#, &[], 1);
+        let err = pass_checked(&tar_bytes[..], &vouched, Vec::new()).unwrap_err();
+        assert!(matches!(err, ArchiveError::OtherImage { .. }), "{err}");
+        assert!(err.to_string().contains(&vouched), "{err}");
+        let (two, id) = archive(b"{}", &[], 2);
+        let err = pass_checked(&two[..], &id, Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("2 images, not one"), "{err}");
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_entry_type(tar::EntryType::Regular);
+        // `append_data` refuses `..`; the raw name is written as an attacker would.
+        h.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../escape");
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        let err = pass_checked(&b.into_inner().unwrap()[..], &id, Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("leaves the archive"), "{err}");
+    }
+}
