@@ -430,12 +430,21 @@ mod tests {
     use super::*;
 
     fn share() -> StepShare {
-        let req: Request = serde_json::from_value(serde_json::json!({
-            "job": 7, "step": 0, "node": "node2", "uid": 1001, "gid": 1001, "gids": [1001],
-            "cwd": "/", "options": {}, "slurm_dirs": [], "step_nodes": "node[1-3]",
-            "step_gpus": null, "step_cuda_devices": null, "batch_script": null
-        }))
-        .unwrap();
+        let req = Request {
+            job: 7,
+            step: 0,
+            node: "node2".into(),
+            uid: 1001,
+            gid: 1001,
+            gids: vec![1001],
+            cwd: PathBuf::from("/"),
+            options: Default::default(),
+            slurm_dirs: vec![],
+            step_nodes: Some("node[1-3]".into()),
+            step_gpus: None,
+            step_cuda_devices: None,
+            batch_script: None,
+        };
         StepShare::of(&req, Path::new("/home/dave")).unwrap()
     }
 
