@@ -32,19 +32,46 @@ set by its variable); every task of the step then runs inside its node's contain
 ordinary Slurm task, for users in the docker group or not.
 .TP
 .BI \-\-mnd\-image= IMAGE " " (MND_IMAGE)
-Run every task of the step inside IMAGE.
+Run every task of the step inside IMAGE (on the node, or pulled when missing). A multi-node
+step whose image only the step's first node has gets it through your image share
+(~/.mnd/images): the first node's root side vouches for it with a MUNGE credential and
+saves it once; the other nodes load it checked to be that image id, untagged.
 .TP
-.BI \-\-mnd\-mounts= SRC[:DST][:ro],... " " (MND_MOUNTS)
-More folders in the container; home and working directory are always there.
+.BI \-\-mnd\-mounts= SRC[:DST[:FLAGS]],... " " (MND_MOUNTS)
+More mounts (folders, files, tmpfs:DST[:OPTS]); FLAGS joined with +: ro, rw, private,
+rprivate, shared, rshared, slave, rslave. Relative sources are taken from the working
+directory.
 .TP
 .BI \-\-mnd\-workdir= DIR " " (MND_WORKDIR)
-Where the tasks start inside the container.
+Where the tasks start (relative to /); default the image's WORKDIR, else the working
+directory.
 .TP
-.BI \-\-mnd\-name= NAME " " (MND_NAME)
-Keep the node's container for the job's later steps with the same NAME.
+.BI \-\-mnd\-name= NAME[:MODE] " " (MND_NAME)
+Keep the node's container for the job's later steps with the same NAME. MODE: auto,
+create, exec, no_exec.
 .TP
-.BI \-\-mnd\-envlist= VAR,... " " (MND_ENVLIST)
-Variables whose value from the job wins over the image's.
+.BI \-\-mnd\-env= VAR,... " " (MND_ENV ", " MND_ENVLIST)
+Variables whose value from the job wins over the image's (also \-\-mnd\-envlist).
+.TP
+.BR \-\-mnd\-mount\-home ", " \-\-no\-mnd\-mount\-home " " (MND_MOUNT_HOME)
+Your home mounted (the default) or not.
+.TP
+.BR \-\-mnd\-remap\-root ", " \-\-no\-mnd\-remap\-root " " (MND_REMAP_ROOT)
+Appear as root inside, in a user namespace where root is you.
+.TP
+.BR \-\-mnd\-writable ", " \-\-mnd\-readonly " " (MND_WRITABLE ", " MND_READONLY)
+The container's own file system writable (the default) or read-only.
+.TP
+.BI \-\-mnd\-unshare= NS,... " " (MND_UNSHARE)
+Namespaces of the container's own: net, ipc, uts.
+.TP
+.BI \-\-mnd\-save= PATH " " (MND_SAVE)
+When the node's last task ended, the container is written to PATH as a docker save
+archive, by a process running as you.
+.TP
+.BR \-\-no\-mnd\-entrypoint ", " \-\-mnd\-entrypoint\-log
+Accepted for pyxis scripts; \-\-mnd\-entrypoint is refused (the tasks join a running
+container: run the entrypoint yourself).
 .PP
 .B srun \-N3 \-n3 \-\-mnd\-image=IMAGE mnd\-srun \-\-script=./train.sh
 runs this launcher inside the plugin's containers (no docker group needed); options that
