@@ -12,6 +12,7 @@ use crate::identity::{Identity, IdentityError};
 use crate::pathid::{
     id_in_root_of, own_dir_in_root_of, read_in_root_of, stat_no_links, write_in_root_of, FileId,
 };
+pub use crate::phases::Phases;
 use crate::plan::direct::{plan, step_gpus, task_defaults, task_env, user_mounts, Inputs};
 use crate::plan::options::{CheckOptions, NameMode};
 use crate::plan::JobNet;
@@ -124,37 +125,6 @@ pub fn site_config(named: Option<&Path>) -> Result<SiteConfig, ConfigError> {
     match named {
         Some(path) => SiteConfig::load_named(path),
         None => SiteConfig::load(None),
-    }
-}
-
-/// How long each phase of `mnd direct up` took, for the reply (the plugin shows them under
-/// `MND_TIMING=1`).
-pub struct Phases {
-    last: std::time::Instant,
-    marks: Vec<(String, u32)>,
-}
-
-impl Phases {
-    /// The phases so far.
-    pub fn done(self) -> Vec<(String, u32)> {
-        self.marks
-    }
-
-    /// Starts counting now.
-    pub fn start() -> Self {
-        Phases {
-            last: std::time::Instant::now(),
-            marks: Vec::new(),
-        }
-    }
-
-    /// The phase `name` ended now.
-    pub fn mark(&mut self, name: &str) {
-        let now = std::time::Instant::now();
-        let ms = now.duration_since(self.last).as_millis();
-        self.marks
-            .push((name.to_string(), u32::try_from(ms).unwrap_or(u32::MAX)));
-        self.last = now;
     }
 }
 

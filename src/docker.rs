@@ -676,8 +676,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Removes an image no container uses (`false` when one does, or it is gone already).
-    pub async fn remove_unused_image(&self, image: &str) -> Result<bool, DockerError> {
+    /// Removes an image no container uses.
+    pub async fn remove_unused_image(&self, image: &str) -> Result<Removal, DockerError> {
         match within(
             "image remove",
             self.docker.remove_image(
@@ -688,8 +688,9 @@ impl Engine {
         )
         .await?
         {
-            Ok(_) => Ok(true),
-            Err(e) if is_status(&e, &[404, 409]) => Ok(false),
+            Ok(_) => Ok(Removal::Removed),
+            Err(e) if is_status(&e, &[404]) => Ok(Removal::Gone),
+            Err(e) if is_status(&e, &[409]) => Ok(Removal::InUse),
             Err(e) => Err(api(format!("remove of image {image}"))(e)),
         }
     }
@@ -1077,6 +1078,17 @@ fn gpu_request(ids: Option<Vec<String>>) -> DeviceRequest {
         capabilities: Some(vec![vec!["gpu".into()]]),
         ..Default::default()
     }
+}
+
+/// What became of an image to remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Removed now.
+    Removed,
+    /// A container uses it: kept.
+    InUse,
+    /// There was none.
+    Gone,
 }
 
 /// The size of the pieces an archive goes to Docker in.

@@ -26,6 +26,7 @@ pub mod munge;
 pub mod netif;
 pub mod node;
 pub mod pathid;
+pub mod phases;
 pub mod plan;
 pub mod probe;
 pub mod pulled;

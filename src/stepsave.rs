@@ -151,6 +151,12 @@ async fn commit_and_write(r: &SaveRequest, input: OwnedFd) -> Result<(), SaveErr
     }
     let user = found.labels.get(labels::USER).cloned().unwrap_or_default();
     let tag = format!("mnd-saved-{user}:{}.{}", r.job, r.step);
+    // Recorded first: a save killed half-way leaves the image to the job's Epilog.
+    if let Err(e) = crate::pulled::Pulled::open(std::path::Path::new(crate::pulled::DIR))
+        .and_then(|p| p.used(&tag, r.job, true))
+    {
+        log::warn!("recording {tag} for the Epilog: {e}");
+    }
     engine.commit_as(&found.id, &tag, &found.image).await?;
     let mut out = std::fs::File::from(input);
     let written = engine.save_image(&tag, &mut out).await;
@@ -165,7 +171,7 @@ async fn commit_and_write(r: &SaveRequest, input: OwnedFd) -> Result<(), SaveErr
 /// container cannot be saved (the root side's message then only reaches slurmd's log).
 pub fn check_writable(to: &Path) -> Result<(), String> {
     let cwd = std::env::current_dir().map_err(|e| format!("the working directory: {e}"))?;
-    let to = target(&cwd, to);
+    let to = crate::plan::mounts::absolute(&cwd, to);
     let dir = to.parent().unwrap_or(Path::new("/"));
     nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).map_err(|e| {
         format!(
@@ -174,9 +180,4 @@ pub fn check_writable(to: &Path) -> Result<(), String> {
             dir.display()
         )
     })
-}
-
-/// The archive's absolute path: `to` as given, relative to `cwd` when not absolute.
-pub fn target(cwd: &Path, to: &Path) -> PathBuf {
-    crate::plan::mounts::absolute(cwd, to)
 }

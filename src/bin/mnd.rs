@@ -280,15 +280,22 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Connects to Docker; `None` (after saying why on stderr) when this node has no engine.
-async fn engine_or_nothing() -> Option<Engine> {
-    match Engine::connect().await {
-        Ok(e) => Some(e),
-        Err(e) => {
-            eprintln!("mnd: {e}; nothing to do on this node");
-            None
+/// Runs `work` with this node's Docker; a node with no engine has nothing to do (said on
+/// stderr), which is no failure (the tools fan out over nodes that may have none).
+fn with_this_nodes_engine<F, Fut>(work: F) -> Result<(), String>
+where
+    F: FnOnce(Engine) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    runtime()?.block_on(async {
+        match Engine::connect().await {
+            Ok(engine) => work(engine).await,
+            Err(e) => {
+                eprintln!("mnd: {e}; nothing to do on this node");
+                Ok(())
+            }
         }
-    }
+    })
 }
 
 fn run(cli: Cli) -> Result<(), String> {
@@ -499,10 +506,7 @@ fn cleanup_cmd(
         uid: owner_filter(all_users, true)?,
         older_than,
     };
-    runtime()?.block_on(async {
-        let Some(engine) = engine_or_nothing().await else {
-            return Ok(());
-        };
+    with_this_nodes_engine(|engine| async move {
         let removed = cleanup::remove(&engine, &sel)
             .await
             .map_err(|e| e.to_string())?;
@@ -548,10 +552,7 @@ fn ps_here(job: Option<u64>, all_users: bool) -> Result<(), String> {
         uid: owner_filter(all_users, false)?,
         older_than: None,
     };
-    runtime()?.block_on(async {
-        let Some(engine) = engine_or_nothing().await else {
-            return Ok(());
-        };
+    with_this_nodes_engine(|engine| async move {
         let found = cleanup::list(&engine, &sel)
             .await
             .map_err(|e| e.to_string())?;
@@ -707,9 +708,11 @@ fn prune_pulled(job: u32) -> Result<(), String> {
     runtime()?.block_on(async {
         let engine = Engine::connect().await.map_err(|e| e.to_string())?;
         for image in unused {
+            use mnd::docker::Removal;
             match engine.remove_unused_image(&image).await {
-                Ok(true) => eprintln!("mnd: removed image {image} (pulled for direct mode; job {job} was the last to use it)"),
-                Ok(false) => eprintln!("mnd: kept image {image}: a container still uses it"),
+                Ok(Removal::Removed) => eprintln!("mnd: removed image {image} (root's for direct mode; job {job} was the last to use it)"),
+                Ok(Removal::InUse) => eprintln!("mnd: kept image {image}: a container still uses it"),
+                Ok(Removal::Gone) => {}
                 Err(e) => eprintln!("mnd: image {image}: {e}"),
             }
         }

@@ -4,9 +4,9 @@
 
 use super::files::{container_path, files, session_env};
 use super::share::obtain_image;
-use super::timing::Phases;
 use crate::accounts::AccountCache;
 use crate::docker::{DockerError, Engine, ImageFacts, Lifeline, PullReport};
+use crate::phases::Phases;
 use crate::plan::Plan;
 use crate::probe;
 use crate::spec::ContainerSpec;
@@ -50,7 +50,7 @@ pub(super) async fn start(
 ) -> Result<Started, String> {
     let spec = &plan.container;
     let t0 = Instant::now();
-    let mut phases = Phases::new(plan.this_node());
+    let mut phases = Phases::printing(plan.this_node());
     let engine = Engine::connect().await.map_err(|e| e.to_string())?;
     phases.mark("connect");
     let image = image_under_lock(plan, &engine, progress).await?;

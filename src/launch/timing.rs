@@ -20,32 +20,6 @@ pub(super) fn peak_rss_kb() -> Option<u64> {
         .ok()
 }
 
-/// With `MND_TIMING=1`, prints how long each step of a container start took.
-pub(super) struct Phases<'a> {
-    node: &'a str,
-    last: Instant,
-}
-
-impl<'a> Phases<'a> {
-    pub(super) fn new(node: &'a str) -> Self {
-        Phases {
-            node,
-            last: Instant::now(),
-        }
-    }
-
-    pub(super) fn mark(&mut self, phase: &str) {
-        if timing_enabled() {
-            eprintln!(
-                "mnd-srun timing: {} phase {phase} {:.3} s",
-                self.node,
-                self.last.elapsed().as_secs_f64()
-            );
-        }
-        self.last = Instant::now();
-    }
-}
-
 /// With `MND_TIMING=1`, prints a phase's duration (for benchmarks; quiet otherwise).
 pub(super) fn eprintln_timing(phase: &str, since: Instant) {
     if timing_enabled() {

@@ -11,6 +11,8 @@ use crate::identity::Identity;
 use crate::spec::Mount;
 use std::path::{Path, PathBuf};
 
+/// `p` as given when absolute, else relative to `cwd`; `.` and `..` resolved by name (a
+/// mount's source, `--mnd-save`'s archive).
 pub fn absolute(cwd: &Path, p: &Path) -> PathBuf {
     // Lexical clean-up of "." and ".." so the same path works inside the container.
     policy::lexical_clean(&cwd.join(p))

@@ -177,7 +177,7 @@ impl Step {
             return;
         };
         let cwd = std::fs::read_to_string(self.file(args, "cwd")).unwrap_or_default();
-        let to = mnd::stepsave::target(Path::new(&cwd), Path::new(to));
+        let to = mnd::plan::mounts::absolute(Path::new(&cwd), Path::new(to));
         let r = &self.request;
         let gids: Vec<String> = r.gids.iter().map(u32::to_string).collect();
         let out = Command::new(&args.helper)
