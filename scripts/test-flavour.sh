@@ -6,7 +6,9 @@
 # leave none of the package's files.
 #   direct mode with srun's PMIx and an 8 MiB allreduce, PMI-2's fd, the ssh mode's mpirun,
 #   the site policy's refusals, scancel and a killed slurmstepd leaving nothing (the
-#   Epilog), the hostile-user tests of PMIx links and swapped mounts.
+#   Epilog), the hostile-user tests of PMIx links and swapped mounts, every pyxis option
+#   (tests/e2e/pyxis), and an image only the first node has reaching the others through
+#   the image share (MUNGE of that Slurm's nodes vouching for it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 flavour=${MND_VC_SLURM:-}
@@ -31,7 +33,9 @@ cargo test --test e2e -- --test-threads=3 \
   direct::scancel_ends_the_step_and_leaves_nothing \
   direct::a_killed_slurmstepd_leaves_a_container_that_the_epilog_removes \
   hostile::a_link_planted_under_the_pmix_client_folders_name_shows_nothing \
-  hostile::a_folder_swapped_for_a_link_while_steps_start_is_never_mounted
+  hostile::a_folder_swapped_for_a_link_while_steps_start_is_never_mounted \
+  pyxis:: \
+  images::direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_tampered_archive
 echo "== Slurm $flavour: subset done in $(( $(date +%s) - t0 )) s"
 # A plugin built for another Slurm (24.11's, on 26.05) is refused, and says for which
 # Slurm it was built and which refused it.

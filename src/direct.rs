@@ -6,7 +6,7 @@
 
 use crate::accounts::{account_files, ImageAccounts};
 use crate::config::{ConfigError, SiteConfig};
-use crate::directshare::StepShare;
+use crate::directshare::{Offering, StepShare};
 use crate::docker::{DockerError, Engine, ImageFacts, PullReport};
 use crate::identity::{Identity, IdentityError};
 use crate::pathid::{
@@ -452,7 +452,6 @@ fn resolve_as(uid: u32, gid: u32, gids: &[u32], paths: &[PathBuf]) -> Result<Loo
 /// container that fails half-way is removed.
 pub async fn up(p: &Prepared, phases: &mut Phases) -> Result<Reply, HelperError> {
     let engine = Engine::connect().await?;
-    let name = &p.spec.name;
     let node = p.spec.labels.get(labels::NODE).cloned().unwrap_or_default();
     // The name and the image are looked up at once (each a round trip to dockerd); the
     // image is pulled here when missing, while nothing else waits.
@@ -462,9 +461,32 @@ pub async fn up(p: &Prepared, phases: &mut Phases) -> Result<Reply, HelperError>
             false => None,
         }
     };
-    let (found, image) = tokio::join!(engine.found(name), wanted);
+    let (found, image) = tokio::join!(engine.found(&p.spec.name), wanted);
     let (found, image) = (found?, image.transpose()?);
+    let (image, offering) = match image {
+        Some((image, offering)) => (Some(image), offering),
+        None => (None, None),
+    };
     phases.mark("look");
+    let reply = up_with(&engine, p, phases, found, image, node).await;
+    // The first node's word and archive for the others, made while the container started.
+    if let (Some(offering), Some(share)) = (offering, &p.share) {
+        offering.finish(share);
+        phases.mark("share");
+    }
+    reply
+}
+
+/// `up` once the named container and the image were looked up.
+async fn up_with(
+    engine: &Engine,
+    p: &Prepared,
+    phases: &mut Phases,
+    found: Option<crate::docker::Found>,
+    image: Option<ImageFacts>,
+    node: String,
+) -> Result<Reply, HelperError> {
+    let name = &p.spec.name;
     if let Some(found) = &found {
         if let Some((key, value)) = p
             .owner
@@ -507,41 +529,41 @@ pub async fn up(p: &Prepared, phases: &mut Phases) -> Result<Reply, HelperError>
         _ if p.reuse && p.name_mode == NameMode::Exec => Err(HelperError::NotNamed(named(), node)),
         (Some(found), Some(image)) => {
             engine.remove(&found.id).await?;
-            start_new(&engine, p, &image, phases).await
+            start_new(engine, p, &image, phases).await
         }
-        (None, Some(image)) => start_new(&engine, p, &image, phases).await,
+        (None, Some(image)) => start_new(engine, p, &image, phases).await,
     }
 }
 
 /// The image for the step on this node: here already or pulled, else (a node of a
 /// multi-node step) vouched for by the step's first node and loaded from the user's image
 /// share. The first node vouches for an image that came from no registry.
-async fn image_here(engine: &Engine, p: &Prepared, node: &str) -> Result<ImageFacts, HelperError> {
+async fn image_here(
+    engine: &Engine,
+    p: &Prepared,
+    node: &str,
+) -> Result<(ImageFacts, Option<Offering>), HelperError> {
     let here = image_once(engine, &p.spec, node).await;
     let Some(share) = &p.share else {
-        return here;
+        return here.map(|facts| (facts, None));
     };
     match here {
         Ok(facts) if share.is_first => {
-            // The nodes that need the image hear why they cannot have it; the others and
-            // this node go on.
-            if let Err(e) = crate::directshare::offer(share, engine, &p.spec.image, &facts).await {
-                log::warn!("sharing {}: {e}", p.spec.image);
-                crate::directshare::say_failed(share, &e);
-            }
-            Ok(facts)
+            let offering = Offering::start(share, &p.spec.image, &facts);
+            Ok((facts, offering))
         }
         Err(HelperError::Docker(missing)) if !share.is_first => {
             let fetched = crate::directshare::fetch(share, engine, &p.spec.image).await;
-            fetched.map_err(|e| HelperError::NotShared {
+            let facts = fetched.map_err(|e| HelperError::NotShared {
                 image: p.spec.image.clone(),
                 missing: missing.to_string(),
                 first: share.first_node.clone(),
                 dir: share.dir.clone(),
                 reason: e.to_string(),
-            })
+            })?;
+            Ok((facts, None))
         }
-        other => other,
+        other => other.map(|facts| (facts, None)),
     }
 }
 

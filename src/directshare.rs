@@ -161,21 +161,18 @@ fn finished(child: std::process::Child) -> Result<(), ShareError> {
     }
 }
 
-/// The first node: when `facts` came from no registry, vouches for `image` and saves it
-/// into the share unless it is there already.
-pub async fn offer(
+/// The first node: vouches for `image` (image `id`) and saves it into the share unless it
+/// is there already.
+async fn offer(
     share: &StepShare,
     engine: &Engine,
     image: &str,
-    facts: &ImageFacts,
+    id: &str,
 ) -> Result<(), ShareError> {
-    if facts.from_registry {
-        return Ok(());
-    }
-    let credential = munge::encode(&share.word(image, &facts.id), WORD_TTL_SECS).await?;
+    let credential = munge::encode(&share.word(image, id), WORD_TTL_SECS).await?;
     // One process as the user leaves the word, then saves the image unless it is saved.
     let mut saver = share
-        .as_user(&["save", &facts.id, "--word", &share.word_file()])
+        .as_user(&["save", id, "--word", &share.word_file()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -191,15 +188,52 @@ pub async fn offer(
     if said.trim() == "ready" {
         if let Some(mut stdin) = saver.stdin.take() {
             // A failure here shows as the saver's own (it got less than a whole archive).
-            let _ = engine.save_image(&facts.id, &mut stdin).await;
+            let _ = engine.save_image(id, &mut stdin).await;
         }
     }
     drop(saver.stdin.take());
     finished(saver)
 }
 
+/// The first node's offer, made on a thread of its own (with its own connection to Docker)
+/// while the step's container starts.
+pub struct Offering(std::thread::JoinHandle<Result<(), ShareError>>);
+
+impl Offering {
+    /// Starts offering `image` (`facts`) when it came from no registry; `None` otherwise.
+    pub fn start(share: &StepShare, image: &str, facts: &ImageFacts) -> Option<Offering> {
+        if facts.from_registry {
+            return None;
+        }
+        let (share, image, id) = (share.clone(), image.to_string(), facts.id.clone());
+        Some(Offering(std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| ShareError::AsUser(e.to_string()))?;
+            runtime.block_on(async {
+                let engine = Engine::connect().await?;
+                offer(&share, &engine, &image, &id).await
+            })
+        })))
+    }
+
+    /// Waits for the offer; a failure is logged and told to the nodes that need the image
+    /// (this node and the others go on).
+    pub fn finish(self, share: &StepShare) {
+        let done = self
+            .0
+            .join()
+            .unwrap_or_else(|_| Err(ShareError::AsUser("the offer's thread died".into())));
+        if let Err(e) = done {
+            log::warn!("sharing the image: {e}");
+            say_failed(share, &e);
+        }
+    }
+}
+
 /// The first node could not vouch or save: the other nodes hear why.
-pub fn say_failed(share: &StepShare, e: &ShareError) {
+fn say_failed(share: &StepShare, e: &ShareError) {
     let word = format!("{FAILED}{e}");
     let _ = share.run_as_user(&["put-word", &share.word_file()], word.as_bytes());
 }

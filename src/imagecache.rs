@@ -145,13 +145,40 @@ impl Cache {
 
     /// Saves image `tag` (which is `id`) unless it is there already; `true` when this call
     /// saved it. Other savers of the same image wait on its lock and find it saved.
+    /// Docker's stream is received here while a thread of its own compresses and writes it
+    /// (one core each, as `docker save | gzip` would).
     pub async fn save(&self, engine: &Engine, tag: &str, id: &str) -> Result<bool, CacheError> {
         let Some(mut saving) = self.begin_save(id)? else {
             return Ok(false);
         };
-        engine.save_image(tag, &mut saving).await?;
-        saving.finish()?;
-        Ok(true)
+        // `None` says the stream is whole; a sender gone without it leaves the part unfinished.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
+        let writer = std::thread::spawn(move || -> Result<bool, CacheError> {
+            for chunk in rx {
+                match chunk {
+                    Some(data) => saving.write_all(&data).map_err(io(&saving.part))?,
+                    None => return saving.finish().map(|()| true),
+                }
+            }
+            Ok(false)
+        });
+        let mut sender = ChunkPipe(tx);
+        let received = engine.save_image(tag, &mut sender).await;
+        if received.is_ok() {
+            let _ = sender.0.send(None);
+        }
+        drop(sender);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(io(&self.part(id))(std::io::Error::other("the writer died"))));
+        match (written, received) {
+            (Err(e), _) => Err(e),
+            (_, Err(e)) => Err(e.into()),
+            (Ok(true), Ok(_)) => Ok(true),
+            (Ok(false), Ok(_)) => Err(io(&self.part(id))(std::io::Error::other(
+                "the archive was not finished",
+            ))),
+        }
     }
 
     /// Starts saving image `id` (write the uncompressed `docker save` stream into what this
@@ -296,6 +323,22 @@ impl Cache {
             }
         }
         Ok(old)
+    }
+}
+
+/// Hands what is written to the archive's writer thread.
+struct ChunkPipe(std::sync::mpsc::SyncSender<Option<Vec<u8>>>);
+
+impl Write for ChunkPipe {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .send(Some(buf.to_vec()))
+            .map_err(|_| std::io::Error::other("the archive's writer stopped"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
