@@ -249,15 +249,7 @@ pub async fn fetch(
     image: &str,
 ) -> Result<ImageFacts, ShareError> {
     let wait = WAIT.as_secs().to_string();
-    let credential = share.run_as_user(&["get-word", &share.word_file(), "--wait", &wait], b"")?;
-    if let Some(why) = credential.strip_prefix(FAILED) {
-        return Err(ShareError::AsUser(format!(
-            "{} could not share it: {why}",
-            share.first_node
-        )));
-    }
-    let decoded = munge::decode(&credential).await?;
-    let id = vouched_id(share, image, decoded.uid, &decoded.payload)?;
+    let id = vouched_word(share, image).await?;
     if let Ok(facts) = by_id(engine, &id).await {
         return Ok(facts);
     }
@@ -289,6 +281,53 @@ pub async fn fetch(
         pulled: true,
         ..facts
     })
+}
+
+/// The image id the first node vouched for, for this step. A word left by an earlier step
+/// of the same number (job ids start again when Slurm's state is reset) is expired,
+/// replayed or about something else: the next word is awaited, until [`WAIT`] passes.
+async fn vouched_word(share: &StepShare, image: &str) -> Result<String, ShareError> {
+    let by = std::time::Instant::now() + WAIT;
+    let mut stale: Option<(String, ShareError)> = None;
+    loop {
+        let left = by.saturating_duration_since(std::time::Instant::now());
+        let unlike = stale
+            .as_ref()
+            .map(|(word, _)| word.as_bytes())
+            .unwrap_or_default();
+        let asked = share.run_as_user(
+            &[
+                "get-word",
+                &share.word_file(),
+                "--wait",
+                &left.as_secs().max(1).to_string(),
+            ],
+            unlike,
+        );
+        let word = match (asked, stale) {
+            (Ok(word), _) => word,
+            (Err(_), Some((_, why))) => return Err(why),
+            (Err(e), None) => return Err(e),
+        };
+        if let Some(why) = word.strip_prefix(FAILED) {
+            return Err(ShareError::AsUser(format!(
+                "{} could not share it: {why}",
+                share.first_node
+            )));
+        }
+        let checked = match munge::decode(&word).await {
+            Ok(decoded) => vouched_id(share, image, decoded.uid, &decoded.payload),
+            Err(e) => Err(e.into()),
+        };
+        match checked {
+            Ok(id) => return Ok(id),
+            Err(why) if std::time::Instant::now() < by => {
+                log::info!("a stale word in the image share ({why}); waiting for the next");
+                stale = Some((word, why));
+            }
+            Err(why) => return Err(why),
+        }
+    }
 }
 
 /// Image `id` on this node, which has no name for it.
@@ -375,7 +414,14 @@ pub fn as_user_op(dir: &Path, op: UserOp) -> Result<(), String> {
         }
         UserOp::GetWord(name, wait) => {
             let path = words.join(checked(name)?);
-            let word = wait_for(wait, || crate::fsx::read_no_follow(&path).ok()).ok_or_else(|| {
+            // A word given on stdin was stale: only another one is an answer.
+            let mut unlike = Vec::new();
+            std::io::stdin()
+                .take(64 << 10)
+                .read_to_end(&mut unlike)
+                .map_err(|e| e.to_string())?;
+            let fresh = |w: &Vec<u8>| unlike.is_empty() || w.trim_ascii() != unlike.trim_ascii();
+            let word = wait_for(wait, || crate::fsx::read_no_follow(&path).ok().filter(fresh)).ok_or_else(|| {
                 format!("no word from the step's first node in {} within {} s: is it on a filesystem every node shares, and does the first node have the image?", dir.display(), wait.as_secs())
             })?;
             stdout.write_all(&word).map_err(|e| e.to_string())

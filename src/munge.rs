@@ -51,8 +51,20 @@ async fn run(program: &'static str, args: &[&str], input: &[u8]) -> Result<Strin
         .await
         .map_err(|e| MungeError::Run(program, e.to_string()))?;
     if !out.status.success() {
-        let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(MungeError::Refused(program, said));
+        // unmunge says why on stdout (`STATUS: Replayed credential (17)`), munge on stderr.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let status = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("STATUS:"))
+            .map(str::trim);
+        let said = match status {
+            Some(status) => status.to_string(),
+            None => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        };
+        return Err(MungeError::Refused(
+            program,
+            format!("{said} ({})", out.status),
+        ));
     }
     String::from_utf8(out.stdout).map_err(|e| MungeError::Output(e.to_string()))
 }

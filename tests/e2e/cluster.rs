@@ -392,7 +392,7 @@ pub fn image_on_every_node(img: &str, cmd: &str, change: &str) {
                 "sh",
                 "-c",
                 &format!(
-                    "docker image inspect {img} >/dev/null 2>&1 || {{ c=$(docker create {IMAGE} sh -c '{cmd}') && \
+                    "docker image inspect {img} >/dev/null 2>&1 || {{ c=$(docker create --network=none {IMAGE} sh -c '{cmd}') && \
                      docker start -a $c && docker commit --change '{change}' $c {img} >/dev/null && docker rm $c >/dev/null; }}"
                 ),
             ],

@@ -344,7 +344,7 @@ fn marked_image_only_on(node: &str, tag: &str, mark: &str) -> String {
             "sh",
             "-c",
             &format!(
-                "docker rm -f mk-{mark} >/dev/null 2>&1; docker run --name mk-{mark} {IMAGE} sh -c 'echo {mark} > /marker' && docker commit mk-{mark} {tag} && docker rm mk-{mark} >/dev/null"
+                "docker rm -f mk-{mark} >/dev/null 2>&1; docker run --network=none --name mk-{mark} {IMAGE} sh -c 'echo {mark} > /marker' && docker commit mk-{mark} {tag} && docker rm mk-{mark} >/dev/null"
             ),
         ],
     );
@@ -447,4 +447,38 @@ fn direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_t
     crate::direct::assert_nothing_left(&job);
     untag(&tag, &["node1"]);
     root_on("node1", &["rm", "-f", &archive]);
+}
+
+#[test]
+fn a_slow_pull_in_direct_mode_shows_its_progress_on_the_users_terminal() {
+    let _g = shared();
+    cluster();
+    let (host, repo) = big_image();
+    // About 4 MB/s per node: the 40 MB layer takes about 10 s, two progress lines or more.
+    let slow = format!("{host}:5103/{repo}");
+    let p = proxy(5103, "slow", 4_000_000);
+    forget(&slow);
+    let (r, job) = crate::direct::dave_job(3, &format!("srun -N3 -n3 --mnd-image={slow} true"));
+    drop(p);
+    forget(&slow);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.took > Duration::from_secs(6),
+        "the pull was not slow ({:?}); the test proves nothing",
+        r.took
+    );
+    for node in NODES {
+        assert!(
+            r.stderr.contains(&format!("mnd: {node}: pulling {slow}: ")),
+            "no progress from {node}: {}",
+            r.all()
+        );
+        assert!(
+            r.stderr
+                .contains(&format!("mnd: {node}: pulled {slow} in ")),
+            "{}",
+            r.all()
+        );
+    }
+    crate::direct::assert_nothing_left(&job);
 }

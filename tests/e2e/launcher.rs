@@ -405,7 +405,7 @@ fn an_image_without_sshd_is_named_with_the_fix() {
         let r = root_on(
             n,
             &["sh", "-c", "docker image inspect mnd-vc-nosshd:1 >/dev/null 2>&1 || { docker rm -f mk-nosshd >/dev/null 2>&1; \
-              docker run --name mk-nosshd mnd-vc-job:3 rm -f /usr/sbin/sshd && docker commit mk-nosshd mnd-vc-nosshd:1 >/dev/null && docker rm mk-nosshd >/dev/null; }"],
+              docker run --network=none --name mk-nosshd mnd-vc-job:3 rm -f /usr/sbin/sshd && docker commit mk-nosshd mnd-vc-nosshd:1 >/dev/null && docker rm mk-nosshd >/dev/null; }"],
         );
         assert_eq!(r.code, 0, "{}", r.all());
     }

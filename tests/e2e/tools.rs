@@ -85,7 +85,7 @@ fn a_node_whose_tag_points_to_another_image_is_named_and_nothing_runs() {
         assert_eq!(r.code, 0, "{}", r.all());
     }
     let other = format!(
-        "docker rm -f mk-drift >/dev/null 2>&1; docker run --name mk-drift {IMAGE} touch /rebuilt >/dev/null && \
+        "docker rm -f mk-drift >/dev/null 2>&1; docker run --network=none --name mk-drift {IMAGE} touch /rebuilt >/dev/null && \
          docker commit mk-drift {tag} >/dev/null && docker rm mk-drift >/dev/null"
     );
     let r = root_on("node3", &["sh", "-c", &other]);

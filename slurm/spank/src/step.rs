@@ -10,6 +10,14 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// A progress line of the helper's (`mnd-srun (NODE): pulling ...`, `... pulled ...`) as the
+/// user sees it: `mnd: NODE: pulling ...`.
+fn progress(line: &str) -> Option<String> {
+    let (node, news) = line.strip_prefix("mnd-srun (")?.split_once("): ")?;
+    (news.starts_with("pulling ") || news.starts_with("pulled "))
+        .then(|| format!("mnd: {node}: {news}"))
+}
+
 /// Step ids Slurm uses for the batch script, the extern step and `salloc`'s interactive
 /// step: they get no container.
 const SPECIAL_STEPS: [u32; 2] = [0xffff_fffc, 0xffff_fffa];
@@ -152,11 +160,24 @@ impl Step {
                 .write_all(&request)
                 .map_err(|e| format!("helper: {e}"))?;
         }
+        // Pull progress reaches the user's terminal as it comes (a long pull is not a hang);
+        // the rest of what the helper says is its complaint.
+        let mut said = Vec::new();
+        if let Some(stderr) = child.stderr.take() {
+            for line in
+                std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok)
+            {
+                match progress(&line) {
+                    Some(news) => slurm_spank::spank_log_user!("{news}"),
+                    None => said.push(line),
+                }
+            }
+        }
         let out = child
             .wait_with_output()
             .map_err(|e| format!("helper: {e}"))?;
-        let said = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
+            let said = said.join("\n");
             let said = said.trim().trim_start_matches("mnd: ");
             return Err(if said.is_empty() {
                 format!("the helper failed ({})", out.status)

@@ -60,7 +60,7 @@ fn the_container_is_saved_where_the_user_may_write_and_nowhere_else() {
             "sh",
             "-c",
             &format!(
-                "docker load -i /shared/home/dave/e2e-saved.tar >/dev/null && docker run --rm mnd-saved-dave:{job}.0 cat /tmp/state; docker rmi mnd-saved-dave:{job}.0 >/dev/null"
+                "docker load -i /shared/home/dave/e2e-saved.tar >/dev/null && docker run --network=none --rm mnd-saved-dave:{job}.0 cat /tmp/state; docker rmi mnd-saved-dave:{job}.0 >/dev/null"
             ),
         ],
     );
