@@ -232,22 +232,6 @@ fn an_image_only_on_node1_reaches_the_other_nodes_through_the_share_once() {
     root_on("node1", &["rm", "-rf", &dir]);
 }
 
-/// An image of its own (a label on the job image) on `node` only; returns its id.
-fn image_only_on(node: &str, tag: &str, label: &str) -> String {
-    let r = root_on(
-        node,
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "c=$(docker create {IMAGE} true) && docker commit --change 'LABEL e2e={label}' $c {tag} && docker rm $c >/dev/null"
-            ),
-        ],
-    );
-    assert_eq!(r.code, 0, "{}", r.all());
-    r.stdout.trim().to_string()
-}
-
 #[test]
 fn a_tampered_archive_in_the_share_is_refused_naming_the_id() {
     let _g = shared();
@@ -335,8 +319,8 @@ fn two_direct_mode_steps_starting_together_pull_their_image_once_per_node() {
     crate::direct::assert_nothing_left(&job);
 }
 
-/// An image with `/marker` saying `mark`, on `node` only; returns its id.
-fn marked_image_only_on(node: &str, tag: &str, mark: &str) -> String {
+/// An image of its own, with `/marker` saying `mark`, on `node` only; returns its id.
+fn image_only_on(node: &str, tag: &str, mark: &str) -> String {
     cluster();
     let r = root_on(
         node,
@@ -358,7 +342,7 @@ fn direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_t
     let pid = std::process::id();
     let tag = format!("mnd-vc-job:direct-only1-{pid}");
     let mark = format!("direct-only1-{pid}");
-    let id = marked_image_only_on("node1", &tag, &mark);
+    let id = image_only_on("node1", &tag, &mark);
     let archive = format!(
         "/shared/home/dave/.mnd/images/{}.tar.gz",
         id.replace(':', "-")
@@ -422,7 +406,7 @@ fn direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_t
     // 2. dave swaps the archive for one of another image under the same name: the nodes
     // that need it refuse it, naming both ids, and load nothing.
     let evil = format!("mnd-vc-job:evil-{pid}");
-    marked_image_only_on("node3", &evil, &format!("evil-{pid}"));
+    image_only_on("node3", &evil, &format!("direct-evil-{pid}"));
     let swapped = root_on(
         "node3",
         &[
