@@ -59,6 +59,19 @@ fn reason(e: &bollard::errors::Error) -> String {
     }
 }
 
+/// Marks a pull error where the connection to Docker broke off, not the registry refused.
+const BROKE_OFF: &str = " (the connection to Docker broke off)";
+
+/// The connection to Docker itself failed (as opposed to Docker or the registry answering
+/// with an error).
+fn broke_off(e: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error as E;
+    matches!(
+        e,
+        E::HyperResponseError { .. } | E::IOError { .. } | E::RequestTimeoutError
+    )
+}
+
 fn is_status(e: &bollard::errors::Error, codes: &[u16]) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if codes.contains(status_code))
 }
@@ -206,7 +219,7 @@ impl Engine {
                 })
             }
             (_, Pull::Missing | Pull::Always) => {
-                self.pull(image, who, stall, progress).await?;
+                self.pull_retrying(image, who, stall, progress).await?;
                 within("image inspect", self.docker.inspect_image(image))
                     .await?
                     .map_err(|e| DockerError::Image {
@@ -225,6 +238,34 @@ impl Engine {
             volumes: config.volumes.unwrap_or_default(),
             workdir: config.working_dir.filter(|w| !w.is_empty()),
         })
+    }
+
+    /// `pull`, tried again (twice at most) when the connection to Docker broke off
+    /// mid-way (seen under load: "bytes remaining on stream"); Docker keeps the layers it
+    /// already has, so a new try goes on where the last one stopped. A registry's refusal
+    /// is not tried again.
+    async fn pull_retrying(
+        &self,
+        image: &str,
+        who: &str,
+        stall: Duration,
+        report: &tokio::sync::watch::Sender<PullReport>,
+    ) -> Result<(), DockerError> {
+        let mut tries = 1;
+        loop {
+            match self.pull(image, who, stall, report).await {
+                Err(DockerError::Image { reason, .. })
+                    if reason.ends_with(BROKE_OFF) && tries < 3 =>
+                {
+                    tries += 1;
+                    eprintln!(
+                        "mnd-srun ({who}): the pull of {image} broke off ({}); trying again",
+                        reason.trim_end_matches(BROKE_OFF)
+                    );
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn pull(
@@ -265,9 +306,12 @@ impl Engine {
                     })
                 }
             };
-            let info = item.map_err(|e| DockerError::Image {
-                image: image.into(),
-                reason: format!("pull failed: {}", reason(&e)),
+            let info = item.map_err(|e| {
+                let broke = if broke_off(&e) { BROKE_OFF } else { "" };
+                DockerError::Image {
+                    image: image.into(),
+                    reason: format!("pull failed: {}{broke}", reason(&e)),
+                }
             })?;
             progress.update(
                 info.id.as_deref(),
