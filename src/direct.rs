@@ -49,9 +49,7 @@ pub enum HelperError {
     /// A node lacks the image and the image share could not give it.
     #[error("{missing}; and the image share {} could not give it from {first}: {reason}. Fix: push the image to a registry the nodes reach, or make sure {first} (the step's first node) has it", dir.display())]
     NotShared {
-        /// The image.
-        image: String,
-        /// Why this node has none.
+        /// Why this node has none (it names the image).
         missing: String,
         /// The step's first node.
         first: String,
@@ -404,7 +402,7 @@ fn look(p: &Path) -> Lookup {
 /// Resolves paths (no `..`, no symbolic links) in a child process running as the user, so a
 /// path the user could not reach is not reached for them, and takes each one's identity.
 fn resolve_as(uid: u32, gid: u32, gids: &[u32], paths: &[PathBuf]) -> Result<Looked, HelperError> {
-    use nix::unistd::{fork, setgid, setgroups, setuid, ForkResult, Gid, Uid};
+    use nix::unistd::{fork, ForkResult};
     let fail = |reason: String| HelperError::Resolve { uid, reason };
     let (read_end, write_end) = nix::unistd::pipe().map_err(|e| fail(e.to_string()))?;
     // SAFETY: the helper has started no thread yet (tokio starts later), so the child may
@@ -412,10 +410,7 @@ fn resolve_as(uid: u32, gid: u32, gids: &[u32], paths: &[PathBuf]) -> Result<Loo
     match unsafe { fork() }.map_err(|e| fail(e.to_string()))? {
         ForkResult::Child => {
             drop(read_end);
-            let groups: Vec<Gid> = gids.iter().map(|g| Gid::from_raw(*g)).collect();
-            let dropped = setgroups(&groups)
-                .and_then(|()| setgid(Gid::from_raw(gid)))
-                .and_then(|()| setuid(Uid::from_raw(uid)));
+            let dropped = crate::identity::become_user(uid, gid, gids);
             let answer: Vec<(PathBuf, Lookup)> = paths
                 .iter()
                 .map(|p| match &dropped {
@@ -555,7 +550,6 @@ async fn image_here(
         Err(HelperError::Docker(missing)) if !share.is_first => {
             let fetched = crate::directshare::fetch(share, engine, &p.spec.image).await;
             let facts = fetched.map_err(|e| HelperError::NotShared {
-                image: p.spec.image.clone(),
                 missing: missing.to_string(),
                 first: share.first_node.clone(),
                 dir: share.dir.clone(),

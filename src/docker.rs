@@ -59,8 +59,15 @@ fn reason(e: &bollard::errors::Error) -> String {
     }
 }
 
-/// Marks a pull error where the connection to Docker broke off, not the registry refused.
+/// Said of a pull error where the connection to Docker broke off, not the registry refused.
 const BROKE_OFF: &str = " (the connection to Docker broke off)";
+
+/// Why a pull ended early.
+struct PullFailure {
+    error: DockerError,
+    /// The connection to Docker broke off mid-way (worth another try): its cause.
+    broke_off: Option<String>,
+}
 
 /// The connection to Docker itself failed (as opposed to Docker or the registry answering
 /// with an error).
@@ -254,16 +261,16 @@ impl Engine {
         let mut tries = 1;
         loop {
             match self.pull(image, who, stall, report).await {
-                Err(DockerError::Image { reason, .. })
-                    if reason.ends_with(BROKE_OFF) && tries < 3 =>
-                {
+                Err(PullFailure {
+                    broke_off: Some(cause),
+                    ..
+                }) if tries < 3 => {
                     tries += 1;
                     eprintln!(
-                        "mnd-srun ({who}): the pull of {image} broke off ({}); trying again",
-                        reason.trim_end_matches(BROKE_OFF)
+                        "mnd-srun ({who}): the pull of {image} broke off ({cause}); trying again"
                     );
                 }
-                other => return other,
+                other => return other.map_err(|f| f.error),
             }
         }
     }
@@ -274,7 +281,7 @@ impl Engine {
         who: &str,
         stall: Duration,
         report: &tokio::sync::watch::Sender<PullReport>,
-    ) -> Result<(), DockerError> {
+    ) -> Result<(), PullFailure> {
         use std::io::IsTerminal;
         let opts = CreateImageOptionsBuilder::default()
             .from_image(image)
@@ -296,21 +303,28 @@ impl Engine {
                 Ok(Some(item)) => item,
                 Ok(None) => break,
                 Err(_) => {
-                    return Err(DockerError::Image {
-                        image: image.into(),
-                        reason: format!(
-                            "the pull made no progress for {} s (at {}); the registry or the network stalled",
-                            stall.as_secs(),
-                            progress.summary()
-                        ),
+                    return Err(PullFailure {
+                        error: DockerError::Image {
+                            image: image.into(),
+                            reason: format!(
+                                "the pull made no progress for {} s (at {}); the registry or the network stalled",
+                                stall.as_secs(),
+                                progress.summary()
+                            ),
+                        },
+                        broke_off: None,
                     })
                 }
             };
             let info = item.map_err(|e| {
-                let broke = if broke_off(&e) { BROKE_OFF } else { "" };
-                DockerError::Image {
-                    image: image.into(),
-                    reason: format!("pull failed: {}{broke}", reason(&e)),
+                let (cause, broke) = (reason(&e), broke_off(&e));
+                let marked = if broke { BROKE_OFF } else { "" };
+                PullFailure {
+                    error: DockerError::Image {
+                        image: image.into(),
+                        reason: format!("pull failed: {cause}{marked}"),
+                    },
+                    broke_off: broke.then_some(cause),
                 }
             })?;
             progress.update(

@@ -437,16 +437,7 @@ struct Record {
 
 /// Reads a tag record; `None` when it is missing or not whole.
 fn read_record(path: &Path) -> Option<Record> {
-    let mut text = String::new();
-    std::io::Read::read_to_string(
-        &mut fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .ok()?,
-        &mut text,
-    )
-    .ok()?;
+    let text = String::from_utf8(crate::fsx::read_no_follow(path).ok()?).ok()?;
     match text.lines().collect::<Vec<_>>().as_slice() {
         [id, tag, job, ..] if !id.is_empty() => Some(Record {
             id: id.to_string(),

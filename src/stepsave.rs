@@ -7,7 +7,7 @@
 
 use crate::docker::{DockerError, Engine};
 use crate::spec::labels;
-use nix::unistd::{ForkResult, Gid, Pid, Uid};
+use nix::unistd::{ForkResult, Pid};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -92,10 +92,7 @@ pub fn writer(r: &SaveRequest) -> Result<Writer, SaveError> {
 /// (never following a link), renamed into place when complete.
 fn write_as_user(r: &SaveRequest, input: OwnedFd) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let groups: Vec<Gid> = r.gids.iter().map(|g| Gid::from_raw(*g)).collect();
-    nix::unistd::setgroups(&groups)?;
-    nix::unistd::setgid(Gid::from_raw(r.gid))?;
-    nix::unistd::setuid(Uid::from_raw(r.uid))?;
+    crate::identity::become_user(r.uid, r.gid, &r.gids)?;
     let tmp =
         r.to.with_extension(format!("mnd-tmp-{}", std::process::id()));
     let mut file = std::fs::OpenOptions::new()

@@ -113,28 +113,29 @@ impl StepShare {
         // SAFETY: between fork and exec the closure makes raw system calls only.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setgroups(gids.len(), gids.as_ptr()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
+                crate::identity::become_user(uid, gid, &gids)?;
+                match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
                 }
-                Ok(())
             });
         }
         cmd
     }
 
-    /// Runs an as-user operation with `input` on its stdin; what it printed (at most 64 KiB).
-    fn run_as_user(&self, op: &[&str], input: &[u8]) -> Result<String, ShareError> {
-        let mut child = self
-            .as_user(op)
+    /// `as_user(op)` started, its stdin, stdout and stderr ours.
+    fn spawn_as_user(&self, op: &[&str]) -> Result<std::process::Child, ShareError> {
+        self.as_user(op)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| ShareError::AsUser(format!("cannot run the share's process: {e}")))?;
+            .map_err(|e| ShareError::AsUser(format!("cannot run the share's process: {e}")))
+    }
+
+    /// Runs an as-user operation with `input` on its stdin; what it printed (at most 64 KiB).
+    fn run_as_user(&self, op: &[&str], input: &[u8]) -> Result<String, ShareError> {
+        let mut child = self.spawn_as_user(op)?;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(input);
         }
@@ -173,13 +174,7 @@ async fn offer(
 ) -> Result<(), ShareError> {
     let credential = munge::encode(&share.word(image, id), WORD_TTL_SECS).await?;
     // One process as the user leaves the word, then saves the image unless it is saved.
-    let mut saver = share
-        .as_user(&["save", id, "--word", &share.word_file()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| ShareError::AsUser(format!("cannot run the share's process: {e}")))?;
+    let mut saver = share.spawn_as_user(&["save", id, "--word", &share.word_file()])?;
     if let Some(stdin) = saver.stdin.as_mut() {
         let _ = writeln!(stdin, "{}", credential.trim());
     }
@@ -255,14 +250,8 @@ pub async fn fetch(
     if let Ok(facts) = by_id(engine, &id).await {
         return Ok(facts);
     }
-
-    let mut reader = share
-        .as_user(&["get-archive", &id, "--wait", &wait])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| ShareError::AsUser(format!("cannot run the share's process: {e}")))?;
+    let mut reader = share.spawn_as_user(&["get-archive", &id, "--wait", &wait])?;
+    drop(reader.stdin.take());
     let stdout = reader.stdout.take();
     let expected = id.clone();
     let loaded = engine
