@@ -37,9 +37,12 @@ pub(super) async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
     let connected = Connected::default();
     let start = start_subtree(plan, &key, pair.sshd, &progress, &connected, Some(&pass_up));
     tokio::pin!(start);
+    // One accept for both waits below: dropping it when the start ends first would drop a
+    // handshake under way, and the parent would see this node's launcher go away.
+    let mut accept = Box::pin(server.accept(deadline));
     // Listening + StartingSubtree: whichever ends first.
     let mut link = tokio::select! {
-        link = server.accept(deadline) => match link {
+        link = &mut accept => match link {
             Ok(link) => link,
             Err(e) => {
                 // Nobody came: let a start under way end, then remove what it made.
@@ -49,12 +52,13 @@ pub(super) async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
         },
         started = &mut start => {
             let link = tokio::select! {
-                link = server.accept(deadline) => link,
+                link = &mut accept => link,
                 sig = signals.recv() => {
                     give_up(plan, &key, &connected, &signalled(plan, sig)).await;
                     return Err(LaunchError::Signal(sig));
                 }
             };
+            drop(accept);
             let links = links_of(&connected);
             return worker_report(plan, &key, server, link, started, links, signals).await;
         }
@@ -63,6 +67,7 @@ pub(super) async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
             return Err(LaunchError::Signal(sig));
         }
     };
+    drop(accept);
     // StartingSubtree with the parent connected: report pull progress here and below (it
     // keeps everyone above waiting), and obey ABORT at once.
     let mut last_report = Instant::now() - Duration::from_secs(1);
