@@ -160,6 +160,33 @@ fn a_tasks_exit_code_comes_back_from_srun() {
     assert_nothing_left(&job);
 }
 
+/// Many users export `RUST_LOG` for their own tools (tokenizers, their Rust code): the
+/// plugin must neither take it as its own log setting nor fail srun's exit over it.
+#[test]
+fn a_users_rust_log_changes_nothing_and_an_error_is_said_once() {
+    let _g = shared();
+    let (r, job) = dave_job(
+        2,
+        &format!("export RUST_LOG=trace; srun -N2 -n2 --mnd-image={IMAGE} true"),
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        !r.stderr.contains("panic") && !r.stderr.contains("failed with rc"),
+        "{}",
+        r.all()
+    );
+    assert_nothing_left(&job);
+    let bad = dave("RUST_LOG=trace srun -N1 --mnd-image='Bad Image' true");
+    assert_ne!(bad.code, 0, "{}", bad.all());
+    assert_eq!(
+        bad.stderr.matches("is not an image name").count(),
+        1,
+        "said once: {}",
+        bad.all()
+    );
+    assert!(!bad.stderr.contains("panic"), "{}", bad.all());
+}
+
 #[test]
 fn a_first_node_without_the_image_fails_the_step_naming_it() {
     let _g = shared();

@@ -116,10 +116,9 @@ unsafe impl Plugin for MndSpank {
             pmix_tmpdir: spank.getenv("SLURM_PMIX_TMPDIR")?,
         };
         let t0 = std::time::Instant::now();
-        let reply = step.container(&self.args, task).map_err(|e| {
-            spank_log_error!("mnd: {}: {e}", step.node());
-            e
-        })?;
+        let reply = step
+            .container(&self.args, task)
+            .map_err(|e| format!("mnd: {}: {e}", step.node()))?;
         let started = t0.elapsed();
         // --mnd-name=NAME:no_exec: the container is made or found; the tasks stay outside.
         if reply.no_exec {
@@ -168,10 +167,7 @@ unsafe impl Plugin for MndSpank {
         if let Some(line) = &self.timing {
             eprintln!("{line}");
         }
-        in_task(reply, spank).map_err(|e| {
-            spank_log_error!("{e}");
-            e
-        })
+        in_task(reply, spank)
     }
 
     /// slurmstepd, as each task of the node exits, before srun hears of it: once the last
@@ -193,6 +189,41 @@ unsafe impl Plugin for MndSpank {
         }
         Ok(())
     }
+
+    /// No tracing subscriber: slurm-spank's default one takes its filter from the user's
+    /// `RUST_LOG`, and with spans enabled srun's exit callback (run after Rust's thread-locals
+    /// are gone) panics in the subscriber's registry. The plugin speaks through SPANK only.
+    #[cfg(feature = "slurm-23")]
+    fn setup(&mut self, _spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        Ok(())
+    }
+
+    #[cfg(not(feature = "slurm-23"))]
+    fn setup(&self, _spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        Ok(())
+    }
+
+    #[cfg(feature = "slurm-23")]
+    fn report_error(&self, _spank: &mut SpankHandle, error: &dyn Error) {
+        report(error);
+    }
+
+    #[cfg(not(feature = "slurm-23"))]
+    fn report_error(&self, error: &dyn Error) {
+        report(error);
+    }
+}
+
+/// The one place a callback's error reaches the user (srun's stderr, or the task's) and
+/// slurmd's log: the error and its causes on one line.
+fn report(error: &dyn Error) {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        line.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    spank_log_error!("{line}");
 }
 
 /// A task, as the job's user, just before its program: root remapped, the working
