@@ -92,7 +92,20 @@ pub struct Engine {
 /// The open stdin of a running container: dropping it (or the launcher dying) ends the
 /// container, because its PID 1 exits at end of input.
 pub struct Lifeline {
-    _input: Pin<Box<dyn AsyncWrite + Send>>,
+    input: Pin<Box<dyn AsyncWrite + Send>>,
+}
+
+impl Lifeline {
+    /// Sends one line to PID 1 (the launcher's entrypoint waits for it before sshd starts).
+    pub async fn send_line(&mut self) -> Result<(), DockerError> {
+        use tokio::io::AsyncWriteExt;
+        let gone = |e: std::io::Error| DockerError::Api {
+            action: "write to the container's stdin".into(),
+            reason: e.to_string(),
+        };
+        self.input.write_all(b"\n").await.map_err(gone)?;
+        self.input.flush().await.map_err(gone)
+    }
 }
 
 /// What the launcher needs to know of an image.
@@ -471,7 +484,7 @@ impl Engine {
             .map_err(api(format!("attach to {name}")))?;
         // The output side is not needed; keep only the writer.
         drop(res.output);
-        Ok(Lifeline { _input: res.input })
+        Ok(Lifeline { input: res.input })
     }
 
     /// Starts a created container.
@@ -844,6 +857,22 @@ impl Engine {
                 Ok(())
             }
             Err(e) => Err(api(format!("remove of {name}"))(e)),
+        }
+    }
+
+    /// Ends a container at once: SIGKILL, and its processes are gone when this returns;
+    /// Docker then removes it by itself (it was made with auto-remove), without the job
+    /// waiting for its layer to be deleted. One not running (never started, already ended,
+    /// paused) is removed here.
+    pub async fn end(&self, name: &str) -> Result<(), DockerError> {
+        let kill = self.docker.kill_container(
+            name,
+            None::<bollard::query_parameters::KillContainerOptions>,
+        );
+        match within("kill", kill).await? {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, &[404]) => Ok(()),
+            Err(_) => self.remove(name).await,
         }
     }
 

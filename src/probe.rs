@@ -37,7 +37,9 @@ async fn banner(host: &str, port: u16, deadline: Instant) -> Result<(), String> 
 
 /// Retries `banner` until it succeeds or the deadline passes.
 pub async fn wait_banner(host: &str, port: u16, deadline: Instant) -> Result<(), String> {
-    let mut pause = Duration::from_millis(10);
+    // Short pauses: a just-started sshd answers within tens of milliseconds, and every one
+    // of them is the job's start time.
+    let mut pause = Duration::from_millis(5);
     loop {
         let err = match banner(host, port, deadline).await {
             Ok(()) => return Ok(()),
@@ -47,7 +49,7 @@ pub async fn wait_banner(host: &str, port: u16, deadline: Instant) -> Result<(),
             return Err(err);
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(200));
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 

@@ -15,8 +15,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// PID 1 of every container: start sshd, exit when the launcher's stdin closes or sshd dies.
-const ENTRYPOINT: &str = r#"sshd=$(command -v sshd 2>/dev/null || echo /usr/sbin/sshd)
+/// PID 1 of every container: wait for the launcher's go (its files are in place), start
+/// sshd, exit when the launcher's stdin closes or sshd dies.
+const ENTRYPOINT: &str = r#"read -r _ || exit 0
+sshd=$(command -v sshd 2>/dev/null || echo /usr/sbin/sshd)
 if [ ! -x "$sshd" ]; then echo "mnd-srun: this image has no sshd ($sshd)" >&2; exit 127; fi
 cfg=/.mnd/sshd_config
 "$sshd" -t -f "$cfg" >/dev/null 2>&1 || cfg=/.mnd/sshd_config.compat
@@ -85,14 +87,16 @@ pub(super) async fn start(
         };
         let accounts = cache.accounts(&engine, &spec.name, &image.id).await?;
         phases.mark("read-passwd");
-        engine
-            .upload(&spec.name, &files(plan, &env, &accounts, port))
-            .await?;
-        phases.mark("upload");
-        let lifeline = engine.attach_stdin(&spec.name).await?;
+        let mut lifeline = engine.attach_stdin(&spec.name).await?;
         phases.mark("attach");
-        engine.start(&spec.name).await?;
-        phases.mark("start");
+        // The files go in while the container starts; its entrypoint waits for the go.
+        let files = files(plan, &env, &accounts, port);
+        let (uploaded, started) =
+            tokio::join!(engine.upload(&spec.name, &files), engine.start(&spec.name));
+        uploaded?;
+        started?;
+        phases.mark("start+upload");
+        lifeline.send_line().await?;
         Ok::<_, DockerError>(lifeline)
     }
     .await;

@@ -107,23 +107,23 @@ pub(super) fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
 }
 
-/// Removes this node's container, whatever state it is in (inside the plugin's container
-/// there is nothing of ours to remove).
+/// Ends this node's container, whatever state it is in (inside the plugin's container
+/// there is nothing of ours to end).
 pub(super) async fn tear_down(plan: &Plan, engine: Option<&Engine>) {
     if plan.inside.is_some() {
         return;
     }
     let t0 = Instant::now();
     let result = match engine {
-        Some(e) => e.remove(&plan.container.name).await,
+        Some(e) => e.end(&plan.container.name).await,
         None => match Engine::connect().await {
-            Ok(e) => e.remove(&plan.container.name).await,
+            Ok(e) => e.end(&plan.container.name).await,
             Err(e) => Err(e),
         },
     };
     match result {
         Ok(()) => log::info!(
-            "{}: container removed in {:?}",
+            "{}: container ended in {:?}",
             plan.this_node(),
             t0.elapsed()
         ),
