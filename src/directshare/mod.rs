@@ -257,9 +257,7 @@ pub async fn fetch(
     let loaded = engine
         .load_written(move |out| {
             let stdout = stdout.ok_or_else(|| std::io::Error::other("no archive"))?;
-            let gz =
-                flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, stdout));
-            crate::imagearchive::pass_checked(gz, &expected, out)
+            crate::imagearchive::pass_checked(crate::imagecache::unpacked(stdout)?, &expected, out)
                 .map_err(|e| std::io::Error::other(e.to_string()))
         })
         .await;

@@ -252,17 +252,9 @@ fn a_tampered_archive_in_the_share_is_refused_naming_the_id() {
     assert_clean(&name, Duration::from_secs(10));
     // The archive saved for the image's id now holds another image under the same tag
     // (made on node3, which then forgets it).
-    let archive = format!("{dir}/{}.tar.gz", id.replace(':', "-"));
+    let archive = format!("{dir}/{}.tar.zst", id.replace(':', "-"));
     image_only_on("node3", &tag, &format!("evil-{pid}"));
-    let swapped = root_on(
-        "node3",
-        &[
-            "sh",
-            "-c",
-            &format!("docker save {tag} | gzip -1 > {archive}.new && chown alice: {archive}.new && mv {archive}.new {archive}"),
-        ],
-    );
-    assert_eq!(swapped.code, 0, "{}", swapped.all());
+    plant_archive("node3", &tag, &archive, "alice");
     untag(&tag, &["node2", "node3"]);
     let name = unique("tamper2");
     let r = job(&name);
@@ -336,6 +328,31 @@ fn image_only_on(node: &str, tag: &str, mark: &str) -> String {
     r.stdout.trim().to_string()
 }
 
+/// Puts `docker save TAG` of `node` into a share as `archive` (a path under /shared, in
+/// the share's own compression), owned by `owner`: what that user could write there.
+fn plant_archive(node: &str, tag: &str, archive: &str, owner: &str) {
+    let saved = Command::new("docker")
+        .args(["exec", node, "docker", "save", tag])
+        .output()
+        .expect("docker exec");
+    assert!(saved.status.success(), "docker save {tag} on {node} failed");
+    let on_host = format!(
+        "{SHARED}{}",
+        archive.strip_prefix("/shared").expect("under /shared")
+    );
+    let packed = zstd::encode_all(&saved.stdout[..], 1).expect("compress");
+    std::fs::write(format!("{on_host}.new"), packed).expect("write the archive");
+    let placed = root_on(
+        node,
+        &[
+            "sh",
+            "-c",
+            &format!("chown {owner}: {archive}.new && mv {archive}.new {archive}"),
+        ],
+    );
+    assert_eq!(placed.code, 0, "{}", placed.all());
+}
+
 #[test]
 fn direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_tampered_archive() {
     let _g = shared();
@@ -344,7 +361,7 @@ fn direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_t
     let mark = format!("direct-only1-{pid}");
     let id = image_only_on("node1", &tag, &mark);
     let archive = format!(
-        "/shared/home/dave/.mnd/images/{}.tar.gz",
+        "/shared/home/dave/.mnd/images/{}.tar.zst",
         id.replace(':', "-")
     );
     root_on("node1", &["rm", "-f", &archive]);
@@ -407,17 +424,9 @@ fn direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_t
     // that need it refuse it, naming both ids, and load nothing.
     let evil = format!("mnd-vc-job:evil-{pid}");
     image_only_on("node3", &evil, &format!("direct-evil-{pid}"));
-    let swapped = root_on(
-        "node3",
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "docker tag {evil} {tag} && docker save {tag} | gzip -1 > {archive}.new && chown dave: {archive}.new && mv {archive}.new {archive} && docker rmi {evil} {tag} >/dev/null"
-            ),
-        ],
-    );
-    assert_eq!(swapped.code, 0, "{}", swapped.all());
+    assert_eq!(root_on("node3", &["docker", "tag", &evil, &tag]).code, 0);
+    plant_archive("node3", &tag, &archive, "dave");
+    root_on("node3", &["docker", "rmi", &evil, &tag]);
     let (r, job) = crate::direct::dave_job(3, &step);
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(
