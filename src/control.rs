@@ -164,20 +164,47 @@ fn status_line(line: &str) -> Option<(&str, String, Status)> {
     Some((kind, node.to_string(), status))
 }
 
-/// Reads one line of at most `MAX_LINE` bytes, without its line end; `None` at end of
-/// input or when the line is too long.
-async fn read_bounded<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> Option<String> {
-    let mut buf = Vec::new();
-    let n = reader
-        .take(MAX_LINE)
-        .read_until(b'\n', &mut buf)
-        .await
-        .ok()?;
-    if n == 0 || buf.last() != Some(&b'\n') {
-        return None;
+/// A connection's incoming lines, each at most `MAX_LINE` bytes. Cancel-safe: the part of a
+/// line read when a `select!` went another way stays here, and the next call completes it
+/// (the worker and the coordinator wait for a line and for other things at once).
+struct Lines<R> {
+    reader: BufReader<R>,
+    partial: Vec<u8>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
+    fn new(reader: BufReader<R>) -> Self {
+        Lines {
+            reader,
+            partial: Vec::new(),
+        }
     }
-    let line = String::from_utf8_lossy(&buf);
-    Some(line.trim_end_matches(['\n', '\r']).to_string())
+
+    /// The next line, without its line end; `None` at end of input or when the line is
+    /// too long.
+    async fn next(&mut self) -> Option<String> {
+        loop {
+            let room = MAX_LINE.saturating_sub(self.partial.len() as u64);
+            if room == 0 {
+                return None;
+            }
+            let n = (&mut self.reader)
+                .take(room)
+                .read_until(b'\n', &mut self.partial)
+                .await
+                .ok()?;
+            if self.partial.last() == Some(&b'\n') {
+                let line = String::from_utf8_lossy(&self.partial)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string();
+                self.partial.clear();
+                return Some(line);
+            }
+            if n == 0 {
+                return None;
+            }
+        }
+    }
 }
 
 /// Reads `node1=18000 node2=18004`.
@@ -198,7 +225,7 @@ pub struct Server {
 
 /// Worker side: the authenticated connection from the coordinator.
 pub struct CoordinatorLink {
-    reader: BufReader<OwnedReadHalf>,
+    reader: Lines<OwnedReadHalf>,
     writer: OwnedWriteHalf,
 }
 
@@ -244,10 +271,12 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         let mut link = CoordinatorLink {
-            reader: BufReader::new(r),
+            reader: Lines::new(BufReader::new(r)),
             writer: w,
         };
-        let hello = read_bounded(&mut link.reader)
+        let hello = link
+            .reader
+            .next()
             .await
             .ok_or("closed or sent an over-long line")?;
         let mut words = hello.split(' ');
@@ -266,7 +295,9 @@ impl Server {
             .write_all(format!("CHALLENGE {nonce_w} {proof}\n").as_bytes())
             .await
             .map_err(|e| e.to_string())?;
-        let answer = read_bounded(&mut link.reader)
+        let answer = link
+            .reader
+            .next()
             .await
             .ok_or("closed or sent an over-long line")?;
         match answer.strip_prefix("PROVE ") {
@@ -281,7 +312,7 @@ impl Server {
         while let Ok((stream, _)) = self.listener.accept().await {
             let (r, w) = stream.into_split();
             let mut link = CoordinatorLink {
-                reader: BufReader::new(r),
+                reader: Lines::new(BufReader::new(r)),
                 writer: w,
             };
             link.refuse().await;
@@ -315,7 +346,7 @@ impl CoordinatorLink {
     /// Waits for the coordinator's order; `None` when the connection closed without one
     /// (the coordinator is gone).
     pub async fn next_order(&mut self) -> Option<Order> {
-        let line = read_bounded(&mut self.reader).await?;
+        let line = self.reader.next().await?;
         Some(match line.split_once(' ').unwrap_or((&line, "")) {
             ("STOP", _) => Order::Stop,
             ("PORTS", map) => match parse_ports(map) {
@@ -332,7 +363,7 @@ impl CoordinatorLink {
 pub struct WorkerLink {
     /// The worker's node name.
     pub node: String,
-    reader: Mutex<BufReader<OwnedReadHalf>>,
+    reader: Mutex<Lines<OwnedReadHalf>>,
     writer: Mutex<OwnedWriteHalf>,
 }
 
@@ -427,14 +458,14 @@ async fn handshake(
     let (r, mut w) = stream.into_split();
     // Rank 0 holds one of these per worker for the whole job: a small buffer (lines are
     // short; a long one is read across refills).
-    let mut reader = BufReader::with_capacity(LINK_BUFFER, r);
+    let mut reader = Lines::new(BufReader::with_capacity(LINK_BUFFER, r));
     let broken = |why: String| ControlError::Broken(format!("{node}: {why}"));
     let nonce_c = nonce();
     w.write_all(format!("HELLO {} {nonce_c}\n", key.job).as_bytes())
         .await
         .map_err(|e| broken(e.to_string()))?;
     let by = (Instant::now() + HANDSHAKE_TIME).min(deadline);
-    let challenge = timeout_at(by, read_bounded(&mut reader))
+    let challenge = timeout_at(by, reader.next())
         .await
         .ok()
         .flatten()
@@ -478,7 +509,7 @@ impl WorkerLink {
         let mut reader = self.reader.lock().await;
         let mut how_far = String::new();
         loop {
-            let line = match timeout_at(*deadline, read_bounded(&mut *reader)).await {
+            let line = match timeout_at(*deadline, reader.next()).await {
                 Err(_) if how_far.is_empty() => {
                     return Err(ControlError::Timeout(format!(
                         "{} did not get its container ready in time",
@@ -530,7 +561,7 @@ impl WorkerLink {
     /// and why.
     pub async fn lost(&self) -> (String, String) {
         let mut reader = self.reader.lock().await;
-        while let Some(line) = read_bounded(&mut *reader).await {
+        while let Some(line) = reader.next().await {
             if let Some((_, node, Status::Failed(why))) = status_line(&line) {
                 return (node, why);
             }
@@ -641,18 +672,37 @@ mod tests {
     async fn raw(port: u16, lines: &[String]) -> Vec<String> {
         let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let (r, mut w) = stream.into_split();
-        let mut r = BufReader::new(r);
+        let mut r = Lines::new(BufReader::new(r));
         let mut got = Vec::new();
         for l in lines {
             if w.write_all(format!("{l}\n").as_bytes()).await.is_err() {
                 break;
             }
-            match timeout_at(soon(), read_bounded(&mut r)).await {
+            match timeout_at(soon(), r.next()).await {
                 Ok(Some(line)) => got.push(line),
                 _ => break,
             }
         }
         got
+    }
+
+    #[tokio::test]
+    async fn a_line_cut_by_a_select_is_completed_by_the_next_read() {
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let mut lines = Lines::new(BufReader::new(ours));
+        theirs.write_all(b"ABORT half").await.unwrap();
+        tokio::select! {
+            line = lines.next() => panic!("no whole line yet: {line:?}"),
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        theirs.write_all(b" and the rest\nSTOP\n").await.unwrap();
+        assert_eq!(
+            lines.next().await.as_deref(),
+            Some("ABORT half and the rest")
+        );
+        assert_eq!(lines.next().await.as_deref(), Some("STOP"));
+        drop(theirs);
+        assert_eq!(lines.next().await, None);
     }
 
     #[tokio::test]
@@ -757,7 +807,7 @@ mod tests {
         tokio::spawn(async move {
             let (s, _) = l.accept().await.unwrap();
             let (r, mut w) = s.into_split();
-            let _ = read_bounded(&mut BufReader::new(r)).await;
+            let _ = Lines::new(BufReader::new(r)).next().await;
             let _ = w.write_all(b"CHALLENGE 00 00\nREADY\n").await;
             std::future::pending::<()>().await;
         });
