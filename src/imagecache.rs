@@ -19,6 +19,8 @@ use thiserror::Error;
 /// gzip's, smaller, and passes incompressible data (random weights) through at disk speed;
 /// the share's first job waits for it on every byte.
 const ARCHIVE_EXT: &str = "tar.zst";
+/// Archives of earlier versions (gzip): never loaded any more, listed and pruned.
+const LEGACY_EXT: &str = "tar.gz";
 const LEVEL: i32 = 1;
 
 /// An archive's `docker save` stream, decompressed as it is read.
@@ -56,6 +58,8 @@ pub struct Entry {
     pub id: String,
     /// Tags it was saved for.
     pub tags: Vec<String>,
+    /// Its archive (a legacy gzip one is never loaded, only listed and pruned).
+    pub path: PathBuf,
     /// Compressed size in bytes.
     pub size: u64,
     /// When it was saved.
@@ -296,7 +300,10 @@ impl Cache {
         let mut entries = Vec::new();
         for e in fs::read_dir(&self.dir).map_err(io(&self.dir))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_suffix(&format!(".{ARCHIVE_EXT}")) else {
+            let Some(stem) = [ARCHIVE_EXT, LEGACY_EXT]
+                .iter()
+                .find_map(|ext| name.strip_suffix(&format!(".{ext}")))
+            else {
                 continue;
             };
             let Ok(meta) = e.metadata() else { continue };
@@ -308,6 +315,7 @@ impl Cache {
                     .map(|r| r.tag.clone())
                     .collect(),
                 id,
+                path: e.path(),
                 size: meta.len(),
                 saved: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             });
@@ -327,8 +335,7 @@ impl Cache {
             .collect();
         for e in &old {
             let _lock = self.lock(&e.id)?;
-            let archive = self.archive(&e.id);
-            fs::remove_file(&archive).map_err(io(&archive))?;
+            fs::remove_file(&e.path).map_err(io(&e.path))?;
             for t in &e.tags {
                 let _ = fs::remove_file(self.dir.join("tags").join(tag_file_name(t)));
             }
@@ -502,6 +509,14 @@ mod tests {
         assert_eq!(cache.prune(Duration::from_secs(3600)).unwrap(), vec![]);
         assert_eq!(cache.prune(Duration::ZERO).unwrap().len(), 1);
         assert!(cache.list().unwrap().is_empty());
+        // An earlier version's gzip archive is never loaded, but listed and pruned.
+        let legacy = tmp.path().join("images/sha256-ef.tar.gz");
+        fs::write(&legacy, b"x").unwrap();
+        cache.record_tag("legacy:1", "sha256:ef", "9.0").unwrap();
+        assert_eq!(cache.saved_id_of("legacy:1"), None);
+        assert_eq!(cache.list().unwrap()[0].path, legacy);
+        assert_eq!(cache.prune(Duration::ZERO).unwrap().len(), 1);
+        assert!(!legacy.exists());
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(tmp.path().join("images"), fs::Permissions::from_mode(0o755)).unwrap();
         let err = Cache::open(&tmp.path().join("images"), uid).err().unwrap();
