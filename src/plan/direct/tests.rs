@@ -119,17 +119,29 @@ fn a_named_container_is_the_jobs_not_the_steps() {
     assert_eq!(checked.name.as_deref(), Some("warm"));
 }
 
+/// Options on top of `ubuntu:24.04`.
+fn with(f: &dyn Fn(&mut Options)) -> Options {
+    let mut o = image("ubuntu:24.04");
+    f(&mut o);
+    o
+}
+
+/// Each case is refused, its message holding the words given.
+fn all_refused(cases: Vec<(Options, &str)>) {
+    for (opts, want) in cases {
+        let err = planned(opts.clone(), &SiteConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{opts:?}: {err}");
+    }
+}
+
+// pyxis's invalid_args.bats, option for option, and a few of ours.
 #[test]
-fn hostile_option_values_are_refused_with_the_option_named() {
+fn hostile_images_and_names_are_refused_with_the_option_named() {
     let long_image = "A".repeat(2048);
     let long_name = "a".repeat(300);
-    let with = |f: &dyn Fn(&mut Options)| {
-        let mut o = image("ubuntu:24.04");
-        f(&mut o);
-        o
-    };
-    // pyxis's invalid_args.bats, option for option, and a few of ours.
-    let cases: Vec<(Options, &str)> = vec![
+    all_refused(vec![
         (image(" "), "--mnd-image: argument required"),
         (image(&long_image), "--mnd-image"),
         (image("./"), "is a path"),
@@ -147,6 +159,12 @@ fn hostile_option_values_are_refused_with_the_option_named() {
         (with(&|o| o.name = Some(":exec".into())), "empty name"),
         (with(&|o| o.name = Some(long_name.clone())), "--mnd-name"),
         (with(&|o| o.name = Some("../../etc".into())), "--mnd-name"),
+    ]);
+}
+
+#[test]
+fn hostile_mounts_env_and_other_values_are_refused_with_the_option_named() {
+    all_refused(vec![
         (
             with(&|o| o.mounts = Some(String::new())),
             "--mnd-mounts: argument required",
@@ -216,13 +234,7 @@ fn hostile_option_values_are_refused_with_the_option_named() {
             with(&|o| o.save = Some("./".into())),
             "target is a directory",
         ),
-    ];
-    for (opts, want) in cases {
-        let err = planned(opts.clone(), &SiteConfig::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(want), "{opts:?}: {err}");
-    }
+    ]);
 }
 
 #[test]
