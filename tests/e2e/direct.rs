@@ -187,6 +187,50 @@ fn a_users_rust_log_changes_nothing_and_an_error_is_said_once() {
     assert!(!bad.stderr.contains("panic"), "{}", bad.all());
 }
 
+/// The helper's reply carries the image's environment: one bigger than a pipe holds (a
+/// stock image with a long generated ENV) must not leave the helper and the task waiting on
+/// each other.
+#[test]
+fn an_image_whose_environment_outgrows_a_pipe_starts() {
+    let _g = shared();
+    let tag = format!("mnd-vc-job:bigenv-{}", std::process::id());
+    // Docker reads each --change as a Dockerfile line (64 KiB at most): four of 30,000.
+    let part = "x".repeat(30_000);
+    let changes: String = (1..=4)
+        .map(|i| format!(" --change 'ENV BIG_ENV{i}={part}'"))
+        .collect();
+    for node in NODES {
+        let made = root_on(
+            node,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "docker rm -f mk-bigenv >/dev/null 2>&1; docker create --network=none --name mk-bigenv {IMAGE} true >/dev/null && docker commit{changes} mk-bigenv {tag} >/dev/null && docker rm mk-bigenv >/dev/null"
+                ),
+            ],
+        );
+        assert_eq!(made.code, 0, "{node}: {}", made.all());
+    }
+    let (r, job) = dave_job(
+        2,
+        &format!(
+            "timeout 120 srun -N2 -n2 --mnd-image={tag} sh -c 'printf %s \"$BIG_ENV1$BIG_ENV2$BIG_ENV3$BIG_ENV4\" | wc -c'"
+        ),
+    );
+    for node in NODES {
+        root_on(node, &["docker", "rmi", &tag]);
+    }
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        r.stdout.lines().filter(|l| l.trim() == "120000").count(),
+        2,
+        "{}",
+        r.all()
+    );
+    assert_nothing_left(&job);
+}
+
 #[test]
 fn a_first_node_without_the_image_fails_the_step_naming_it() {
     let _g = shared();

@@ -5,8 +5,8 @@ use crate::options::PluginArgs;
 use mnd::spank::{Options, Reply, Request};
 use slurm_spank::SpankHandle;
 use std::error::Error;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -141,6 +141,17 @@ impl Step {
         )
         .map_err(|e| format!("{}: {e}", self.file(args, "cwd").display()))?;
         root_only(&args.helper)?;
+        // The reply goes to an unnamed file, not a pipe: stderr is read to its end first
+        // (for the progress lines), and a reply bigger than a pipe holds would then leave
+        // the helper and this task waiting on each other.
+        let mut reply = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o600)
+            .open(&args.runtime_dir)
+            .map_err(|e| format!("a reply file in {}: {e}", args.runtime_dir.display()))?;
+        let reply_out = reply.try_clone().map_err(|e| format!("helper: {e}"))?;
         let mut cmd = Command::new(&args.helper);
         cmd.args(["direct", "up"]);
         if let Some(config) = &args.config {
@@ -150,7 +161,7 @@ impl Step {
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(reply_out)
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot run the helper {}: {e}", args.helper.display()))?;
@@ -173,19 +184,22 @@ impl Step {
                 }
             }
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| format!("helper: {e}"))?;
-        if !out.status.success() {
+        let status = child.wait().map_err(|e| format!("helper: {e}"))?;
+        if !status.success() {
             let said = said.join("\n");
             let said = said.trim().trim_start_matches("mnd: ");
             return Err(if said.is_empty() {
-                format!("the helper failed ({})", out.status)
+                format!("the helper failed ({status})")
             } else {
                 said.to_string()
             });
         }
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("helper reply: {e}"))
+        let mut text = Vec::new();
+        reply
+            .seek(std::io::SeekFrom::Start(0))
+            .and_then(|_| reply.read_to_end(&mut text))
+            .map_err(|e| format!("helper reply: {e}"))?;
+        serde_json::from_slice(&text).map_err(|e| format!("helper reply: {e}"))
     }
 
     /// `--mnd-save`: the helper commits the container and writes it as the user, before
