@@ -33,6 +33,7 @@ cargo test --test e2e -- --test-threads=3 \
   direct::scancel_ends_the_step_and_leaves_nothing \
   direct::a_killed_slurmstepd_leaves_a_container_that_the_epilog_removes \
   direct::a_users_rust_log_changes_nothing_and_an_error_is_said_once \
+  direct::an_image_whose_environment_outgrows_a_pipe_starts \
   hostile::a_link_planted_under_the_pmix_client_folders_name_shows_nothing \
   hostile::a_folder_swapped_for_a_link_while_steps_start_is_never_mounted \
   pyxis:: \

@@ -193,6 +193,7 @@ fn a_users_rust_log_changes_nothing_and_an_error_is_said_once() {
 #[test]
 fn an_image_whose_environment_outgrows_a_pipe_starts() {
     let _g = shared();
+    cluster();
     let tag = format!("mnd-vc-job:bigenv-{}", std::process::id());
     // Docker reads each --change as a Dockerfile line (64 KiB at most): four of 30,000.
     let part = "x".repeat(30_000);
