@@ -67,6 +67,16 @@ impl Signals {
     }
 }
 
+/// Unblocks every signal this process was started with blocked. slurmstepd blocks
+/// SIGTERM, SIGINT, SIGHUP and others, and its task children run the SPANK callbacks (and
+/// so the root helper) before they unblock them; a blocked mask survives exec. Without
+/// this, the step's SIGTERM (scancel, `srun -K`, the time limit) never reaches the helper,
+/// which goes on starting a container until SIGKILL comes KillWait seconds later. Called
+/// before any thread starts, so every thread answers too.
+pub fn unblock_inherited() {
+    let _ = nix::sys::signal::SigSet::all().thread_unblock();
+}
+
 /// Sends `sig` to process `root` and every process below it (the script and what it
 /// started), children first found from /proc. Processes that are gone are skipped.
 pub fn signal_tree(root: i32, sig: i32) -> usize {

@@ -755,9 +755,11 @@ fn logs_here(job: u64, follow: bool) -> Result<(), String> {
 
 /// `mnd direct up|down`. `up` does its user lookups and path checks before any thread
 /// exists (one of them forks), then starts the runtime; SIGTERM (the task was killed)
-/// removes the container it was making.
+/// removes the container it was making. Every action answers the signals slurmstepd's
+/// task children start with blocked.
 fn direct(action: DirectAction) -> Result<(), String> {
     use mnd::direct as helper;
+    mnd::signals::unblock_inherited();
     match action {
         DirectAction::Up { config } => {
             let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);

@@ -327,9 +327,20 @@ fn a_killed_slurmstepd_leaves_a_container_that_the_epilog_removes() {
 #[test]
 fn kill_on_bad_exit_ends_the_other_tasks_at_once() {
     let _g = shared();
+    // Task 1 fails once every task runs: Slurm loses a step signal that reaches a node
+    // before the step is launched there (slurmd: "kill for nonexistent job"), so a task
+    // failing while another node is still launching tests Slurm's race, not the plugin.
     let (r, job) = dave_job(
         3,
-        &format!("srun -N3 -n3 -K --mnd-image={IMAGE} bash -c 'if [ $SLURM_PROCID = 1 ]; then exit 5; fi; sleep 300'"),
+        &format!(
+            "srun -N3 -n3 -K --mnd-image={IMAGE} bash -c 'd=$HOME/.kbe.$SLURM_JOB_ID; mkdir -p $d; touch $d/$SLURM_PROCID; \
+             if [ $SLURM_PROCID = 1 ]; then for i in $(seq 600); do [ $(ls $d | wc -l) = 3 ] && exit 5; sleep 0.1; done; exit 6; fi; sleep 300'"
+        ),
+    );
+    run_on(
+        "node1",
+        "dave",
+        &["sh", "-c", &format!("rm -rf $HOME/.kbe.{job}")],
     );
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(

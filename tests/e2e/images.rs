@@ -482,3 +482,57 @@ fn a_slow_pull_in_direct_mode_shows_its_progress_on_the_users_terminal() {
     }
     crate::direct::assert_nothing_left(&job);
 }
+
+/// `srun -K` ends the step while node1 is still pulling (its pull stalls; node2 and node3
+/// have the image). slurmstepd starts the root helper with SIGTERM blocked; the helper
+/// unblocks it, so the step's SIGTERM stops the pull at once and says so, instead of the
+/// SIGKILL KillWait seconds later ("the helper failed (signal: 9)").
+#[test]
+fn a_node_still_pulling_when_srun_k_ends_the_step_stops_at_sigterm() {
+    let _g = shared();
+    cluster();
+    let (host, repo) = big_image();
+    let stalled = format!("{host}:5104/{repo}");
+    let p = proxy(5104, "stall", 1_000_000);
+    forget(&stalled);
+    for n in ["node2", "node3"] {
+        let r = root_on(
+            n,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "docker pull -q {host}:5000/{repo} && docker tag {host}:5000/{repo} {stalled}"
+                ),
+            ],
+        );
+        assert_eq!(r.code, 0, "{n}: {}", r.all());
+    }
+    let (r, job) = crate::direct::dave_job(
+        3,
+        &format!("srun -N3 -n3 -K --mnd-image={stalled} bash -c 'if [ $SLURM_PROCID = 1 ]; then exit 5; fi; sleep 300'"),
+    );
+    drop(p);
+    forget(&stalled);
+    for n in ["node2", "node3"] {
+        root_on(n, &["docker", "rmi", "-f", &format!("{host}:5000/{repo}")]);
+    }
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("task 1: Exited with exit code 5"),
+        "{}",
+        r.all()
+    );
+    // Before its runtime starts the helper dies of SIGTERM; after, it stops the pull.
+    let stopped = r
+        .stderr
+        .contains("mnd: node1: stopped (SIGTERM) while starting the container")
+        || r.stderr
+            .contains("mnd: node1: the helper failed (signal: 15");
+    assert!(
+        stopped,
+        "node1's helper did not answer SIGTERM: {}",
+        r.all()
+    );
+    crate::direct::assert_nothing_left(&job);
+}
