@@ -328,7 +328,7 @@ fn a_killed_slurmstepd_leaves_a_container_that_the_epilog_removes() {
 fn kill_on_bad_exit_ends_the_other_tasks_at_once() {
     let _g = shared();
     // Task 1 fails once every task runs: Slurm loses a step signal that reaches a node
-    // before the step is launched there (slurmd: "kill for nonexistent job"), so a task
+    // before the step is launched there (slurmd: "signal for nonexistent StepId=..."), so a task
     // failing while another node is still launching tests Slurm's race, not the plugin.
     let (r, job) = dave_job(
         3,

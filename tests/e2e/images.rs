@@ -43,10 +43,10 @@ fn proxy(port: u16, mode: &str, amount: u64) -> Proxy {
     Proxy(child)
 }
 
-/// The job image with a 40 MB layer on top, pushed to the registry; its registry host and
-/// its name there (`10.213.77.1`, `mnd-vc-job:bigN`).
-fn big_image() -> (String, String) {
-    let tag = format!("big{}", std::process::id());
+/// The job image with a 40 MB layer on top, pushed to the registry under a tag of `test`'s
+/// own; its registry host and its name there (`10.213.77.1`, `mnd-vc-job:bigTESTN`).
+fn big_image(test: &str) -> (String, String) {
+    let tag = format!("big{test}{}", std::process::id());
     let name = pushed_image(&tag, "head -c 40000000 /dev/urandom > /big-layer");
     let (host, rest) = name.split_once(":5000/").expect("ADDR:5000/NAME");
     (host.to_string(), rest.to_string())
@@ -64,7 +64,7 @@ fn forget(image: &str) {
 fn a_slow_pull_outlasts_the_wait_timeout_and_a_stalled_one_fails_naming_the_node() {
     let _g = exclusive();
     cluster();
-    let (host, repo) = big_image();
+    let (host, repo) = big_image("stall");
     let s = script("alice", "e2e-big.sh", "#!/bin/sh\necho big-image-job-ok\n");
 
     // 1. About 4 MB/s per node: the 40 MB layer takes about 10 s, five times --wait-timeout.
@@ -453,7 +453,7 @@ fn direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_t
 fn a_slow_pull_in_direct_mode_shows_its_progress_on_the_users_terminal() {
     let _g = shared();
     cluster();
-    let (host, repo) = big_image();
+    let (host, repo) = big_image("progress");
     // About 4 MB/s per node: the 40 MB layer takes about 10 s, two progress lines or more.
     let slow = format!("{host}:5103/{repo}");
     let p = proxy(5103, "slow", 4_000_000);
@@ -491,7 +491,7 @@ fn a_slow_pull_in_direct_mode_shows_its_progress_on_the_users_terminal() {
 fn a_node_still_pulling_when_srun_k_ends_the_step_stops_at_sigterm() {
     let _g = shared();
     cluster();
-    let (host, repo) = big_image();
+    let (host, repo) = big_image("sigterm");
     let stalled = format!("{host}:5104/{repo}");
     let p = proxy(5104, "stall", 1_000_000);
     forget(&stalled);
@@ -523,16 +523,25 @@ fn a_node_still_pulling_when_srun_k_ends_the_step_stops_at_sigterm() {
         "{}",
         r.all()
     );
-    // Before its runtime starts the helper dies of SIGTERM; after, it stops the pull.
-    let stopped = r
-        .stderr
-        .contains("mnd: node1: stopped (SIGTERM) while starting the container")
-        || r.stderr
-            .contains("mnd: node1: the helper failed (signal: 15");
+    // Before its runtime starts the helper dies of SIGTERM; after, it stops the pull. srun,
+    // ending the step itself, may exit before node1's line reaches it: slurmd's log has it.
+    let log = root_on(
+        "node1",
+        &[
+            "grep",
+            "-F",
+            &format!("[{job}.0] error: mnd: node1: "),
+            "/var/log/slurm/slurmd.log",
+        ],
+    );
+    let said = format!("{}{}", r.stderr, log.stdout);
+    let stopped = said.contains("mnd: node1: stopped (SIGTERM) while starting the container")
+        || said.contains("mnd: node1: the helper failed (signal: 15");
     assert!(
         stopped,
-        "node1's helper did not answer SIGTERM: {}",
-        r.all()
+        "node1's helper did not answer SIGTERM: {}\nslurmd: {}",
+        r.all(),
+        log.all()
     );
     crate::direct::assert_nothing_left(&job);
 }

@@ -17,6 +17,7 @@ extern crate slurm_spank_0_4 as slurm_spank;
 
 mod join;
 mod options;
+mod relay;
 mod step;
 mod version;
 

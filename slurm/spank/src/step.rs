@@ -175,14 +175,12 @@ impl Step {
         // the rest of what the helper says is its complaint.
         let mut said = Vec::new();
         if let Some(stderr) = child.stderr.take() {
-            for line in
-                std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok)
-            {
-                match progress(&line) {
+            crate::relay::read_lines_passing_stops(stderr, child.id(), |line| {
+                match progress(line) {
                     Some(news) => slurm_spank::spank_log_user!("{news}"),
-                    None => said.push(line),
+                    None => said.push(line.to_string()),
                 }
-            }
+            });
         }
         let status = child.wait().map_err(|e| format!("helper: {e}"))?;
         if !status.success() {
