@@ -52,6 +52,16 @@ fn big_image(test: &str) -> (String, String) {
     (host.to_string(), rest.to_string())
 }
 
+/// `repo` of the registry on `host` reached through a proxy on `port` (`mode` and `amount`
+/// as for `proxy`), and gone from every node so the next job pulls it that way: its name
+/// there, and the proxy.
+fn through_proxy(host: &str, repo: &str, port: u16, mode: &str, amount: u64) -> (String, Proxy) {
+    let name = format!("{host}:{port}/{repo}");
+    let p = proxy(port, mode, amount);
+    forget(&name);
+    (name, p)
+}
+
 /// Removes the image from every node, so the next job pulls it.
 fn forget(image: &str) {
     for n in NODES {
@@ -91,9 +101,7 @@ fn a_slow_pull_outlasts_the_wait_timeout_and_a_stalled_one_fails_naming_the_node
     forget(&slow);
 
     // 2. The registry stops answering after 5 MB: every node's pull stalls.
-    let stalled = format!("{host}:5102/{repo}");
-    forget(&stalled);
-    let p = proxy(5102, "stall", 5_000_000);
+    let (stalled, p) = through_proxy(&host, &repo, 5102, "stall", 5_000_000);
     let name = unique("stallpull");
     let r = alice(&format!(
         "{} --wait-timeout=3 --script=./{s}",
@@ -455,9 +463,7 @@ fn a_slow_pull_in_direct_mode_shows_its_progress_on_the_users_terminal() {
     cluster();
     let (host, repo) = big_image("progress");
     // About 4 MB/s per node: the 40 MB layer takes about 10 s, two progress lines or more.
-    let slow = format!("{host}:5103/{repo}");
-    let p = proxy(5103, "slow", 4_000_000);
-    forget(&slow);
+    let (slow, p) = through_proxy(&host, &repo, 5103, "slow", 4_000_000);
     let (r, job) = crate::direct::dave_job(3, &format!("srun -N3 -n3 --mnd-image={slow} true"));
     drop(p);
     forget(&slow);
@@ -492,9 +498,7 @@ fn a_node_still_pulling_when_srun_k_ends_the_step_stops_at_sigterm() {
     let _g = shared();
     cluster();
     let (host, repo) = big_image("sigterm");
-    let stalled = format!("{host}:5104/{repo}");
-    let p = proxy(5104, "stall", 1_000_000);
-    forget(&stalled);
+    let (stalled, p) = through_proxy(&host, &repo, 5104, "stall", 1_000_000);
     for n in ["node2", "node3"] {
         let r = root_on(
             n,

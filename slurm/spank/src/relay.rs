@@ -29,6 +29,25 @@ fn blocked_stop_signals() -> SigSet {
     mask
 }
 
+/// Waits until `stderr` has something to read (or its end); a stop signal read from
+/// `signals` meanwhile is sent on to the helper (pid `helper`) as SIGTERM. `Ok(false)`:
+/// only a signal came.
+fn wait_passing_stops(stderr: &ChildStderr, signals: &SignalFd, helper: u32) -> nix::Result<bool> {
+    let mut fds = [
+        PollFd::new(stderr.as_fd(), PollFlags::POLLIN),
+        PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+    ];
+    poll(&mut fds, PollTimeout::NONE)?;
+    if fds[1]
+        .revents()
+        .is_some_and(|r| r.contains(PollFlags::POLLIN))
+    {
+        while let Ok(Some(_)) = signals.read_signal() {}
+        let _ = kill(Pid::from_raw(helper as i32), Signal::SIGTERM);
+    }
+    Ok(fds[0].revents().is_some_and(|r| !r.is_empty()))
+}
+
 /// Reads the helper's stderr to its end, calling `line` for each line; a stop signal the
 /// task receives meanwhile is sent on to the helper (pid `helper`) as SIGTERM.
 pub fn read_lines_passing_stops(mut stderr: ChildStderr, helper: u32, mut line: impl FnMut(&str)) {
@@ -40,32 +59,13 @@ pub fn read_lines_passing_stops(mut stderr: ChildStderr, helper: u32, mut line: 
     let mut pending = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
-        let mut fds = vec![PollFd::new(stderr.as_fd(), PollFlags::POLLIN)];
         if let Some(s) = &signals {
-            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
-        }
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            // Reading on without the signals beats not reading: the helper would block.
-            Err(_) => {
-                drop(fds);
-                signals = None;
-                continue;
+            match wait_passing_stops(&stderr, s, helper) {
+                Ok(true) => {}
+                Ok(false) | Err(nix::errno::Errno::EINTR) => continue,
+                // Reading on without the signals beats not reading: the helper would block.
+                Err(_) => signals = None,
             }
-        }
-        let signalled = fds
-            .get(1)
-            .and_then(|f| f.revents())
-            .is_some_and(|r| r.contains(PollFlags::POLLIN));
-        if let (true, Some(s)) = (signalled, &signals) {
-            while let Ok(Some(_)) = s.read_signal() {}
-            let _ = kill(Pid::from_raw(helper as i32), Signal::SIGTERM);
-        }
-        let readable = fds[0].revents().is_some_and(|r| !r.is_empty());
-        drop(fds);
-        if !readable {
-            continue;
         }
         let n = match stderr.read(&mut buf) {
             Ok(0) | Err(_) => break,
