@@ -199,6 +199,8 @@ pub struct Found {
     pub id: String,
     /// Its main process on this node, when it runs.
     pub pid: Option<i32>,
+    /// Paused (`docker pause`, a suspended job): its processes are frozen.
+    pub paused: bool,
     /// The image id it runs.
     pub image: String,
     /// Its labels.
@@ -640,6 +642,7 @@ impl Engine {
     pub async fn found(&self, name: &str) -> Result<Option<Found>, DockerError> {
         match within("inspect", self.docker.inspect_container(name, None)).await? {
             Ok(info) => {
+                let paused = info.state.as_ref().and_then(|s| s.paused) == Some(true);
                 let pid = info
                     .state
                     .filter(|s| s.running == Some(true))
@@ -649,6 +652,7 @@ impl Engine {
                 Ok(Some(Found {
                     id: info.id.unwrap_or_default(),
                     pid,
+                    paused,
                     image: info.image.unwrap_or_default(),
                     labels: info
                         .config

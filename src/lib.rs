@@ -27,6 +27,7 @@ pub mod netif;
 pub mod node;
 pub mod pathid;
 pub mod phases;
+pub mod pidfd;
 pub mod plan;
 pub mod probe;
 pub mod pulled;

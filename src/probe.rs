@@ -37,19 +37,22 @@ async fn banner(host: &str, port: u16, deadline: Instant) -> Result<(), String> 
 
 /// Retries `banner` until it succeeds or the deadline passes.
 pub async fn wait_banner(host: &str, port: u16, deadline: Instant) -> Result<(), String> {
-    // Short pauses: a just-started sshd answers within tens of milliseconds, and every one
-    // of them is the job's start time.
-    let mut pause = Duration::from_millis(5);
+    // A just-started sshd answers within tens of milliseconds, and every one of them is the
+    // job's start time: a refused connect costs microseconds, so the first seconds poll
+    // every 5 ms (a doubling pause overshot the answer by up to half the wait), then every
+    // 50 ms for an sshd that is slow to come.
+    let fast_until = Instant::now() + Duration::from_secs(2);
     loop {
         let err = match banner(host, port, deadline).await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        if Instant::now() + pause >= deadline {
+        let now = Instant::now();
+        let pause = Duration::from_millis(if now < fast_until { 5 } else { 50 });
+        if now + pause >= deadline {
             return Err(err);
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 

@@ -3,6 +3,7 @@
 //! sshd.
 
 use super::files::{container_path, files, session_env};
+use super::script::{self, ScriptExec};
 use super::share::obtain_image;
 use crate::accounts::AccountCache;
 use crate::docker::{DockerError, Engine, ImageFacts, Lifeline, PullReport};
@@ -40,6 +41,9 @@ pub(super) struct Started {
     pub lifeline: Lifeline,
     /// The id of its image.
     pub image_id: String,
+    /// The script's exec, started early behind its gate (the coordinator's, without a
+    /// terminal).
+    pub script: Option<ScriptExec>,
 }
 
 /// Creates, prepares and starts this node's container and waits until its sshd answers.
@@ -108,7 +112,17 @@ pub(super) async fn start(
         }
     };
     log::debug!("container started after {:?}", t0.elapsed());
-    wait_sshd(plan, &engine, spec, port).await?;
+    let gated = async {
+        if !script::starts_gated(plan) {
+            return None;
+        }
+        script::start_gated(plan, &engine)
+            .await
+            .inspect_err(|e| log::debug!("the script's exec did not start early: {e}"))
+            .ok()
+    };
+    let (sshd, script) = tokio::join!(wait_sshd(plan, &engine, spec, port), gated);
+    sshd?;
     phases.mark("sshd");
     log::info!(
         "{}: container {} up, sshd on port {port} after {:?}",
@@ -120,6 +134,7 @@ pub(super) async fn start(
         engine,
         lifeline,
         image_id: image.id,
+        script,
     })
 }
 

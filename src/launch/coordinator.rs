@@ -5,6 +5,7 @@
 use super::fanout::{self, Connected, ReadyWorker};
 use super::files::ssh_config_file;
 use super::running::{port_is_free, tear_down, Running, Runtime};
+use super::script::{self, ScriptExec};
 use super::timing::eprintln_timing;
 use super::{job_key, node_err, start_subtree, LaunchError};
 use crate::control::{JobKey, Order, WorkerLink};
@@ -174,14 +175,15 @@ enum Outcome {
 /// lost worker or the container's end.
 async fn run_script(
     plan: &Plan,
-    running: &Running,
+    running: &mut Running,
     links: &[Arc<WorkerLink>],
     signals: &mut Signals,
     forwarded: &mut Signals,
 ) -> Outcome {
+    let gated = running.take_script();
     match &running.runtime {
         Runtime::Docker { engine, .. } => {
-            run_script_by_docker(plan, running, engine, links, signals, forwarded).await
+            run_script_by_docker(plan, running, engine, gated, links, signals, forwarded).await
         }
         Runtime::Inside(sshd) => run_script_here(plan, sshd, links, signals, forwarded).await,
     }
@@ -237,30 +239,22 @@ async fn run_script_by_docker(
     plan: &Plan,
     running: &Running,
     engine: &docker::Engine,
+    gated: Option<ScriptExec>,
     links: &[Arc<WorkerLink>],
     signals: &mut Signals,
     forwarded: &mut Signals,
 ) -> Outcome {
-    let script = plan.script.as_ref().expect("coordinator has a script");
-    let mut cmd = vec![script.path.display().to_string()];
-    cmd.extend(script.args.iter().cloned());
-    let workdir = plan.container.workdir.display().to_string();
-    // In hosts mode stdin is the front door's lifeline, not the script's.
-    let tty = !plan.hosts_mode && terminal::stdin_is_terminal();
-    let started = engine
-        .exec(
-            &plan.container.name,
-            &plan.container.user,
-            &workdir,
-            cmd,
-            tty,
-            (!plan.hosts_mode).then(terminal::stdin_chunks),
-        )
-        .await;
-    let mut started = match started {
-        Ok(s) => s,
+    let exec = match gated {
+        Some(exec) => Ok(exec),
+        None => script::start_now(plan, engine).await,
+    };
+    let mut exec = match exec {
+        Ok(e) => e,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
+    exec.open(plan);
+    let tty = exec.tty;
+    let mut started = exec.started;
     let _raw = tty.then(terminal::RawMode::enter).flatten();
     let mut winch = tty
         .then(|| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok())
@@ -339,7 +333,7 @@ pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
         },
         Err(e) => Err(e),
     };
-    let running = match started {
+    let mut running = match started {
         Ok(r) => r,
         Err(e) => {
             let why = match &e {
@@ -360,7 +354,7 @@ pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
         script.path.display()
     );
     eprintln_timing("ready", t0);
-    let outcome = run_script(plan, &running, &links, &mut signals, &mut forwarded).await;
+    let outcome = run_script(plan, &mut running, &links, &mut signals, &mut forwarded).await;
     let t_end = Instant::now();
     let result = finish(plan, &key, links, outcome).await;
     running.tear_down(plan).await;

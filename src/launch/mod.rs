@@ -1,6 +1,7 @@
 //! The launcher's two state machines, driven by a `Plan`: `worker` and `coordinator`, each a
 //! module of its own. `running` picks who runs this node's container (Docker: `container`;
-//! the SPANK plugin: `inside`); `files` are what goes into it; `share` obtains the image and
+//! the SPANK plugin: `inside`); `files` are what goes into it; `script` is the coordinator's
+//! `docker exec` of the script (started behind a gate); `share` obtains the image and
 //! serves the image share; `fanout` talks to this node's children in the fan-out tree;
 //! `timing` prints phase timings for the benchmarks.
 //!
@@ -20,6 +21,7 @@ pub mod fanout;
 mod files;
 mod inside;
 mod running;
+mod script;
 mod share;
 mod timing;
 mod worker;

@@ -1,9 +1,12 @@
 //! This node's running container, and the one place that picks who runs it: Docker, for
 //! the launcher, or the SPANK plugin (direct mode), which the launcher then runs inside.
 
+use super::script::ScriptExec;
 use super::{container, inside};
 use crate::docker::{Engine, FileUpload, Lifeline, PullReport};
+use crate::pidfd::HeldProcess;
 use crate::plan::Plan;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -33,6 +36,7 @@ pub(super) async fn start(
         runtime: Runtime::Docker {
             engine: started.engine,
             _lifeline: started.lifeline,
+            script: started.script,
         },
     })
 }
@@ -49,13 +53,26 @@ pub(super) struct Running {
 
 /// Who runs this node's container.
 pub(super) enum Runtime {
-    /// Docker, for this launcher: removing it is ours to do.
-    Docker { engine: Engine, _lifeline: Lifeline },
+    /// Docker, for this launcher: removing it is ours to do. The coordinator's script
+    /// may already be started behind its gate.
+    Docker {
+        engine: Engine,
+        _lifeline: Lifeline,
+        script: Option<ScriptExec>,
+    },
     /// The SPANK plugin (direct mode): the launcher runs inside it, its sshd is a child.
     Inside(inside::Sshd),
 }
 
 impl Running {
+    /// The script's exec started early behind its gate, if any (taken once).
+    pub(super) fn take_script(&mut self) -> Option<ScriptExec> {
+        match &mut self.runtime {
+            Runtime::Docker { script, .. } => script.take(),
+            Runtime::Inside(_) => None,
+        }
+    }
+
     /// Writes files (an updated ssh config) into the container.
     pub(super) async fn write(&self, plan: &Plan, files: &[FileUpload]) -> Result<(), String> {
         match &self.runtime {
@@ -114,16 +131,26 @@ pub(super) async fn tear_down(plan: &Plan, engine: Option<&Engine>) {
         return;
     }
     let t0 = Instant::now();
+    let connected;
+    let engine = match engine {
+        Some(e) => Ok(e),
+        None => {
+            connected = Engine::connect().await;
+            connected.as_ref().map_err(|e| e.to_string())
+        }
+    };
     let result = match engine {
-        Some(e) => e.end(&plan.container.name).await,
-        None => match Engine::connect().await {
-            Ok(e) => e.end(&plan.container.name).await,
-            Err(e) => Err(e),
-        },
+        Ok(e) if kill_directly(plan, e).await => Ok("killed through a pidfd"),
+        Ok(e) => e
+            .end(&plan.container.name)
+            .await
+            .map(|()| "killed by Docker")
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
     };
     match result {
-        Ok(()) => log::info!(
-            "{}: container ended in {:?}",
+        Ok(how) => log::info!(
+            "{}: container ended in {:?} ({how})",
             plan.this_node(),
             t0.elapsed()
         ),
@@ -133,4 +160,42 @@ pub(super) async fn tear_down(plan: &Plan, engine: Option<&Engine>) {
             plan.container.name
         ),
     }
+}
+
+/// How long a container's processes may take to go after their SIGKILL before Docker's own
+/// kill is asked to end them.
+const KILLED_WITHIN: Duration = Duration::from_secs(5);
+
+/// Ends the container's processes without waiting for Docker: SIGKILL to its first process
+/// through a pidfd ends every process of its pid namespace, and the pidfd tells when they
+/// are gone. Docker's kill waits for its own bookkeeping on top (tens of milliseconds, the
+/// larger part of a job's teardown); Docker then removes the container by itself (it was
+/// made with auto-remove). `false` when Docker's kill must do it: a container sharing the
+/// host's namespaces, a paused one (its processes are frozen), no pidfds, or a process
+/// that is not the container's (checked by its cgroup, after holding it).
+async fn kill_directly(plan: &Plan, engine: &Engine) -> bool {
+    if plan.container.host_namespaces {
+        return false;
+    }
+    let Ok(Some(found)) = engine.found(&plan.container.name).await else {
+        return false;
+    };
+    let Some(pid) = found.pid.filter(|_| !found.paused) else {
+        return false;
+    };
+    let Ok(held) = HeldProcess::open(pid) else {
+        return false;
+    };
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    if found.id.len() < 12 || !cgroup.contains(&found.id) {
+        log::debug!("pid {pid} is not container {}'s here", found.id);
+        return false;
+    }
+    if let Err(e) = held.signal(libc::SIGKILL) {
+        log::debug!("SIGKILL to the container's pid {pid}: {e}");
+        return false;
+    }
+    tokio::time::timeout(KILLED_WITHIN, held.ended())
+        .await
+        .is_ok()
 }

@@ -206,6 +206,26 @@ pub fn assert_clean(prefix: &str, within: Duration) -> Duration {
     }
 }
 
+/// Whether every node has exactly one container named `name*`, and it is in `status`
+/// (`docker ps --filter status=`).
+pub fn every_container_is(name: &str, status: &str) -> bool {
+    NODES.iter().all(|n| {
+        let r = root_on(
+            n,
+            &[
+                "docker",
+                "ps",
+                "-q",
+                "--filter",
+                &format!("name=^{name}"),
+                "--filter",
+                &format!("status={status}"),
+            ],
+        );
+        r.code == 0 && r.stdout.lines().count() == 1
+    })
+}
+
 /// sshd processes of `user` on `node` that belong to no running container (containers of
 /// other jobs still running are not strays). Processes are listed before containers, and a
 /// stray must still be one a second later, so containers starting or being removed by

@@ -93,6 +93,60 @@ fn normal_end_and_non_zero_exit() {
 }
 
 #[test]
+fn every_process_of_the_job_is_gone_when_srun_returns() {
+    let _g = shared();
+    let name = unique("procs-gone");
+    let seconds = 3000 + std::process::id() % 1000;
+    // Every node's container is left with a detached sleeper, each started and seen
+    // (its marker in the shared home) before the script ends.
+    let s = script(
+        "alice",
+        &format!("e2e-{name}.sh"),
+        &format!(
+            "#!/bin/bash\nfor h in $(echo \"$hostlist\" | tr ',' ' '); do h=${{h%%:*}}\n\
+             ssh \"$h\" 'nohup sh -c \"touch ~/e2e-{name}.\\$(hostname); exec sleep {seconds}\" >/dev/null 2>&1 </dev/null &'\n\
+             done\nfor i in $(seq 300); do [ $(ls ~/e2e-{name}.node* 2>/dev/null | wc -l) = 3 ] && exit 0; sleep 0.1; done\nexit 9\n"
+        ),
+    );
+    let r = alice(&format!("{} --script=./{s}", srun_line(3, &name, "")));
+    // At once, no wait: the launcher returns only once its container's processes are gone.
+    let left: Vec<String> = NODES
+        .iter()
+        .filter(|n| {
+            root_on(
+                n,
+                &["pgrep", "-u", "alice", "-f", &format!("^sleep {seconds}$")],
+            )
+            .code
+                == 0
+        })
+        .map(|n| n.to_string())
+        .collect();
+    let _ = alice(&format!("rm -f ~/e2e-{name}.node*"));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        left.is_empty(),
+        "the job's sleepers outlived srun on {left:?}"
+    );
+    report_clean("processes gone at srun's return", &name, Instant::now());
+}
+
+#[test]
+fn scancel_of_a_suspended_job() {
+    let _g = shared();
+    let (name, id) = start_long_job("susp-cancel", "");
+    assert_eq!(root_on("node1", &["scontrol", "suspend", &id]).code, 0);
+    wait_until(
+        "every container to be paused",
+        Duration::from_secs(15),
+        || every_container_is(&name, "paused"),
+    );
+    let t = Instant::now();
+    assert_eq!(alice(&format!("scancel {id}")).code, 0);
+    report_clean("scancel of a suspended job", &name, t);
+}
+
+#[test]
 fn scancel_before_all_workers_are_ready() {
     let _g = shared();
     let name = unique("early-cancel");

@@ -362,36 +362,19 @@ fn scontrol_suspend_pauses_every_container_and_resume_thaws_them() {
     let name = unique("suspend");
     let held = HeldJob::start(&name, "");
     let id = held.id.clone();
-    let in_state = |status: &str| {
-        NODES.iter().all(|n| {
-            let r = root_on(
-                n,
-                &[
-                    "docker",
-                    "ps",
-                    "-q",
-                    "--filter",
-                    &format!("name=^{name}"),
-                    "--filter",
-                    &format!("status={status}"),
-                ],
-            );
-            r.code == 0 && r.stdout.lines().count() == 1
-        })
-    };
     let r = root_on("node1", &["scontrol", "suspend", &id]);
     assert_eq!(r.code, 0, "{}", r.all());
     wait_until(
         "every node's container to be paused",
         Duration::from_secs(15),
-        || in_state("paused"),
+        || every_container_is(&name, "paused"),
     );
     let r = root_on("node1", &["scontrol", "resume", &id]);
     assert_eq!(r.code, 0, "{}", r.all());
     wait_until(
         "every node's container to run again",
         Duration::from_secs(15),
-        || in_state("running"),
+        || every_container_is(&name, "running"),
     );
     let r = held.release();
     assert_eq!(r.code, 0, "{}", r.all());
