@@ -38,7 +38,8 @@ cargo test --test e2e -- --test-threads=3 \
   hostile::a_folder_swapped_for_a_link_while_steps_start_is_never_mounted \
   pyxis:: \
   images::direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_tampered_archive \
-  images::a_node_still_pulling_when_srun_k_ends_the_step_stops_at_sigterm
+  images::a_node_still_pulling_when_srun_k_ends_the_step_stops_at_sigterm \
+  teardown::every_process_of_the_job_is_gone_when_srun_returns
 echo "== Slurm $flavour: subset done in $(( $(date +%s) - t0 )) s"
 # A plugin built for another Slurm (24.11's, on 26.05) is refused, and says for which
 # Slurm it was built and which refused it.
