@@ -5,7 +5,7 @@
 //! so the exec starts when the script is due.
 
 use crate::docker::{DockerError, Engine, Started};
-use crate::plan::{Plan, Role};
+use crate::plan::Plan;
 use crate::terminal;
 use tokio::sync::mpsc;
 
@@ -28,12 +28,15 @@ fn takes_stdin(plan: &Plan) -> bool {
     !plan.hosts_mode
 }
 
-/// Whether this launcher starts the script early, behind the gate: the coordinator, when the
-/// script gets no terminal.
+/// Whether the script gets a terminal: the launcher's stdin is its, and a terminal.
+fn gets_terminal(plan: &Plan) -> bool {
+    takes_stdin(plan) && terminal::stdin_is_terminal()
+}
+
+/// Whether this launcher starts the script early, behind the gate: the coordinator (the one
+/// launcher with a script), when the script gets no terminal.
 pub(super) fn starts_gated(plan: &Plan) -> bool {
-    plan.role == Role::Coordinator
-        && plan.script.is_some()
-        && !(takes_stdin(plan) && terminal::stdin_is_terminal())
+    plan.script.is_some() && !gets_terminal(plan)
 }
 
 /// The script's command line.
@@ -59,7 +62,7 @@ pub(super) async fn start_gated(plan: &Plan, engine: &Engine) -> Result<ScriptEx
 
 /// Starts the script's exec now, with a terminal when the launcher's stdin is one.
 pub(super) async fn start_now(plan: &Plan, engine: &Engine) -> Result<ScriptExec, DockerError> {
-    let tty = takes_stdin(plan) && terminal::stdin_is_terminal();
+    let tty = gets_terminal(plan);
     let stdin = takes_stdin(plan).then(terminal::stdin_chunks);
     let started = exec(plan, engine, command(plan), tty, stdin).await?;
     Ok(ScriptExec {
