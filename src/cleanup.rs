@@ -114,7 +114,8 @@ pub fn table(containers: &[Listed], usage: &[Option<(f64, u64)>]) -> String {
             ),
             None => ("-".into(), "-".into()),
         };
-        let image: String = c.image.chars().take(24).collect();
+        let named = c.labels.get(labels::IMAGE).unwrap_or(&c.image);
+        let image: String = named.chars().take(24).collect();
         out.push_str(&table_line([
             &l(labels::NODE),
             &l(labels::JOB),

@@ -8,8 +8,9 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::{Stream, StreamExt, TryStreamExt};
@@ -96,16 +97,47 @@ pub struct Lifeline {
 }
 
 impl Lifeline {
-    /// Sends one line to PID 1 (the launcher's entrypoint waits for it before sshd starts).
-    pub async fn send_line(&mut self) -> Result<(), DockerError> {
+    /// Sends PID 1 its files, then its go (the launcher's entrypoint writes the files and
+    /// waits for the go before sshd starts). See `setup_records` for the format.
+    pub async fn send_setup(&mut self, files: &[FileUpload]) -> Result<(), DockerError> {
         use tokio::io::AsyncWriteExt;
         let gone = |e: std::io::Error| DockerError::Api {
             action: "write to the container's stdin".into(),
             reason: e.to_string(),
         };
-        self.input.write_all(b"\n").await.map_err(gone)?;
+        let records = setup_records(files)?;
+        self.input
+            .write_all(records.as_bytes())
+            .await
+            .map_err(gone)?;
         self.input.flush().await.map_err(gone)
     }
+}
+
+/// Files as a POSIX shell reads them from a stream: for each, `mnd-file PATH LINES` and
+/// its lines (each ending in a newline); then `go`. Paths are the launcher's own, never a
+/// user's; one with a blank in it is refused rather than split.
+pub fn setup_records(files: &[FileUpload]) -> Result<String, DockerError> {
+    let mut out = String::new();
+    for f in files {
+        if f.path.chars().any(|c| c.is_whitespace()) || !f.path.starts_with('/') {
+            return Err(DockerError::Api {
+                action: "setup of the container's files".into(),
+                reason: format!(
+                    "the path {:?} is not an absolute path without blanks",
+                    f.path
+                ),
+            });
+        }
+        let mut text = f.content.clone();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let lines = text.matches('\n').count();
+        out.push_str(&format!("mnd-file {} {lines}\n{text}", f.path));
+    }
+    out.push_str("go\n");
+    Ok(out)
 }
 
 /// What the launcher needs to know of an image.
@@ -126,6 +158,17 @@ pub struct ImageFacts {
     /// Known here by its id alone (loaded untagged from an image share, so that no name
     /// changed): containers are made from the id.
     pub by_id_only: bool,
+}
+
+/// A folder to create in a container, owned by someone other than root (a place the
+/// container's user writes).
+pub struct OwnedFolder {
+    /// Absolute path in the container.
+    pub path: String,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
 }
 
 /// A file to put into a container before it starts.
@@ -471,8 +514,57 @@ impl Engine {
 
     /// Puts files into a container (owned by root), creating parent folders.
     pub async fn upload(&self, name: &str, files: &[FileUpload]) -> Result<(), DockerError> {
-        let tar = files_tar(files)?;
+        self.upload_with_folders(name, &[], files).await
+    }
+
+    /// `upload`, first creating `folders` (mode 0755) with their owners.
+    pub async fn upload_with_folders(
+        &self,
+        name: &str,
+        folders: &[OwnedFolder],
+        files: &[FileUpload],
+    ) -> Result<(), DockerError> {
+        let tar = files_tar(folders, files)?;
         self.unpack_at_root(name, tar, "files").await
+    }
+
+    /// Creates a container of `image` that is never started: a source for reading its
+    /// files and for `commit_as`. It carries `labels` (which a commit keeps).
+    pub async fn create_idle(
+        &self,
+        name: &str,
+        image: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), DockerError> {
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            entrypoint: Some(vec!["/nonexistent".into()]),
+            cmd: Some(vec![]),
+            network_disabled: Some(true),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::default().name(name).build();
+        within("create", self.docker.create_container(Some(opts), body))
+            .await?
+            .map_err(api(format!("create of container {name}")))?;
+        Ok(())
+    }
+
+    /// The id of an image on this node that carries the label `key=value`, if any.
+    pub async fn image_labelled(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<String>, DockerError> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{key}={value}")])]);
+        let opts = ListImagesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let found = within("image list", self.docker.list_images(Some(opts)))
+            .await?
+            .map_err(api("list of images"))?;
+        Ok(found.into_iter().next().map(|i| i.id))
     }
 
     /// Attaches to the container's stdin; keep the returned lifeline while the job runs.
@@ -793,15 +885,16 @@ impl Engine {
     /// Saves a container's filesystem as a new image `repo:tag` (`docker commit`); its id.
     pub async fn commit(&self, container: &str, image: &str) -> Result<String, DockerError> {
         let config = bollard::models::ContainerConfig::default();
-        self.commit_with(container, image, config).await
+        self.commit_with(container, Some(image), config).await
     }
 
     /// `commit` with the entrypoint, command, user and working directory of the image
-    /// `base` (the container's own are mnd's: `sleep infinity` as the job's user).
+    /// `base` (the container's own are mnd's: `sleep infinity` as the job's user). Without
+    /// a name `image`, the new image is known by its id alone.
     pub async fn commit_as(
         &self,
         container: &str,
-        image: &str,
+        image: Option<&str>,
         base: &str,
     ) -> Result<String, DockerError> {
         let info = within("image inspect", self.docker.inspect_image(base))
@@ -831,16 +924,16 @@ impl Engine {
     async fn commit_with(
         &self,
         container: &str,
-        image: &str,
+        image: Option<&str>,
         config: bollard::models::ContainerConfig,
     ) -> Result<String, DockerError> {
-        let (repo, tag) = repo_and_tag(image);
-        let opts = bollard::query_parameters::CommitContainerOptionsBuilder::default()
+        let mut opts = bollard::query_parameters::CommitContainerOptionsBuilder::default()
             .container(container)
-            .repo(repo)
-            .tag(tag)
-            .pause(true)
-            .build();
+            .pause(true);
+        if let Some((repo, tag)) = image.map(repo_and_tag) {
+            opts = opts.repo(repo).tag(tag);
+        }
+        let opts = opts.build();
         let made = within("commit", self.docker.commit_container(opts, config))
             .await?
             .map_err(api(format!("commit of {container}")))?;
@@ -1104,25 +1197,32 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
 }
 
 /// A tar archive of `files`, with their parent folders (0755, root's).
-fn files_tar(files: &[FileUpload]) -> Result<Vec<u8>, DockerError> {
+fn files_tar(folders: &[OwnedFolder], files: &[FileUpload]) -> Result<Vec<u8>, DockerError> {
     let mut builder = tar::Builder::new(Vec::new());
-    let folder = |builder: &mut tar::Builder<Vec<u8>>, path: &str| {
+    let folder = |builder: &mut tar::Builder<Vec<u8>>, path: &str, owner: (u32, u32)| {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(0o755);
+        h.set_uid(owner.0.into());
+        h.set_gid(owner.1.into());
         h.set_size(0);
         builder
             .append_data(&mut h, format!("{path}/"), std::io::empty())
             .map_err(tar_err)
     };
     let mut dirs = std::collections::BTreeSet::new();
+    for f in folders {
+        let rel = f.path.trim_start_matches('/');
+        folder(&mut builder, rel, (f.uid, f.gid))?;
+        dirs.insert(rel.to_string());
+    }
     for f in files {
         let rel = f.path.trim_start_matches('/');
         let parents: Vec<&str> = rel.split('/').collect();
         for i in 1..parents.len() {
             let dir = parents[..i].join("/");
             if dirs.insert(dir.clone()) {
-                folder(&mut builder, &dir)?;
+                folder(&mut builder, &dir, (0, 0))?;
             }
         }
         let mut h = tar::Header::new_gnu();
@@ -1220,6 +1320,22 @@ impl std::io::Write for ChunkSender {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn setup_records_count_lines_and_refuse_a_path_with_blanks() {
+        let f = |path: &str, content: &str| FileUpload {
+            path: path.into(),
+            content: content.into(),
+            mode: 0o644,
+        };
+        assert_eq!(
+            setup_records(&[f("/.mnd/a", "x\ny"), f("/.mnd/b", "")]).unwrap(),
+            "mnd-file /.mnd/a 2\nx\ny\nmnd-file /.mnd/b 0\ngo\n"
+        );
+        assert!(setup_records(&[f("/.mnd/a b", "x")]).is_err());
+        assert!(setup_records(&[f("rel", "x")]).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -126,8 +126,8 @@ impl Identity {
     }
 
     /// The container's `/etc/passwd`: the image's accounts, then the user's entry (which
-    /// replaces any of the same name or uid). The image's text may come from the user's own
-    /// cache, so nothing in it may grant anything: a uid 0 account other than `root` is
+    /// replaces any of the same name or uid). The image's text is anyone's (an image
+    /// pulled as-is), so nothing in it may grant anything: a uid 0 account other than `root` is
     /// dropped and every password field becomes `x` (no passwordless account).
     pub fn merge_passwd(&self, image_passwd: &str, shell: &str) -> String {
         let uid = self.uid.to_string();
@@ -230,8 +230,8 @@ mod tests {
     }
 
     #[test]
-    fn a_tampered_account_cache_grants_nothing() {
-        // What a user could write into ~/.mnd/cache: a second uid 0 account without a
+    fn a_hostile_images_accounts_grant_nothing() {
+        // What a hostile image could carry: a second uid 0 account without a
         // password, a password for root, and themselves as member of sudo and root.
         let passwd = "root::0:0:root:/root:/bin/bash\ntoor::0:0::/root:/bin/bash\nalice::0:0::/:/bin/sh\ndaemon:x:1:1::/:/bin/false\nbroken line\n";
         let merged = test_user().merge_passwd(passwd, "/bin/bash");

@@ -25,10 +25,17 @@ impl Phases {
     /// Starts counting now, printing each phase of `node` as it ends when `MND_TIMING` is
     /// set.
     pub fn printing(node: &str) -> Self {
-        Phases {
+        let p = Phases {
             printing_for: std::env::var_os("MND_TIMING").map(|_| node.to_string()),
             ..Phases::start()
+        };
+        if p.printing_for.is_some() {
+            eprintln!(
+                "mnd-srun timing: {node} phase begin 0.000 s{}",
+                wall_clock()
+            );
         }
+        p
     }
 
     /// The phase `name` ended now.
@@ -37,8 +44,9 @@ impl Phases {
         let took = now.duration_since(self.last);
         if let Some(node) = &self.printing_for {
             eprintln!(
-                "mnd-srun timing: {node} phase {name} {:.3} s",
-                took.as_secs_f64()
+                "mnd-srun timing: {node} phase {name} {:.3} s{}",
+                took.as_secs_f64(),
+                wall_clock()
             );
         }
         let ms = u32::try_from(took.as_millis()).unwrap_or(u32::MAX);
@@ -50,4 +58,16 @@ impl Phases {
     pub fn done(self) -> Vec<(String, u32)> {
         self.marks
     }
+}
+
+/// With `MND_TIMING=at`: " at SECONDS" (since the epoch), to line up the phases of every
+/// node and srun on one timeline (`scripts/bench --timeline`); empty otherwise.
+pub fn wall_clock() -> String {
+    if std::env::var_os("MND_TIMING").is_none_or(|v| v != "at") {
+        return String::new();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(" at {:.6}", now.as_secs_f64())
 }

@@ -138,6 +138,8 @@ pub mod labels {
     pub const ROLE: &str = "mnd.role";
     /// A direct-mode container's `--mnd-name` (empty for a step's own).
     pub const NAME: &str = "mnd.name";
+    /// The image the user named (an ssh-mode container is made from their copy of it).
+    pub const IMAGE: &str = "mnd.image";
     /// The launcher's process id.
     pub const LAUNCHER_PID: &str = "mnd.launcher-pid";
     /// The prefix no user label may take.

@@ -154,7 +154,9 @@ async fn commit_and_write(r: &SaveRequest, input: OwnedFd) -> Result<(), SaveErr
     {
         log::warn!("recording {tag} for the Epilog: {e}");
     }
-    engine.commit_as(&found.id, &tag, &found.image).await?;
+    engine
+        .commit_as(&found.id, Some(&tag), &found.image)
+        .await?;
     let mut out = std::fs::File::from(input);
     let written = engine.save_image(&tag, &mut out).await;
     drop(out);

@@ -38,9 +38,11 @@ async fn run(args: cli::Args, hostname: &str) -> Result<i32, Error> {
             log::warn!("open-file limit {limit} is below what {} workers need (one connection each); raise it (ulimit -n) for jobs this large", plan.nodes.len() - 1);
         }
     }
+    let mut phases = mnd::phases::Phases::printing(plan.this_node());
     if !matches!(plan.role, plan::Role::Idle(_)) {
         ssh::ensure(&plan.ssh_root, &user)?;
     }
+    phases.mark("ssh-material");
     Ok(launch::run(plan).await?)
 }
 

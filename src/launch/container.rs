@@ -1,11 +1,10 @@
-//! This node's container: its files (accounts, sshd and ssh configs, ssh wrappers), the
-//! image check or pull under the per-user lock, create, upload, start, and the wait for its
-//! sshd.
+//! This node's container: the image check or pull and the user's copy of it under the
+//! per-user lock, create, start, its files over stdin, and the wait for its sshd.
 
-use super::files::{container_path, files, session_env};
+use super::derived;
+use super::files::{container_path, job_files, session_env};
 use super::script::{self, ScriptExec};
 use super::share::obtain_image;
-use crate::accounts::AccountCache;
 use crate::docker::{DockerError, Engine, ImageFacts, Lifeline, PullReport};
 use crate::phases::Phases;
 use crate::plan::Plan;
@@ -16,14 +15,26 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// PID 1 of every container: wait for the launcher's go (its files are in place), start
-/// sshd, exit when the launcher's stdin closes or sshd dies.
-const ENTRYPOINT: &str = r#"read -r _ || exit 0
+/// PID 1 of every container: write the files the launcher sends (`docker::setup_records`)
+/// until its go, start sshd, exit when the launcher's stdin closes or sshd dies. An sshd
+/// that refuses its config (255: one too old for `SetEnv`, OpenSSH before 7.8) runs again
+/// with the compat config, which carries no session environment; no `sshd -t` first, so
+/// the usual start pays for one sshd, not two.
+const ENTRYPOINT: &str = r#"while IFS= read -r rec; do
+  case $rec in
+    go) break ;;
+    "mnd-file "*)
+      set -- $rec; n=$3
+      while [ "$n" -gt 0 ] && IFS= read -r l; do printf '%s
+' "$l"; n=$((n - 1)); done > "$2" ;;
+    *) echo "mnd-srun: unexpected setup line from the launcher" >&2; exit 2 ;;
+  esac
+done
+[ "$rec" = go ] || exit 0
 sshd=$(command -v sshd 2>/dev/null || echo /usr/sbin/sshd)
 if [ ! -x "$sshd" ]; then echo "mnd-srun: this image has no sshd ($sshd)" >&2; exit 127; fi
-cfg=/.mnd/sshd_config
-"$sshd" -t -f "$cfg" >/dev/null 2>&1 || cfg=/.mnd/sshd_config.compat
-"$sshd" -D -e -f "$cfg" &
+( "$sshd" -D -e -f /.mnd/sshd_config; rc=$?; [ "$rc" = 255 ] || exit "$rc"
+  exec "$sshd" -D -e -f /.mnd/sshd_config.compat ) &
 sshd_pid=$!
 exec 3<&0
 ( while read -r _ <&3; do :; done; kill "$sshd_pid" 2>/dev/null ) &
@@ -59,10 +70,14 @@ pub(super) async fn start(
     let mut phases = Phases::printing(plan.this_node());
     let engine = Engine::connect().await.map_err(|e| e.to_string())?;
     phases.mark("connect");
-    let image = image_under_lock(plan, &engine, progress).await?;
+    let (image, copy) = image_under_lock(plan, &engine, progress).await?;
     phases.mark("image");
     let env = session_env(plan, &image.env)?;
     let mut spec = spec.clone();
+    // Made from the user's copy; `mnd ps` shows the image the user named.
+    spec.labels
+        .insert(crate::spec::labels::IMAGE.into(), spec.image.clone());
+    spec.image = copy;
     spec.env
         .push(format!("PATH={}", container_path(&image.env)));
     spec.env.extend(
@@ -85,22 +100,11 @@ pub(super) async fn start(
         .map_err(|e| e.to_string())?;
     phases.mark("create");
     let prepared = async {
-        let cache = AccountCache {
-            root: &plan.user.home.join(".mnd/cache/v2"),
-            owner: plan.user.uid,
-        };
-        let accounts = cache.accounts(&engine, &spec.name, &image.id).await?;
-        phases.mark("read-passwd");
         let mut lifeline = engine.attach_stdin(&spec.name).await?;
         phases.mark("attach");
-        // The files go in while the container starts; its entrypoint waits for the go.
-        let files = files(plan, &env, &accounts, port);
-        let (uploaded, started) =
-            tokio::join!(engine.upload(&spec.name, &files), engine.start(&spec.name));
-        uploaded?;
-        started?;
-        phases.mark("start+upload");
-        lifeline.send_line().await?;
+        engine.start(&spec.name).await?;
+        phases.mark("start");
+        lifeline.send_setup(&job_files(plan, &env, port)).await?;
         Ok::<_, DockerError>(lifeline)
     }
     .await;
@@ -138,12 +142,13 @@ pub(super) async fn start(
     })
 }
 
-/// The image, checked or pulled under this user's image lock on this node.
+/// The image, checked or pulled, and the id of the user's copy of it (`derived`), under
+/// this user's image lock on this node.
 async fn image_under_lock(
     plan: &Plan,
     engine: &Engine,
     progress: &watch::Sender<PullReport>,
-) -> Result<ImageFacts, String> {
+) -> Result<(ImageFacts, String), String> {
     // One image check/pull at a time per user on this node: several jobs starting at once
     // then pull once (Docker alone re-downloads when two pulls overlap).
     // Waiting for another job's pull counts as progress: that pull has its own bound.
@@ -161,7 +166,11 @@ async fn image_under_lock(
             }
         }
     };
-    obtain_image(plan, engine, progress).await
+    let image = obtain_image(plan, engine, progress).await?;
+    let copy = derived::accounts_image(plan, engine, &image)
+        .await
+        .map_err(|e| format!("{e} (while making this user's copy of image {})", image.id))?;
+    Ok((image, copy))
 }
 
 /// Waits for the container's sshd to answer on `port`; a container that ends first, or an
@@ -175,7 +184,7 @@ async fn wait_sshd(
     // Readiness once the image is there is bounded by --wait-timeout (at most 30 s).
     let sshd_by = Instant::now() + plan.sshd_wait();
     tokio::select! {
-        r = probe::wait_banner("127.0.0.1", port, sshd_by) => {
+        r = probe::wait_listening(port, plan.user.uid, sshd_by) => {
             if let Err(e) = r {
                 let _ = engine.remove(&spec.name).await;
                 return Err(format!("sshd in the container did not answer on port {port}: {e}"));
@@ -185,7 +194,7 @@ async fn wait_sshd(
             let tail = engine.log_tail(&spec.name).await;
             let _ = engine.remove(&spec.name).await;
             return Err(if code == NO_SSHD {
-                format!("image '{}' has no sshd. Fix: install openssh-server in the image (apt-get install openssh-server)", spec.image)
+                format!("image '{}' has no sshd. Fix: install openssh-server in the image (apt-get install openssh-server)", plan.container.image)
             } else {
                 format!("the container exited with code {code} before sshd answered{}", if tail.is_empty() { String::new() } else { format!(": {tail}") })
             });
@@ -217,5 +226,113 @@ async fn pull_lock(plan: &Plan) -> Option<nix::fcntl::Flock<std::fs::File>> {
             log::warn!("could not lock {}: {e}; pulling without it", path.display());
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ENTRYPOINT;
+    use crate::docker::{setup_records, FileUpload};
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn the_entrypoint_writes_the_files_it_is_sent_then_starts_sshd() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        // A stand-in sshd: accepts its config, prints it when run, and exits.
+        let sshd = dir.path().join("sshd");
+        std::fs::write(
+            &sshd,
+            "#!/bin/sh\nwhile [ \"$1\" != -f ]; do shift; done\necho \"ran with $2\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&sshd, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let tricky = "  leading blanks, a \\backslash, $HOME and `x`\r\nno newline at the end";
+        let files = [
+            FileUpload {
+                path: format!("{d}/sshd_config"),
+                content: "Port 1\nSetEnv A=\"b c\"\n".into(),
+                mode: 0o644,
+            },
+            FileUpload {
+                path: format!("{d}/tricky"),
+                content: tricky.into(),
+                mode: 0o644,
+            },
+            FileUpload {
+                path: format!("{d}/empty"),
+                content: String::new(),
+                mode: 0o644,
+            },
+        ];
+        let script = ENTRYPOINT.replace("/.mnd/sshd_config", &format!("{d}/sshd_config"));
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", &script, "mnd-entry"])
+            .env("PATH", format!("{d}:/usr/bin:/bin"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let records = setup_records(&files).unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(records.as_bytes()).unwrap();
+        // The launcher's stdin stays open while sshd runs; its end ends the container.
+        let mut ran = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ran)
+            .unwrap();
+        drop(stdin);
+        child.wait().unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        assert_eq!(read("sshd_config"), "Port 1\nSetEnv A=\"b c\"\n");
+        assert_eq!(read("tricky"), format!("{tricky}\n"));
+        assert_eq!(read("empty"), "");
+        assert_eq!(ran, format!("ran with {d}/sshd_config\n"));
+    }
+
+    #[test]
+    fn an_sshd_that_refuses_its_config_runs_with_the_compat_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        // A stand-in for an sshd too old for SetEnv: its config is fatal (255).
+        std::fs::write(
+            dir.path().join("sshd"),
+            "#!/bin/sh\nwhile [ \"$1\" != -f ]; do shift; done\ncase $2 in *.compat) echo \"ran with $2\" ;; *) exit 255 ;; esac\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            dir.path().join("sshd"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let script = ENTRYPOINT.replace("/.mnd/", &format!("{d}/"));
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", &script, "mnd-entry"])
+            .env("PATH", format!("{d}:/usr/bin:/bin"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        let mut ran = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ran)
+            .unwrap();
+        drop(stdin);
+        child.wait().unwrap();
+        assert_eq!(ran, format!("ran with {d}/sshd_config.compat\n"));
+    }
+
+    #[test]
+    fn a_launcher_gone_before_its_go_starts_nothing() {
+        let out = Command::new("/bin/sh")
+            .args(["-c", ENTRYPOINT, "mnd-entry"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success() && out.stdout.is_empty() && out.stderr.is_empty());
     }
 }

@@ -64,46 +64,53 @@ pub(super) fn ssh_config_file(plan: &Plan, node_ports: &[(String, u16)]) -> File
     }
 }
 
-/// The files this node's container gets: its accounts in /etc (the container's own layer:
-/// no mount may cover /etc) and its sshd's and ssh's in `/.mnd`.
-pub(super) fn files(
-    plan: &Plan,
-    env: &[(String, String)],
-    image: &ImageAccounts,
-    port: u16,
-) -> Vec<FileUpload> {
+/// The files every container of this user and image holds, whatever the job: their
+/// accounts in /etc (the container's own layer: no mount may cover /etc) and the ssh
+/// wrappers in `/.mnd/bin`. They go into the user's copy of the image (`derived`).
+pub(super) fn image_files(plan: &Plan, image: &ImageAccounts) -> Vec<FileUpload> {
     let mut files = Vec::from(account_files(&plan.user, image));
-    files.extend(ssh_files(plan, env, port));
+    files.extend(wrapper_files());
     files
 }
 
-/// The sshd configs (with the session environment `env`), the ssh config and the ssh
-/// wrappers, in `/.mnd`.
-pub(super) fn ssh_files(plan: &Plan, env: &[(String, String)], port: u16) -> Vec<FileUpload> {
+/// The ssh wrappers: `ssh`, `scp` and `sftp` with the container's ssh config.
+pub(super) fn wrapper_files() -> Vec<FileUpload> {
+    ssh::WRAPPED
+        .iter()
+        .map(|p| FileUpload {
+            path: format!("{}/bin/{p}", ssh::CONTAINER_DIR),
+            content: ssh::wrapper(p),
+            mode: 0o755,
+        })
+        .collect()
+}
+
+/// The sshd configs (with the session environment `env`) and the ssh config of this job:
+/// the files its container's PID 1 gets over stdin.
+pub(super) fn job_files(plan: &Plan, env: &[(String, String)], port: u16) -> Vec<FileUpload> {
     let user: &Identity = &plan.user;
-    let file = |path: String, content: String, mode: u32| FileUpload {
+    let file = |path: String, content: String| FileUpload {
         path,
         content,
-        mode,
+        mode: 0o644,
     };
     let dir = ssh::CONTAINER_DIR;
-    let mut files = vec![
+    vec![
         ssh_config_file(plan, &assumed_ports(plan, port)),
         file(
             format!("{dir}/sshd_config"),
             ssh::sshd_config(&plan.ssh, &user.name, port, env),
-            0o644,
         ),
         file(
             format!("{dir}/sshd_config.compat"),
             ssh::sshd_config(&plan.ssh, &user.name, port, &[]),
-            0o644,
         ),
-    ];
-    files.extend(
-        ssh::WRAPPED
-            .iter()
-            .map(|p| file(format!("{dir}/bin/{p}"), ssh::wrapper(p), 0o755)),
-    );
+    ]
+}
+
+/// Every ssh file (the plugin's container, which has no copy of the image).
+pub(super) fn ssh_files(plan: &Plan, env: &[(String, String)], port: u16) -> Vec<FileUpload> {
+    let mut files = job_files(plan, env, port);
+    files.extend(wrapper_files());
     files
 }

@@ -1,6 +1,7 @@
 //! The launcher's two state machines, driven by a `Plan`: `worker` and `coordinator`, each a
-//! module of its own. `running` picks who runs this node's container (Docker: `container`;
-//! the SPANK plugin: `inside`); `files` are what goes into it; `script` is the coordinator's
+//! module of its own. `running` picks who runs this node's container (Docker: `container`,
+//! made from the user's copy of the image, `derived`; the SPANK plugin: `inside`); `files`
+//! are what goes into it; `script` is the coordinator's
 //! `docker exec` of the script (started behind a gate); `share` obtains the image and
 //! serves the image share; `fanout` talks to this node's children in the fan-out tree;
 //! `timing` prints phase timings for the benchmarks.
@@ -17,6 +18,7 @@
 
 mod container;
 mod coordinator;
+mod derived;
 pub mod fanout;
 mod files;
 mod inside;
@@ -80,9 +82,10 @@ pub async fn run(plan: Plan) -> Result<i32, LaunchError> {
             "worker"
         };
         eprintln!(
-            "mnd-srun timing: {} {role} peak-rss-kb {}",
+            "mnd-srun timing: {} {role} peak-rss-kb {}{}",
             plan.this_node(),
-            timing::peak_rss_kb().unwrap_or(0)
+            timing::peak_rss_kb().unwrap_or(0),
+            crate::phases::wall_clock()
         );
     }
     result

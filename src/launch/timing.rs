@@ -24,8 +24,9 @@ pub(super) fn peak_rss_kb() -> Option<u64> {
 pub(super) fn eprintln_timing(phase: &str, since: Instant) {
     if timing_enabled() {
         eprintln!(
-            "mnd-srun timing: {phase} {:.3} s",
-            since.elapsed().as_secs_f64()
+            "mnd-srun timing: {phase} {:.3} s{}",
+            since.elapsed().as_secs_f64(),
+            crate::phases::wall_clock()
         );
     }
 }

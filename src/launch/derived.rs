@@ -1,0 +1,147 @@
+//! The user's copy of the job's image on this node: their account in /etc/passwd and
+//! /etc/group, the ssh wrappers, and `/.mnd` owned by them. A job's container is made from
+//! it and gets its per-job files (the sshd and ssh configs) over its stdin, so no upload
+//! stands between its create and its sshd (Docker 20.10 unpacks an upload in a re-executed
+//! dockerd and the container's start waits for it: 50 to 100 ms per node).
+//!
+//! The copy is made once per user, image and node, has no name, and carries the label
+//! `mnd.accounts`: a digest of everything it is made from, so a changed image, account or
+//! launcher makes a new one. Having no name, it is what `docker image prune` removes; the
+//! next job then makes it again.
+
+use super::files::image_files;
+use crate::accounts::read_image_accounts;
+use crate::docker::{DockerError, Engine, ImageFacts, OwnedFolder};
+use crate::identity::Identity;
+use crate::plan::Plan;
+use crate::spec::labels;
+use crate::ssh;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// The label that names what a copy was made from.
+pub(super) const LABEL: &str = "mnd.accounts";
+
+/// Bumped when what goes into a copy changes shape.
+const FORMAT: &str = "mnd-accounts/1";
+
+/// The id of this user's copy of `base` on this node, made now if there is none.
+pub(super) async fn accounts_image(
+    plan: &Plan,
+    engine: &Engine,
+    base: &ImageFacts,
+) -> Result<String, DockerError> {
+    let key = key(&plan.user, &base.id);
+    if let Some(id) = engine.image_labelled(LABEL, &key).await? {
+        return Ok(id);
+    }
+    log::info!(
+        "{}: making this user's copy of {}",
+        plan.this_node(),
+        base.id
+    );
+    let name = format!("mnd-accounts-{}-{}", plan.user.uid, std::process::id());
+    engine.remove(&name).await?;
+    engine
+        .create_idle(&name, &base.id, &copy_labels(plan, &key))
+        .await?;
+    let made = async {
+        let accounts = read_image_accounts(engine, &name).await?;
+        let home = OwnedFolder {
+            path: ssh::CONTAINER_DIR.to_string(),
+            uid: plan.user.uid,
+            gid: plan.user.gid,
+        };
+        engine
+            .upload_with_folders(&name, &[home], &image_files(plan, &accounts))
+            .await?;
+        engine.commit_as(&name, None, &base.id).await
+    }
+    .await;
+    let _ = engine.remove(&name).await;
+    made
+}
+
+/// What a copy is made from, as one digest: the image, the user's account and groups, the
+/// wrappers, and this launcher's format.
+fn key(user: &Identity, base_id: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        FORMAT.to_string(),
+        base_id.to_string(),
+        format!("{user:?}"),
+        ssh::WRAPPED.iter().map(|p| ssh::wrapper(p)).collect(),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// The labels of the container a copy is committed from, which the copy keeps: the key,
+/// and the job labels every container sets again (so none of them outlives this job in
+/// a later job's container), with the role `accounts` (the Epilog removes the container
+/// if the launcher dies while making the copy).
+fn copy_labels(plan: &Plan, key: &str) -> BTreeMap<String, String> {
+    let mut l: BTreeMap<String, String> = plan
+        .container
+        .labels
+        .iter()
+        .filter(|(k, _)| {
+            [
+                labels::JOB,
+                labels::STEP,
+                labels::USER,
+                labels::UID,
+                labels::NODE,
+            ]
+            .contains(&k.as_str())
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    l.insert(labels::ROLE.into(), "accounts".into());
+    l.insert(LABEL.into(), key.into());
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Group;
+    use std::path::PathBuf;
+
+    fn alice() -> Identity {
+        Identity {
+            name: "alice".into(),
+            uid: 1001,
+            gid: 1001,
+            home: PathBuf::from("/home/alice"),
+            shell: "/bin/bash".into(),
+            groups: vec![Group {
+                name: "alice".into(),
+                gid: 1001,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_copy_is_new_for_another_image_user_or_group() {
+        let k = key(&alice(), "sha256:a");
+        assert_eq!(
+            k,
+            key(&alice(), "sha256:a"),
+            "the same inputs find the same copy"
+        );
+        assert_ne!(k, key(&alice(), "sha256:b"));
+        let mut bob = alice();
+        bob.uid = 1002;
+        assert_ne!(k, key(&bob, "sha256:a"));
+        let mut grouped = alice();
+        grouped.groups.push(Group {
+            name: "gpu".into(),
+            gid: 44,
+        });
+        assert_ne!(k, key(&grouped, "sha256:a"));
+        assert_eq!(k.len(), 64);
+    }
+}
