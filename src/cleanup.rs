@@ -1,5 +1,6 @@
 //! Admin and user tools over the labelled containers: listing (`mnd ps`) and removal
-//! (`mnd cleanup`, also the Slurm Epilog's command).
+//! (`mnd cleanup`, also the Slurm Epilog's command), and the removal of users' copies of
+//! images that lost their name.
 
 use crate::docker::{DockerError, Engine, Listed};
 use crate::spec::labels;
@@ -84,6 +85,32 @@ pub async fn list(engine: &Engine, sel: &Selection) -> Result<Vec<Listed>, Clean
         .collect();
     found.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(found)
+}
+
+/// Removes the copies of images (ssh mode's, one per user, image and node: label
+/// `mnd.accounts`) of user `uid` (`None`: every user's) whose image lost its name (`docker
+/// rmi`, or its tag moved to a newer pull), but `keep` and any a container uses. Each goes
+/// with the unnamed image below it when nothing else holds that: a copy must not keep an
+/// image the site removed. Returns the ids removed.
+pub async fn remove_stale_copies(
+    engine: &Engine,
+    uid: Option<u32>,
+    keep: Option<&str>,
+) -> Result<Vec<String>, DockerError> {
+    let mut filter = vec![labels::ACCOUNTS.to_string()];
+    filter.extend(uid.map(|u| format!("{}={u}", labels::UID)));
+    let (copies, named) = tokio::join!(engine.images_labelled(&filter), engine.named_images());
+    let named = named?;
+    let mut removed = Vec::new();
+    for (id, _) in copies?
+        .into_iter()
+        .filter(|(id, image)| Some(id.as_str()) != keep && !named.contains(image))
+    {
+        if engine.remove_unused_image(&id).await? == crate::docker::Removal::Removed {
+            removed.push(id);
+        }
+    }
+    Ok(removed)
 }
 
 /// One `mnd ps` line: node, job, step, user, image, age, state, CPU, memory, name.

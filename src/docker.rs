@@ -161,7 +161,7 @@ pub struct ImageFacts {
 }
 
 /// A folder to create in a container, owned by someone other than root (a place the
-/// container's user writes).
+/// container's user writes), with empty files of theirs in it (replacing any there).
 pub struct OwnedFolder {
     /// Absolute path in the container.
     pub path: String,
@@ -169,6 +169,8 @@ pub struct OwnedFolder {
     pub uid: u32,
     /// Group.
     pub gid: u32,
+    /// Names of the empty files (mode 0644) in it.
+    pub empty_files: Vec<String>,
 }
 
 /// A file to put into a container before it starts.
@@ -551,20 +553,36 @@ impl Engine {
         Ok(())
     }
 
-    /// The id of an image on this node that carries the label `key=value`, if any.
-    pub async fn image_labelled(
+    /// The images on this node that carry every label (`key=value` or `key`): their ids
+    /// and the ids of the images they were made from.
+    pub async fn images_labelled(
         &self,
-        key: &str,
-        value: &str,
-    ) -> Result<Option<String>, DockerError> {
-        let filters = HashMap::from([("label".to_string(), vec![format!("{key}={value}")])]);
+        labels: &[String],
+    ) -> Result<Vec<(String, String)>, DockerError> {
+        let filters = HashMap::from([("label".to_string(), labels.to_vec())]);
         let opts = ListImagesOptionsBuilder::default()
             .filters(&filters)
             .build();
         let found = within("image list", self.docker.list_images(Some(opts)))
             .await?
             .map_err(api("list of images"))?;
-        Ok(found.into_iter().next().map(|i| i.id))
+        Ok(found.into_iter().map(|i| (i.id, i.parent_id)).collect())
+    }
+
+    /// The ids of the images on this node that have a name (`repo:tag`).
+    pub async fn named_images(&self) -> Result<std::collections::HashSet<String>, DockerError> {
+        let found = within(
+            "image list",
+            self.docker
+                .list_images(None::<bollard::query_parameters::ListImagesOptions>),
+        )
+        .await?
+        .map_err(api("list of images"))?;
+        Ok(found
+            .into_iter()
+            .filter(|i| i.repo_tags.iter().any(|t| t != "<none>:<none>"))
+            .map(|i| i.id)
+            .collect())
     }
 
     /// Attaches to the container's stdin; keep the returned lifeline while the job runs.
@@ -843,7 +861,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Removes an image no container uses.
+    /// Removes an image no container uses (and the unnamed images below it that nothing
+    /// else holds, as `docker rmi` does).
     pub async fn remove_unused_image(&self, image: &str) -> Result<Removal, DockerError> {
         match within(
             "image remove",
@@ -1215,6 +1234,17 @@ fn files_tar(folders: &[OwnedFolder], files: &[FileUpload]) -> Result<Vec<u8>, D
         let rel = f.path.trim_start_matches('/');
         folder(&mut builder, rel, (f.uid, f.gid))?;
         dirs.insert(rel.to_string());
+        for name in &f.empty_files {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_uid(f.uid.into());
+            h.set_gid(f.gid.into());
+            h.set_size(0);
+            h.set_mtime(0);
+            builder
+                .append_data(&mut h, format!("{rel}/{name}"), std::io::empty())
+                .map_err(tar_err)?;
+        }
     }
     for f in files {
         let rel = f.path.trim_start_matches('/');
@@ -1227,6 +1257,8 @@ fn files_tar(folders: &[OwnedFolder], files: &[FileUpload]) -> Result<Vec<u8>, D
         }
         let mut h = tar::Header::new_gnu();
         h.set_mode(f.mode);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_size(f.content.len() as u64);
         h.set_mtime(0);
         builder
@@ -1320,6 +1352,47 @@ impl std::io::Write for ChunkSender {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_owned_folder_and_its_empty_files_are_the_users() {
+        let folder = OwnedFolder {
+            path: "/.mnd".into(),
+            uid: 1001,
+            gid: 1002,
+            empty_files: vec!["sshd_config".into()],
+        };
+        let wrapper = FileUpload {
+            path: "/.mnd/bin/ssh".into(),
+            content: "#!/bin/sh\n".into(),
+            mode: 0o755,
+        };
+        let tar = files_tar(&[folder], &[wrapper]).unwrap();
+        let mut archive = tar::Archive::new(&tar[..]);
+        let got: Vec<(String, u64, u64, u32, u64)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().display().to_string(),
+                    h.uid().unwrap(),
+                    h.gid().unwrap(),
+                    h.mode().unwrap(),
+                    h.size().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (".mnd/".to_string(), 1001, 1002, 0o755, 0),
+                (".mnd/sshd_config".to_string(), 1001, 1002, 0o644, 0),
+                (".mnd/bin/".to_string(), 0, 0, 0o755, 0),
+                (".mnd/bin/ssh".to_string(), 0, 0, 0o755, 10),
+            ]
+        );
+    }
 
     #[test]
     fn setup_records_count_lines_and_refuse_a_path_with_blanks() {

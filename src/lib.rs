@@ -21,6 +21,7 @@ pub mod imagearchive;
 pub mod imagecache;
 pub mod jobtools;
 pub mod launch;
+pub mod listening;
 pub mod manpage;
 pub mod munge;
 pub mod netif;

@@ -95,7 +95,7 @@ alone (a file a user can change is refused).
 GPU ids, as with the seed script (like \-\-gpus; under Slurm a subset of the step's).
 .TP
 .B MND_TIMING
-Print phase timings and peak memory (for benchmarks).
+Print phase timings and peak memory (for benchmarks); with MND_TIMING=at, each with its wall-clock time, to line up the nodes on one timeline.
 .TP
 .B SLURM_STEP_NODELIST ", " SLURM_NODEID ", " SLURM_LOCALID ", " SLURM_STEP_GPUS ", " SLURM_STEP_RESV_PORTS
 Read from srun: the step's nodes, this node's index, the task on this node, the physical GPU
@@ -106,12 +106,11 @@ ids, the ports Slurm reserved for the step.
 Per-user ssh material and the control-channel key, created on first use (0700; keys 0600;
 no folder above it may be writable by others).
 .TP
-.I ~/.mnd/cache/v2/
-The /etc/passwd, /etc/group and /etc/shells of each image used, by image id
-(content-addressed; never trusted to grant anything).
-.TP
 .I /.mnd/
 Inside each container: sshd and ssh configs, and the ssh/scp/sftp wrappers first on PATH.
+The container is made from your copy of the image on the node (your account in /etc/passwd
+and /etc/group; unnamed, labelled mnd.accounts; docker image prune removes it and the next
+job makes it again).
 .TP
 .I ~/.mnd/locks/
 Per-node lock files: one image check or pull at a time per user and node.

@@ -61,7 +61,7 @@ impl Phases {
 }
 
 /// With `MND_TIMING=at`: " at SECONDS" (since the epoch), to line up the phases of every
-/// node and srun on one timeline (`scripts/bench --timeline`); empty otherwise.
+/// node and srun on one timeline; empty otherwise.
 pub fn wall_clock() -> String {
     if std::env::var_os("MND_TIMING").is_none_or(|v| v != "at") {
         return String::new();

@@ -1,6 +1,6 @@
 //! Readiness probes: a TCP connect to an sshd that answers with an `SSH-2.0-` banner,
 //! retried with a short backoff until a deadline; and, for this node's own sshd, the
-//! kernel's table of listening sockets (no connection for the sshd to answer).
+//! kernel's table of listening sockets (`listening`: no connection for sshd to answer).
 
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -43,57 +43,45 @@ pub async fn wait_banner(host: &str, port: u16, deadline: Instant) -> Result<(),
     // every 5 ms (a doubling pause overshot the answer by up to half the wait), then every
     // 50 ms for an sshd that is slow to come.
     let fast_until = Instant::now() + Duration::from_secs(2);
+    let mut reason: Option<String> = None;
     loop {
         let err = match banner(host, port, deadline).await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
         let now = Instant::now();
+        // An attempt the deadline cut short says less than the whole one before it.
+        if now >= deadline {
+            return Err(reason.unwrap_or(err));
+        }
+        reason = Some(err);
         let pause = Duration::from_millis(if now < fast_until { 5 } else { 50 });
         if now + pause >= deadline {
-            return Err(err);
+            return Err(reason.unwrap_or_default());
         }
         tokio::time::sleep(pause).await;
     }
 }
 
-/// Waits until a socket of user `uid` listens on TCP `port` in this network namespace,
-/// as `/proc/net/tcp` shows it: this node's sshd is ready without a connection it must
-/// answer (OpenSSH re-executes itself for each one). Where the table does not show it
-/// within 3 s (a user namespace maps the container's uid), until `wait_banner` answers.
+/// Waits until a socket of user `uid` listens on TCP `port` in this network namespace, as
+/// the kernel's socket table says (`listening`): this node's sshd is ready without a
+/// connection it must answer (OpenSSH re-executes itself for each one). Where the table
+/// does not show it within 3 s (a user namespace maps the container's uid, or netlink is
+/// refused), until `wait_banner` answers.
 pub async fn wait_listening(port: u16, uid: u32, deadline: Instant) -> Result<(), String> {
     let table_until = (Instant::now() + Duration::from_secs(3)).min(deadline);
     while Instant::now() < table_until {
-        if listens(port, uid) {
-            return Ok(());
+        match crate::listening::listens(port, uid) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => {
+                log::debug!("no socket table ({e}); waiting for sshd's banner");
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
     wait_banner("127.0.0.1", port, deadline).await
-}
-
-/// Whether a socket of `uid` listens on TCP `port` (any address, IPv4 or IPv6).
-fn listens(port: u16, uid: u32) -> bool {
-    ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .any(|f| std::fs::read_to_string(f).is_ok_and(|table| listening_in(&table, port, uid)))
-}
-
-/// `listens` on the text of one table: `sl local rem st queues timer retrnsmt uid ...`,
-/// with the port in hex after the address and `0A` for LISTEN.
-fn listening_in(table: &str, port: u16, uid: u32) -> bool {
-    let uid = uid.to_string();
-    table.lines().skip(1).any(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        f.len() > 7
-            && f[3] == "0A"
-            && f[7] == uid
-            && f[1]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-                == Some(port)
-    })
 }
 
 #[cfg(test)]
@@ -162,24 +150,10 @@ mod tests {
         assert!(e.contains("refused"), "{e}");
     }
 
-    const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:0BB8 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1001        0 4242 1 0 100 0 0 10 0
-   1: 0100007F:0BB9 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1001        0 4243 1 0 20 4 30 10 -1
-   2: 00000000:0BBA 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4244 1 0 100 0 0 10 0
-";
-
-    #[test]
-    fn a_listening_socket_counts_only_on_its_port_and_for_its_user() {
-        assert!(listening_in(TABLE, 3000, 1001));
-        assert!(!listening_in(TABLE, 3001, 1001), "connected, not listening");
-        assert!(!listening_in(TABLE, 3002, 1001), "root's socket");
-        assert!(!listening_in(TABLE, 3000, 1002));
-        assert!(!listening_in("", 3000, 1001));
-    }
-
     #[tokio::test]
     async fn a_socket_of_this_process_is_seen_listening() {
-        let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        // On 127.0.0.2: never the port another test expects nobody on at 127.0.0.1.
+        let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let uid = nix::unistd::getuid().as_raw();
         wait_listening(port, uid, Instant::now() + Duration::from_secs(5))

@@ -140,6 +140,8 @@ pub mod labels {
     pub const NAME: &str = "mnd.name";
     /// The image the user named (an ssh-mode container is made from their copy of it).
     pub const IMAGE: &str = "mnd.image";
+    /// On a user's copy of an image (ssh mode): the digest of what it was made from.
+    pub const ACCOUNTS: &str = "mnd.accounts";
     /// The launcher's process id.
     pub const LAUNCHER_PID: &str = "mnd.launcher-pid";
     /// The prefix no user label may take.

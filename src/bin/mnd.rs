@@ -97,8 +97,9 @@ enum Command {
         #[command(subcommand)]
         action: DirectAction,
     },
-    /// Remove mnd-srun containers on this node. Safe as the Slurm Epilog: exits 0 when there
-    /// is nothing to do or no Docker engine on the node.
+    /// Remove mnd-srun containers on this node, and the copies of images (ssh mode's, one per
+    /// user and image) whose image has no name any more. Safe as the Slurm Epilog: exits 0
+    /// when there is nothing to do or no Docker engine on the node.
     Cleanup {
         /// Only this Slurm job (the Epilog passes $SLURM_JOB_ID).
         #[arg(long, value_name = "ID", env = "SLURM_JOB_ID")]
@@ -512,6 +513,12 @@ fn cleanup_cmd(
             .map_err(|e| e.to_string())?;
         for name in &removed {
             eprintln!("mnd: removed {name}");
+        }
+        let copies = cleanup::remove_stale_copies(&engine, sel.uid, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        for id in &copies {
+            eprintln!("mnd: removed {id}, a user's copy of an image that has no name any more");
         }
         Ok(())
     })

@@ -70,7 +70,7 @@ pub(super) async fn start(
     let mut phases = Phases::printing(plan.this_node());
     let engine = Engine::connect().await.map_err(|e| e.to_string())?;
     phases.mark("connect");
-    let (image, copy) = image_under_lock(plan, &engine, progress).await?;
+    let (image, copy, lock) = image_under_lock(plan, &engine, progress).await?;
     phases.mark("image");
     let env = session_env(plan, &image.env)?;
     let mut spec = spec.clone();
@@ -98,13 +98,16 @@ pub(super) async fn start(
         .create(spec, entry)
         .await
         .map_err(|e| e.to_string())?;
+    drop(lock);
     phases.mark("create");
     let prepared = async {
+        // The files go out before the start: Docker holds them for PID 1, which writes
+        // them and starts sshd while Docker is still finishing the start.
         let mut lifeline = engine.attach_stdin(&spec.name).await?;
+        lifeline.send_setup(&job_files(plan, &env, port)).await?;
         phases.mark("attach");
         engine.start(&spec.name).await?;
         phases.mark("start");
-        lifeline.send_setup(&job_files(plan, &env, port)).await?;
         Ok::<_, DockerError>(lifeline)
     }
     .await;
@@ -142,17 +145,21 @@ pub(super) async fn start(
     })
 }
 
+/// This user's image lock on this node, while held.
+type ImageLock = Option<nix::fcntl::Flock<std::fs::File>>;
+
 /// The image, checked or pulled, and the id of the user's copy of it (`derived`), under
-/// this user's image lock on this node.
+/// this user's image lock on this node; the lock is returned for the caller to hold until
+/// its container is made (another job's new copy may remove a copy no container uses).
 async fn image_under_lock(
     plan: &Plan,
     engine: &Engine,
     progress: &watch::Sender<PullReport>,
-) -> Result<(ImageFacts, String), String> {
+) -> Result<(ImageFacts, String, ImageLock), String> {
     // One image check/pull at a time per user on this node: several jobs starting at once
     // then pull once (Docker alone re-downloads when two pulls overlap).
     // Waiting for another job's pull counts as progress: that pull has its own bound.
-    let _lock = {
+    let lock = {
         let lock = pull_lock(plan);
         tokio::pin!(lock);
         let mut beat = tokio::time::interval(Duration::from_secs(1));
@@ -170,7 +177,7 @@ async fn image_under_lock(
     let copy = derived::accounts_image(plan, engine, &image)
         .await
         .map_err(|e| format!("{e} (while making this user's copy of image {})", image.id))?;
-    Ok((image, copy))
+    Ok((image, copy, lock))
 }
 
 /// Waits for the container's sshd to answer on `port`; a container that ends first, or an
@@ -205,7 +212,7 @@ async fn wait_sshd(
 
 /// Takes this user's image lock on this node (`~/.mnd/locks/pull-NODE.lock`); released when
 /// dropped. Without a usable lock file the pull goes ahead unlocked (logged).
-async fn pull_lock(plan: &Plan) -> Option<nix::fcntl::Flock<std::fs::File>> {
+async fn pull_lock(plan: &Plan) -> ImageLock {
     let dir = plan.user.home.join(".mnd/locks");
     let path = dir.join(format!("pull-{}.lock", plan.this_node()));
     if let Err(e) = ssh::create_private_dir(&dir) {
@@ -235,39 +242,17 @@ mod tests {
     use crate::docker::{setup_records, FileUpload};
     use std::io::{BufRead, BufReader, Write};
     use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
     use std::process::{Command, Stdio};
 
-    #[test]
-    fn the_entrypoint_writes_the_files_it_is_sent_then_starts_sshd() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display().to_string();
-        // A stand-in sshd: accepts its config, prints it when run, and exits.
-        let sshd = dir.path().join("sshd");
-        std::fs::write(
-            &sshd,
-            "#!/bin/sh\nwhile [ \"$1\" != -f ]; do shift; done\necho \"ran with $2\"\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&sshd, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let tricky = "  leading blanks, a \\backslash, $HOME and `x`\r\nno newline at the end";
-        let files = [
-            FileUpload {
-                path: format!("{d}/sshd_config"),
-                content: "Port 1\nSetEnv A=\"b c\"\n".into(),
-                mode: 0o644,
-            },
-            FileUpload {
-                path: format!("{d}/tricky"),
-                content: tricky.into(),
-                mode: 0o644,
-            },
-            FileUpload {
-                path: format!("{d}/empty"),
-                content: String::new(),
-                mode: 0o644,
-            },
-        ];
-        let script = ENTRYPOINT.replace("/.mnd/sshd_config", &format!("{d}/sshd_config"));
+    /// Runs the entrypoint with `/.mnd` at `dir` and the stand-in `sshd` (a script) first
+    /// on PATH, sends it `input`, and returns the first line it prints; its stdin then
+    /// closes, as when the launcher ends, and it ends.
+    fn entrypoint_with(dir: &Path, sshd: &str, input: &[u8]) -> String {
+        let d = dir.display();
+        std::fs::write(dir.join("sshd"), sshd).unwrap();
+        std::fs::set_permissions(dir.join("sshd"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = ENTRYPOINT.replace("/.mnd/", &format!("{d}/"));
         let mut child = Command::new("/bin/sh")
             .args(["-c", &script, "mnd-entry"])
             .env("PATH", format!("{d}:/usr/bin:/bin"))
@@ -275,16 +260,37 @@ mod tests {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let records = setup_records(&files).unwrap();
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(records.as_bytes()).unwrap();
-        // The launcher's stdin stays open while sshd runs; its end ends the container.
-        let mut ran = String::new();
+        stdin.write_all(input).unwrap();
+        let mut first = String::new();
         BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut ran)
+            .read_line(&mut first)
             .unwrap();
         drop(stdin);
         child.wait().unwrap();
+        first
+    }
+
+    #[test]
+    fn the_entrypoint_writes_the_files_it_is_sent_then_starts_sshd() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let tricky = "  leading blanks, a \\backslash, $HOME and `x`\r\nno newline at the end";
+        let file = |name: &str, content: &str| FileUpload {
+            path: format!("{d}/{name}"),
+            content: content.into(),
+            mode: 0o644,
+        };
+        let files = [
+            file("sshd_config", "Port 1\nSetEnv A=\"b c\"\n"),
+            file("tricky", tricky),
+            file("empty", ""),
+        ];
+        let ran = entrypoint_with(
+            dir.path(),
+            "#!/bin/sh\nwhile [ \"$1\" != -f ]; do shift; done\necho \"ran with $2\"\n",
+            setup_records(&files).unwrap().as_bytes(),
+        );
         let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
         assert_eq!(read("sshd_config"), "Port 1\nSetEnv A=\"b c\"\n");
         assert_eq!(read("tricky"), format!("{tricky}\n"));
@@ -295,35 +301,16 @@ mod tests {
     #[test]
     fn an_sshd_that_refuses_its_config_runs_with_the_compat_one() {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display().to_string();
         // A stand-in for an sshd too old for SetEnv: its config is fatal (255).
-        std::fs::write(
-            dir.path().join("sshd"),
+        let ran = entrypoint_with(
+            dir.path(),
             "#!/bin/sh\nwhile [ \"$1\" != -f ]; do shift; done\ncase $2 in *.compat) echo \"ran with $2\" ;; *) exit 255 ;; esac\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(
-            dir.path().join("sshd"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
-        let script = ENTRYPOINT.replace("/.mnd/", &format!("{d}/"));
-        let mut child = Command::new("/bin/sh")
-            .args(["-c", &script, "mnd-entry"])
-            .env("PATH", format!("{d}:/usr/bin:/bin"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"go\n").unwrap();
-        let mut ran = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut ran)
-            .unwrap();
-        drop(stdin);
-        child.wait().unwrap();
-        assert_eq!(ran, format!("ran with {d}/sshd_config.compat\n"));
+            b"go\n",
+        );
+        assert_eq!(
+            ran,
+            format!("ran with {}/sshd_config.compat\n", dir.path().display())
+        );
     }
 
     #[test]

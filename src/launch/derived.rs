@@ -7,9 +7,12 @@
 //! The copy is made once per user, image and node, has no name, and carries the label
 //! `mnd.accounts`: a digest of everything it is made from, so a changed image, account or
 //! launcher makes a new one. Having no name, it is what `docker image prune` removes; the
-//! next job then makes it again.
+//! next job then makes it again. A copy holds its image: a copy whose image lost its name
+//! (`docker rmi`, or the tag now names a newer pull) is removed, with that image, when the
+//! user's next copy is made and by `mnd cleanup` (the Epilog), so copies do not pile up
+//! and a removed image's space comes back (`cleanup::remove_stale_copies`).
 
-use super::files::image_files;
+use super::files::{image_files, job_files};
 use crate::accounts::read_image_accounts;
 use crate::docker::{DockerError, Engine, ImageFacts, OwnedFolder};
 use crate::identity::Identity;
@@ -20,7 +23,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// The label that names what a copy was made from.
-pub(super) const LABEL: &str = "mnd.accounts";
+const LABEL: &str = labels::ACCOUNTS;
 
 /// Bumped when what goes into a copy changes shape.
 const FORMAT: &str = "mnd-accounts/1";
@@ -32,7 +35,8 @@ pub(super) async fn accounts_image(
     base: &ImageFacts,
 ) -> Result<String, DockerError> {
     let key = key(&plan.user, &base.id);
-    if let Some(id) = engine.image_labelled(LABEL, &key).await? {
+    let made_before = engine.images_labelled(&[format!("{LABEL}={key}")]).await?;
+    if let Some((id, _)) = made_before.into_iter().next() {
         return Ok(id);
     }
     log::info!(
@@ -47,10 +51,16 @@ pub(super) async fn accounts_image(
         .await?;
     let made = async {
         let accounts = read_image_accounts(engine, &name).await?;
+        // The job's files, empty and the user's: PID 1 (the user) then writes them even
+        // where the image has its own (one committed from another user's container).
         let home = OwnedFolder {
             path: ssh::CONTAINER_DIR.to_string(),
             uid: plan.user.uid,
             gid: plan.user.gid,
+            empty_files: job_files(plan, &[], 0)
+                .iter()
+                .filter_map(|f| f.path.rsplit_once('/').map(|(_, name)| name.to_string()))
+                .collect(),
         };
         engine
             .upload_with_folders(&name, &[home], &image_files(plan, &accounts))
@@ -59,6 +69,13 @@ pub(super) async fn accounts_image(
     }
     .await;
     let _ = engine.remove(&name).await;
+    if let Ok(id) = &made {
+        // Best effort: a copy left is only disk, and `mnd cleanup` (the Epilog) tries again.
+        match crate::cleanup::remove_stale_copies(engine, Some(plan.user.uid), Some(id)).await {
+            Ok(gone) => log::debug!("copies of images without a name removed: {gone:?}"),
+            Err(e) => log::debug!("copies of images without a name not removed: {e}"),
+        }
+    }
     made
 }
 

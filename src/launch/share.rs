@@ -83,9 +83,10 @@ pub(super) fn log_saved(plan: &Plan, saved_now: bool) {
     }
 }
 
-/// A worker without the image: asks the first node for it (a note in the share), waits
-/// (reporting progress, so the first node keeps waiting too) until the first node of this
-/// job recorded and saved it, then loads it.
+/// A worker without the image: once the first node recorded which image the tag is for
+/// this job, names it if it is here by id; else asks the first node for it (a note in the
+/// share), waits (reporting progress, so the first node keeps waiting too) until it is
+/// saved, then loads it.
 async fn from_share(
     plan: &Plan,
     engine: &Engine,
@@ -94,10 +95,17 @@ async fn from_share(
 ) -> Result<ImageFacts, String> {
     let spec = &plan.container;
     let cache = share(plan)?;
-    cache.want(&spec.image).map_err(|e| e.to_string())?;
     let by = Instant::now() + plan.wait_timeout;
+    let mut asked = false;
     loop {
         if let Some(id) = cache.id_for_job(&spec.image, &plan.job_label) {
+            if !asked {
+                if let Some(here) = named_if_here(plan, engine, progress, &id).await {
+                    return here.map_err(|e| e.to_string());
+                }
+                cache.want(&spec.image).map_err(|e| e.to_string())?;
+                asked = true;
+            }
             if cache.has_archive(&id) {
                 return load_shared(plan, engine, progress, &cache, &id)
                     .await
@@ -120,7 +128,24 @@ async fn from_share(
     }
 }
 
-/// Loads image `id` from the share into this node's Docker; the image as the tag now is.
+/// Image `id` named for the job when it is here by id without that name (kept by the
+/// user's copy of it, or untagged): ids are content addresses, so it is the image, and
+/// nothing needs loading. `None` when it is not here.
+async fn named_if_here(
+    plan: &Plan,
+    engine: &Engine,
+    progress: &watch::Sender<PullReport>,
+    id: &str,
+) -> Option<Result<ImageFacts, DockerError>> {
+    match engine.tag_id(id, &plan.container.image).await {
+        Ok(false) => None,
+        Err(e) => Some(Err(e)),
+        Ok(true) => Some(named_facts(plan, engine, progress).await),
+    }
+}
+
+/// Loads image `id` from the share into this node's Docker (unless it is here by id);
+/// the image as the tag now is.
 async fn load_shared(
     plan: &Plan,
     engine: &Engine,
@@ -128,35 +153,30 @@ async fn load_shared(
     cache: &imagecache::Cache,
     id: &str,
 ) -> Result<ImageFacts, DockerError> {
+    if let Some(here) = named_if_here(plan, engine, progress, id).await {
+        return here;
+    }
     progress.send_modify(|r| {
         r.events += 1;
         r.summary = "loading the image from the share".into();
     });
     let t0 = Instant::now();
-    cache
-        .load(engine, id, plan.wait_timeout)
-        .await
-        .map_err(|e| DockerError::Api {
-            action: "load from the image share".into(),
-            reason: e.to_string(),
-        })?;
-    // The archive's own tags are not trusted: the image must be the one its name promised,
-    // and the job's tag is pointed at it here.
-    if !engine.tag_id(id, &plan.container.image).await? {
-        return Err(DockerError::Image {
-            image: plan.container.image.clone(),
-            reason: format!(
-                "the image share's archive {} held another image than {id} (changed since it was saved?); remove that file and run again",
-                cache.archive(id).display()
-            ),
-        });
-    }
+    load_by_id(plan, engine, cache, id).await?;
     eprintln!(
         "mnd-srun ({}): loaded {} from the image share in {:.1} s",
         plan.this_node(),
         plan.container.image,
         t0.elapsed().as_secs_f64()
     );
+    named_facts(plan, engine, progress).await
+}
+
+/// What the launcher needs to know of the job's image, now named here.
+async fn named_facts(
+    plan: &Plan,
+    engine: &Engine,
+    progress: &watch::Sender<PullReport>,
+) -> Result<ImageFacts, DockerError> {
     engine
         .ensure_image(
             &plan.container.image,
@@ -166,6 +186,33 @@ async fn load_shared(
             progress,
         )
         .await
+}
+
+/// Loads the share's archive of image `id` and names it for the job: the archive's own
+/// tags are not trusted, the image must be the one its name promised.
+async fn load_by_id(
+    plan: &Plan,
+    engine: &Engine,
+    cache: &imagecache::Cache,
+    id: &str,
+) -> Result<(), DockerError> {
+    cache
+        .load(engine, id, plan.wait_timeout)
+        .await
+        .map_err(|e| DockerError::Api {
+            action: "load from the image share".into(),
+            reason: e.to_string(),
+        })?;
+    if !engine.tag_id(id, &plan.container.image).await? {
+        return Err(DockerError::Image {
+            image: plan.container.image.clone(),
+            reason: format!(
+                "the image share's archive {} held another image than {id} (changed since it was saved?); remove that file and run again",
+                cache.archive(id).display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// With `--image-share=auto`, while the workers start: a worker that lacks the image and

@@ -8,6 +8,8 @@ use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+const CLEAN: Duration = Duration::from_secs(10);
+
 /// The proxy process; killed when dropped.
 struct Proxy(Child);
 
@@ -62,13 +64,17 @@ fn through_proxy(host: &str, repo: &str, port: u16, mode: &str, amount: u64) -> 
     (name, p)
 }
 
-/// Removes the image from every node, so the next job pulls it.
+/// Removes the image from every node, so the next job pulls it: `docker rmi`, then what
+/// the Epilog does (users' copies of images that lost their name go, and their images).
 fn forget(image: &str) {
     for n in NODES {
-        let r = root_on(n, &["sh", "-c", &format!("docker rmi -f {image} >/dev/null 2>&1; ! docker image inspect {image} >/dev/null 2>&1")]);
+        let r = root_on(n, &["sh", "-c", &format!("id=$(docker image inspect -f '{{{{.Id}}}}' {image} 2>/dev/null); docker rmi -f {image} >/dev/null 2>&1; {EPILOG_CLEANUP}; ! docker image inspect {image} ${{id:+$id}} >/dev/null 2>&1")]);
         assert_eq!(r.code, 0, "{n} still has {image}: {}", r.all());
     }
 }
+
+/// The Epilog's cleanup for no job: only users' copies of images that lost their name.
+const EPILOG_CLEANUP: &str = "mnd cleanup --job 0 --all-users >/dev/null";
 
 #[test]
 fn a_slow_pull_outlasts_the_wait_timeout_and_a_stalled_one_fails_naming_the_node() {
@@ -148,10 +154,14 @@ fn a_slow_pull_outlasts_the_wait_timeout_and_a_stalled_one_fails_naming_the_node
         .output();
 }
 
-/// Removes `tag` from these nodes (the image itself may stay under other tags).
+/// Removes `tag` from these nodes, then what the Epilog does (the image itself may stay
+/// under other tags).
 fn untag(tag: &str, nodes: &[&str]) {
     for n in nodes {
-        root_on(n, &["docker", "rmi", tag]);
+        root_on(
+            n,
+            &["sh", "-c", &format!("docker rmi {tag}; {EPILOG_CLEANUP}")],
+        );
     }
 }
 
@@ -159,7 +169,7 @@ fn untag(tag: &str, nodes: &[&str]) {
 fn an_image_only_on_node1_reaches_the_other_nodes_through_the_share_once() {
     let _g = shared();
     let tag = format!("mnd-vc-job:only1-{}", std::process::id());
-    assert_eq!(root_on("node1", &["docker", "tag", IMAGE, &tag]).code, 0);
+    image_only_on("node1", &tag, &format!("only1-{}", std::process::id()));
     let dir = format!("/shared/home/alice/.mnd/images-{}", std::process::id());
     let s = script(
         "alice",
@@ -213,7 +223,20 @@ fn an_image_only_on_node1_reaches_the_other_nodes_through_the_share_once() {
         r.all()
     );
     assert_clean(&name, Duration::from_secs(10));
-    // 3. The share is alice's alone, listed and pruned by mnd image.
+    // 3. A node that has the image by id (kept by alice's copy of it) but lacks its name
+    // names it: nothing is loaded or saved.
+    root_on("node2", &["docker", "rmi", &tag]);
+    let name = unique("share3");
+    let r = job(&name);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        !r.stderr.contains("saved") && !r.stderr.contains("loaded"),
+        "{}",
+        r.all()
+    );
+    assert!(r.stdout.contains("node2: image-ok"), "{}", r.all());
+    assert_clean(&name, Duration::from_secs(10));
+    // 4. The share is alice's alone, listed and pruned by mnd image.
     let mode = root_on("node1", &["stat", "-c", "%a %U", &dir]);
     assert_eq!(mode.stdout.trim(), "700 alice", "{}", mode.all());
     let ls = alice(&format!("mnd image ls --image-cache={dir}"));
@@ -226,7 +249,7 @@ fn an_image_only_on_node1_reaches_the_other_nodes_through_the_share_once() {
     );
     let ls = alice(&format!("mnd image ls --image-cache={dir}"));
     assert!(!ls.stdout.contains(&tag), "{}", ls.all());
-    // 4. Without the share the node that lacks the image is named.
+    // 5. Without the share the node that lacks the image is named.
     untag(&tag, &["node2", "node3"]);
     let name = unique("shareoff");
     let r = alice(&format!(
@@ -548,4 +571,74 @@ fn a_node_still_pulling_when_srun_k_ends_the_step_stops_at_sigterm() {
         log.all()
     );
     crate::direct::assert_nothing_left(&job);
+}
+
+/// alice's copies (label `mnd.accounts`) of image `base` on node1.
+fn copies_of(base: &str) -> Vec<String> {
+    let r = root_on(
+        "node1",
+        &[
+            "sh",
+            "-c",
+            "for i in $(docker images -q --no-trunc --filter label=mnd.accounts --filter label=mnd.uid=1001); do echo $i $(docker image inspect -f '{{.Parent}}' $i); done",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    r.stdout
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, parent)| *parent == base)
+        .map(|(id, _)| id.to_string())
+        .collect()
+}
+
+#[test]
+fn a_users_copy_of_the_image_is_made_once_and_goes_when_the_image_loses_its_name() {
+    let _g = shared();
+    let tag = "e2e-copy:1";
+    let first = image_only_on("node1", tag, "copy-one");
+    let s = script(
+        "alice",
+        "e2e-copy.sh",
+        "#!/bin/sh\necho marker=$(cat /marker) user=$(id -un) mnd=$(stat -c %U /.mnd) \
+         passwd=$(stat -c %U /etc/passwd) home=$(getent passwd alice | cut -d: -f6)\n",
+    );
+    let run = |want: &str| {
+        let name = unique("copy");
+        let r = alice(&format!(
+            "srun -N1 -n1 -w node1 mnd-srun --container={tag} --dockname={name} --script=./{s}"
+        ));
+        assert_eq!(r.code, 0, "{}", r.all());
+        assert!(
+            r.stdout.contains(&format!(
+                "marker={want} user=alice mnd=alice passwd=root home=/shared/home/alice"
+            )),
+            "{}",
+            r.all()
+        );
+        assert_clean(&name, CLEAN);
+    };
+    run("copy-one");
+    let made = copies_of(&first);
+    assert_eq!(made.len(), 1, "one copy of {first}: {made:?}");
+    run("copy-one");
+    assert_eq!(copies_of(&first), made, "the second job made no new copy");
+    // The tag moves to a new image: the first loses its name, and the next copy made
+    // takes the old copy with it, and the old image, which nothing else holds.
+    let second = image_only_on("node1", tag, "copy-two");
+    run("copy-two");
+    assert_eq!(copies_of(&second).len(), 1);
+    for gone in [&made[0], &first] {
+        let r = root_on("node1", &["docker", "image", "inspect", gone]);
+        assert_ne!(r.code, 0, "{gone} is still there");
+    }
+    // `docker rmi` of the image: the Epilog's cleanup gives its space back.
+    let r = root_on(
+        "node1",
+        &["sh", "-c", &format!("docker rmi {tag} && {EPILOG_CLEANUP}")],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    let r = root_on("node1", &["docker", "image", "inspect", &second]);
+    assert_ne!(r.code, 0, "the removed image is held by its copy");
+    assert!(copies_of(&second).is_empty());
 }
