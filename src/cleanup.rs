@@ -87,7 +87,7 @@ pub async fn list(engine: &Engine, sel: &Selection) -> Result<Vec<Listed>, Clean
     Ok(found)
 }
 
-/// Removes the copies of images (ssh mode's, one per user, image and node: label
+/// Removes the copies of images (ssh mode's, one per user, image and node: unnamed, label
 /// `mnd.accounts`) of user `uid` (`None`: every user's) whose image lost its name (`docker
 /// rmi`, or its tag moved to a newer pull), but `keep` and any a container uses. Each goes
 /// with the unnamed image below it when nothing else holds that: a copy must not keep an
@@ -99,7 +99,7 @@ pub async fn remove_stale_copies(
 ) -> Result<Vec<String>, DockerError> {
     let mut filter = vec![labels::ACCOUNTS.to_string()];
     filter.extend(uid.map(|u| format!("{}={u}", labels::UID)));
-    let (copies, named) = tokio::join!(engine.images_labelled(&filter), engine.named_images());
+    let (copies, named) = tokio::join!(engine.unnamed_images(&filter), engine.named_images());
     let named = named?;
     let mut removed = Vec::new();
     for (id, _) in copies?

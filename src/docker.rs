@@ -553,9 +553,9 @@ impl Engine {
         Ok(())
     }
 
-    /// The images on this node that carry every label (`key=value` or `key`): their ids
-    /// and the ids of the images they were made from.
-    pub async fn images_labelled(
+    /// The images on this node without a name that carry every label (`key=value` or
+    /// `key`): their ids and the ids of the images they were made from.
+    pub async fn unnamed_images(
         &self,
         labels: &[String],
     ) -> Result<Vec<(String, String)>, DockerError> {
@@ -566,7 +566,11 @@ impl Engine {
         let found = within("image list", self.docker.list_images(Some(opts)))
             .await?
             .map_err(api("list of images"))?;
-        Ok(found.into_iter().map(|i| (i.id, i.parent_id)).collect())
+        Ok(found
+            .into_iter()
+            .filter(|i| !has_name(i))
+            .map(|i| (i.id, i.parent_id))
+            .collect())
     }
 
     /// The ids of the images on this node that have a name (`repo:tag`).
@@ -578,11 +582,7 @@ impl Engine {
         )
         .await?
         .map_err(api("list of images"))?;
-        Ok(found
-            .into_iter()
-            .filter(|i| i.repo_tags.iter().any(|t| t != "<none>:<none>"))
-            .map(|i| i.id)
-            .collect())
+        Ok(found.into_iter().filter(has_name).map(|i| i.id).collect())
     }
 
     /// Attaches to the container's stdin; keep the returned lifeline while the job runs.
@@ -1110,6 +1110,11 @@ impl PullProgress {
             self.layers.len()
         )
     }
+}
+
+/// Whether a listed image has a name (`repo:tag`; Docker lists none as `<none>:<none>`).
+fn has_name(i: &bollard::models::ImageSummary) -> bool {
+    i.repo_tags.iter().any(|t| t != "<none>:<none>")
 }
 
 fn tar_err(e: std::io::Error) -> DockerError {

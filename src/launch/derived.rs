@@ -35,8 +35,10 @@ pub(super) async fn accounts_image(
     base: &ImageFacts,
 ) -> Result<String, DockerError> {
     let key = key(&plan.user, &base.id);
-    let made_before = engine.images_labelled(&[format!("{LABEL}={key}")]).await?;
-    if let Some((id, _)) = made_before.into_iter().next() {
+    // A copy is unnamed and made from this very image: an image committed from a job's
+    // container carries the label too, but is named, or made from the copy.
+    let made_before = engine.unnamed_images(&[format!("{LABEL}={key}")]).await?;
+    if let Some((id, _)) = made_before.into_iter().find(|(_, from)| *from == base.id) {
         return Ok(id);
     }
     log::info!(
