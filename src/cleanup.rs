@@ -4,6 +4,7 @@
 
 use crate::docker::{DockerError, Engine, Listed};
 use crate::spec::labels;
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
@@ -101,11 +102,14 @@ pub async fn remove_stale_copies(
     filter.extend(uid.map(|u| format!("{}={u}", labels::UID)));
     let (copies, named) = tokio::join!(engine.unnamed_images(&filter), engine.named_images());
     let named = named?;
+    let label = |l: &HashMap<String, String>, k: &str| l.get(k).cloned().unwrap_or_default();
     let mut removed = Vec::new();
-    for (id, _) in copies?
-        .into_iter()
-        .filter(|(id, image)| Some(id.as_str()) != keep && !named.contains(image))
-    {
+    for (id, _) in copies?.into_iter().filter(|(id, l)| {
+        // An empty key: an image committed from a job's container, not a copy.
+        !label(l, labels::ACCOUNTS).is_empty()
+            && Some(id.as_str()) != keep
+            && !named.contains(&label(l, labels::BASE))
+    }) {
         if engine.remove_unused_image(&id).await? == crate::docker::Removal::Removed {
             removed.push(id);
         }

@@ -554,11 +554,11 @@ impl Engine {
     }
 
     /// The images on this node without a name that carry every label (`key=value` or
-    /// `key`): their ids and the ids of the images they were made from.
+    /// `key`): their ids and labels.
     pub async fn unnamed_images(
         &self,
         labels: &[String],
-    ) -> Result<Vec<(String, String)>, DockerError> {
+    ) -> Result<Vec<(String, HashMap<String, String>)>, DockerError> {
         let filters = HashMap::from([("label".to_string(), labels.to_vec())]);
         let opts = ListImagesOptionsBuilder::default()
             .filters(&filters)
@@ -569,7 +569,7 @@ impl Engine {
         Ok(found
             .into_iter()
             .filter(|i| !has_name(i))
-            .map(|i| (i.id, i.parent_id))
+            .map(|i| (i.id, i.labels))
             .collect())
     }
 

@@ -142,6 +142,8 @@ pub mod labels {
     pub const IMAGE: &str = "mnd.image";
     /// On a user's copy of an image (ssh mode): the digest of what it was made from.
     pub const ACCOUNTS: &str = "mnd.accounts";
+    /// On a user's copy of an image: the id of the image it was made from.
+    pub const BASE: &str = "mnd.base";
     /// The launcher's process id.
     pub const LAUNCHER_PID: &str = "mnd.launcher-pid";
     /// The prefix no user label may take.

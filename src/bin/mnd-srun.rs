@@ -66,6 +66,8 @@ fn main() -> ExitCode {
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
     let node = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| hostname.clone());
+    // The launcher's own start on the timeline (`MND_TIMING=at`).
+    mnd::phases::Phases::printing(&node).mark("exec");
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -74,9 +74,13 @@ pub(super) async fn start(
     phases.mark("image");
     let env = session_env(plan, &image.env)?;
     let mut spec = spec.clone();
-    // Made from the user's copy; `mnd ps` shows the image the user named.
-    spec.labels
-        .insert(crate::spec::labels::IMAGE.into(), spec.image.clone());
+    // Made from the user's copy; `mnd ps` shows the image the user named. The copy's own
+    // labels are blanked, so an image committed from this container is no copy.
+    use crate::spec::labels;
+    spec.labels.insert(labels::IMAGE.into(), spec.image.clone());
+    for copy_only in [labels::ACCOUNTS, labels::BASE] {
+        spec.labels.insert(copy_only.into(), String::new());
+    }
     spec.image = copy;
     spec.env
         .push(format!("PATH={}", container_path(&image.env)));

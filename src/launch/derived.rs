@@ -35,10 +35,10 @@ pub(super) async fn accounts_image(
     base: &ImageFacts,
 ) -> Result<String, DockerError> {
     let key = key(&plan.user, &base.id);
-    // A copy is unnamed and made from this very image: an image committed from a job's
-    // container carries the label too, but is named, or made from the copy.
+    // A copy is unnamed (an image committed from a job's container is named, or carries
+    // an empty key: job containers blank it).
     let made_before = engine.unnamed_images(&[format!("{LABEL}={key}")]).await?;
-    if let Some((id, _)) = made_before.into_iter().find(|(_, from)| *from == base.id) {
+    if let Some((id, _)) = made_before.into_iter().next() {
         return Ok(id);
     }
     log::info!(
@@ -49,7 +49,7 @@ pub(super) async fn accounts_image(
     let name = format!("mnd-accounts-{}-{}", plan.user.uid, std::process::id());
     engine.remove(&name).await?;
     engine
-        .create_idle(&name, &base.id, &copy_labels(plan, &key))
+        .create_idle(&name, &base.id, &copy_labels(plan, &key, &base.id))
         .await?;
     let made = async {
         let accounts = read_image_accounts(engine, &name).await?;
@@ -98,10 +98,10 @@ fn key(user: &Identity, base_id: &str) -> String {
 }
 
 /// The labels of the container a copy is committed from, which the copy keeps: the key,
-/// and the job labels every container sets again (so none of them outlives this job in
+/// the image it is made from (for `cleanup::remove_stale_copies`), and the job labels every container sets again (so none of them outlives this job in
 /// a later job's container), with the role `accounts` (the Epilog removes the container
 /// if the launcher dies while making the copy).
-fn copy_labels(plan: &Plan, key: &str) -> BTreeMap<String, String> {
+fn copy_labels(plan: &Plan, key: &str, base_id: &str) -> BTreeMap<String, String> {
     let mut l: BTreeMap<String, String> = plan
         .container
         .labels
@@ -120,6 +120,7 @@ fn copy_labels(plan: &Plan, key: &str) -> BTreeMap<String, String> {
         .collect();
     l.insert(labels::ROLE.into(), "accounts".into());
     l.insert(LABEL.into(), key.into());
+    l.insert(labels::BASE.into(), base_id.into());
     l
 }
 

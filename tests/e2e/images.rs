@@ -573,14 +573,14 @@ fn a_node_still_pulling_when_srun_k_ends_the_step_stops_at_sigterm() {
     crate::direct::assert_nothing_left(&job);
 }
 
-/// alice's copies (label `mnd.accounts`) of image `base` on node1.
+/// alice's copies (label `mnd.accounts`) of image `base` (label `mnd.base`) on node1.
 fn copies_of(base: &str) -> Vec<String> {
     let r = root_on(
         "node1",
         &[
             "sh",
             "-c",
-            "for i in $(docker images -q --no-trunc --filter label=mnd.accounts --filter label=mnd.uid=1001); do echo $i $(docker image inspect -f '{{.Parent}}' $i); done",
+            "for i in $(docker images -q --no-trunc --filter label=mnd.accounts --filter label=mnd.uid=1001); do echo $i $(docker image inspect -f '{{index .Config.Labels \"mnd.base\"}}' $i); done",
         ],
     );
     assert_eq!(r.code, 0, "{}", r.all());
