@@ -642,3 +642,64 @@ fn a_users_copy_of_the_image_is_made_once_and_goes_when_the_image_loses_its_name
     assert_ne!(r.code, 0, "the removed image is held by its copy");
     assert!(copies_of(&second).is_empty());
 }
+
+#[test]
+fn an_image_committed_from_a_jobs_container_is_never_taken_for_a_copy() {
+    let _g = shared();
+    let go = format!("/shared/home/alice/e2e-commit-go-{}", std::process::id());
+    let s = script(
+        "alice",
+        "e2e-commit-wait.sh",
+        &format!("#!/bin/sh\nwhile [ ! -e {go} ]; do sleep 0.1; done\necho released\n"),
+    );
+    let name = unique("commitcopy");
+    let line = format!(
+        "srun -N1 -n1 -w node1 mnd-srun --container={IMAGE} --dockname={name} --script=./{s}"
+    );
+    let job = std::thread::spawn(move || alice(&line));
+    let mut id = String::new();
+    wait_until("the job's container", Duration::from_secs(60), || {
+        id = root_on(
+            "node1",
+            &["docker", "ps", "-q", "--filter", &format!("name={name}")],
+        )
+        .stdout
+        .trim()
+        .to_string();
+        !id.is_empty()
+    });
+    // What a user's `docker commit` of the running job makes: an unnamed image.
+    let committed = root_on("node1", &["docker", "commit", &id]);
+    root_on("node1", &["touch", &go]);
+    let r = job.join().unwrap();
+    assert_eq!(committed.code, 0, "{}", committed.all());
+    let committed = committed.stdout.trim().to_string();
+    assert!(r.code == 0 && r.stdout.contains("released"), "{}", r.all());
+    assert_clean(&name, CLEAN);
+    let labels = root_on(
+        "node1",
+        &[
+            "docker",
+            "image",
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"mnd.accounts\"}}|{{index .Config.Labels \"mnd.base\"}}",
+            &committed,
+        ],
+    );
+    assert_eq!(
+        labels.stdout.trim(),
+        "|",
+        "a copy's labels: {}",
+        labels.all()
+    );
+    // The Epilog's cleanup leaves it, though it is unnamed and made from a copy.
+    let r = root_on("node1", &["sh", "-c", EPILOG_CLEANUP]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let kept = root_on("node1", &["docker", "image", "inspect", &committed]);
+    root_on(
+        "node1",
+        &["sh", "-c", &format!("docker rmi {committed}; rm -f {go}")],
+    );
+    assert_eq!(kept.code, 0, "the committed image was removed as a copy");
+}
