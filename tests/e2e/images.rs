@@ -223,8 +223,11 @@ fn an_image_only_on_node1_reaches_the_other_nodes_through_the_share_once() {
         r.all()
     );
     assert_clean(&name, Duration::from_secs(10));
-    // 3. A node that has the image by id (kept by alice's copy of it) but lacks its name
-    // names it: nothing is loaded or saved.
+    // 3. A node that has the image by id (under another name) but lacks the job's name
+    // names it: nothing is loaded or saved. (Kept by alice's copy alone, it would go with
+    // the next Epilog on node2, any job's: a copy of an unnamed image is removed.)
+    let keep = format!("e2e-keep:{}", std::process::id());
+    root_on("node2", &["docker", "tag", &tag, &keep]);
     root_on("node2", &["docker", "rmi", &tag]);
     let name = unique("share3");
     let r = job(&name);
@@ -236,6 +239,7 @@ fn an_image_only_on_node1_reaches_the_other_nodes_through_the_share_once() {
     );
     assert!(r.stdout.contains("node2: image-ok"), "{}", r.all());
     assert_clean(&name, Duration::from_secs(10));
+    root_on("node2", &["docker", "rmi", &keep]);
     // 4. The share is alice's alone, listed and pruned by mnd image.
     let mode = root_on("node1", &["stat", "-c", "%a %U", &dir]);
     assert_eq!(mode.stdout.trim(), "700 alice", "{}", mode.all());
