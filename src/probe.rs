@@ -54,11 +54,11 @@ pub async fn wait_banner(host: &str, port: u16, deadline: Instant) -> Result<(),
         if now >= deadline {
             return Err(reason.unwrap_or(err));
         }
-        reason = Some(err);
         let pause = Duration::from_millis(if now < fast_until { 5 } else { 50 });
         if now + pause >= deadline {
-            return Err(reason.unwrap_or_default());
+            return Err(err);
         }
+        reason = Some(err);
         tokio::time::sleep(pause).await;
     }
 }

@@ -9,7 +9,7 @@ use crate::docker::{DockerError, Engine, ImageFacts, Lifeline, PullReport};
 use crate::phases::Phases;
 use crate::plan::Plan;
 use crate::probe;
-use crate::spec::ContainerSpec;
+use crate::spec::{labels, ContainerSpec};
 use crate::ssh;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -25,8 +25,7 @@ const ENTRYPOINT: &str = r#"while IFS= read -r rec; do
     go) break ;;
     "mnd-file "*)
       set -- $rec; n=$3
-      while [ "$n" -gt 0 ] && IFS= read -r l; do printf '%s
-' "$l"; n=$((n - 1)); done > "$2" ;;
+      while [ "$n" -gt 0 ] && IFS= read -r l; do printf '%s\n' "$l"; n=$((n - 1)); done > "$2" ;;
     *) echo "mnd-srun: unexpected setup line from the launcher" >&2; exit 2 ;;
   esac
 done
@@ -76,7 +75,6 @@ pub(super) async fn start(
     let mut spec = spec.clone();
     // Made from the user's copy; `mnd ps` shows the image the user named. The copy's own
     // labels are blanked, so an image committed from this container is no copy.
-    use crate::spec::labels;
     spec.labels.insert(labels::IMAGE.into(), spec.image.clone());
     for copy_only in [labels::ACCOUNTS, labels::BASE] {
         spec.labels.insert(copy_only.into(), String::new());

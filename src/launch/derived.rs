@@ -98,9 +98,10 @@ fn key(user: &Identity, base_id: &str) -> String {
 }
 
 /// The labels of the container a copy is committed from, which the copy keeps: the key,
-/// the image it is made from (for `cleanup::remove_stale_copies`), and the job labels every container sets again (so none of them outlives this job in
-/// a later job's container), with the role `accounts` (the Epilog removes the container
-/// if the launcher dies while making the copy).
+/// the image it is made from (for `cleanup::remove_stale_copies`), and the job labels
+/// every container sets again (so none of them outlives this job in a later job's
+/// container), with the role `accounts` (the Epilog removes the container if the launcher
+/// dies while making the copy).
 fn copy_labels(plan: &Plan, key: &str, base_id: &str) -> BTreeMap<String, String> {
     let mut l: BTreeMap<String, String> = plan
         .container

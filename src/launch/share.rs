@@ -106,8 +106,9 @@ async fn from_share(
                 cache.want(&spec.image).map_err(|e| e.to_string())?;
                 asked = true;
             }
+            // Not here by id (checked before asking): it is loaded.
             if cache.has_archive(&id) {
-                return load_shared(plan, engine, progress, &cache, &id)
+                return load_and_name(plan, engine, progress, &cache, &id)
                     .await
                     .map_err(|e| e.to_string());
             }
@@ -156,6 +157,18 @@ async fn load_shared(
     if let Some(here) = named_if_here(plan, engine, progress, id).await {
         return here;
     }
+    load_and_name(plan, engine, progress, cache, id).await
+}
+
+/// Loads image `id` from the share and names it for the job; what the launcher needs to
+/// know of it.
+async fn load_and_name(
+    plan: &Plan,
+    engine: &Engine,
+    progress: &watch::Sender<PullReport>,
+    cache: &imagecache::Cache,
+    id: &str,
+) -> Result<ImageFacts, DockerError> {
     progress.send_modify(|r| {
         r.events += 1;
         r.summary = "loading the image from the share".into();
