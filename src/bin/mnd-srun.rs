@@ -6,7 +6,7 @@ use mnd::{
 };
 use std::process::ExitCode;
 
-async fn run(args: cli::Args, hostname: &str) -> Result<i32, Error> {
+async fn run(args: cli::Args, hostname: &str, report: launch::Report<'_>) -> Result<i32, Error> {
     let step = StepContext::from_env(|k| std::env::var(k).ok(), hostname)?;
     if (args.hosts.is_some() || args.hostfile.is_some()) && !step.hosts_mode {
         if step.under_slurm() {
@@ -43,7 +43,7 @@ async fn run(args: cli::Args, hostname: &str) -> Result<i32, Error> {
         ssh::ensure(&plan.ssh_root, &user)?;
     }
     phases.mark("ssh-material");
-    Ok(launch::run(plan).await?)
+    Ok(launch::run(plan, report).await?)
 }
 
 /// Logging: quiet by default (warnings and errors), `-v`/`-vv`/`-vvv` or `MND_LOG` for more.
@@ -57,6 +57,11 @@ fn init_logging(verbose: u8) {
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("MND_LOG", default))
         .format_timestamp_millis()
         .init();
+}
+
+/// The one form of the launcher's error message.
+fn say_error(node: &str, e: &dyn std::fmt::Display) {
+    eprintln!("mnd-srun ({node}): error: {e}");
 }
 
 fn main() -> ExitCode {
@@ -78,10 +83,18 @@ fn main() -> ExitCode {
             return ExitCode::from(mnd::error::EXIT_LAUNCH as u8);
         }
     };
-    match runtime.block_on(run(args, &hostname)) {
+    // The reason a job ends is printed once: early by the coordinator, or here.
+    let reported = std::cell::Cell::new(false);
+    let report = |e: &mnd::launch::LaunchError| {
+        say_error(&node, e);
+        reported.set(true);
+    };
+    match runtime.block_on(run(args, &hostname, &report)) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            eprintln!("mnd-srun ({node}): error: {e}");
+            if !reported.get() {
+                say_error(&node, &e);
+            }
             ExitCode::from(e.exit_code() as u8)
         }
     }

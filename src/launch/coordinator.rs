@@ -7,7 +7,7 @@ use super::files::ssh_config_file;
 use super::running::{port_is_free, tear_down, Running, Runtime};
 use super::script::{self, ScriptExec};
 use super::timing::eprintln_timing;
-use super::{job_key, node_err, start_subtree, LaunchError};
+use super::{job_key, node_err, start_subtree, LaunchError, Report};
 use crate::control::{JobKey, Order, WorkerLink};
 use crate::docker::{self, PullReport};
 use crate::plan::Plan;
@@ -115,46 +115,45 @@ async fn agree(
     share_ports(plan, running, links, ports).await
 }
 
-/// After the script: STOP down the tree when it finished, else ABORT with the reason; the
-/// launcher's exit code or error.
+/// After the script: STOP down the tree when it finished, else report why and ABORT with the
+/// reason; the launcher's exit code or error.
 async fn finish(
     plan: &Plan,
     key: &JobKey,
     links: Vec<Arc<WorkerLink>>,
     outcome: Outcome,
+    report: Report<'_>,
 ) -> Result<i32, LaunchError> {
-    match outcome {
+    let (why, error) = match outcome {
         Outcome::Finished(code) => {
             fanout::stop_all(&links).await;
-            Ok(i32::try_from(code)
+            return Ok(i32::try_from(code)
                 .ok()
                 .filter(|c| (0..=255).contains(c))
-                .unwrap_or(1))
+                .unwrap_or(1));
         }
-        Outcome::Signal(sig) => {
-            fanout::abort_all(plan, key, links, &format!("coordinator got signal {sig}")).await;
-            Err(LaunchError::Signal(sig))
-        }
-        Outcome::Lost(node) => {
-            let why = format!("the launcher on {node} went away while the script ran");
-            fanout::abort_all(plan, key, links, &why).await;
-            Err(LaunchError::Node { node, reason: "its launcher went away while the script ran (killed, or the node failed); job stopped".into() })
-        }
-        Outcome::Died(code) => {
-            let why = format!(
+        Outcome::Signal(sig) => (
+            format!("coordinator got signal {sig}"),
+            LaunchError::Signal(sig),
+        ),
+        Outcome::Lost(node) => (
+            format!("the launcher on {node} went away while the script ran"),
+            LaunchError::Node { node, reason: "its launcher went away while the script ran (killed, or the node failed); job stopped".into() },
+        ),
+        Outcome::Died(code) => (
+            format!(
                 "the container on {} ended by itself (code {code})",
                 plan.this_node()
-            );
-            fanout::abort_all(plan, key, links, &why).await;
-            Err(node_err(plan)(format!(
+            ),
+            node_err(plan)(format!(
                 "the container ended by itself (code {code}) while the script ran"
-            )))
-        }
-        Outcome::Failed(e) => {
-            fanout::abort_all(plan, key, links, &e).await;
-            Err(LaunchError::Script(e))
-        }
-    }
+            )),
+        ),
+        Outcome::Failed(e) => (e.clone(), LaunchError::Script(e)),
+    };
+    report(&error);
+    fanout::abort_all(plan, key, links, &why).await;
+    Err(error)
 }
 
 /// How the script's run ended.
@@ -294,7 +293,7 @@ async fn run_script_by_docker(
     }
 }
 
-pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
+pub(super) async fn coordinator(plan: &Plan, report: Report<'_>) -> Result<i32, LaunchError> {
     let t0 = Instant::now();
     let mut signals =
         Signals::install().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
@@ -303,6 +302,7 @@ pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
         Signals::forwarded().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
     let key = job_key(plan)?;
     if let Err(e) = check_script(plan) {
+        report(&e);
         fanout::abort_all(plan, &key, Vec::new(), &e.to_string()).await;
         return Err(e);
     }
@@ -340,6 +340,7 @@ pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
                 LaunchError::Signal(sig) => format!("coordinator got signal {sig}"),
                 other => other.to_string(),
             };
+            report(&e);
             fanout::abort_all(plan, &key, links, &why).await;
             if matches!(e, LaunchError::Signal(_)) {
                 tear_down(plan, None).await;
@@ -356,7 +357,7 @@ pub(super) async fn coordinator(plan: &Plan) -> Result<i32, LaunchError> {
     eprintln_timing("ready", t0);
     let outcome = run_script(plan, &mut running, &links, &mut signals, &mut forwarded).await;
     let t_end = Instant::now();
-    let result = finish(plan, &key, links, outcome).await;
+    let result = finish(plan, &key, links, outcome, report).await;
     running.tear_down(plan).await;
     eprintln_timing("teardown", t_end);
     result

@@ -65,14 +65,19 @@ pub enum LaunchError {
     Control(#[from] ControlError),
 }
 
+/// Told the error that ends the job as soon as it is known, before the other nodes are
+/// stopped: when another node's launcher was killed by a signal, srun stops reading output
+/// once every task has ended, so a reason printed only at exit can be lost.
+pub type Report<'a> = &'a dyn Fn(&LaunchError);
+
 /// Runs this launcher's part of the job; returns the exit code for srun.
-pub async fn run(plan: Plan) -> Result<i32, LaunchError> {
+pub async fn run(plan: Plan, report: Report<'_>) -> Result<i32, LaunchError> {
     let result = match plan.role {
         Role::Idle(why) => {
             log::info!("nothing to do on this task: {why}");
             return Ok(0);
         }
-        Role::Coordinator => coordinator::coordinator(&plan).await,
+        Role::Coordinator => coordinator::coordinator(&plan, report).await,
         Role::Worker => worker::worker(&plan).await,
     };
     if timing::timing_enabled() {
