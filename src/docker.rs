@@ -152,12 +152,40 @@ pub struct ImageFacts {
     pub volumes: Vec<String>,
     /// The image's `WORKDIR`, if it sets one.
     pub workdir: Option<String>,
-    /// It came from a registry (it has a repo digest): other nodes can pull it too. One
-    /// built, loaded or committed here has none.
-    pub from_registry: bool,
+    /// Whether other nodes can pull it too.
+    pub origin: Origin,
     /// Known here by its id alone (loaded untagged from an image share, so that no name
     /// changed): containers are made from the id.
     pub by_id_only: bool,
+}
+
+/// Where an image came from, as far as this node's Docker tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Pulled from a registry: Docker's own image store keeps the digest it was pulled by.
+    Registry,
+    /// Built, loaded or committed here: Docker's own image store has no digest for it.
+    Local,
+    /// Docker's containerd image store names every image by its digest, pulled or not;
+    /// only the registry can tell ([`Engine::registry_digest`]).
+    Unknown,
+}
+
+impl Origin {
+    /// The origin of image `id` with these repo digests (`repo@sha256:...`): on the
+    /// containerd image store the id is itself the digest of the image's manifest.
+    fn of(id: &str, repo_digests: &[String]) -> Origin {
+        if repo_digests.is_empty() {
+            Origin::Local
+        } else if repo_digests
+            .iter()
+            .any(|d| d.rsplit_once('@').is_some_and(|(_, digest)| digest == id))
+        {
+            Origin::Unknown
+        } else {
+            Origin::Registry
+        }
+    }
 }
 
 /// A folder to create in a container, owned by someone other than root (a place the
@@ -297,7 +325,10 @@ impl Engine {
         };
         let config = info.config.unwrap_or_default();
         Ok(ImageFacts {
-            from_registry: info.repo_digests.is_some_and(|d| !d.is_empty()),
+            origin: Origin::of(
+                info.id.as_deref().unwrap_or_default(),
+                info.repo_digests.as_deref().unwrap_or_default(),
+            ),
             by_id_only: false,
             id: info.id.unwrap_or_default(),
             env: config.env.unwrap_or_default(),
@@ -357,9 +388,11 @@ impl Engine {
         };
         let mut last_report = Instant::now();
         let mut progress = PullProgress::default();
+        let mut moved_at = Instant::now();
         log::info!("{who}: pulling {image}");
         loop {
-            let item = match tokio::time::timeout(stall, stream.next()).await {
+            let left = stall.saturating_sub(moved_at.elapsed());
+            let item = match tokio::time::timeout(left, stream.next()).await {
                 Ok(Some(item)) => item,
                 Ok(None) => break,
                 Err(_) => {
@@ -387,17 +420,20 @@ impl Engine {
                     broke_off: broke.then_some(cause),
                 }
             })?;
-            progress.update(
+            let moved = progress.update(
                 info.id.as_deref(),
                 info.status.as_deref(),
                 info.progress_detail
                     .as_ref()
                     .and_then(|d| Some((d.current?, d.total?))),
             );
-            report.send_modify(|r| {
-                r.events += 1;
-                r.summary = progress.summary();
-            });
+            if moved {
+                moved_at = Instant::now();
+                report.send_modify(|r| {
+                    r.events += 1;
+                    r.summary = progress.summary();
+                });
+            }
             if last_report.elapsed() >= every {
                 last_report = Instant::now();
                 let line = format!(
@@ -447,18 +483,40 @@ impl Engine {
             .name(&spec.name)
             .build();
         let limited = spec.storage_size.is_some();
+        let unlimited = |r: String| {
+            DockerError::Api {
+            action: format!("create of container {}", spec.name),
+            reason: format!("{r} (the site's policy.writable_layer_size needs a storage driver that limits a container's size: overlay2 on xfs mounted with pquota, btrfs or zfs; ask your admin)"),
+        }
+        };
+        if limited && self.ignores_size_limits().await {
+            return Err(unlimited(
+                "Docker's containerd image store takes a writable-layer size and ignores it".into(),
+            ));
+        }
         within("create", self.docker.create_container(Some(opts), body))
             .await?
-            .map_err(|e| DockerError::Api {
-                action: format!("create of container {}", spec.name),
-                reason: match reason(&e) {
-                    r if limited && r.contains("storage-opt") => format!(
-                        "{r} (the site's policy.writable_layer_size needs a storage driver that limits a container's size: overlay2 on xfs mounted with pquota, btrfs or zfs; ask your admin)"
-                    ),
-                    r => r,
+            .map_err(|e| match reason(&e) {
+                r if limited && r.contains("storage-opt") => unlimited(r),
+                r => DockerError::Api {
+                    action: format!("create of container {}", spec.name),
+                    reason: r,
                 },
             })?;
         Ok(())
+    }
+
+    /// Whether this Docker stores images in containerd's snapshotter, which accepts
+    /// `--storage-opt size` and limits nothing (so a size limit must be refused, not
+    /// trusted). A Docker that cannot tell is taken at its word at create.
+    async fn ignores_size_limits(&self) -> bool {
+        let Ok(Ok(info)) = within("info", self.docker.info()).await else {
+            return false;
+        };
+        info.driver_status
+            .unwrap_or_default()
+            .iter()
+            .any(|pair| pair.iter().any(|v| v.contains("containerd.snapshotter")))
     }
 
     /// Unpacks a tar archive at the container's `/`. A folder the image made a link or file
@@ -881,6 +939,24 @@ impl Engine {
         }
     }
 
+    /// The digest the registry of `image` gives for it now (Docker asks with its own
+    /// registry settings); `None` when the registry has no such image or cannot be asked
+    /// within `limit`.
+    pub async fn registry_digest(&self, image: &str, limit: Duration) -> Option<String> {
+        let asked = tokio::time::timeout(limit, self.docker.inspect_registry_image(image, None));
+        match asked.await {
+            Ok(Ok(found)) => found.descriptor.digest,
+            Ok(Err(e)) => {
+                log::info!("the registry of {image} does not give it: {}", reason(&e));
+                None
+            }
+            Err(_) => {
+                log::info!("the registry of {image} gave no answer in {limit:?}");
+                None
+            }
+        }
+    }
+
     /// Points tag `image` (`repo[:tag]`) at the image with id `id`, when one exists here;
     /// `false` when no image has that id.
     pub async fn tag_id(&self, id: &str, image: &str) -> Result<bool, DockerError> {
@@ -1072,27 +1148,38 @@ pub struct PullProgress {
 }
 
 impl PullProgress {
-    /// Takes one status message of the pull stream.
-    pub fn update(&mut self, layer: Option<&str>, status: Option<&str>, bytes: Option<(i64, i64)>) {
+    /// Takes one status message of the pull stream; whether it shows the pull moving.
+    /// Docker's containerd image store repeats a layer's "Downloading" or "Waiting" about
+    /// every 100 ms whether bytes came or not: those count only when their bytes moved.
+    pub fn update(
+        &mut self,
+        layer: Option<&str>,
+        status: Option<&str>,
+        bytes: Option<(i64, i64)>,
+    ) -> bool {
         let Some(layer) = layer.filter(|l| l.len() == 12) else {
-            return;
+            return true;
         };
         let entry = self
             .layers
             .entry(layer.to_string())
             .or_insert((0, 0, false));
+        let before = *entry;
         match status.unwrap_or_default() {
             "Downloading" => {
                 if let Some((current, total)) = bytes {
                     entry.0 = current;
                     entry.1 = total;
                 }
+                *entry != before
             }
+            "Waiting" => false,
             "Download complete" | "Pull complete" | "Already exists" => {
                 entry.0 = entry.1;
                 entry.2 = true;
+                true
             }
-            _ => {}
+            _ => true,
         }
     }
 
@@ -1359,6 +1446,17 @@ impl std::io::Write for ChunkSender {
 mod tests {
 
     #[test]
+    fn an_images_origin_is_told_by_its_repo_digests() {
+        let id = "sha256:aaa";
+        assert_eq!(Origin::of(id, &[]), Origin::Local);
+        let pulled = ["reg:5000/img@sha256:bbb".to_string()];
+        assert_eq!(Origin::of(id, &pulled), Origin::Registry);
+        // The containerd image store: every image is named by its own digest.
+        let named = ["img@sha256:aaa".to_string()];
+        assert_eq!(Origin::of(id, &named), Origin::Unknown);
+    }
+
+    #[test]
     fn an_owned_folder_and_its_empty_files_are_the_users() {
         let folder = OwnedFolder {
             path: "/.mnd".into(),
@@ -1435,5 +1533,18 @@ mod tests {
         assert_eq!(p.summary(), "6.0/14.0 MB, 1/2 layers");
         p.update(Some("latest"), Some("Pulling from x"), None);
         assert_eq!(p.summary(), "6.0/14.0 MB, 1/2 layers");
+    }
+
+    #[test]
+    fn a_repeated_download_message_without_new_bytes_is_no_progress() {
+        let mut p = PullProgress::default();
+        let at = |mb: i64| Some((mb * 1_000_000, 40_000_000));
+        assert!(p.update(Some("aaaaaaaaaaaa"), Some("Downloading"), at(4)));
+        // The containerd image store's steady beat while the registry sends nothing.
+        assert!(!p.update(Some("aaaaaaaaaaaa"), Some("Downloading"), at(4)));
+        assert!(!p.update(Some("bbbbbbbbbbbb"), Some("Waiting"), None));
+        assert!(p.update(Some("aaaaaaaaaaaa"), Some("Downloading"), at(5)));
+        assert!(p.update(Some("aaaaaaaaaaaa"), Some("Extracting"), None));
+        assert!(p.update(Some("aaaaaaaaaaaa"), Some("Pull complete"), None));
     }
 }

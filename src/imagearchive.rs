@@ -1,6 +1,8 @@
 //! A `docker save` archive from a place the user controls, checked on its way into root's
 //! Docker: it must hold exactly the image whose id root vouched for (the id is the digest
-//! of the image's config, and Docker checks every layer against that config), and it may
+//! of the image's config, and Docker checks every layer against that config; on Docker's
+//! containerd image store it is the digest of the image's manifest, which names every
+//! blob by its digest), and it may
 //! change no tag (its `RepoTags`, `repositories` and index names are dropped, so loading
 //! it touches no image name of anyone's). The check runs while the archive streams through;
 //! the manifest is passed on last, after the check, so a failed check cuts the load off
@@ -90,13 +92,61 @@ pub fn pass_checked(input: impl Read, expected: &str, out: impl Write) -> Result
     let manifest = held
         .remove("manifest.json")
         .ok_or_else(|| malformed("no manifest.json".into()))?;
-    let manifest = checked_manifest(&manifest, expected, &digests)?;
-    append_file(&mut builder, "manifest.json", &manifest)?;
-    if let Some(index) = held.remove("index.json") {
-        append_file(&mut builder, "index.json", &untagged_index(&index)?)?;
+    let index = held.remove("index.json");
+    match (checked_manifest(&manifest, expected, &digests), &index) {
+        (Ok(manifest), _) => {
+            append_file(&mut builder, "manifest.json", &manifest)?;
+            if let Some(index) = &index {
+                append_file(&mut builder, "index.json", &untagged_index(index)?)?;
+            }
+        }
+        // Docker's containerd image store: the id is the digest of the image's manifest,
+        // which the OCI index names. The archive then goes in as an OCI layout alone (no
+        // manifest.json that would make Docker build the image afresh under another id).
+        (Err(e @ ArchiveError::OtherImage { .. }), Some(index)) => {
+            match held_manifest(index, expected, &digests)? {
+                Some(found) if Some(found.as_str()) == expected.strip_prefix("sha256:") => {
+                    append_file(&mut builder, "index.json", &untagged_index(index)?)?;
+                }
+                Some(found) => {
+                    let expected = expected.to_string();
+                    return Err(ArchiveError::OtherImage { expected, found });
+                }
+                None => return Err(e),
+            }
+        }
+        (Err(e), _) => return Err(e),
     }
     builder.into_inner()?.flush()?;
     Ok(())
+}
+
+/// When the OCI `index.json` names one image, `expected`: the digest of what the archive
+/// holds under that name (containerd then checks every blob below it by its digest).
+fn held_manifest(
+    text: &[u8],
+    expected: &str,
+    digests: &BTreeMap<String, String>,
+) -> Result<Option<String>, ArchiveError> {
+    let malformed = |what: &str| ArchiveError::Malformed(format!("index.json: {what}"));
+    let index: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| malformed(&e.to_string()))?;
+    let images = index
+        .get("manifests")
+        .and_then(|m| m.as_array())
+        .ok_or_else(|| malformed("no manifests"))?;
+    let [image] = images.as_slice() else {
+        return Err(malformed(&format!("{} images, not one", images.len())));
+    };
+    let named = image.get("digest").and_then(|d| d.as_str());
+    if named != Some(expected) {
+        return Ok(None);
+    }
+    let path = format!("blobs/{}", expected.replacen(':', "/", 1));
+    let held = digests
+        .get(&path)
+        .ok_or_else(|| malformed(&format!("its image {path} is not in the archive")))?;
+    Ok(Some(held.clone()))
 }
 
 /// The manifest, checked to name one image whose config is `expected`, without its tags.
@@ -191,6 +241,60 @@ mod tests {
         append_file(&mut b, "manifest.json", manifest.to_string().as_bytes()).unwrap();
         append_file(&mut b, "repositories", br#"{"ubuntu":{"22.04":"abc"}}"#).unwrap();
         (b.into_inner().unwrap(), id)
+    }
+
+    /// A `docker save` archive from Docker's containerd image store: an OCI layout whose
+    /// index names the manifest (the image's id), with a manifest.json beside it. The
+    /// manifest blob holds `manifest` under the name `named` (default: its digest, the id
+    /// returned).
+    fn oci_archive(manifest: &[u8], named: Option<&str>) -> (Vec<u8>, String) {
+        let id = format!("sha256:{}", hex(&Sha256::digest(manifest)));
+        let named = named.unwrap_or(&id);
+        let mut b = tar::Builder::new(Vec::new());
+        let blob = format!("blobs/sha256/{}", named.trim_start_matches("sha256:"));
+        append_file(&mut b, &blob, manifest).unwrap();
+        append_file(&mut b, "blobs/sha256/c0ffee", b"{}").unwrap();
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"digest": named,
+            "annotations": {"io.containerd.image.name": "docker.io/library/other:1"}}]});
+        append_file(&mut b, "index.json", index.to_string().as_bytes()).unwrap();
+        let compat =
+            serde_json::json!([{"Config": "blobs/sha256/c0ffee", "RepoTags": ["other:1"]}]);
+        append_file(&mut b, "manifest.json", compat.to_string().as_bytes()).unwrap();
+        (b.into_inner().unwrap(), id)
+    }
+
+    #[test]
+    fn a_containerd_store_archive_passes_by_its_manifest_digest_as_an_oci_layout_alone() {
+        let (tar_bytes, id) = oci_archive(br#"{"config":{}}"#, None);
+        let mut out = Vec::new();
+        pass_checked(&tar_bytes[..], &id, &mut out).unwrap();
+        let got = files(&out);
+        assert!(
+            !got.contains_key("manifest.json"),
+            "Docker would rebuild the image"
+        );
+        let index: serde_json::Value = serde_json::from_slice(&got["index.json"]).unwrap();
+        assert_eq!(index["manifests"][0]["digest"], id.as_str());
+        assert_eq!(
+            index["manifests"][0]["annotations"],
+            serde_json::Value::Null
+        );
+    }
+
+    #[test]
+    fn a_containerd_store_archive_with_a_changed_manifest_or_another_image_is_refused() {
+        let (good, id) = oci_archive(br#"{"config":{}}"#, None);
+        // The manifest changed under the vouched name: its digest is another.
+        let (changed, other) = oci_archive(br#"{"config":{"evil":1}}"#, Some(&id));
+        let err = pass_checked(&changed[..], &id, Vec::new()).unwrap_err();
+        let found = other.trim_start_matches("sha256:").to_string();
+        assert!(
+            matches!(&err, ArchiveError::OtherImage { found: f, .. } if *f == found),
+            "{err}"
+        );
+        // Another image altogether.
+        let err = pass_checked(&good[..], &other, Vec::new()).unwrap_err();
+        assert!(matches!(err, ArchiveError::OtherImage { .. }), "{err}");
     }
 
     fn files(tar_bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {

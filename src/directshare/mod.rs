@@ -15,7 +15,7 @@
 //! (`mnd direct share`), so links and root-squashed homes are the user's own business, and
 //! what it hands over is checked here, as root.
 
-use crate::docker::{DockerError, Engine, ImageFacts};
+use crate::docker::{DockerError, Engine, ImageFacts, Origin};
 use crate::munge::{self, MungeError};
 use crate::spank::Request;
 use std::io::{BufRead, Read, Write};
@@ -33,6 +33,11 @@ const WORD_TTL_SECS: u32 = 600;
 
 /// How long a node waits for the first node's word, and for a growing archive to grow.
 pub const WAIT: Duration = Duration::from_secs(60);
+
+/// How long the first node asks an image's registry whether it has the image (Docker's
+/// containerd image store cannot tell a pulled image from one made here); no answer by
+/// then, and the image is shared.
+const REGISTRY_ASK: Duration = Duration::from_secs(10);
 
 /// Why the share could not serve the image.
 #[derive(Debug, Error)]
@@ -199,10 +204,11 @@ pub struct Offering(std::thread::JoinHandle<Result<(), ShareError>>);
 impl Offering {
     /// Starts offering `image` (`facts`) when it came from no registry; `None` otherwise.
     pub fn start(share: &StepShare, image: &str, facts: &ImageFacts) -> Option<Offering> {
-        if facts.from_registry {
+        if facts.origin == Origin::Registry {
             return None;
         }
         let (share, image, id) = (share.clone(), image.to_string(), facts.id.clone());
+        let ask_registry = facts.origin == Origin::Unknown;
         Some(Offering(std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -210,6 +216,12 @@ impl Offering {
                 .map_err(|e| ShareError::AsUser(e.to_string()))?;
             runtime.block_on(async {
                 let engine = Engine::connect().await?;
+                if ask_registry
+                    && engine.registry_digest(&image, REGISTRY_ASK).await == Some(id.clone())
+                {
+                    log::info!("{image} is in its registry as {id}: the other nodes pull it");
+                    return Ok(());
+                }
                 offer(&share, &engine, &image, &id).await
             })
         })))

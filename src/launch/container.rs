@@ -161,25 +161,42 @@ async fn image_under_lock(
     // One image check/pull at a time per user on this node: several jobs starting at once
     // then pull once (Docker alone re-downloads when two pulls overlap).
     // Waiting for another job's pull counts as progress: that pull has its own bound.
-    let lock = {
-        let lock = pull_lock(plan);
-        tokio::pin!(lock);
-        let mut beat = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                l = &mut lock => break l,
-                _ = beat.tick() => progress.send_modify(|r| {
-                    r.events += 1;
-                    r.summary = "waiting for another job's pull of the image".into();
-                }),
-            }
-        }
-    };
+    let waiting = "waiting for another job's pull of the image";
+    let lock = with_heartbeat(progress, waiting, pull_lock(plan)).await;
     let image = obtain_image(plan, engine, progress).await?;
-    let copy = derived::accounts_image(plan, engine, &image)
-        .await
-        .map_err(|e| format!("{e} (while making this user's copy of image {})", image.id))?;
+    // Making the copy counts too (about 1 s on Docker's containerd image store, where a
+    // pull's last progress may be a few seconds before it); each of its calls is bounded.
+    let making = "making this user's copy of the image";
+    let copy = with_heartbeat(
+        progress,
+        making,
+        derived::accounts_image(plan, engine, &image),
+    )
+    .await
+    .map_err(|e| format!("{e} (while making this user's copy of image {})", image.id))?;
     Ok((image, copy, lock))
+}
+
+/// Runs `work`, telling `progress` every second that this node is `doing` it: the first
+/// node's wait after a pull's last progress then holds while the node works (quick work,
+/// the usual case, sends nothing).
+async fn with_heartbeat<T>(
+    progress: &watch::Sender<PullReport>,
+    doing: &str,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let second = Duration::from_secs(1);
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = beat.tick() => progress.send_modify(|r| {
+                r.events += 1;
+                r.summary = doing.to_string();
+            }),
+        }
+    }
 }
 
 /// Waits for the container's sshd to answer on `port`; a container that ends first, or an

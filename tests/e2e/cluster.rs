@@ -351,6 +351,11 @@ pub fn pushed_image(tag: &str, layer_cmd: &str) -> String {
     let _ = Command::new("docker").args(["rm", "-f", &maker]).output();
     let image = vcluster(&["registry", &local], &[]);
     assert!(image.ends_with(&local), "{image}");
+    // The registry holds it now; the host keeps nothing of the test.
+    let pushed = format!("127.0.0.1:5000/{local}");
+    let _ = Command::new("docker")
+        .args(["rmi", &local, &pushed])
+        .output();
     image
 }
 
