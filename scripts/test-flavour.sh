@@ -32,6 +32,7 @@ store_tests=()
   images::a_slow_pull_outlasts_the_wait_timeout_and_a_stalled_one_fails_naming_the_node
   images::an_image_only_on_node1_reaches_the_other_nodes_through_the_share_once
   images::a_users_copy_of_the_image_is_made_once_and_goes_when_the_image_loses_its_name
+  images::a_users_copy_of_a_pulled_image_goes_with_it_even_where_docker_stops_listing_it
   hostile::a_writable_layer_limit_the_storage_driver_cannot_keep_is_named
 )
 pmix=mpi::direct_mode_pmix_allreduce_of_8_mib_with_the_pmix_folder_mounted

@@ -114,7 +114,41 @@ pub async fn remove_stale_copies(
             removed.push(id);
         }
     }
+    // The same rule once more through Docker's prune, which also reaches the copies the
+    // containerd image store stops listing when their base's layers go.
+    match engine
+        .prune_unnamed(stale_copy_filters(uid, &named, now()))
+        .await
+    {
+        Ok(pruned) => removed.extend(pruned),
+        Err(e) => log::debug!("prune of stale copies: {e}"),
+    }
     Ok(removed)
+}
+
+/// Docker's prune filters for the copies of user `uid` (`None`: anyone's) whose base is none
+/// of the `named` images, made over a minute before `now` (seconds since the epoch): one
+/// made for a job that is still starting is kept.
+fn stale_copy_filters(
+    uid: Option<u32>,
+    named: &std::collections::HashSet<String>,
+    now: i64,
+) -> HashMap<String, Vec<String>> {
+    let mut has = vec![format!("{}=accounts", labels::ROLE)];
+    has.extend(uid.map(|u| format!("{}={u}", labels::UID)));
+    let mut named: Vec<String> = named
+        .iter()
+        .map(|id| format!("{}={id}", labels::BASE))
+        .collect();
+    named.sort();
+    let mut filters = HashMap::from([
+        ("label".to_string(), has),
+        ("until".to_string(), vec![(now - 60).to_string()]),
+    ]);
+    if !named.is_empty() {
+        filters.insert("label!".to_string(), named);
+    }
+    filters
 }
 
 /// One `mnd ps` line: node, job, step, user, image, age, state, CPU, memory, name.
@@ -199,6 +233,18 @@ pub async fn remove(engine: &Engine, sel: &Selection) -> Result<Vec<String>, Cle
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_copies_are_pruned_by_role_owner_base_and_age() {
+        let named = ["sha256:b".to_string(), "sha256:a".to_string()].into();
+        let f = stale_copy_filters(Some(1001), &named, 1_000);
+        assert_eq!(f["label"], ["mnd.role=accounts", "mnd.uid=1001"]);
+        assert_eq!(f["label!"], ["mnd.base=sha256:a", "mnd.base=sha256:b"]);
+        assert_eq!(f["until"], ["940"]);
+        let f = stale_copy_filters(None, &Default::default(), 1_000);
+        assert_eq!(f["label"], ["mnd.role=accounts"]);
+        assert!(!f.contains_key("label!"));
+    }
 
     #[test]
     fn durations() {

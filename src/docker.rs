@@ -957,6 +957,33 @@ impl Engine {
         }
     }
 
+    /// Removes the unnamed images that match `filters` (Docker's filter syntax: `label`,
+    /// `label!`, `until`) and no container uses; the ids of those Docker reports it
+    /// unnamed (the containerd image store's; the other store's were listed). Unlike the
+    /// image list, this reaches images Docker's containerd image store no longer lists
+    /// (those whose base image's layers were removed).
+    pub async fn prune_unnamed(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> Result<Vec<String>, DockerError> {
+        let mut filters = filters;
+        filters.insert("dangling".into(), vec!["true".into()]);
+        let opts = bollard::query_parameters::PruneImagesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let pruned = within("image prune", self.docker.prune_images(Some(opts)))
+            .await?
+            .map_err(api("prune of images"))?;
+        Ok(pruned
+            .images_deleted
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|item| item.untagged)
+            // The containerd image store's name for an image without one.
+            .map(|name| name.trim_start_matches("moby-dangling@").to_string())
+            .collect())
+    }
+
     /// Points tag `image` (`repo[:tag]`) at the image with id `id`, when one exists here;
     /// `false` when no image has that id.
     pub async fn tag_id(&self, id: &str, image: &str) -> Result<bool, DockerError> {

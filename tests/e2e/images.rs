@@ -646,6 +646,52 @@ fn a_users_copy_of_the_image_is_made_once_and_goes_when_the_image_loses_its_name
 }
 
 #[test]
+fn a_users_copy_of_a_pulled_image_goes_with_it_even_where_docker_stops_listing_it() {
+    // On Docker's containerd image store a copy of a pulled image drops out of Docker's
+    // image list once the image's layers go (it stays on disk): the Epilog's cleanup must
+    // still find it. A copy younger than a minute is kept (a job may be starting on it).
+    let _g = shared();
+    let tag = format!("copypull-{}", std::process::id());
+    let image = pushed_image(&tag, &format!("echo {tag} > /marker"));
+    let s = script(
+        "alice",
+        "e2e-copy-pulled.sh",
+        "#!/bin/sh
+cat /marker
+",
+    );
+    let name = unique("copypull");
+    let r = alice(&format!(
+        "srun -N1 -n1 -w node1 mnd-srun --container={image} --dockname={name} --script=./{s}"
+    ));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains(&tag), "{}", r.all());
+    assert_clean(&name, CLEAN);
+    let base = root_on(
+        "node1",
+        &["docker", "image", "inspect", "-f", "{{.Id}}", &image],
+    );
+    let made = copies_of(base.stdout.trim());
+    assert_eq!(made.len(), 1, "one copy of {image}: {made:?}");
+    let r = root_on("node1", &["docker", "rmi", &image]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    // The cleanup runs at most once a second (each one asks Docker to prune).
+    let mut last: Option<std::time::Instant> = None;
+    wait_until(
+        "the Epilog's cleanup to remove the copy",
+        Duration::from_secs(150),
+        || {
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return false;
+            }
+            last = Some(std::time::Instant::now());
+            root_on("node1", &["sh", "-c", EPILOG_CLEANUP]);
+            root_on("node1", &["docker", "image", "inspect", &made[0]]).code != 0
+        },
+    );
+}
+
+#[test]
 fn an_image_committed_from_a_jobs_container_is_never_taken_for_a_copy() {
     let _g = shared();
     let go = format!("/shared/home/alice/e2e-commit-go-{}", std::process::id());
