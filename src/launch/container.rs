@@ -162,39 +162,59 @@ async fn image_under_lock(
     // then pull once (Docker alone re-downloads when two pulls overlap).
     // Waiting for another job's pull counts as progress: that pull has its own bound.
     let waiting = "waiting for another job's pull of the image";
-    let lock = with_heartbeat(progress, waiting, pull_lock(plan)).await;
+    let lock = with_heartbeat(progress, waiting, Beat::Always, pull_lock(plan)).await;
     let image = obtain_image(plan, engine, progress).await?;
-    // Making the copy counts too (about 1 s on Docker's containerd image store, where a
-    // pull's last progress may be a few seconds before it); each of its calls is bounded.
-    let making = "making this user's copy of the image";
-    let copy = with_heartbeat(
-        progress,
-        making,
-        derived::accounts_image(plan, engine, &image),
-    )
-    .await
-    .map_err(|e| format!("{e} (while making this user's copy of image {})", image.id))?;
+    let copy = derived::accounts_image(plan, engine, &image)
+        .await
+        .map_err(|e| format!("{e} (while making this user's copy of image {})", image.id))?;
     Ok((image, copy, lock))
 }
 
-/// Runs `work`, telling `progress` every second that this node is `doing` it: the first
-/// node's wait after a pull's last progress then holds while the node works (quick work,
-/// the usual case, sends nothing).
-async fn with_heartbeat<T>(
+/// When [`with_heartbeat`] beats.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Beat {
+    /// Every second, saying what the node does.
+    Always,
+    /// In every second without other progress, once this node has reported some (a pull,
+    /// or a wait for one); the last summary stands.
+    AfterProgress,
+}
+
+/// Runs `work`, telling `progress` every second (as `beat` says) that this node is `doing`
+/// it, so that the first node's wait holds while the node works: a wait for another job's
+/// pull, or a start after a pull (making the user's copy alone takes about 1 s on Docker's
+/// containerd image store). Quick work, the usual case, sends nothing; each Docker call,
+/// and a pull that stalls, has its own bound.
+pub(super) async fn with_heartbeat<T>(
     progress: &watch::Sender<PullReport>,
     doing: &str,
+    beat: Beat,
     work: impl std::future::Future<Output = T>,
 ) -> T {
     tokio::pin!(work);
     let second = Duration::from_secs(1);
-    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
+    let mut seen = progress.borrow().events;
     loop {
         tokio::select! {
             done = &mut work => return done,
-            _ = beat.tick() => progress.send_modify(|r| {
-                r.events += 1;
-                r.summary = doing.to_string();
-            }),
+            _ = ticks.tick() => {
+                progress.send_if_modified(|r| {
+                    let silent = r.events == seen;
+                    let beats = match beat {
+                        Beat::Always => true,
+                        Beat::AfterProgress => silent && r.events > 0,
+                    };
+                    if beats {
+                        r.events += 1;
+                        if beat == Beat::Always {
+                            r.summary = doing.to_string();
+                        }
+                    }
+                    seen = r.events;
+                    beats
+                });
+            }
         }
     }
 }

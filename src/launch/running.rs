@@ -29,7 +29,13 @@ pub(super) async fn start(
             runtime: Runtime::Inside(inside::start(plan, port).await?),
         });
     }
-    let started = container::start(plan, port, progress).await?;
+    let started = container::with_heartbeat(
+        progress,
+        "starting the container",
+        container::Beat::AfterProgress,
+        container::start(plan, port, progress),
+    )
+    .await?;
     Ok(Running {
         sshd_port: port,
         image_id: started.image_id,

@@ -19,6 +19,9 @@ use tokio::time::Instant;
 /// How often a relay passes up pull progress of the nodes below it, at most.
 const PASS_UP_EVERY: Duration = Duration::from_millis(500);
 
+/// How often this node's own pull progress goes up.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
 /// This node's subtree once started: its container, and every node below it READY.
 type Started = Result<(Running, Vec<ReadyWorker>), LaunchError>;
 
@@ -70,7 +73,11 @@ pub(super) async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
     drop(accept);
     // StartingSubtree with the parent connected: report pull progress here and below (it
     // keeps everyone above waiting), and obey ABORT at once.
-    let mut last_report = Instant::now() - Duration::from_secs(1);
+    // This node's own progress goes up at most once a second, the latest of it (a change
+    // in between waits for the next second, never dropped: a pull's last steps keep the
+    // first node waiting too).
+    let mut last_report = Instant::now() - REPORT_EVERY;
+    let mut unreported = false;
     let mut last_passed = Instant::now() - PASS_UP_EVERY;
     let started = loop {
         tokio::select! {
@@ -81,11 +88,14 @@ pub(super) async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
                 return after_order(plan, order);
             }
             Ok(()) = pulled.changed() => {
-                if last_report.elapsed() >= Duration::from_secs(1) {
-                    last_report = Instant::now();
-                    let summary = pulled.borrow_and_update().summary.clone();
-                    let _ = link.report(plan.this_node(), &Status::Pulling(summary)).await;
-                }
+                pulled.borrow_and_update();
+                unreported = true;
+            }
+            () = tokio::time::sleep_until(last_report + REPORT_EVERY), if unreported => {
+                last_report = Instant::now();
+                unreported = false;
+                let summary = pulled.borrow().summary.clone();
+                let _ = link.report(plan.this_node(), &Status::Pulling(summary)).await;
             }
             Some((node, how_far)) = passed.recv() => {
                 // Progress below only keeps the parent waiting: a line now and then does,

@@ -647,32 +647,61 @@ fn a_users_copy_of_the_image_is_made_once_and_goes_when_the_image_loses_its_name
 
 #[test]
 fn a_users_copy_of_a_pulled_image_goes_with_it_even_where_docker_stops_listing_it() {
-    // On Docker's containerd image store a copy of a pulled image drops out of Docker's
-    // image list once the image's layers go (it stays on disk): the Epilog's cleanup must
-    // still find it. A copy younger than a minute is kept (a job may be starting on it).
+    // On Docker's containerd image store a pulled image, and a copy of it, can drop out of
+    // Docker's image list (their blobs go; they stay on disk): the Epilog's cleanup must
+    // still find the copy once the image is removed. The copy is found through the job's
+    // container, which Docker lists whatever its image. A copy younger than a minute is
+    // kept (a job may be starting on it).
     let _g = shared();
     let tag = format!("copypull-{}", std::process::id());
     let image = pushed_image(&tag, &format!("echo {tag} > /marker"));
+    let go = format!("/shared/home/alice/e2e-copypull-go-{}", std::process::id());
     let s = script(
         "alice",
         "e2e-copy-pulled.sh",
-        "#!/bin/sh
-cat /marker
-",
+        &format!("#!/bin/sh\ncat /marker\nwhile [ ! -e {go} ]; do sleep 0.1; done\n"),
     );
     let name = unique("copypull");
-    let r = alice(&format!(
+    let line = format!(
         "srun -N1 -n1 -w node1 mnd-srun --container={image} --dockname={name} --script=./{s}"
-    ));
+    );
+    let job = std::thread::spawn(move || alice(&line));
+    let mut copy = String::new();
+    wait_until("the job's container", Duration::from_secs(90), || {
+        let filter = format!("name={name}");
+        let ps = root_on("node1", &["docker", "ps", "-q", "--filter", &filter]);
+        let Some(id) = ps.stdout.split_whitespace().next() else {
+            return false;
+        };
+        copy = root_on("node1", &["docker", "inspect", "-f", "{{.Image}}", id])
+            .stdout
+            .trim()
+            .to_string();
+        !copy.is_empty()
+    });
+    root_on("node1", &["touch", &go]);
+    let r = job.join().unwrap();
+    root_on("node1", &["rm", "-f", &go]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stdout.contains(&tag), "{}", r.all());
     assert_clean(&name, CLEAN);
-    let base = root_on(
+    let role = root_on(
         "node1",
-        &["docker", "image", "inspect", "-f", "{{.Id}}", &image],
+        &[
+            "docker",
+            "image",
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"mnd.role\"}}",
+            &copy,
+        ],
     );
-    let made = copies_of(base.stdout.trim());
-    assert_eq!(made.len(), 1, "one copy of {image}: {made:?}");
+    assert_eq!(
+        role.stdout.trim(),
+        "accounts",
+        "{copy} is no copy: {}",
+        role.all()
+    );
     let r = root_on("node1", &["docker", "rmi", &image]);
     assert_eq!(r.code, 0, "{}", r.all());
     // The cleanup runs at most once a second (each one asks Docker to prune).
@@ -686,7 +715,7 @@ cat /marker
             }
             last = Some(std::time::Instant::now());
             root_on("node1", &["sh", "-c", EPILOG_CLEANUP]);
-            root_on("node1", &["docker", "image", "inspect", &made[0]]).code != 0
+            root_on("node1", &["docker", "image", "inspect", &copy]).code != 0
         },
     );
 }
