@@ -645,6 +645,53 @@ fn a_users_copy_of_the_image_is_made_once_and_goes_when_the_image_loses_its_name
     assert!(copies_of(&second).is_empty());
 }
 
+/// A one-node job of alice on node1 running `image`, whose script prints `say` then holds
+/// until released.
+struct HeldOnNode1 {
+    name: String,
+    go: String,
+    job: std::thread::JoinHandle<Run>,
+}
+
+impl HeldOnNode1 {
+    fn start(image: &str, tag: &str, say: &str) -> HeldOnNode1 {
+        let go = format!("/shared/home/alice/e2e-{tag}-go-{}", std::process::id());
+        let s = script(
+            "alice",
+            &format!("e2e-{tag}.sh"),
+            &format!("#!/bin/sh\n{say}\nwhile [ ! -e {go} ]; do sleep 0.1; done\necho released\n"),
+        );
+        let name = unique(tag);
+        let line = format!(
+            "srun -N1 -n1 -w node1 mnd-srun --container={image} --dockname={name} --script=./{s}"
+        );
+        let job = std::thread::spawn(move || alice(&line));
+        HeldOnNode1 { name, go, job }
+    }
+
+    /// The id of the job's container, once Docker lists it.
+    fn container(&self) -> String {
+        let mut id = String::new();
+        let filter = format!("name={}", self.name);
+        wait_until("the job's container", Duration::from_secs(90), || {
+            let ps = root_on("node1", &["docker", "ps", "-q", "--filter", &filter]);
+            id = ps.stdout.trim().to_string();
+            !id.is_empty()
+        });
+        id
+    }
+
+    /// Lets the script end; the job's run, once nothing of it is left.
+    fn release(self) -> Run {
+        root_on("node1", &["touch", &self.go]);
+        let r = self.job.join().unwrap();
+        root_on("node1", &["rm", "-f", &self.go]);
+        assert!(r.code == 0 && r.stdout.contains("released"), "{}", r.all());
+        assert_clean(&self.name, CLEAN);
+        r
+    }
+}
+
 #[test]
 fn a_users_copy_of_a_pulled_image_goes_with_it_even_where_docker_stops_listing_it() {
     // On Docker's containerd image store a pulled image, and a copy of it, can drop out of
@@ -655,36 +702,17 @@ fn a_users_copy_of_a_pulled_image_goes_with_it_even_where_docker_stops_listing_i
     let _g = shared();
     let tag = format!("copypull-{}", std::process::id());
     let image = pushed_image(&tag, &format!("echo {tag} > /marker"));
-    let go = format!("/shared/home/alice/e2e-copypull-go-{}", std::process::id());
-    let s = script(
-        "alice",
-        "e2e-copy-pulled.sh",
-        &format!("#!/bin/sh\ncat /marker\nwhile [ ! -e {go} ]; do sleep 0.1; done\n"),
-    );
-    let name = unique("copypull");
-    let line = format!(
-        "srun -N1 -n1 -w node1 mnd-srun --container={image} --dockname={name} --script=./{s}"
-    );
-    let job = std::thread::spawn(move || alice(&line));
-    let mut copy = String::new();
-    wait_until("the job's container", Duration::from_secs(90), || {
-        let filter = format!("name={name}");
-        let ps = root_on("node1", &["docker", "ps", "-q", "--filter", &filter]);
-        let Some(id) = ps.stdout.split_whitespace().next() else {
-            return false;
-        };
-        copy = root_on("node1", &["docker", "inspect", "-f", "{{.Image}}", id])
-            .stdout
-            .trim()
-            .to_string();
-        !copy.is_empty()
-    });
-    root_on("node1", &["touch", &go]);
-    let r = job.join().unwrap();
-    root_on("node1", &["rm", "-f", &go]);
-    assert_eq!(r.code, 0, "{}", r.all());
+    let held = HeldOnNode1::start(&image, "copypull", "cat /marker");
+    let container = held.container();
+    let copy = root_on(
+        "node1",
+        &["docker", "inspect", "-f", "{{.Image}}", &container],
+    )
+    .stdout
+    .trim()
+    .to_string();
+    let r = held.release();
     assert!(r.stdout.contains(&tag), "{}", r.all());
-    assert_clean(&name, CLEAN);
     let role = root_on(
         "node1",
         &[
@@ -723,36 +751,12 @@ fn a_users_copy_of_a_pulled_image_goes_with_it_even_where_docker_stops_listing_i
 #[test]
 fn an_image_committed_from_a_jobs_container_is_never_taken_for_a_copy() {
     let _g = shared();
-    let go = format!("/shared/home/alice/e2e-commit-go-{}", std::process::id());
-    let s = script(
-        "alice",
-        "e2e-commit-wait.sh",
-        &format!("#!/bin/sh\nwhile [ ! -e {go} ]; do sleep 0.1; done\necho released\n"),
-    );
-    let name = unique("commitcopy");
-    let line = format!(
-        "srun -N1 -n1 -w node1 mnd-srun --container={IMAGE} --dockname={name} --script=./{s}"
-    );
-    let job = std::thread::spawn(move || alice(&line));
-    let mut id = String::new();
-    wait_until("the job's container", Duration::from_secs(60), || {
-        id = root_on(
-            "node1",
-            &["docker", "ps", "-q", "--filter", &format!("name={name}")],
-        )
-        .stdout
-        .trim()
-        .to_string();
-        !id.is_empty()
-    });
+    let held = HeldOnNode1::start(IMAGE, "commitcopy", "true");
     // What a user's `docker commit` of the running job makes: an unnamed image.
-    let committed = root_on("node1", &["docker", "commit", &id]);
-    root_on("node1", &["touch", &go]);
-    let r = job.join().unwrap();
+    let committed = root_on("node1", &["docker", "commit", &held.container()]);
+    held.release();
     assert_eq!(committed.code, 0, "{}", committed.all());
     let committed = committed.stdout.trim().to_string();
-    assert!(r.code == 0 && r.stdout.contains("released"), "{}", r.all());
-    assert_clean(&name, CLEAN);
     let labels = root_on(
         "node1",
         &[
@@ -774,9 +778,6 @@ fn an_image_committed_from_a_jobs_container_is_never_taken_for_a_copy() {
     let r = root_on("node1", &["sh", "-c", EPILOG_CLEANUP]);
     assert_eq!(r.code, 0, "{}", r.all());
     let kept = root_on("node1", &["docker", "image", "inspect", &committed]);
-    root_on(
-        "node1",
-        &["sh", "-c", &format!("docker rmi {committed}; rm -f {go}")],
-    );
+    root_on("node1", &["docker", "rmi", &committed]);
     assert_eq!(kept.code, 0, "the committed image was removed as a copy");
 }
