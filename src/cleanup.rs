@@ -4,7 +4,7 @@
 
 use crate::docker::{DockerError, Engine, Listed};
 use crate::spec::labels;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
@@ -98,6 +98,35 @@ pub async fn remove_stale_copies(
     uid: Option<u32>,
     keep: Option<&str>,
 ) -> Result<Vec<String>, DockerError> {
+    Ok(remove_listed_copies(engine, uid, keep).await?.0)
+}
+
+/// The Epilog's sweep (`mnd cleanup`): [`remove_stale_copies`], then the same rule once
+/// more through Docker's prune, which also reaches the copies the containerd image store
+/// stops listing when their base's layers go. Not on a job's start: a prune walks every
+/// image.
+pub async fn sweep_stale_copies(
+    engine: &Engine,
+    uid: Option<u32>,
+) -> Result<Vec<String>, DockerError> {
+    let (mut removed, named) = remove_listed_copies(engine, uid, None).await?;
+    match engine
+        .prune_unnamed(stale_copy_filters(uid, &named, now()))
+        .await
+    {
+        Ok(pruned) => removed.extend(pruned),
+        Err(e) => log::debug!("prune of stale copies: {e}"),
+    }
+    Ok(removed)
+}
+
+/// [`remove_stale_copies`] over the images Docker lists; what it removed, and the ids of
+/// the named images it went by.
+async fn remove_listed_copies(
+    engine: &Engine,
+    uid: Option<u32>,
+    keep: Option<&str>,
+) -> Result<(Vec<String>, HashSet<String>), DockerError> {
     let mut filter = vec![labels::ACCOUNTS.to_string()];
     filter.extend(uid.map(|u| format!("{}={u}", labels::UID)));
     let (copies, named) = tokio::join!(engine.unnamed_images(&filter), engine.named_images());
@@ -114,16 +143,7 @@ pub async fn remove_stale_copies(
             removed.push(id);
         }
     }
-    // The same rule once more through Docker's prune, which also reaches the copies the
-    // containerd image store stops listing when their base's layers go.
-    match engine
-        .prune_unnamed(stale_copy_filters(uid, &named, now()))
-        .await
-    {
-        Ok(pruned) => removed.extend(pruned),
-        Err(e) => log::debug!("prune of stale copies: {e}"),
-    }
-    Ok(removed)
+    Ok((removed, named))
 }
 
 /// Docker's prune filters for the copies of user `uid` (`None`: anyone's) whose base is none
@@ -131,7 +151,7 @@ pub async fn remove_stale_copies(
 /// made for a job that is still starting is kept.
 fn stale_copy_filters(
     uid: Option<u32>,
-    named: &std::collections::HashSet<String>,
+    named: &HashSet<String>,
     now: i64,
 ) -> HashMap<String, Vec<String>> {
     let mut has = vec![format!("{}=accounts", labels::ROLE)];

@@ -514,7 +514,7 @@ fn cleanup_cmd(
         for name in &removed {
             eprintln!("mnd: removed {name}");
         }
-        let copies = cleanup::remove_stale_copies(&engine, sel.uid, None)
+        let copies = cleanup::sweep_stale_copies(&engine, sel.uid)
             .await
             .map_err(|e| e.to_string())?;
         for id in &copies {

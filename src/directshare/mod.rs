@@ -217,7 +217,11 @@ impl Offering {
             runtime.block_on(async {
                 let engine = Engine::connect().await?;
                 if ask_registry
-                    && engine.registry_digest(&image, REGISTRY_ASK).await == Some(id.clone())
+                    && engine
+                        .registry_digest(&image, REGISTRY_ASK)
+                        .await
+                        .as_deref()
+                        == Some(id.as_str())
                 {
                     log::info!("{image} is in its registry as {id}: the other nodes pull it");
                     return Ok(());

@@ -151,9 +151,21 @@ async fn finish(
         ),
         Outcome::Failed(e) => (e.clone(), LaunchError::Script(e)),
     };
-    report(&error);
-    fanout::abort_all(plan, key, links, &why).await;
+    end_job(plan, key, links, &why, &error, report).await;
     Err(error)
+}
+
+/// Says why the job ends, at once (see [`Report`]), then stops every node below for `why`.
+async fn end_job(
+    plan: &Plan,
+    key: &JobKey,
+    links: Vec<Arc<WorkerLink>>,
+    why: &str,
+    error: &LaunchError,
+    report: Report<'_>,
+) {
+    report(error);
+    fanout::abort_all(plan, key, links, why).await;
 }
 
 /// How the script's run ended.
@@ -302,8 +314,7 @@ pub(super) async fn coordinator(plan: &Plan, report: Report<'_>) -> Result<i32, 
         Signals::forwarded().map_err(|e| node_err(plan)(format!("cannot handle signals: {e}")))?;
     let key = job_key(plan)?;
     if let Err(e) = check_script(plan) {
-        report(&e);
-        fanout::abort_all(plan, &key, Vec::new(), &e.to_string()).await;
+        end_job(plan, &key, Vec::new(), &e.to_string(), &e, report).await;
         return Err(e);
     }
     let script = plan.script.as_ref().expect("coordinator has a script");
@@ -340,8 +351,7 @@ pub(super) async fn coordinator(plan: &Plan, report: Report<'_>) -> Result<i32, 
                 LaunchError::Signal(sig) => format!("coordinator got signal {sig}"),
                 other => other.to_string(),
             };
-            report(&e);
-            fanout::abort_all(plan, &key, links, &why).await;
+            end_job(plan, &key, links, &why, &e, report).await;
             if matches!(e, LaunchError::Signal(_)) {
                 tear_down(plan, None).await;
             }
