@@ -157,6 +157,10 @@ pub struct ImageFacts {
     /// Known here by its id alone (loaded untagged from an image share, so that no name
     /// changed): containers are made from the id.
     pub by_id_only: bool,
+    /// Its names here: `repo:tag` and `repo@digest`.
+    pub names: Vec<String>,
+    /// It carries a user's-copy label (`mnd.accounts` or `mnd.base`, not empty).
+    pub copy_labelled: bool,
 }
 
 /// Where an image came from, as far as this node's Docker tells.
@@ -324,12 +328,28 @@ impl Engine {
             }
         };
         let config = info.config.unwrap_or_default();
+        let labelled = |k: &str| {
+            config
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(k))
+                .is_some_and(|v| !v.is_empty())
+        };
         Ok(ImageFacts {
             origin: Origin::of(
                 info.id.as_deref().unwrap_or_default(),
                 info.repo_digests.as_deref().unwrap_or_default(),
             ),
             by_id_only: false,
+            copy_labelled: labelled(crate::spec::labels::ACCOUNTS)
+                || labelled(crate::spec::labels::BASE),
+            names: info
+                .repo_tags
+                .iter()
+                .flatten()
+                .chain(info.repo_digests.iter().flatten())
+                .cloned()
+                .collect(),
             id: info.id.unwrap_or_default(),
             env: config.env.unwrap_or_default(),
             pulled,
@@ -562,10 +582,28 @@ impl Engine {
             action: format!("read of {path}"),
             reason: e.to_string(),
         })?;
+        // Only a regular file's content, and at most 4 MiB of it: the image decides what is
+        // at the path. A link, a FIFO or a device is refused: dockerd itself opens the
+        // image's /etc/passwd and /etc/group at start (and would hang on a FIFO), and the
+        // container's own file is mounted over it (a link would move that mount).
         for entry in entries.flatten() {
+            let kind = match entry.header().entry_type() {
+                tar::EntryType::Regular => None,
+                tar::EntryType::Symlink | tar::EntryType::Link => Some("a link"),
+                tar::EntryType::Fifo => Some("a FIFO"),
+                tar::EntryType::Char | tar::EntryType::Block => Some("a device"),
+                _ => continue,
+            };
+            if let Some(kind) = kind {
+                return Err(DockerError::Api {
+                    action: format!("read of {path}"),
+                    reason: format!("{path} in the image is {kind}, not a regular file: such an image is refused. Fix: an image whose {path} is a regular file"),
+                });
+            }
             let mut text = String::new();
-            let mut entry = entry;
-            if std::io::Read::read_to_string(&mut entry, &mut text).is_ok() {
+            if std::io::Read::read_to_string(&mut std::io::Read::take(entry, 4 << 20), &mut text)
+                .is_ok()
+            {
                 return Ok(Some(text));
             }
         }

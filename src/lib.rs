@@ -4,6 +4,7 @@
 //! `control`, `signals`) and `launch` runs the coordinator and worker state machines.
 
 pub mod accounts;
+pub mod asuser;
 pub mod cleanup;
 pub mod cli;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod hosts;
 pub mod identity;
 pub mod imagearchive;
 pub mod imagecache;
+pub mod initprog;
 pub mod jobtools;
 pub mod launch;
 pub mod listening;

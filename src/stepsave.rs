@@ -1,15 +1,18 @@
 //! `--mnd-save=PATH` (pyxis's `--container-save`): at the step's end the root helper
 //! (`mnd direct save`) commits the step's container and writes it as a `docker save`
-//! archive at PATH, **as the job's user**: a process that dropped to the user's ids before
-//! any thread started opens the file (a temporary name beside it, no link followed, then a
-//! rename), so the archive goes only where the user may write. The committed image is
-//! removed from root's storage once written. `docker load -i PATH` brings it back.
+//! archive at PATH into a file **the job's user opened** (`asuser`: a process that dropped
+//! to the user's ids opens a temporary name beside PATH, no link followed, hands root the
+//! descriptor, and renames it into place when root says it is whole), so the archive goes
+//! only where the user may write, and root waits on nothing of the user's without a bound.
+//! The commit has no name and is removed from root's storage once written. `docker load -i
+//! PATH` brings it back.
 
+use crate::asuser::UserFile;
 use crate::docker::{DockerError, Engine};
 use crate::spec::labels;
-use nix::unistd::{ForkResult, Pid};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use thiserror::Error;
 
 /// Why a step's container could not be saved.
@@ -49,90 +52,51 @@ pub struct SaveRequest {
     pub to: PathBuf,
 }
 
-/// The writer: a child that became the user and copies what comes down the pipe into the
-/// file. Made before any thread exists (tokio starts later).
-pub struct Writer {
-    child: Pid,
-    /// Where the archive goes.
-    pub input: OwnedFd,
-    to: PathBuf,
+/// How long the process that became the user may take to open the archive, and to rename
+/// it into place at the end; past that it is killed (the user may stop it).
+const AS_USER_WAIT: Duration = Duration::from_secs(10);
+
+/// Longest a whole save (commit and archive) may take: `task_exit` waits for it.
+pub const SAVE_TIME: Duration = Duration::from_secs(30 * 60);
+
+/// Opens the archive as the user (forks: call before any thread exists).
+pub fn open_as_user(r: &SaveRequest) -> Result<UserFile, SaveError> {
+    crate::asuser::open(r.uid, r.gid, &r.gids, &r.to).map_err(|e| SaveError::Write {
+        path: r.to.clone(),
+        reason: e.to_string(),
+    })
 }
 
-/// Forks the writer for `r.to`, as the user.
-pub fn writer(r: &SaveRequest) -> Result<Writer, SaveError> {
+/// Commits the step's container (checked to be the user's, this job's and step's, direct
+/// mode's) as an image with no name, writes it into the descriptor the user's process
+/// opened, and removes the image; the archive is renamed into place only when whole.
+/// Every wait is bounded: a stopped or killed process of the user's only loses the archive.
+pub async fn save(r: &SaveRequest, mut file: UserFile) -> Result<(), SaveError> {
     let fail = |reason: String| SaveError::Write {
         path: r.to.clone(),
         reason,
     };
-    let (read_end, write_end) = nix::unistd::pipe().map_err(|e| fail(e.to_string()))?;
-    // SAFETY: no thread exists yet (tokio starts after this), so the child may run ordinary
-    // code; it only drops its ids, copies and renames, then `_exit`s.
-    match unsafe { nix::unistd::fork() }.map_err(|e| fail(e.to_string()))? {
-        ForkResult::Child => {
-            drop(write_end);
-            let code = match write_as_user(r, read_end) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("mnd: --mnd-save {}: {e}", r.to.display());
-                    1
-                }
-            };
-            // SAFETY: leaves the forked child without running the parent's exit handlers.
-            unsafe { libc::_exit(code) }
-        }
-        ForkResult::Parent { child } => Ok(Writer {
-            child,
-            input: write_end,
-            to: r.to.clone(),
-        }),
-    }
-}
-
-/// In the writer: the user's ids, then the archive into a temporary file beside `r.to`
-/// (never following a link), renamed into place when complete.
-fn write_as_user(r: &SaveRequest, input: OwnedFd) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    crate::identity::become_user(r.uid, r.gid, &r.gids)?;
-    let tmp =
-        r.to.with_extension(format!("mnd-tmp-{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    let copied = std::io::copy(&mut std::fs::File::from(input), &mut file);
-    match copied.and_then(|n| {
-        if n == 0 {
-            Err(std::io::Error::other("nothing was saved"))
-        } else {
-            Ok(())
-        }
-    }) {
-        Ok(()) => std::fs::rename(&tmp, &r.to),
+    let fd = match file.descriptor(AS_USER_WAIT) {
+        Ok(fd) => fd,
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
+            let _ = file.finish(false, AS_USER_WAIT);
+            return Err(fail(e.to_string()));
         }
-    }
+    };
+    let written = tokio::time::timeout(SAVE_TIME, commit_and_write(r, fd)).await;
+    let written = match written {
+        Ok(w) => w,
+        Err(_) => Err(fail(format!(
+            "not done within {} min: nothing saved",
+            SAVE_TIME.as_secs() / 60
+        ))),
+    };
+    let kept = file.finish(written.is_ok(), AS_USER_WAIT);
+    written?;
+    kept.map_err(|e| fail(e.to_string()))
 }
 
-/// Commits the step's container (checked to be the user's, this job's and step's, direct
-/// mode's), writes it through `w`, and removes the committed image; waits for the writer.
-pub async fn save(r: &SaveRequest, w: Writer) -> Result<(), SaveError> {
-    let Writer { child, input, to } = w;
-    let saved = commit_and_write(r, input).await;
-    // The writer's own failure (it said why on stderr) explains the broken pipe here.
-    match nix::sys::wait::waitpid(child, None) {
-        Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(saved?),
-        other => Err(SaveError::Write {
-            path: to,
-            reason: format!("nothing saved (the writer ended with {other:?})"),
-        }),
-    }
-}
-
-async fn commit_and_write(r: &SaveRequest, input: OwnedFd) -> Result<(), SaveError> {
+async fn commit_and_write(r: &SaveRequest, fd: OwnedFd) -> Result<(), SaveError> {
     let engine = Engine::connect().await?;
     let found = engine
         .found(&r.container)
@@ -146,23 +110,25 @@ async fn commit_and_write(r: &SaveRequest, input: OwnedFd) -> Result<(), SaveErr
     if want.iter().any(|(k, v)| found.labels.get(*k) != Some(v)) {
         return Err(SaveError::NotTheSteps(r.container.clone()));
     }
-    let user = found.labels.get(labels::USER).cloned().unwrap_or_default();
-    let tag = format!("mnd-saved-{user}:{}.{}", r.job, r.step);
-    // Recorded first: a save killed half-way leaves the image to the job's Epilog.
+    // No name: nobody can run it (bare ids are refused) while it is written.
+    let id = engine.commit_as(&found.id, None, &found.image).await?;
+    // Recorded: a save killed half-way leaves the image to the job's Epilog.
     if let Err(e) = crate::pulled::Pulled::open(std::path::Path::new(crate::pulled::DIR))
-        .and_then(|p| p.used(&tag, r.job, true))
+        .and_then(|p| p.used(&id, r.job, true))
     {
-        log::warn!("recording {tag} for the Epilog: {e}");
+        log::warn!("recording {id} for the Epilog: {e}");
     }
-    engine
-        .commit_as(&found.id, Some(&tag), &found.image)
-        .await?;
-    let mut out = std::fs::File::from(input);
-    let written = engine.save_image(&tag, &mut out).await;
+    let mut out = std::fs::File::from(fd);
+    let written = engine.save_image(&id, &mut out).await;
     drop(out);
-    let _ = engine.remove_unused_image(&tag).await;
-    written?;
-    Ok(())
+    let _ = engine.remove_unused_image(&id).await;
+    match written? {
+        0 => Err(SaveError::Write {
+            path: r.to.clone(),
+            reason: "nothing was saved".into(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// In srun, as the user: the folder of the archive (relative to this working directory)

@@ -818,9 +818,9 @@ fn direct(action: DirectAction) -> Result<(), String> {
                 gids,
                 to,
             };
-            let writer = mnd::stepsave::writer(&r).map_err(|e| e.to_string())?;
+            let file = mnd::stepsave::open_as_user(&r).map_err(|e| e.to_string())?;
             runtime()?
-                .block_on(mnd::stepsave::save(&r, writer))
+                .block_on(mnd::stepsave::save(&r, file))
                 .map_err(|e| e.to_string())
         }
         DirectAction::Share {

@@ -5,8 +5,8 @@
 //! dockerd and the container's start waits for it: 50 to 100 ms per node).
 //!
 //! The copy is made once per user, image and node, has no name, and carries the label
-//! `mnd.accounts`: a digest of everything it is made from, so a changed image, account or
-//! launcher makes a new one. Having no name, it is what `docker image prune` removes; the
+//! `mnd.accounts`: a digest of everything it is made from, keyed with the user's secret,
+//! so a changed image, account or launcher makes a new one and nobody else can make one. Having no name, it is what `docker image prune` removes; the
 //! next job then makes it again. A copy holds its image: a copy whose image lost its name
 //! (`docker rmi`, or the tag now names a newer pull) is removed, with that image, when the
 //! user's next copy is made and by `mnd cleanup` (the Epilog), so copies do not pile up
@@ -19,7 +19,7 @@ use crate::identity::Identity;
 use crate::plan::Plan;
 use crate::spec::labels;
 use crate::ssh;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use std::collections::BTreeMap;
 
 /// The label that names what a copy was made from.
@@ -34,7 +34,11 @@ pub(super) async fn accounts_image(
     engine: &Engine,
     base: &ImageFacts,
 ) -> Result<String, DockerError> {
-    let key = key(&plan.user, &base.id);
+    let secret = std::fs::read(&plan.ssh.control_key).map_err(|e| DockerError::Api {
+        action: "making this user's copy of the image".into(),
+        reason: format!("{}: {e}", plan.ssh.control_key.display()),
+    })?;
+    let key = key(&secret, &plan.user, &base.id);
     // A copy is unnamed (an image committed from a job's container is named, or carries
     // an empty key: job containers blank it).
     let made_before = engine.unnamed_images(&[format!("{LABEL}={key}")]).await?;
@@ -81,10 +85,14 @@ pub(super) async fn accounts_image(
     made
 }
 
-/// What a copy is made from, as one digest: the image, the user's account and groups, the
-/// wrappers, and this launcher's format.
-fn key(user: &Identity, base_id: &str) -> String {
-    let mut h = Sha256::new();
+/// What a copy is made from, as one digest keyed with the user's own secret (their control
+/// key, 0600 in their `~/.mnd/ssh`): the image, the user's account and groups, the
+/// wrappers, and this launcher's format. Everything else in it is public; without the key,
+/// anyone could compute the label and have root pull an image carrying it, which this
+/// user's launcher would then run as their copy.
+fn key(secret: &[u8], user: &Identity, base_id: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut h = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
     for part in [
         FORMAT.to_string(),
         base_id.to_string(),
@@ -92,9 +100,9 @@ fn key(user: &Identity, base_id: &str) -> String {
         ssh::WRAPPED.iter().map(|p| ssh::wrapper(p)).collect(),
     ] {
         h.update(part.as_bytes());
-        h.update([0]);
+        h.update(&[0]);
     }
-    format!("{:x}", h.finalize())
+    format!("{:x}", h.finalize().into_bytes())
 }
 
 /// The labels of the container a copy is committed from, which the copy keeps: the key,
@@ -147,22 +155,27 @@ mod tests {
 
     #[test]
     fn a_copy_is_new_for_another_image_user_or_group() {
-        let k = key(&alice(), "sha256:a");
+        let k = key(b"k", &alice(), "sha256:a");
         assert_eq!(
             k,
-            key(&alice(), "sha256:a"),
+            key(b"k", &alice(), "sha256:a"),
             "the same inputs find the same copy"
         );
-        assert_ne!(k, key(&alice(), "sha256:b"));
+        assert_ne!(k, key(b"k", &alice(), "sha256:b"));
         let mut bob = alice();
         bob.uid = 1002;
-        assert_ne!(k, key(&bob, "sha256:a"));
+        assert_ne!(k, key(b"k", &bob, "sha256:a"));
         let mut grouped = alice();
         grouped.groups.push(Group {
             name: "gpu".into(),
             gid: 44,
         });
-        assert_ne!(k, key(&grouped, "sha256:a"));
+        assert_ne!(k, key(b"k", &grouped, "sha256:a"));
+        assert_ne!(
+            k,
+            key(b"another user's key", &alice(), "sha256:a"),
+            "only the key's holder finds it"
+        );
         assert_eq!(k.len(), 64);
     }
 }

@@ -299,3 +299,71 @@ pub fn task_defaults(image_env: &[String], net: Option<&net::JobNet>) -> Vec<(St
     out.extend(from_image);
     out
 }
+
+/// Root's own files for one container, in a folder only root reaches: the merged accounts
+/// and the init program. The helper writes them before the container is created; Docker
+/// mounts them read-only, so root never opens a path inside a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    /// The container's `/etc/passwd`: the image's accounts with the user's merged in.
+    pub passwd: PathBuf,
+    /// The container's `/etc/group`.
+    pub group: PathBuf,
+    /// The container's init: a static program that only waits.
+    pub init: PathBuf,
+}
+
+/// Pass 2 of the direct-mode recipe, once the image is known: the image's `VOLUME`s that
+/// no mount covers become tmpfs (Docker would make an anonymous volume in root's storage,
+/// which no limit of the job's holds); an image known by its id alone (loaded from a
+/// share) is used by id; root's declared files are mounted read-only; `/.mnd` is a tmpfs
+/// of the user's (mnd-srun run inside writes its sshd and ssh files there).
+pub fn for_image(
+    spec: &ContainerSpec,
+    volumes: &[String],
+    by_id: Option<&str>,
+    declared: &Declared,
+    owner: (u32, u32),
+) -> ContainerSpec {
+    let mut spec = spec.clone();
+    for v in volumes {
+        if !spec.mounts.iter().any(|m| m.target == Path::new(v)) {
+            spec.tmpfs.insert(v.clone(), "rw,nosuid,nodev".to_string());
+        }
+    }
+    if let Some(id) = by_id {
+        spec.image = id.to_string();
+    }
+    let own = |source: &Path, target: &str| Mount {
+        source: source.to_path_buf(),
+        target: PathBuf::from(target),
+        read_only: true,
+        propagation: None,
+    };
+    spec.mounts.push(own(&declared.passwd, "/etc/passwd"));
+    spec.mounts.push(own(&declared.group, "/etc/group"));
+    spec.mounts.push(own(&declared.init, policy::INIT_TARGET));
+    spec.tmpfs.insert(
+        policy::PRIVATE_DIR.to_string(),
+        format!(
+            "rw,exec,nosuid,nodev,size=64m,mode=0700,uid={},gid={}",
+            owner.0, owner.1
+        ),
+    );
+    spec
+}
+
+/// What must be mounted where once the container runs (for `policy::check_landed`): each
+/// bind and tmpfs target of the container, with how many mounts it was given.
+pub fn declared_targets(spec: &ContainerSpec) -> Vec<(PathBuf, usize)> {
+    let mut out: BTreeMap<PathBuf, usize> = BTreeMap::new();
+    let targets = spec
+        .mounts
+        .iter()
+        .map(|m| m.target.clone())
+        .chain(spec.tmpfs.keys().map(PathBuf::from));
+    for t in targets {
+        *out.entry(t).or_default() += 1;
+    }
+    out.into_iter().collect()
+}

@@ -313,10 +313,13 @@ enum Entry {
     Tmpfs(Tmpfs),
 }
 
-/// Bind-mount flags Docker can honour; anything else is refused by name.
-const PROPAGATION: [&str; 6] = [
-    "private", "rprivate", "shared", "rshared", "slave", "rslave",
-];
+/// Bind propagations a user may ask for. `shared`, `rshared`, `slave` and `rslave` are
+/// refused: with a shared bind, mounts made in the container (its tmpfs, nested binds)
+/// would appear in the node's own mount table and stay after the job.
+const PROPAGATION: [&str; 2] = ["private", "rprivate"];
+
+/// Propagations Docker knows that a user may not ask for (see `PROPAGATION`).
+const SHARING: [&str; 4] = ["shared", "rshared", "slave", "rslave"];
 
 fn mount_entry(entry: &str) -> Result<Entry, PlanError> {
     let bad = |why: &str| {
@@ -357,9 +360,14 @@ fn mount_entry(entry: &str) -> Result<Entry, PlanError> {
             "ro" => mount.read_only = true,
             "rw" => mount.read_only = false,
             p if PROPAGATION.contains(&p) => mount.propagation = Some(p.to_string()),
+            p if SHARING.contains(&p) => {
+                return Err(bad(&format!(
+                    "propagation '{p}' is refused: it would let mounts made in the container reach the node's own mount table. Use private or rprivate (the default)"
+                )))
+            }
             other => {
                 return Err(bad(&format!(
-                    "flag '{}' is not one Docker can give a bind mount (ro, rw, private, rprivate, shared, rshared, slave, rslave)",
+                    "flag '{}' is not one Docker can give a bind mount (ro, rw, private, rprivate)",
                     other.escape_debug()
                 )))
             }

@@ -47,8 +47,13 @@ pub const HARMLESS_DEVICES: [&str; 5] = [
 /// configs, the ssh wrappers). It lies in the container's own layer: no mount may cover it.
 pub const PRIVATE_DIR: &str = "/.mnd";
 
-/// Container paths mnd-srun writes besides `PRIVATE_DIR`; no mount may cover them either.
-pub const WRITTEN_FILES: &[&str] = &["/etc/passwd", "/etc/group"];
+/// Container paths where the root helper declares files of its own (read-only mounts of
+/// root's files) besides `PRIVATE_DIR`; no user mount may cover them either.
+pub const WRITTEN_FILES: &[&str] = &["/etc/passwd", "/etc/group", INIT_TARGET];
+
+/// Where a direct-mode container's init (a root-owned static program of the install's that
+/// only waits) is mounted: never a program of the image's.
+pub const INIT_TARGET: &str = "/.mnd-init";
 
 /// Container folders no mount may go into (the kernel's and the image's own).
 const NO_TARGETS_UNDER: &[&str] = &["/etc", "/proc", "/sys", "/dev", PRIVATE_DIR];
@@ -174,6 +179,100 @@ pub fn check_mount_target(target: &Path) -> Result<(), PlanError> {
         )),
         None => Ok(()),
     }
+}
+
+/// Built-in rule after a direct-mode container starts, before any task joins it: every
+/// mount landed exactly where its text says. `declared` holds each declared target (the
+/// user's, the site's, the helper's own files, tmpfs) with how many mounts it was given;
+/// `mount_points` are the container's, from its `/proc/PID/mountinfo`. Docker resolves a
+/// target through the links it finds in the container (a link in the user's home to
+/// `/etc/passwd` moves a mount there), so a target with fewer or more mounts than declared,
+/// or any mount at `/etc` itself, means a mount went somewhere else: refused, naming it.
+pub fn check_landed(
+    declared: &[(PathBuf, usize)],
+    mount_points: &[PathBuf],
+) -> Result<(), PlanError> {
+    let at = |p: &Path| mount_points.iter().filter(|m| m.as_path() == p).count();
+    let moved = declared
+        .iter()
+        .find(|(target, want)| at(target) != *want)
+        .map(|(target, want)| (target.clone(), *want))
+        .or_else(|| (at(Path::new("/etc")) != 0).then(|| (PathBuf::from("/etc"), 0)));
+    match moved {
+        None => Ok(()),
+        Some((target, want)) => Err(refused(
+            format!("mount target {}", target.display()),
+            format!(
+                "the container has {} mount(s) there, {want} declared: a link on the way (in the image, or in a folder mounted above it) moved a mount to another place; the container was removed",
+                at(&target)
+            ),
+            "give targets with no symbolic link on the way (`readlink -f` shows where one leads), e.g. under /data or /workspace",
+        )),
+    }
+}
+
+/// Built-in rule for the image a direct-mode step found: one of its names is the name the
+/// user gave (Docker also finds an image by its id or any unambiguous id prefix, which
+/// would run another user's untagged images: a share's, a save's), and it carries no
+/// user's-copy label (only the launcher makes those; one pulled from a registry would be
+/// run by its victim's launcher as their own copy).
+pub fn check_image_found(
+    asked: &str,
+    names: &[String],
+    copy_labelled: bool,
+) -> Result<(), PlanError> {
+    let why = if copy_labelled {
+        "it carries mnd-srun's copy labels (mnd.accounts, mnd.base), which only mnd-srun's launcher gives its copies"
+    } else if !names.iter().any(|n| same_image_name(asked, n)) {
+        "Docker found it by its id (or an id prefix), not by name: direct mode runs images by name only, so nobody runs another user's unnamed images"
+    } else {
+        return Ok(());
+    };
+    Err(refused(
+        format!("image {asked}"),
+        why.to_string(),
+        "give the image's name (REPOSITORY:TAG or REPOSITORY@DIGEST) of an image with no mnd.* copy label",
+    ))
+}
+
+/// Two image references name the same image (Docker Hub's `docker.io/` and `library/`
+/// left out, `:latest` where no tag or digest is given).
+fn same_image_name(a: &str, b: &str) -> bool {
+    fn plain(r: &str) -> String {
+        let r = r.strip_prefix("docker.io/").unwrap_or(r);
+        let r = r.strip_prefix("library/").unwrap_or(r);
+        let last = r.rsplit('/').next().unwrap_or(r);
+        match last.contains(':') || last.contains('@') {
+            true => r.to_string(),
+            false => format!("{r}:latest"),
+        }
+    }
+    plain(a) == plain(b)
+}
+
+/// Built-in rule for what a user's mount source is: a folder or a regular file, or one of
+/// the harmless devices as a file (a FIFO or a socket would hang whoever opens it, another
+/// device gives the host's hardware).
+pub fn check_source_kind(source: &Path, mode: u32) -> Result<(), PlanError> {
+    let kind = mode & libc::S_IFMT;
+    let harmless = HARMLESS_DEVICES.iter().any(|d| Path::new(d) == source);
+    if kind == libc::S_IFDIR || kind == libc::S_IFREG || (harmless && kind == libc::S_IFCHR) {
+        return Ok(());
+    }
+    let what = match kind {
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFCHR | libc::S_IFBLK => "a device",
+        _ => "neither a folder nor a regular file",
+    };
+    Err(refused(
+        format!("mount source {}", source.display()),
+        format!(
+            "it is {what}; only folders, regular files and {} are mounted",
+            HARMLESS_DEVICES.join(", ")
+        ),
+        "mount the folder that holds it, or a regular file",
+    ))
 }
 
 /// What the helper found at one of Slurm's folders for the step (opened with no link in

@@ -325,8 +325,9 @@ fn images_the_root_side_pulled_go_with_the_last_job_that_used_them() {
 #[test]
 fn an_image_whose_account_files_are_links_out_of_it_is_refused_and_the_host_untouched() {
     let _g = shared();
-    // The root side writes the user's accounts into the container's own /etc: a hostile
+    // The root side once wrote the user's accounts into the container's own /etc: a hostile
     // image makes /etc/passwd a link to a host path (as seen from outside the container).
+    // Now the image's accounts are only read, as data, and such an image is refused.
     let img = "mnd-vc-linkedpw:1";
     let target = "/var/tmp/mnd-e2e-linked-passwd";
     image_on_every_node(
@@ -341,8 +342,9 @@ fn an_image_whose_account_files_are_links_out_of_it_is_refused_and_the_host_unto
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(!r.stdout.contains("started"), "{}", r.all());
     assert!(
-        r.stderr
-            .contains("placing the job's accounts in the container: /etc/passwd"),
+        r.stderr.contains(
+            "/etc/passwd in the image is a link, not a regular file: such an image is refused"
+        ),
         "{}",
         r.all()
     );
@@ -351,4 +353,169 @@ fn an_image_whose_account_files_are_links_out_of_it_is_refused_and_the_host_unto
         assert_eq!(host.stdout.trim(), "host-file", "{node}: {}", host.all());
     }
     assert_nothing_left(&job);
+}
+
+/// Owner, mode and content digest of each victim on every node: alice's home (a folder of
+/// hers dave cannot enter), a root-owned file, the node's /dev/null.
+fn victims() -> Vec<String> {
+    NODES
+        .iter()
+        .map(|node| {
+            let r = root_on(
+                node,
+                &[
+                    "sh",
+                    "-c",
+                    "[ -e /var/tmp/e2e-decoy ] || { printf decoy-4711 > /var/tmp/e2e-decoy && chmod 0644 /var/tmp/e2e-decoy; }; \
+                     stat -c '%U:%G %a %n' /shared/home/alice /var/tmp/e2e-decoy /dev/null && md5sum /var/tmp/e2e-decoy",
+                ],
+            );
+            assert_eq!(r.code, 0, "{}", r.all());
+            format!("{node}: {}", r.stdout)
+        })
+        .collect()
+}
+
+#[test]
+fn links_in_the_home_as_mount_targets_never_make_root_write_through_them() {
+    let _g = shared();
+    alices_secret();
+    let before = victims();
+    assert!(
+        before[0].contains("alice:alice 750 /shared/home/alice"),
+        "{before:?}"
+    );
+    // Each target is a link in dave's own home, which Docker follows inside the container:
+    // the mount lands on /.mnd, /etc/group or /etc/passwd, where the helper used to write.
+    let (r, job) = dave_job(
+        1,
+        &format!(
+            "ln -sfn /.mnd ~/e2e-to-mnd; ln -sfn /etc/group ~/e2e-to-grp; ln -sfn /etc/passwd ~/e2e-to-pw; \
+             readlink ~/e2e-to-mnd ~/e2e-to-grp ~/e2e-to-pw; \
+             srun -n1 --mnd-image={IMAGE} --mnd-mounts=/shared/home/alice:$HOME/e2e-to-mnd echo ran-mnd; \
+             srun -n1 --mnd-image={IMAGE} --mnd-mounts=/var/tmp/e2e-decoy:$HOME/e2e-to-grp echo ran-grp; \
+             srun -n1 --mnd-image={IMAGE} --mnd-mounts=/dev/null:$HOME/e2e-to-pw echo ran-pw; \
+             rm -f ~/e2e-to-mnd ~/e2e-to-grp ~/e2e-to-pw"
+        ),
+    );
+    // The attack ran: the three links were there and three steps asked for them.
+    assert!(
+        r.stdout.contains("/.mnd\n/etc/group\n/etc/passwd\n"),
+        "the links were not made:\n{}",
+        r.all()
+    );
+    let after = victims();
+    assert_eq!(before, after, "root changed a victim:\n{}", r.all());
+    assert_eq!(
+        r.stderr
+            .matches("moved a mount to another place; the container was removed")
+            .count(),
+        3,
+        "each step must be refused, naming the moved mount:\n{}",
+        r.all()
+    );
+    assert!(!r.stdout.contains("ran-"), "{}", r.all());
+    assert_nothing_left(&job);
+}
+
+#[test]
+fn a_fifo_as_a_mount_source_is_refused_at_once_even_through_a_link_to_etc_passwd() {
+    let _g = shared();
+    let (r, job) = dave_job(
+        1,
+        &format!(
+            "rm -f ~/e2e-fifo && mkfifo ~/e2e-fifo && ln -sfn /etc/passwd ~/e2e-fifo-to-pw && test -p ~/e2e-fifo && echo fifo-made; \
+             timeout 60 srun -n1 --mnd-image={IMAGE} --mnd-mounts=$HOME/e2e-fifo:$HOME/e2e-fifo-to-pw echo ran-1; echo rc1=$?; \
+             timeout 60 srun -n1 --mnd-image={IMAGE} --mnd-mounts=$HOME/e2e-fifo:/data/f echo ran-2; echo rc2=$?; \
+             rm -f ~/e2e-fifo ~/e2e-fifo-to-pw"
+        ),
+    );
+    assert!(r.stdout.contains("fifo-made"), "{}", r.all());
+    // timeout's 124 would be a hang; srun's own failure is 1.
+    assert!(
+        r.stdout.contains("rc1=1") && r.stdout.contains("rc2=1"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(
+        r.stderr
+            .matches("e2e-fifo is refused: it is a FIFO; only folders, regular files and")
+            .count(),
+        2,
+        "{}",
+        r.all()
+    );
+    assert!(!r.stdout.contains("ran-"), "{}", r.all());
+    assert_nothing_left(&job);
+}
+
+#[test]
+fn shared_propagation_is_refused_by_name() {
+    let _g = shared();
+    for p in ["shared", "rshared", "slave", "rslave"] {
+        let r = dave(&format!(
+            "srun -N1 --mnd-image={IMAGE} --mnd-mounts=$HOME:/p:{p} echo ran"
+        ));
+        assert_ne!(r.code, 0, "{}", r.all());
+        assert!(
+            r.stderr.contains(&format!(
+                "propagation '{p}' is refused: it would let mounts made in the container reach the node's own mount table"
+            )),
+            "{}",
+            r.all()
+        );
+        assert!(!r.stdout.contains("ran"), "{}", r.all());
+    }
+}
+
+/// The job image with a `sleep` that leaves a mark in the home of whoever runs it, and a
+/// FIFO at /etc/group in a second image: a user's own image, as hostile as it likes.
+fn hostile_images() -> (&'static str, &'static str) {
+    let (sleeper, fifo) = ("mnd-vc-sleeper:1", "mnd-vc-fifo:1");
+    image_on_every_node(
+        sleeper,
+        "mv /bin/sleep /bin/sleep.real && printf \"#!/bin/sh\\necho image-sleep-ran > \\$HOME/e2e-image-sleep-ran\\nexec /bin/sleep.real \\\"\\$@\\\"\\n\" > /bin/sleep && chmod 755 /bin/sleep",
+        "LABEL e2e=sleeper",
+    );
+    image_on_every_node(fifo, "rm /etc/group && mkfifo /etc/group", "LABEL e2e=fifo");
+    (sleeper, fifo)
+}
+
+#[test]
+fn the_containers_init_is_roots_program_never_the_images() {
+    let _g = shared();
+    let (sleeper, _) = hostile_images();
+    let mark = format!("{SHARED}/home/dave/e2e-image-sleep-ran");
+    let _ = std::fs::remove_file(&mark);
+    let (r, job) = dave_job(
+        1,
+        &format!(
+            "srun -n1 --mnd-image={sleeper} sh -c 'ps -eo user:12,args | grep -E \"^dave +/.mnd-init$\"'; \
+             test -e ~/e2e-image-sleep-ran && echo mark-after-step1; \
+             srun -n1 --mnd-image={sleeper} sleep 0; test -e ~/e2e-image-sleep-ran && echo mark-after-step2"
+        ),
+    );
+    // Positive control: the image's sleep does leave its mark when a task runs it.
+    assert!(r.stdout.contains("mark-after-step2"), "{}", r.all());
+    assert!(!r.stdout.contains("mark-after-step1"), "{}", r.all());
+    assert!(r.stdout.contains("/.mnd-init"), "{}", r.all());
+    let _ = std::fs::remove_file(&mark);
+    assert_nothing_left(&job);
+}
+
+#[test]
+fn an_image_whose_etc_group_is_a_fifo_is_refused_without_a_hang() {
+    let _g = shared();
+    let (_, fifo) = hostile_images();
+    let r = dave(&format!(
+        "timeout 90 srun -N1 --mnd-image={fifo} echo ran; echo rc=$?"
+    ));
+    assert!(r.stdout.contains("rc=1"), "{}", r.all());
+    assert!(
+        r.stderr.contains(
+            "/etc/group in the image is a FIFO, not a regular file: such an image is refused"
+        ),
+        "{}",
+        r.all()
+    );
 }

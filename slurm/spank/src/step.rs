@@ -9,6 +9,7 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// A progress line of the helper's (`mnd-srun (NODE): pulling ...`, `... pulled ...`) as the
 /// user sees it: `mnd: NODE: pulling ...`.
@@ -152,14 +153,12 @@ impl Step {
             .open(&args.runtime_dir)
             .map_err(|e| format!("a reply file in {}: {e}", args.runtime_dir.display()))?;
         let reply_out = reply.try_clone().map_err(|e| format!("helper: {e}"))?;
-        let mut cmd = Command::new(&args.helper);
+        let mut cmd = helper(args);
         cmd.args(["direct", "up"]);
         if let Some(config) = &args.config {
             cmd.arg("--config").arg(config);
         }
         let mut child = cmd
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::piped())
             .stdout(reply_out)
             .stderr(Stdio::piped())
@@ -213,27 +212,17 @@ impl Step {
         let to = mnd::plan::mounts::absolute(Path::new(&cwd), Path::new(to));
         let r = &self.request;
         let gids: Vec<String> = r.gids.iter().map(u32::to_string).collect();
-        let out = Command::new(&args.helper)
-            .args(["direct", "save", "--container", &reply.container_id])
+        let mut cmd = helper(args);
+        cmd.args(["direct", "save", "--container", &reply.container_id])
             .args(["--job", &r.job.to_string(), "--step", &r.step.to_string()])
             .args(["--uid", &r.uid.to_string(), "--gid", &r.gid.to_string()])
             .arg(format!("--gids={}", gids.join(",")))
             .arg("--to")
-            .arg(&to)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::null())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => slurm_spank::spank_log_error!(
-                "mnd: {}: --mnd-save: {}",
-                self.node(),
-                String::from_utf8_lossy(&o.stderr)
-                    .trim()
-                    .trim_start_matches("mnd: ")
-            ),
-            Err(e) => slurm_spank::spank_log_error!("mnd: {}: --mnd-save: {e}", self.node()),
+            .arg(&to);
+        // The helper bounds its own waits; this bound is slurmstepd's, past a helper's.
+        let limit = mnd::stepsave::SAVE_TIME + Duration::from_secs(60);
+        if let Err(e) = run_bounded(cmd, args, limit) {
+            slurm_spank::spank_log_error!("mnd: {}: --mnd-save: {e}", self.node());
         }
     }
 
@@ -247,18 +236,14 @@ impl Step {
         let unnamed = self.request.options.name.is_none();
         let ended = unnamed && reply.as_ref().is_some_and(crate::join::end);
         if reply.is_some() && unnamed && !ended {
-            let status = Command::new(&args.helper)
-                .args(["direct", "down", "--job"])
+            let mut cmd = helper(args);
+            cmd.args(["direct", "down", "--job"])
                 .arg(self.request.job.to_string())
                 .arg("--step")
-                .arg(self.request.step.to_string())
-                .env_clear()
-                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-                .stdin(Stdio::null())
-                .status();
-            if !matches!(status, Ok(s) if s.success()) {
+                .arg(self.request.step.to_string());
+            if let Err(e) = run_bounded(cmd, args, Duration::from_secs(90)) {
                 slurm_spank::spank_log_error!(
-                    "mnd: {}: removing the step's container failed ({status:?}); the Epilog removes it",
+                    "mnd: {}: removing the step's container failed ({e}); the Epilog removes it",
                     self.node()
                 );
             }
@@ -267,6 +252,74 @@ impl Step {
             let _ = std::fs::remove_file(self.file(args, ext));
         }
     }
+}
+
+/// The root helper, the one way the plugin starts it (as pyxis's `enroot_exec`): a clean
+/// environment and no input unless the caller gives one.
+fn helper(args: &PluginArgs) -> Command {
+    let mut cmd = Command::new(&args.helper);
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs the helper and waits for it `limit` at most (killed past it): what it says goes to
+/// a file, not a pipe, so nothing it leaves behind can hold this wait open.
+fn run_bounded(mut cmd: Command, args: &PluginArgs, limit: Duration) -> Result<(), String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    let mut said = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(&args.runtime_dir)
+        .map_err(|e| format!("a file in {}: {e}", args.runtime_dir.display()))?;
+    let err = said.try_clone().map_err(|e| e.to_string())?;
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("cannot run the helper {}: {e}", args.helper.display()))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id(), 0) };
+    if fd >= 0 {
+        // SAFETY: the kernel just gave us this descriptor and nothing else owns it.
+        let held = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ms = u16::try_from(left.as_millis().min(60_000)).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(held.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) if left.is_zero() => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "the helper did not end within {} s; stopped it",
+                        limit.as_secs()
+                    ));
+                }
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                _ => break,
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| format!("helper: {e}"))?;
+    if status.success() {
+        return Ok(());
+    }
+    let mut text = String::new();
+    let _ = said
+        .seek(std::io::SeekFrom::Start(0))
+        .and_then(|_| said.read_to_string(&mut text));
+    let text = text.trim().trim_start_matches("mnd: ").to_string();
+    Err(if text.is_empty() {
+        format!("the helper failed ({status})")
+    } else {
+        text
+    })
 }
 
 /// The helper runs as root: it and every folder above it must be root's and writable by

@@ -241,7 +241,7 @@ fn hostile_mounts_env_and_other_values_are_refused_with_the_option_named() {
 fn pyxis_forms_are_taken_as_pyxis_takes_them() {
     let opts = Options {
         mounts: Some(
-            "./:/test-mnt,/dev/null:/null,/data,/data:/ro:ro+rslave,tmpfs:/scratch:size=1g+mode=1777,/data"
+            "./:/test-mnt,/dev/null:/null,/data,/data:/ro:ro+rprivate,tmpfs:/scratch:size=1g+mode=1777,/data"
                 .into(),
         ),
         workdir: Some("../".into()),
@@ -280,7 +280,7 @@ fn pyxis_forms_are_taken_as_pyxis_takes_them() {
         "{shown:?}"
     );
     assert!(
-        shown.contains(&("/data".into(), "/ro".into(), true, Some("rslave".into()))),
+        shown.contains(&("/data".into(), "/ro".into(), true, Some("rprivate".into()))),
         "{shown:?}"
     );
     assert!(
@@ -565,4 +565,132 @@ fn slurm_folders_must_be_root_or_the_users_in_a_folder_nobody_can_swap() {
         ..ok
     };
     assert!(check_slurm_dir(dir, 1001, &file).is_err());
+}
+
+#[test]
+fn pass_two_declares_roots_files_read_only_and_a_private_folder_of_the_users() {
+    let (spec, _) = planned(image("ubuntu"), &SiteConfig::default()).unwrap();
+    let declared = Declared {
+        passwd: "/run/mnd-srun/containers/c/passwd".into(),
+        group: "/run/mnd-srun/containers/c/group".into(),
+        init: "/run/mnd-srun/init/mnd-init-x".into(),
+    };
+    let vols = vec!["/vol".to_string()];
+    let done = for_image(&spec, &vols, Some("sha256:abc"), &declared, (1001, 1001));
+    assert_eq!(done.image, "sha256:abc");
+    for (source, target) in [
+        ("/run/mnd-srun/containers/c/passwd", "/etc/passwd"),
+        ("/run/mnd-srun/containers/c/group", "/etc/group"),
+        ("/run/mnd-srun/init/mnd-init-x", "/.mnd-init"),
+    ] {
+        assert!(
+            done.mounts.iter().any(|m| m.source == Path::new(source)
+                && m.target == Path::new(target)
+                && m.read_only),
+            "{target}: {:?}",
+            done.mounts
+        );
+    }
+    let private = done.tmpfs.get("/.mnd").unwrap();
+    assert!(
+        private.contains("uid=1001,gid=1001") && private.contains("mode=0700"),
+        "{private}"
+    );
+    assert_eq!(
+        done.tmpfs.get("/vol").map(String::as_str),
+        Some("rw,nosuid,nodev")
+    );
+    let targets = declared_targets(&done);
+    assert!(targets.contains(&(PathBuf::from("/etc/passwd"), 1)));
+    assert!(targets.contains(&(PathBuf::from("/.mnd"), 1)));
+    assert!(targets.contains(&(PathBuf::from("/vol"), 1)));
+}
+
+#[test]
+fn a_mount_that_did_not_land_at_its_target_is_refused_naming_it() {
+    use crate::plan::policy::check_landed;
+    let declared = vec![
+        (PathBuf::from("/.mnd"), 1),
+        (PathBuf::from("/etc/passwd"), 1),
+        (PathBuf::from("/home/dave/to-mnd"), 1),
+    ];
+    let fine: Vec<PathBuf> = [
+        "/",
+        "/proc",
+        "/.mnd",
+        "/etc/passwd",
+        "/home/dave/to-mnd",
+        "/etc/hosts",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    assert!(check_landed(&declared, &fine).is_ok());
+    // A link in the home sent the user's mount onto /.mnd.
+    let moved: Vec<PathBuf> = ["/", "/.mnd", "/.mnd", "/etc/passwd"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    let e = check_landed(&declared, &moved).unwrap_err().to_string();
+    assert!(
+        e.contains("mount target /.mnd") && e.contains("2 mount(s) there, 1 declared"),
+        "{e}"
+    );
+    // Anything mounted at /etc itself.
+    let mut over_etc = fine.clone();
+    over_etc.push(PathBuf::from("/etc"));
+    let e = check_landed(&declared, &over_etc).unwrap_err().to_string();
+    assert!(e.contains("mount target /etc"), "{e}");
+}
+
+#[test]
+fn only_folders_files_and_harmless_devices_are_mount_sources() {
+    use crate::plan::policy::check_source_kind;
+    assert!(check_source_kind(Path::new("/data"), libc::S_IFDIR | 0o755).is_ok());
+    assert!(check_source_kind(Path::new("/data/f"), libc::S_IFREG | 0o644).is_ok());
+    assert!(check_source_kind(Path::new("/dev/null"), libc::S_IFCHR | 0o666).is_ok());
+    for (path, mode, kind) in [
+        ("/home/d/fifo", libc::S_IFIFO, "a FIFO"),
+        ("/home/d/sock", libc::S_IFSOCK, "a socket"),
+        ("/dev/kmsg", libc::S_IFCHR, "a device"),
+        ("/dev/sda", libc::S_IFBLK, "a device"),
+    ] {
+        let e = check_source_kind(Path::new(path), mode | 0o600)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("{path} is refused: it is {kind}")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn an_image_found_by_id_or_carrying_copy_labels_is_refused() {
+    use crate::plan::policy::check_image_found;
+    let names = vec![
+        "ubuntu:24.04".to_string(),
+        "docker.io/library/ubuntu@sha256:aa".to_string(),
+    ];
+    assert!(check_image_found("ubuntu:24.04", &names, false).is_ok());
+    assert!(check_image_found("docker.io/library/ubuntu:24.04", &names, false).is_ok());
+    assert!(check_image_found("ubuntu@sha256:aa", &names, false).is_ok());
+    assert!(check_image_found(
+        "reg:5000/team/img",
+        &["reg:5000/team/img:latest".into()],
+        false
+    )
+    .is_ok());
+    let e = check_image_found("3f2a", &names, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("Docker found it by its id (or an id prefix), not by name"),
+        "{e}"
+    );
+    assert!(check_image_found("sha256:3f2a", &[], false).is_err());
+    let e = check_image_found("ubuntu:24.04", &names, true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("copy labels"), "{e}");
 }

@@ -4,17 +4,16 @@
 //! starts it (or finds the job's `--mnd-name` container) and prints a [`Reply`] on stdout.
 //! `down` removes a step's containers. Messages for the user go to stderr.
 
-use crate::accounts::{account_files, ImageAccounts};
 use crate::config::{ConfigError, SiteConfig};
 use crate::directshare::{Offering, StepShare};
 use crate::docker::{DockerError, Engine, ImageFacts, PullReport};
 use crate::identity::{Identity, IdentityError};
-use crate::pathid::{
-    id_in_root_of, own_dir_in_root_of, read_in_root_of, stat_no_links, write_in_root_of, FileId,
-};
+use crate::pathid::{stat_no_links, FileId};
 pub use crate::phases::Phases;
-use crate::plan::direct::{plan, step_gpus, task_defaults, task_env, user_mounts, Inputs};
-use crate::plan::options::{CheckOptions, NameMode};
+use crate::plan::direct::{
+    declared_targets, for_image, plan, step_gpus, task_defaults, task_env, Inputs,
+};
+use crate::plan::options::NameMode;
 use crate::plan::JobNet;
 use crate::plan::PlanError;
 use crate::spank::{Reply, Request, NAMED_STEP};
@@ -24,6 +23,12 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
+
+mod gather;
+mod landed;
+mod rootfiles;
+
+pub use rootfiles::sweep as sweep_root_files;
 
 /// Why the helper did not start a container.
 #[derive(Debug, Error)]
@@ -75,8 +80,8 @@ pub enum HelperError {
     /// `--mnd-name` without an image, or with `:exec`, found no running container.
     #[error("no running container named {0} of this job on {1}. Fix: make it first with --mnd-image=IMAGE --mnd-name={0} (:exec and a name without an image only use one that runs)")]
     NotNamed(String, String),
-    /// The accounts or the user's folder could not be written into the container.
-    #[error("placing the job's accounts in the container: {0}. Fix: an image whose /etc and /etc/passwd are no links")]
+    /// Root's own files for the container (accounts, init) could not be made.
+    #[error("preparing the container's accounts: {0}")]
     Placing(String),
     /// The container started but is not running.
     #[error("container {0} stopped right after it started; see `docker logs {0}` on this node")]
@@ -163,68 +168,29 @@ pub struct Prepared {
     pub share: Option<StepShare>,
 }
 
-/// A path's real path and the identity of what it named when it was resolved, or why not.
-type Lookup = Result<(PathBuf, FileId), String>;
-
-/// Paths resolved as someone.
-type Looked = BTreeMap<PathBuf, Lookup>;
-
-/// `mnd direct up`, before any thread exists: looks up the user, resolves their paths as
-/// them (in a child process that drops to their ids), checks Slurm's folders and the
-/// admin's, and plans the container.
+/// `mnd direct up`, before any thread exists: gathers the facts (the user, their paths
+/// resolved as them in a child process that drops to their ids, Slurm's folders, the
+/// admin's), then decides the container with the planner, once.
 pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError> {
-    let user = Identity::of_uid(req.uid)?;
-    let site = &with_root_prefixes(site)?;
-    let mut wanted: Vec<PathBuf> = vec![user.home.clone(), req.cwd.clone()];
-    if let Ok(opts) = req.options.check() {
-        wanted.extend(user_mounts(&opts, &req.cwd).into_iter().map(|m| m.source));
-    }
-    let mut looked = resolve_as(req.uid, req.gid, &req.gids, &wanted)?;
-    // The admin's own mounts are resolved as root: the user need not be able to reach them.
-    for m in &site.defaults.mounts {
-        if let Ok(m) = crate::plan::mounts::parse_mount(m) {
-            looked.insert(m.source.clone(), look(&m.source));
-        }
-    }
-    let mut ids: BTreeMap<PathBuf, FileId> = looked
-        .values()
-        .filter_map(|r| r.as_ref().ok().cloned())
-        .collect();
-    let resolve = |p: &Path| -> std::io::Result<PathBuf> {
-        match looked.get(p) {
-            Some(Ok((real, _))) => Ok(real.clone()),
-            Some(Err(e)) => Err(std::io::Error::other(e.clone())),
-            None => Err(std::io::Error::other("not looked up")),
-        }
-    };
-    let slurm_dirs = slurm_dirs(req, &mut ids)?;
-    if let Some(script) = &req.batch_script {
-        ids.insert(script.clone(), batch_script(req, script)?);
-    }
-    let tools = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf));
-    let facts = crate::node::gather().map_err(|e| HelperError::Resolve {
-        uid: req.uid,
-        reason: format!("this node's facts: {e}"),
-    })?;
-    let req = &Request {
-        slurm_dirs,
-        ..req.clone()
-    };
+    let facts = gather::gather(req, site)?;
+    let resolve = |p: &Path| facts.resolve(p);
+    let (req, site, user) = (&facts.req, &facts.site, &facts.user);
     let (spec, checked) = plan(&Inputs {
         req,
         site,
-        user: &user,
-        facts: &facts,
-        tools: tools.as_deref(),
+        user,
+        facts: &facts.node,
+        tools: facts.tools.as_deref(),
         resolve: &resolve,
     })?;
+    for (source, mode) in facts.users_source_modes() {
+        crate::plan::policy::check_source_kind(&source, mode)?;
+    }
     let mounted = spec
         .mounts
         .iter()
         .map(|m| {
-            let id = match ids.get(&m.source) {
+            let id = match facts.ids.get(&m.source) {
                 Some(id) => Ok(*id),
                 None => stat_no_links(&m.source).map(|(id, _)| id),
             };
@@ -235,8 +201,10 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let gpus = step_gpus(req.step_gpus.as_deref())?;
-    let tools = tools.filter(|t| spec.mounts.iter().any(|m| &m.target == t));
+    let tools = facts
+        .tools
+        .clone()
+        .filter(|t| spec.mounts.iter().any(|m| &m.target == t));
     let net = site
         .defaults
         .net_defaults
@@ -254,10 +222,10 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     Ok(Prepared {
+        gpus: step_gpus(req.step_gpus.as_deref())?,
         spec,
         tools,
-        gpus,
-        user,
+        user: facts.user.clone(),
         envlist: checked.envlist,
         workdir: checked.workdir,
         reuse: checked.name.is_some(),
@@ -283,104 +251,6 @@ const OWNER_LABELS: [&str; 5] = [
     labels::NAME,
 ];
 
-/// The site config with each `allowed_mount_prefixes` entry resolved as root: the
-/// admin's folders, which must exist and be root's (a prefix the user could replace, or
-/// resolve through their own links, would move the rule).
-fn with_root_prefixes(site: &SiteConfig) -> Result<SiteConfig, HelperError> {
-    use std::os::unix::fs::MetadataExt;
-    let config_path = PathBuf::from(site.name());
-    let mut site = site.clone();
-    for prefix in &mut site.policy.allowed_mount_prefixes {
-        let bad = |why: String| {
-            HelperError::Config(ConfigError::Value {
-                path: config_path.clone(),
-                message: format!("policy.allowed_mount_prefixes entry {prefix}: {why}. Fix: name existing folders owned by root"),
-            })
-        };
-        let real = std::fs::canonicalize(&*prefix).map_err(|e| bad(e.to_string()))?;
-        let meta = std::fs::metadata(&real).map_err(|e| bad(e.to_string()))?;
-        if meta.uid() != 0 {
-            return Err(bad(format!(
-                "{} belongs to uid {}",
-                real.display(),
-                meta.uid()
-            )));
-        }
-        *prefix = real.display().to_string();
-    }
-    Ok(site)
-}
-
-/// The batch step's script, checked where Slurm keeps it: its identity for the check after
-/// the mount.
-fn batch_script(req: &Request, script: &Path) -> Result<FileId, HelperError> {
-    let script = crate::plan::policy::lexical_clean(script);
-    let parent = script.parent().unwrap_or(Path::new("/"));
-    let stat = |p: &Path| {
-        stat_no_links(p).map_err(|e| HelperError::Resolve {
-            uid: req.uid,
-            reason: format!("the batch script {}: {e}", p.display()),
-        })
-    };
-    let ((id, st), (_, pst)) = (stat(&script)?, stat(parent)?);
-    crate::plan::policy::check_batch_script(
-        &script,
-        req.uid,
-        &crate::plan::policy::SlurmDirFacts {
-            owner: st.st_uid,
-            is_dir: st.st_mode & libc::S_IFMT != libc::S_IFREG,
-            parent_owner: pst.st_uid,
-            parent_mode: pst.st_mode,
-        },
-    )?;
-    Ok(id)
-}
-
-/// Slurm's PMIx folders of the step, each checked (`policy::check_slurm_dir`) after opening
-/// it with no symbolic link in its path; a folder that does not exist is left out (the step
-/// does not use it), anything else that fails the rule fails the step.
-fn slurm_dirs(
-    req: &Request,
-    ids: &mut BTreeMap<PathBuf, FileId>,
-) -> Result<Vec<PathBuf>, HelperError> {
-    let mut out = Vec::new();
-    for dir in &req.slurm_dirs {
-        let dir = crate::plan::policy::lexical_clean(dir);
-        if !dir.is_absolute() || dir.parent().is_none() {
-            continue;
-        }
-        let (id, st) = match stat_no_links(&dir) {
-            Ok(found) => found,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(PlanError::Refused {
-                what: format!("Slurm's PMIx folder {}", dir.display()),
-                why: format!("it cannot be opened without following a link ({e})"),
-                fix: "remove the link you put under Slurm's name, or leave SLURM_PMIX_TMPDIR unset"
-                    .into(),
-            }
-            .into()),
-        };
-        let parent = dir.parent().unwrap_or(Path::new("/"));
-        let (_, pst) = stat_no_links(parent).map_err(|e| HelperError::Resolve {
-            uid: req.uid,
-            reason: format!("{}: {e}", parent.display()),
-        })?;
-        crate::plan::policy::check_slurm_dir(
-            &dir,
-            req.uid,
-            &crate::plan::policy::SlurmDirFacts {
-                owner: st.st_uid,
-                is_dir: st.st_mode & libc::S_IFMT == libc::S_IFDIR,
-                parent_owner: pst.st_uid,
-                parent_mode: pst.st_mode,
-            },
-        )?;
-        ids.insert(dir.clone(), id);
-        out.push(dir);
-    }
-    Ok(out)
-}
-
 /// The interface the step's nodes reach each other on, from this node.
 fn step_network(req: &Request) -> Option<JobNet> {
     let nodes = req
@@ -391,60 +261,10 @@ fn step_network(req: &Request) -> Option<JobNet> {
     crate::netif::find(&nodes, &req.node)
 }
 
-/// A path's real path and the identity of what it names, as the calling process sees it;
-/// a path that does not exist is an error (dockerd would otherwise make it, as root).
-fn look(p: &Path) -> Lookup {
-    let real = crate::node::real_path(p).map_err(|e| e.to_string())?;
-    let (id, _) = stat_no_links(&real).map_err(|e| e.to_string())?;
-    Ok((real, id))
-}
-
-/// Resolves paths (no `..`, no symbolic links) in a child process running as the user, so a
-/// path the user could not reach is not reached for them, and takes each one's identity.
-fn resolve_as(uid: u32, gid: u32, gids: &[u32], paths: &[PathBuf]) -> Result<Looked, HelperError> {
-    use nix::unistd::{fork, ForkResult};
-    let fail = |reason: String| HelperError::Resolve { uid, reason };
-    let (read_end, write_end) = nix::unistd::pipe().map_err(|e| fail(e.to_string()))?;
-    // SAFETY: the helper has started no thread yet (tokio starts later), so the child may
-    // run ordinary code; it only drops its ids, resolves and writes, then `_exit`s.
-    match unsafe { fork() }.map_err(|e| fail(e.to_string()))? {
-        ForkResult::Child => {
-            drop(read_end);
-            let dropped = crate::identity::become_user(uid, gid, gids);
-            let answer: Vec<(PathBuf, Lookup)> = paths
-                .iter()
-                .map(|p| match &dropped {
-                    Ok(()) => (p.clone(), look(p)),
-                    Err(e) => (p.clone(), Err(format!("cannot become uid {uid}: {e}"))),
-                })
-                .collect();
-            let text = serde_json::to_vec(&answer).unwrap_or_default();
-            let mut file = std::fs::File::from(write_end);
-            let code = i32::from(std::io::Write::write_all(&mut file, &text).is_err());
-            // SAFETY: leaves the forked child without running the parent's exit handlers.
-            unsafe { libc::_exit(code) }
-        }
-        ForkResult::Parent { child } => {
-            drop(write_end);
-            let mut text = Vec::new();
-            let read = std::fs::File::from(read_end).read_to_end(&mut text);
-            let status = nix::sys::wait::waitpid(child, None);
-            read.map_err(|e| fail(e.to_string()))?;
-            match status {
-                Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => {}
-                other => return Err(fail(format!("the lookup process ended with {other:?}"))),
-            }
-            let answer: Vec<(PathBuf, Lookup)> =
-                serde_json::from_slice(&text).map_err(|e| fail(e.to_string()))?;
-            Ok(answer.into_iter().collect())
-        }
-    }
-}
-
 /// `mnd direct up` once prepared: the job's running `--mnd-name` container, or a new one
 /// (a leftover of the same name and owner, from a requeued job, is removed first): image
-/// pulled when missing, created, accounts written, started, its mounts checked. A
-/// container that fails half-way is removed.
+/// pulled when missing, root's files declared, created, started, its mounts checked
+/// where they landed. A container that fails half-way is removed.
 pub async fn up(p: &Prepared, phases: &mut Phases) -> Result<Reply, HelperError> {
     let engine = Engine::connect().await?;
     let node = p.spec.labels.get(labels::NODE).cloned().unwrap_or_default();
@@ -588,9 +408,11 @@ async fn image_once(
             None
         }
     };
-    Ok(engine
+    let facts = engine
         .ensure_image(&spec.image, spec.pull, node, PULL_STALL, &silent())
-        .await?)
+        .await?;
+    crate::plan::policy::check_image_found(&spec.image, &facts.names, facts.copy_labelled)?;
+    Ok(facts)
 }
 
 async fn start_new(
@@ -613,27 +435,14 @@ async fn start(
     phases: &mut Phases,
 ) -> Result<Reply, HelperError> {
     let name = &p.spec.name;
-    // Root's pulls are the site's storage: recorded, so the Epilog removes them with the
-    // last job that used them (a failure to record costs disk space, never the step).
-    let job = p.spec.labels.get(labels::JOB).and_then(|j| j.parse().ok());
-    if let Some(job) = job {
-        let recorded = crate::pulled::Pulled::open(Path::new(crate::pulled::DIR)).and_then(|r| {
-            match image.by_id_only {
-                // Loaded from the share for this job: removed with its last job too.
-                true => r.used(&image.id, job, image.pulled),
-                false => r.used(&p.spec.image, job, image.pulled),
-            }
-        });
-        if let Err(e) = recorded {
-            log::warn!("recording the pull of {}: {e}", p.spec.image);
-        }
-    }
-    let mut spec = with_volumes_in_memory(&p.spec, &image.volumes);
-    if image.by_id_only {
-        spec.image = image.id.clone();
-    }
+    record_pull(p, image);
+    let declared = rootfiles::declare(engine, &p.spec.name, &p.user, image).await?;
+    phases.mark("files");
+    let by_id = image.by_id_only.then_some(image.id.as_str());
+    let owner = (p.user.uid, p.user.gid);
+    let spec = for_image(&p.spec, &image.volumes, by_id, &declared, owner);
     engine
-        .create(&spec, vec!["sleep".into(), "infinity".into()])
+        .create(&spec, vec![crate::plan::policy::INIT_TARGET.into()])
         .await?;
     phases.mark("create");
     engine.start(name).await?;
@@ -642,67 +451,27 @@ async fn start(
     let Some((id, pid)) = found.and_then(|f| Some((f.id, f.pid?))) else {
         return Err(HelperError::NotRunning(name.clone()));
     };
-    place_files(p, pid)?;
-    phases.mark("files");
-    check_mounts(pid, &p.mounted)?;
+    landed::check(pid, &id, &declared_targets(&spec), &p.mounted)?;
     phases.mark("check-mounts");
     reply(p, &id, pid, image)
 }
 
-/// The user's accounts merged into the image's `/etc/passwd` and `/etc/group`, and the
-/// user's `/.mnd` (where mnd-srun run inside writes its sshd and ssh files), written
-/// straight into the started container's root: every path opened inside it with no link
-/// (a link the image planted is refused, never followed onto the host). Docker's archive
-/// API would mount the container's file system for each call.
-fn place_files(p: &Prepared, pid: i32) -> Result<(), HelperError> {
-    let fail = |what: &str| {
-        let what = what.to_string();
-        move |e: std::io::Error| HelperError::Placing(format!("{what}: {e}"))
+/// Root's pulls are the site's storage: recorded, so the Epilog removes them with the last
+/// job that used them (a failure to record costs disk space, never the step).
+fn record_pull(p: &Prepared, image: &ImageFacts) {
+    let Some(job) = p.spec.labels.get(labels::JOB).and_then(|j| j.parse().ok()) else {
+        return;
     };
-    let read = |f: &str| {
-        read_in_root_of(pid, Path::new(f))
-            .map(Option::unwrap_or_default)
-            .map_err(fail(f))
-    };
-    let accounts = ImageAccounts {
-        passwd: read("/etc/passwd")?,
-        group: read("/etc/group")?,
-        shells: read("/etc/shells")?,
-    };
-    for f in account_files(&p.user, &accounts) {
-        write_in_root_of(pid, Path::new(&f.path), &f.content, f.mode).map_err(fail(&f.path))?;
-    }
-    let dir = crate::ssh::CONTAINER_DIR;
-    own_dir_in_root_of(pid, Path::new(dir), p.user.uid, p.user.gid).map_err(fail(dir))
-}
-
-/// The container with a tmpfs at each of the image's `VOLUME`s that no mount covers:
-/// Docker would otherwise make an anonymous volume in root's storage, which no limit of
-/// the job's holds; a tmpfs is memory charged to the task that writes it.
-fn with_volumes_in_memory(spec: &ContainerSpec, volumes: &[String]) -> ContainerSpec {
-    let mut spec = spec.clone();
-    for v in volumes {
-        if !spec.mounts.iter().any(|m| m.target == Path::new(v)) {
-            spec.tmpfs.insert(v.clone(), "rw,nosuid,nodev".to_string());
+    let recorded = crate::pulled::Pulled::open(Path::new(crate::pulled::DIR)).and_then(|r| {
+        match image.by_id_only {
+            // Loaded from the share for this job: removed with its last job too.
+            true => r.used(&image.id, job, image.pulled),
+            false => r.used(&p.spec.image, job, image.pulled),
         }
+    });
+    if let Err(e) = recorded {
+        log::warn!("recording the pull of {}: {e}", p.spec.image);
     }
-    spec
-}
-
-/// What is mounted at each target must be what was checked: dockerd resolved the sources
-/// again, as root, after the check, and a folder swapped for a link in between would show
-/// another file there.
-fn check_mounts(pid: i32, mounted: &[(PathBuf, FileId)]) -> Result<(), HelperError> {
-    for (target, want) in mounted {
-        let have = id_in_root_of(pid, target).map_err(|e| HelperError::Resolve {
-            uid: 0,
-            reason: format!("the container's {}: {e}", target.display()),
-        })?;
-        if have != *want {
-            return Err(HelperError::Swapped(target.clone()));
-        }
-    }
-    Ok(())
 }
 
 /// Removes the container `up` was making (it was stopped half-way).

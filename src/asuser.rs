@@ -1,0 +1,179 @@
+//! A file opened *as the job's user* and handed to root as a descriptor (`SCM_RIGHTS`): root
+//! writes into what the user may write, never into a path it resolved itself, and never
+//! waits on the user's process without a bound. The child that became the user opens the
+//! file under a temporary name (a new file, no link followed), sends the descriptor, and
+//! waits for root's word to rename it into place or remove it; the user may stop or kill
+//! that child, which then costs only their own archive: root gives up after a bound and
+//! kills it.
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+use nix::unistd::{ForkResult, Pid};
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The child that opened a file as the user.
+pub struct UserFile {
+    child: Pid,
+    /// The child's end, held by a pidfd (its exit is awaited with a bound).
+    held: OwnedFd,
+    sock: UnixStream,
+}
+
+/// Forks a child (call before any thread exists) that becomes `uid`/`gid`/`gids`, opens
+/// `to`'s temporary name beside it and sends the descriptor.
+pub fn open(uid: u32, gid: u32, gids: &[u32], to: &Path) -> std::io::Result<UserFile> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    // SAFETY: no thread exists yet, so the child may run ordinary code; it drops its ids,
+    // opens, sends, waits for one byte, renames or removes, then `_exit`s.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Child => {
+            drop(ours);
+            let code = i32::from(child(uid, gid, gids, to, theirs).is_err());
+            // SAFETY: leaves the forked child without running the parent's exit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(theirs);
+            // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) };
+            if fd < 0 {
+                let e = std::io::Error::last_os_error();
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(child, None);
+                return Err(e);
+            }
+            // SAFETY: the kernel just gave us this descriptor and nothing else owns it.
+            let held = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+            Ok(UserFile {
+                child,
+                held,
+                sock: UnixStream::from(ours),
+            })
+        }
+    }
+}
+
+/// The temporary name beside `to` (the child's pid in it, so two saves never share one).
+fn temporary(to: &Path, pid: u32) -> PathBuf {
+    to.with_extension(format!("mnd-tmp-{pid}"))
+}
+
+/// In the child, as the user.
+fn child(uid: u32, gid: u32, gids: &[u32], to: &Path, sock: OwnedFd) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    crate::identity::become_user(uid, gid, gids)?;
+    let tmp = temporary(to, std::process::id());
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    let fds = [file.as_raw_fd()];
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(b"f")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    drop(file);
+    let mut word = [0u8; 1];
+    let keep = matches!(UnixStream::from(sock).read(&mut word), Ok(1)) && word[0] == b'k';
+    match keep {
+        true => std::fs::rename(&tmp, to),
+        false => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(std::io::Error::other("not kept"))
+        }
+    }
+}
+
+impl UserFile {
+    /// The descriptor the child opened, within `limit` (past it the child is killed).
+    pub fn descriptor(&mut self, limit: Duration) -> std::io::Result<OwnedFd> {
+        if !readable(self.sock.as_fd(), limit)? {
+            self.kill();
+            return Err(std::io::Error::other(format!(
+                "no file opened as the user within {} s",
+                limit.as_secs()
+            )));
+        }
+        let mut byte = [0u8; 1];
+        let mut iov = [IoSliceMut::new(&mut byte)];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let msg = recvmsg::<()>(
+            self.sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                if let Some(fd) = fds.first() {
+                    // SAFETY: the kernel installed this descriptor for us just now.
+                    return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+                }
+            }
+        }
+        self.kill();
+        Err(std::io::Error::other(
+            "the file could not be opened as the user (see above)",
+        ))
+    }
+
+    /// Tells the child to rename the file into place (`keep`) or remove it, and waits for
+    /// its end within `limit` (past it the child is killed). Ok when the file was kept.
+    pub fn finish(mut self, keep: bool, limit: Duration) -> std::io::Result<()> {
+        // One byte into an empty socket buffer: never blocks.
+        let _ = self.sock.write_all(if keep { b"k" } else { b"d" });
+        let ended = readable(self.held.as_fd(), limit)?;
+        if !ended {
+            self.kill();
+            return Err(std::io::Error::other(format!(
+                "the process renaming the file as the user did not end within {} s",
+                limit.as_secs()
+            )));
+        }
+        match nix::sys::wait::waitpid(self.child, None)? {
+            nix::sys::wait::WaitStatus::Exited(_, 0) if keep => Ok(()),
+            other if keep => Err(std::io::Error::other(format!(
+                "renaming the file as the user failed ({other:?})"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends the child (a stopped one too) and reaps it.
+    fn kill(&mut self) {
+        let _ = nix::sys::signal::kill(self.child, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(self.child, None);
+    }
+}
+
+/// Waits until `fd` is readable, for `limit` at most; false when the time ran out.
+fn readable(fd: std::os::fd::BorrowedFd, limit: Duration) -> std::io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let ms = u16::try_from(limit.as_millis().min(60_000)).unwrap_or(u16::MAX);
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) if std::time::Instant::now() >= deadline => return Ok(false),
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => return Ok(true),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Root's own files for a direct-mode container, made where only root reaches and handed to
+//! Docker as read-only mounts at create time: root never opens, writes or chowns a path
+//! inside a container (where the user's image and mounts decide what a path is).
+//!
+//! - The accounts: the image's `/etc/passwd`, `/etc/group` and `/etc/shells` are read as
+//!   data through Docker's archive API from a container of the image that never starts (no
+//!   mount of anyone's in it; a FIFO or device there is a tar header, never opened), once
+//!   per image and node, cached by image id; the user's lines are merged in and the two
+//!   files written under `/run/mnd-srun/containers/NAME/`.
+//! - The init: a static program of the install's (`initprog`), written once per build under
+//!   `/run/mnd-srun/init/`; the container's main process is never a program of the image's.
+
+use super::HelperError;
+use crate::accounts::{account_files, ImageAccounts};
+use crate::docker::{Engine, ImageFacts};
+use crate::identity::Identity;
+use crate::plan::direct::Declared;
+use crate::spec::labels;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Root's folder of each container's files, by container name.
+const CONTAINERS: &str = "/run/mnd-srun/containers";
+
+/// Root's folder of the init program.
+const INIT_DIR: &str = "/run/mnd-srun/init";
+
+/// Root's cache of images' own account files, by image id.
+const IMAGE_ACCOUNTS: &str = "/var/lib/mnd-srun/image-accounts";
+
+/// Bumped when what is cached of an image, or the rules it was read under, change.
+const CACHE_FORMAT: &str = "v1";
+
+/// Makes root's files for container `name` of `user` on `image`.
+pub async fn declare(
+    engine: &Engine,
+    name: &str,
+    user: &Identity,
+    image: &ImageFacts,
+) -> Result<Declared, HelperError> {
+    let accounts = image_accounts(engine, user, image).await?;
+    let files = account_files(user, &accounts);
+    let name = name.to_string();
+    let written = tokio::task::spawn_blocking(move || -> std::io::Result<Declared> {
+        let dir = fresh_dir(&Path::new(CONTAINERS).join(&name))?;
+        let [passwd, group] = files;
+        Ok(Declared {
+            passwd: write_new(&dir.join("passwd"), passwd.content.as_bytes(), 0o644)?,
+            group: write_new(&dir.join("group"), group.content.as_bytes(), 0o644)?,
+            init: init_program()?,
+        })
+    })
+    .await
+    .map_err(|e| HelperError::Placing(e.to_string()))?;
+    written.map_err(|e| HelperError::Placing(e.to_string()))
+}
+
+/// The image's account files: from root's cache, else read once from a container of the
+/// image that never starts (labelled with the job, so the Epilog removes it if the helper
+/// dies before it does).
+async fn image_accounts(
+    engine: &Engine,
+    user: &Identity,
+    image: &ImageFacts,
+) -> Result<ImageAccounts, HelperError> {
+    let key: String = image
+        .id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let cached = Path::new(IMAGE_ACCOUNTS).join(format!("{key}.{CACHE_FORMAT}.json"));
+    if let Some(found) = std::fs::read(&cached)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<[String; 3]>(&b).ok())
+    {
+        let [passwd, group, shells] = found;
+        return Ok(ImageAccounts {
+            passwd,
+            group,
+            shells,
+        });
+    }
+    let reader = format!(
+        "mnd-accounts-{}-{}",
+        &key[key.len().saturating_sub(12)..],
+        std::process::id()
+    );
+    let labels = BTreeMap::from([
+        (labels::ROLE.to_string(), "accounts".to_string()),
+        (labels::UID.to_string(), user.uid.to_string()),
+    ]);
+    engine.create_idle(&reader, &image.id, &labels).await?;
+    let read = crate::accounts::read_image_accounts(engine, &reader).await;
+    let _ = engine.remove(&reader).await;
+    let accounts = read?;
+    let text = serde_json::to_vec(&[&accounts.passwd, &accounts.group, &accounts.shells])
+        .unwrap_or_default();
+    let stored = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(IMAGE_ACCOUNTS)
+        .and_then(|()| replace_file(&cached, &text));
+    if let Err(e) = stored {
+        log::warn!("caching the accounts of image {}: {e}", image.id);
+    }
+    Ok(accounts)
+}
+
+/// The init program, written once under root's folder (by content: a new build writes a
+/// new file, a running container keeps the one it has).
+fn init_program() -> std::io::Result<PathBuf> {
+    let path = Path::new(INIT_DIR).join(crate::initprog::file_name());
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+        return Ok(path);
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(INIT_DIR)?;
+    replace_file(&path, crate::initprog::PROGRAM)?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o555))?;
+    Ok(path)
+}
+
+/// An empty folder of root's at `dir` (a leftover of a container of the same name, from a
+/// requeued job, is replaced); its parents made 0700.
+fn fresh_dir(dir: &Path) -> std::io::Result<PathBuf> {
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::DirBuilder::new().mode(0o755).create(dir)?;
+    Ok(dir.to_path_buf())
+}
+
+/// Writes a new file (`O_EXCL`, no link followed) with `mode`.
+fn write_new(path: &Path, content: &[u8], mode: u32) -> std::io::Result<PathBuf> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(content)?;
+    Ok(path.to_path_buf())
+}
+
+/// Writes `path` whole: a new file beside it, renamed over it.
+fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    write_new(&tmp, content, 0o600)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Removes root's files of every container that no longer exists on this node (the step's
+/// end, and the Epilog); returns how many.
+pub async fn sweep(engine: &Engine) -> usize {
+    let Ok(entries) = std::fs::read_dir(CONTAINERS) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if matches!(engine.found(&name).await, Ok(None))
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
