@@ -162,6 +162,53 @@ impl UserFile {
     }
 }
 
+/// Everything a child of root's that became the user writes to `output` until it closes
+/// it, and its exit status, within `limit`: past that the child (stopped by the user, say)
+/// is killed and reaped, and the wait fails.
+pub fn read_from_child(
+    child: Pid,
+    output: OwnedFd,
+    limit: Duration,
+) -> std::io::Result<(Vec<u8>, nix::sys::wait::WaitStatus)> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut file = std::fs::File::from(output);
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || !readable(file.as_fd(), left)? {
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(child, None);
+            return Err(std::io::Error::other(format!(
+                "the process working as the user did not finish within {} s (stopped?); it was killed",
+                limit.as_secs()
+            )));
+        }
+        match file.read(&mut chunk)? {
+            0 => break,
+            n => text.extend_from_slice(&chunk[..n]),
+        }
+    }
+    // It closed its output: it is exiting (or the user stopped it just now).
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    Ok((text, wait_bounded(child, left)?))
+}
+
+/// Reaps `child` within `limit`, killing it past that.
+fn wait_bounded(child: Pid, limit: Duration) -> std::io::Result<nix::sys::wait::WaitStatus> {
+    use nix::sys::wait::waitpid;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) };
+    if fd >= 0 {
+        // SAFETY: the kernel just gave us this descriptor and nothing else owns it.
+        let held = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        if !readable(held.as_fd(), limit)? {
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    Ok(waitpid(child, None)?)
+}
+
 /// Waits until `fd` is readable, for `limit` at most; false when the time ran out.
 fn readable(fd: std::os::fd::BorrowedFd, limit: Duration) -> std::io::Result<bool> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};

@@ -161,6 +161,23 @@ pub struct ImageFacts {
     pub names: Vec<String>,
     /// It carries a user's-copy label (`mnd.accounts` or `mnd.base`, not empty).
     pub copy_labelled: bool,
+    /// Its overlay2 layers in Docker's storage, top first (none on other storage).
+    pub layers: Vec<std::path::PathBuf>,
+}
+
+/// An image's overlay2 layer folders, top first, from its graph driver data.
+fn overlay_layers(driver: Option<&bollard::models::DriverData>) -> Vec<std::path::PathBuf> {
+    let Some(driver) = driver.filter(|d| d.name == "overlay2") else {
+        return vec![];
+    };
+    let data = &driver.data;
+    data.get("UpperDir")
+        .into_iter()
+        .chain(data.get("LowerDir"))
+        .flat_map(|dirs| dirs.split(':'))
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .collect()
 }
 
 /// Where an image came from, as far as this node's Docker tells.
@@ -343,6 +360,7 @@ impl Engine {
             by_id_only: false,
             copy_labelled: labelled(crate::spec::labels::ACCOUNTS)
                 || labelled(crate::spec::labels::BASE),
+            layers: overlay_layers(info.graph_driver.as_ref()),
             names: info
                 .repo_tags
                 .iter()
@@ -558,6 +576,14 @@ impl Engine {
         )
         .await?
         .map_err(api(format!("upload of {what} into {name}")))
+    }
+
+    /// Whether image `id` is on this node.
+    pub async fn has_image(&self, id: &str) -> bool {
+        matches!(
+            within("image inspect", self.docker.inspect_image(id)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Reads a text file from a (created or running) container; `None` when it does not exist.

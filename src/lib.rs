@@ -20,6 +20,7 @@ pub mod hosts;
 pub mod identity;
 pub mod imagearchive;
 pub mod imagecache;
+pub mod imagefiles;
 pub mod initprog;
 pub mod jobtools;
 pub mod launch;

@@ -4,11 +4,13 @@
 //! to the user's ids opens a temporary name beside PATH, no link followed, hands root the
 //! descriptor, and renames it into place when root says it is whole), so the archive goes
 //! only where the user may write, and root waits on nothing of the user's without a bound.
-//! The commit has no name and is removed from root's storage once written. `docker load -i
+//! The commit's name is one no step may run, and it is removed from root's storage once
+//! written. `docker load -i
 //! PATH` brings it back.
 
 use crate::asuser::UserFile;
 use crate::docker::{DockerError, Engine};
+use crate::plan::policy::SAVED_PREFIX;
 use crate::spec::labels;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -68,7 +70,7 @@ pub fn open_as_user(r: &SaveRequest) -> Result<UserFile, SaveError> {
 }
 
 /// Commits the step's container (checked to be the user's, this job's and step's, direct
-/// mode's) as an image with no name, writes it into the descriptor the user's process
+/// mode's) under a name no step may run, writes it into the descriptor the user's process
 /// opened, and removes the image; the archive is renamed into place only when whole.
 /// Every wait is bounded: a stopped or killed process of the user's only loses the archive.
 pub async fn save(r: &SaveRequest, mut file: UserFile) -> Result<(), SaveError> {
@@ -110,18 +112,23 @@ async fn commit_and_write(r: &SaveRequest, fd: OwnedFd) -> Result<(), SaveError>
     if want.iter().any(|(k, v)| found.labels.get(*k) != Some(v)) {
         return Err(SaveError::NotTheSteps(r.container.clone()));
     }
-    // No name: nobody can run it (bare ids are refused) while it is written.
-    let id = engine.commit_as(&found.id, None, &found.image).await?;
-    // Recorded: a save killed half-way leaves the image to the job's Epilog.
+    let user = found.labels.get(labels::USER).cloned().unwrap_or_default();
+    let tag = format!("{SAVED_PREFIX}{user}:{}.{}", r.job, r.step);
+    // Recorded first: a save killed half-way leaves the image to the job's Epilog. The name
+    // is in the archive (`docker load` brings it back); no step may run an image by a name
+    // of this prefix (`policy::check_image_found`), and it is removed once written.
     if let Err(e) = crate::pulled::Pulled::open(std::path::Path::new(crate::pulled::DIR))
-        .and_then(|p| p.used(&id, r.job, true))
+        .and_then(|p| p.used(&tag, r.job, true))
     {
-        log::warn!("recording {id} for the Epilog: {e}");
+        log::warn!("recording {tag} for the Epilog: {e}");
     }
+    engine
+        .commit_as(&found.id, Some(&tag), &found.image)
+        .await?;
     let mut out = std::fs::File::from(fd);
-    let written = engine.save_image(&id, &mut out).await;
+    let written = engine.save_image(&tag, &mut out).await;
     drop(out);
-    let _ = engine.remove_unused_image(&id).await;
+    let _ = engine.remove_unused_image(&tag).await;
     match written? {
         0 => Err(SaveError::Write {
             path: r.to.clone(),

@@ -520,6 +520,9 @@ fn cleanup_cmd(
         for id in &copies {
             eprintln!("mnd: removed {id}, a user's copy of an image that has no name any more");
         }
+        if is_root() {
+            mnd::direct::sweep_root_files(&engine).await;
+        }
         Ok(())
     })
 }

@@ -14,7 +14,6 @@ use crate::plan::options::CheckOptions;
 use crate::plan::PlanError;
 use crate::spank::Request;
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// What one request's container is decided from.
@@ -28,7 +27,8 @@ pub struct Facts {
     /// Paths resolved as the user (home, working directory, `--mnd-mounts` sources) and the
     /// admin's mount sources resolved as root.
     pub looked: Looked,
-    /// Sources resolved as the user (their kind is checked).
+    /// What the user's mounts may show, resolved as them: the home, the working directory,
+    /// `--mnd-mounts` sources (their kind and the user's right to write them are checked).
     pub users_sources: Vec<PathBuf>,
     /// Identities of Slurm's folders and the batch script, taken where they were checked.
     pub ids: BTreeMap<PathBuf, FileId>,
@@ -42,13 +42,11 @@ pub struct Facts {
 pub fn gather(req: &Request, site: &SiteConfig) -> Result<Facts, HelperError> {
     let user = Identity::of_uid(req.uid)?;
     let site = with_root_prefixes(site)?;
-    let mut wanted: Vec<PathBuf> = vec![user.home.clone(), req.cwd.clone()];
-    let mut users_sources = Vec::new();
+    let mut users_sources: Vec<PathBuf> = vec![user.home.clone(), req.cwd.clone()];
     if let Ok(opts) = req.options.check() {
         users_sources.extend(user_mounts(&opts, &req.cwd).into_iter().map(|m| m.source));
-        wanted.extend(users_sources.iter().cloned());
     }
-    let mut looked = resolve_as(req.uid, req.gid, &req.gids, &wanted)?;
+    let mut looked = resolve_as(req.uid, req.gid, &req.gids, &users_sources)?;
     // The admin's own mounts are resolved as root: the user need not be able to reach them.
     for m in &site.defaults.mounts {
         if let Ok(m) = crate::plan::mounts::parse_mount(m) {
@@ -95,12 +93,11 @@ impl Facts {
         }
     }
 
-    /// The mode of each source the user named, by its real path.
-    pub fn users_source_modes(&self) -> Vec<(PathBuf, u32)> {
+    /// Each source the user named, as looked up as them.
+    pub fn users_source_looks(&self) -> Vec<&Looked1> {
         self.users_sources
             .iter()
             .filter_map(|s| self.looked.get(s)?.as_ref().ok())
-            .map(|l| (l.real.clone(), l.mode))
             .collect()
     }
 }
@@ -117,6 +114,8 @@ pub struct Looked1 {
     pub id: FileId,
     /// Its `st_mode`.
     pub mode: u32,
+    /// Whoever looked it up may write in it.
+    pub writable: bool,
 }
 
 /// Paths resolved as someone.
@@ -225,12 +224,18 @@ fn slurm_dirs(
 fn look(p: &Path) -> Lookup {
     let real = crate::node::real_path(p).map_err(|e| e.to_string())?;
     let (id, st) = stat_no_links(&real).map_err(|e| e.to_string())?;
+    let writable = nix::unistd::access(&real, nix::unistd::AccessFlags::W_OK).is_ok();
     Ok(Looked1 {
         real,
         id,
         mode: st.st_mode,
+        writable,
     })
 }
+
+/// Longest the lookup as the user may take (a path on a hung file system, or the user
+/// stopping the process: root waits no longer, and the step fails).
+const LOOKUP_TIME: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Resolves paths (no `..`, no symbolic links) in a child process running as the user, so a
 /// path the user could not reach is not reached for them, and takes each one's identity.
@@ -259,12 +264,10 @@ fn resolve_as(uid: u32, gid: u32, gids: &[u32], paths: &[PathBuf]) -> Result<Loo
         }
         ForkResult::Parent { child } => {
             drop(write_end);
-            let mut text = Vec::new();
-            let read = std::fs::File::from(read_end).read_to_end(&mut text);
-            let status = nix::sys::wait::waitpid(child, None);
-            read.map_err(|e| fail(e.to_string()))?;
+            let (text, status) = crate::asuser::read_from_child(child, read_end, LOOKUP_TIME)
+                .map_err(|e| fail(e.to_string()))?;
             match status {
-                Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => {}
+                nix::sys::wait::WaitStatus::Exited(_, 0) => {}
                 other => return Err(fail(format!("the lookup process ended with {other:?}"))),
             }
             let answer: Vec<(PathBuf, Lookup)> =

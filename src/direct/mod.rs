@@ -175,7 +175,7 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
     let facts = gather::gather(req, site)?;
     let resolve = |p: &Path| facts.resolve(p);
     let (req, site, user) = (&facts.req, &facts.site, &facts.user);
-    let (spec, checked) = plan(&Inputs {
+    let (mut spec, checked) = plan(&Inputs {
         req,
         site,
         user,
@@ -183,8 +183,11 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         tools: facts.tools.as_deref(),
         resolve: &resolve,
     })?;
-    for (source, mode) in facts.users_source_modes() {
-        crate::plan::policy::check_source_kind(&source, mode)?;
+    for look in facts.users_source_looks() {
+        crate::plan::policy::check_source_kind(&look.real, look.mode)?;
+        for m in spec.mounts.iter_mut().filter(|m| m.source == look.real) {
+            m.read_only |= crate::plan::policy::read_only_for_the_user(look.writable);
+        }
     }
     let mounted = spec
         .mounts
@@ -411,7 +414,13 @@ async fn image_once(
     let facts = engine
         .ensure_image(&spec.image, spec.pull, node, PULL_STALL, &silent())
         .await?;
-    crate::plan::policy::check_image_found(&spec.image, &facts.names, facts.copy_labelled)?;
+    let found =
+        crate::plan::policy::check_image_found(&spec.image, &facts.names, facts.copy_labelled);
+    if found.is_err() && facts.pulled {
+        // Pulled for nothing: root's storage is not the user's to fill.
+        let _ = engine.remove_unused_image(&facts.id).await;
+    }
+    found?;
     Ok(facts)
 }
 
@@ -424,6 +433,7 @@ async fn start_new(
     let started = start(engine, p, image, phases).await;
     if started.is_err() {
         let _ = engine.remove(&p.spec.name).await;
+        rootfiles::remove(&p.spec.name);
     }
     started
 }
@@ -436,7 +446,7 @@ async fn start(
 ) -> Result<Reply, HelperError> {
     let name = &p.spec.name;
     record_pull(p, image);
-    let declared = rootfiles::declare(engine, &p.spec.name, &p.user, image).await?;
+    let declared = rootfiles::declare(engine, &p.spec, &p.user, image).await?;
     phases.mark("files");
     let by_id = image.by_id_only.then_some(image.id.as_str());
     let owner = (p.user.uid, p.user.gid);
@@ -539,6 +549,8 @@ pub async fn down(job: u32, step: &str) -> Result<usize, HelperError> {
         .await?;
     for c in &found {
         engine.remove(&c.id).await?;
+        rootfiles::remove(&c.name);
     }
+    rootfiles::sweep(&engine).await;
     Ok(found.len())
 }

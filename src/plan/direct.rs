@@ -50,6 +50,7 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
     } = *i;
     let opts = req.options.check()?;
     if let Some(image) = &opts.image {
+        policy::check_image_name(image)?;
         policy::check_request(
             site,
             user,

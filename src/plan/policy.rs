@@ -211,6 +211,23 @@ pub fn check_landed(
     }
 }
 
+/// The name prefix of `--mnd-save`'s commits (`mnd-saved-USER:JOB.STEP`).
+pub const SAVED_PREFIX: &str = "mnd-saved-";
+
+/// Built-in rule for the image a direct-mode step asks for, before anything is pulled: not
+/// a name of `--mnd-save`'s commits, which hold other steps' containers.
+pub fn check_image_name(asked: &str) -> Result<(), PlanError> {
+    let last = asked.rsplit('/').next().unwrap_or(asked);
+    match last.starts_with(SAVED_PREFIX) {
+        false => Ok(()),
+        true => Err(refused(
+            format!("image {asked}"),
+            "names beginning mnd-saved- are --mnd-save's commits of steps' containers while they are written, which no step may run".into(),
+            "load your archive (docker load -i FILE) and push it to a registry, or give it another name",
+        )),
+    }
+}
+
 /// Built-in rule for the image a direct-mode step found: one of its names is the name the
 /// user gave (Docker also finds an image by its id or any unambiguous id prefix, which
 /// would run another user's untagged images: a share's, a save's), and it carries no
@@ -248,6 +265,14 @@ fn same_image_name(a: &str, b: &str) -> bool {
         }
     }
     plain(a) == plain(b)
+}
+
+/// Built-in rule: a user's mount of a folder or file they may not write is read-only,
+/// whatever they asked. Docker writes as root where a read-write mount lets it: the
+/// mount points of mounts nested in it (`--mnd-mounts=/var/lib/x:/S,$HOME/f:/S/y` would
+/// make root create `/var/lib/x/y` on the node).
+pub fn read_only_for_the_user(writable: bool) -> bool {
+    !writable
 }
 
 /// Built-in rule for what a user's mount source is: a folder or a regular file, or one of

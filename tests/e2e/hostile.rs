@@ -519,3 +519,95 @@ fn an_image_whose_etc_group_is_a_fifo_is_refused_without_a_hang() {
         r.all()
     );
 }
+
+#[test]
+fn a_stopped_save_writer_holds_nothing_of_roots() {
+    let _g = shared();
+    // An overlapping step of dave's stops every process of his running `mnd direct save`
+    // (the one that opens the archive as him) as soon as it appears.
+    let (r, job) = dave_job(
+        1,
+        &format!(
+            "rm -f ~/e2e-s3.tar ~/e2e-s3.tar.mnd-tmp-*; \
+             srun --overlap -n1 sh -c 'for i in $(seq 1200); do pkill -STOP -u $(id -u) -x mnd && {{ echo writer-stopped; exit 0; }}; sleep 0.05; done; echo never-stopped' & w=$!; \
+             timeout 150 srun -n1 --mnd-image={IMAGE} --mnd-save=$HOME/e2e-s3.tar sh -c 'head -c 20M /dev/urandom > /var/tmp/fill'; echo srun-rc=$?; \
+             wait $w; pkill -CONT -u $(id -u) -x mnd; rm -f ~/e2e-s3.tar ~/e2e-s3.tar.mnd-tmp-*"
+        ),
+    );
+    // The attack ran: the writer was stopped.
+    assert!(r.stdout.contains("writer-stopped"), "{}", r.all());
+    // The step ended on its own (timeout's 124 would be the hang), saying why nothing was saved.
+    assert!(
+        r.stdout.contains("srun-rc=") && !r.stdout.contains("srun-rc=124"),
+        "{}",
+        r.all()
+    );
+    assert!(r.all().contains("--mnd-save"), "{}", r.all());
+    assert_nothing_left(&job);
+    for node in NODES {
+        wait_until(
+            &format!("no image of dave's save and no stopped process of his on {node}"),
+            Duration::from_secs(30),
+            || {
+                let left = root_on(
+                    node,
+                    &["sh", "-c", "docker images -q 'mnd-saved-dave' | grep -c .; pgrep -u 1004 -x mnd | grep -c ."],
+                );
+                left.stdout.split_whitespace().collect::<Vec<_>>() == ["0", "0"]
+            },
+        );
+    }
+}
+
+#[test]
+fn images_of_others_are_not_run_by_id_prefix_saved_name_or_forged_copy_label() {
+    let _g = shared();
+    // On node1, as root: an unnamed image (as one loaded from a user's share), a name of
+    // --mnd-save's, and an image carrying a user's-copy label.
+    let made = root_on(
+        "node1",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "c=$(docker create {IMAGE} true) && id=$(docker commit $c) && docker rm $c >/dev/null && \
+                 docker tag {IMAGE} mnd-saved-alice:1.0 && \
+                 echo 'FROM {IMAGE}' | docker build -q --label mnd.accounts=forged --label mnd.base=x -t mnd-vc-forged:1 - >/dev/null && \
+                 echo $id"
+            ),
+        ],
+    );
+    assert_eq!(made.code, 0, "{}", made.all());
+    let id = made.stdout.trim().to_string();
+    let prefix = &id["sha256:".len().."sha256:".len() + 12];
+    // Positive control: Docker itself finds each of them so.
+    let found = root_on("node1", &["docker", "image", "inspect", "-f", "ok", prefix]);
+    assert_eq!(found.stdout.trim(), "ok", "{}", found.all());
+    for (image, why) in [
+        (
+            prefix,
+            "Docker found it by its id (or an id prefix), not by name",
+        ),
+        (
+            id.as_str(),
+            "Docker found it by its id (or an id prefix), not by name",
+        ),
+        (
+            "mnd-saved-alice:1.0",
+            "names beginning mnd-saved- are --mnd-save's commits",
+        ),
+        ("mnd-vc-forged:1", "it carries mnd-srun's copy labels"),
+    ] {
+        let r = dave(&format!("srun -N1 -w node1 --mnd-image={image} echo ran"));
+        assert!(!r.stdout.contains("ran"), "{image}: {}", r.all());
+        assert!(r.stderr.contains(why), "{image}: {}", r.all());
+    }
+    root_on(
+        "node1",
+        &[
+            "sh",
+            "-c",
+            &format!("docker rmi mnd-saved-alice:1.0 mnd-vc-forged:1 {id} >/dev/null"),
+        ],
+    );
+}
