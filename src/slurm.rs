@@ -377,29 +377,6 @@ pub fn conf_value(text: &str, key: &str) -> Option<String> {
         .next_back()
 }
 
-/// Where Slurm's mpi/pmix puts a step's client folder (`spmix_appdir_UID_JOB.STEP`), as
-/// its `pmixp_info.c` decides: the job's `SLURM_PMIX_TMPDIR`, else mpi.conf's
-/// `PMIxCliTmpDirBase`, else slurm.conf's `TmpFS` (`%n` is the node), else /tmp.
-pub fn pmix_client_dir(
-    job_tmpdir: Option<&str>,
-    mpi_conf: Option<&str>,
-    slurm_conf: Option<&str>,
-    node: &str,
-    ids: (u32, u32, u32),
-) -> std::path::PathBuf {
-    let base = job_tmpdir
-        .filter(|d| !d.is_empty())
-        .map(str::to_string)
-        .or_else(|| mpi_conf.and_then(|t| conf_value(t, "PMIxCliTmpDirBase")))
-        .or_else(|| slurm_conf.and_then(|t| conf_value(t, "TmpFS")))
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| "/tmp".into())
-        .replace("%n", node)
-        .replace("%h", node);
-    let (uid, job, step) = ids;
-    std::path::Path::new(&base).join(format!("spmix_appdir_{uid}_{job}.{step}"))
-}
-
 fn parse_ids(var: &'static str, text: &str) -> Result<Vec<u32>, SlurmError> {
     text.split(',')
         .filter(|s| !s.is_empty())
@@ -567,29 +544,6 @@ mod tests {
         }
         assert!(gpu_uuids(&[], Some("GPU-a")).is_empty());
         assert_eq!(gpu_uuids(&[0], Some("GPU-a")), ["GPU-a"]);
-    }
-
-    #[test]
-    fn pmix_client_folder_as_slurm_finds_it() {
-        let ids = (1004, 7, 0);
-        let conf = "SlurmdSpoolDir=/var/spool/slurmd\n#TmpFS=/nope\ntmpfs = /local/%n/tmp\n";
-        assert_eq!(
-            pmix_client_dir(None, None, Some(conf), "node2", ids),
-            Path::new("/local/node2/tmp/spmix_appdir_1004_7.0")
-        );
-        let mpi = "PMIxCliTmpDirBase=/scratch/pmix";
-        assert_eq!(
-            pmix_client_dir(None, Some(mpi), Some(conf), "node2", ids),
-            Path::new("/scratch/pmix/spmix_appdir_1004_7.0")
-        );
-        assert_eq!(
-            pmix_client_dir(Some("/mine"), Some(mpi), Some(conf), "node2", ids),
-            Path::new("/mine/spmix_appdir_1004_7.0")
-        );
-        assert_eq!(
-            pmix_client_dir(None, None, Some("NodeName=x"), "node2", ids),
-            Path::new("/tmp/spmix_appdir_1004_7.0")
-        );
     }
 
     #[test]

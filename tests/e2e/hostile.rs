@@ -43,7 +43,7 @@ fn a_link_planted_under_the_pmix_client_folders_name_shows_nothing() {
     let (r, job) = dave_job(
         1,
         "j=$SLURM_JOB_ID; \
-         srun -n1 sh -c \"ln -sfn /shared/home/alice/pub /tmp/spmix_appdir_1004_$j.1; ln -sfn /etc /tmp/spmix_appdir_1004_$j.2\"; \
+         srun -n1 sh -c \"ln -sfn /shared/home/alice/pub /tmp/spmix_appdir_1004_$j.1 && ln -sfn /etc /tmp/spmix_appdir_1004_$j.2 && echo planted\"; \
          srun -n1 --mpi=none --mnd-image=mnd-vc-job:3 cat /tmp/spmix_appdir_1004_$j.1/secret; \
          srun -n1 --mpi=pmix --mnd-image=mnd-vc-job:3 sh -c \"cat /tmp/spmix_appdir_1004_$j.2/slurm/slurm.conf; echo step2-ran\"; \
          srun -n1 rm -f /tmp/spmix_appdir_1004_$j.1 /tmp/spmix_appdir_1004_$j.2",
@@ -56,6 +56,17 @@ fn a_link_planted_under_the_pmix_client_folders_name_shows_nothing() {
     assert!(
         !r.all().contains("SlurmctldHost"),
         "the node's /etc leaked:\n{}",
+        r.all()
+    );
+    // The attack ran: the links were planted, and the first step ran in its container and
+    // looked through its link (which is not mounted: nothing of /tmp is). Slurm's own PMIx
+    // plugin refuses to launch the second step over a link at its folder's name.
+    assert!(r.stdout.contains("planted"), "{}", r.all());
+    assert!(
+        r.stderr.contains(&format!(
+            "/tmp/spmix_appdir_1004_{job}.1/secret: No such file or directory"
+        )),
+        "{}",
         r.all()
     );
     assert_nothing_left(&job);
@@ -81,9 +92,18 @@ fn a_folder_swapped_for_a_link_while_steps_start_is_never_mounted() {
         "alice's file leaked:\n{}",
         r.all()
     );
+    // The attack ran: every one of the 30 steps either mounted dave's own folder, or was
+    // refused for the swap (caught at the mount, or the source found a link or resolving to
+    // alice's folder, which dave may not reach), and some did mount it.
     let own = r.stdout.matches("dave-own").count();
     let swapped = r.stderr.matches("its source was replaced").count();
-    eprintln!("race: {own} steps mounted dave's folder, {swapped} caught a swap, of 30");
+    let denied = r
+        .stderr
+        .matches("mount source /shared/home/dave/e2e-race/x cannot be used")
+        .count();
+    eprintln!("race: {own} steps mounted dave's folder, {swapped} caught a swap, {denied} found a link or alice's folder, of 30");
+    assert!(own >= 1, "{}", r.all());
+    assert_eq!(own + swapped + denied, 30, "{}", r.all());
     assert_nothing_left(&job);
 }
 

@@ -114,7 +114,6 @@ unsafe impl Plugin for MndSpank {
             gpu_indices: spank.getenv("SLURM_STEP_GPUS")?,
             cuda_visible: spank.getenv("CUDA_VISIBLE_DEVICES")?,
             step_nodes: spank.getenv("SLURM_STEP_NODELIST")?,
-            pmix_tmpdir: spank.getenv("SLURM_PMIX_TMPDIR")?,
         };
         let t0 = std::time::Instant::now();
         let reply = step

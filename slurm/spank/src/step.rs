@@ -36,8 +36,6 @@ pub struct TaskFacts {
     pub cuda_visible: Option<String>,
     /// `SLURM_STEP_NODELIST`: the step's nodes.
     pub step_nodes: Option<String>,
-    /// The job's `SLURM_PMIX_TMPDIR` (the user's choice of PMIx client folder base).
-    pub pmix_tmpdir: Option<String>,
 }
 
 /// A step with `--mnd-image`, as slurmstepd knows it.
@@ -128,7 +126,7 @@ impl Step {
         let request = Request {
             cwd: std::env::current_dir()
                 .map_err(|e| format!("the step's working directory: {e}"))?,
-            slurm_dirs: pmix_dirs(&r.node, (r.uid, r.job, r.step), task.pmix_tmpdir.as_deref()),
+            slurm_dirs: pmix_dirs(),
             step_gpus: task.gpu_indices,
             step_cuda_devices: task.cuda_visible,
             step_nodes: task.step_nodes,
@@ -353,26 +351,15 @@ fn private_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The step's PMIx folders, which the tasks need at the same path, found as Slurm's
-/// mpi/pmix finds them, whatever the site's spool and tmp folders: the server's from
+/// The step's PMIx folder, which the tasks need at the same path: the server's, from
 /// slurmstepd's own `PMIX_SERVER_TMPDIR` (its PMIx server sets it before the tasks start,
-/// from `SlurmdSpoolDir`; a step without PMIx has none, and then gets neither folder), and
-/// the clients' `spmix_appdir_UID_JOB.STEP` (`mnd::slurm::pmix_client_dir`). The helper
-/// trusts none of them: it opens each with no link in its path and checks its owner.
-fn pmix_dirs(node: &str, ids: (u32, u32, u32), job_tmpdir: Option<&str>) -> Vec<PathBuf> {
-    let Some(server) = std::env::var_os("PMIX_SERVER_TMPDIR").map(PathBuf::from) else {
-        return vec![];
-    };
-    let conf = std::env::var_os("SLURM_CONF")
-        .map_or_else(|| PathBuf::from("/etc/slurm/slurm.conf"), PathBuf::from);
-    let slurm_conf = std::fs::read_to_string(&conf).ok();
-    let mpi_conf = std::fs::read_to_string(conf.with_file_name("mpi.conf")).ok();
-    let client = mnd::slurm::pmix_client_dir(
-        job_tmpdir,
-        mpi_conf.as_deref(),
-        slurm_conf.as_deref(),
-        node,
-        ids,
-    );
-    vec![server, client]
+/// from `SlurmdSpoolDir`, root's; a step without PMIx has none). As enroot does, the
+/// clients' `spmix_appdir_UID_JOB.STEP` (in `/tmp`, where anyone may plant a name) is
+/// never mounted: the tasks make their own in the container. The helper trusts no folder:
+/// it opens it with no link in its path and checks its owner.
+fn pmix_dirs() -> Vec<PathBuf> {
+    std::env::var_os("PMIX_SERVER_TMPDIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect()
 }
