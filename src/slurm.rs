@@ -409,7 +409,6 @@ fn parse_ports(text: &str) -> Result<Vec<u16>, String> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
-    use std::path::Path;
 
     fn ctx(vars: &[(&str, &str)]) -> Result<StepContext, SlurmError> {
         let map: HashMap<String, String> = vars
