@@ -194,8 +194,8 @@ pub fn read_from_child(
     Ok((text, wait_bounded(child, left)?))
 }
 
-/// Reaps `child` within `limit`, killing it past that.
-fn wait_bounded(child: Pid, limit: Duration) -> std::io::Result<nix::sys::wait::WaitStatus> {
+/// Reaps `child` within `limit`, killing it past that (a killed child shows as such).
+pub fn wait_bounded(child: Pid, limit: Duration) -> std::io::Result<nix::sys::wait::WaitStatus> {
     use nix::sys::wait::waitpid;
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) };

@@ -64,8 +64,15 @@ impl Pulled {
         rewrite(&mut file, &name, &jobs)
     }
 
+    /// An image the Epilog could not remove (a container still used it): recorded with no
+    /// job, so every later Epilog on this node tries again until it is gone.
+    pub fn keep(&self, image: &str) -> std::io::Result<()> {
+        let mut file = crate::fsx::lock(&self.record_of(image))?;
+        rewrite(&mut file, image, &[])
+    }
+
     /// Job `job` ended: it is taken off every record; the images no job uses any more are
-    /// returned (and their records removed).
+    /// returned (and their records removed), with those kept by an earlier Epilog.
     pub fn job_ended(&self, job: u32) -> std::io::Result<Vec<String>> {
         let mut unused = Vec::new();
         for entry in fs::read_dir(&self.dir)?.flatten() {
@@ -74,7 +81,8 @@ impl Pulled {
             let mut text = String::new();
             file.read_to_string(&mut text)?;
             let (name, mut jobs) = parse(&text);
-            if !jobs.contains(&job) {
+            // A record of no job: an image an earlier Epilog could not remove yet.
+            if !jobs.contains(&job) && !jobs.is_empty() {
                 continue;
             }
             jobs.retain(|j| *j != job);
@@ -127,5 +135,17 @@ mod tests {
         assert_eq!(p.job_ended(8).unwrap(), vec!["reg/a:1".to_string()]);
         assert!(p.job_ended(8).unwrap().is_empty());
         assert_eq!(fs::read_dir(t.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_image_kept_because_in_use_is_offered_again_by_the_next_jobs_end() {
+        let t = tempfile::tempdir().unwrap();
+        let p = pulled_in(t.path());
+        p.used("python:3.12", 7, true).unwrap();
+        assert_eq!(p.job_ended(7).unwrap(), vec!["python:3.12".to_string()]);
+        // A container of another job still used it: the Epilog keeps the record.
+        p.keep("python:3.12").unwrap();
+        assert_eq!(p.job_ended(9).unwrap(), vec!["python:3.12".to_string()]);
+        assert!(p.job_ended(10).unwrap().is_empty());
     }
 }

@@ -721,9 +721,15 @@ fn prune_pulled(job: u32) -> Result<(), String> {
             use mnd::docker::Removal;
             match engine.remove_unused_image(&image).await {
                 Ok(Removal::Removed) => eprintln!("mnd: removed image {image} (root's for direct mode; job {job} was the last to use it)"),
-                Ok(Removal::InUse) => eprintln!("mnd: kept image {image}: a container still uses it"),
+                Ok(Removal::InUse) => {
+                    eprintln!("mnd: kept image {image}: a container still uses it; a later Epilog removes it");
+                    let _ = records.keep(&image);
+                }
                 Ok(Removal::Gone) => {}
-                Err(e) => eprintln!("mnd: image {image}: {e}"),
+                Err(e) => {
+                    eprintln!("mnd: image {image}: {e}; a later Epilog tries again");
+                    let _ = records.keep(&image);
+                }
             }
         }
         Ok(())

@@ -425,3 +425,13 @@ pub fn image_on_every_node(img: &str, cmd: &str, change: &str) {
         assert_eq!(r.code, 0, "{}", r.all());
     }
 }
+
+/// The job has left Slurm's queue: `squeue` answered and does not list it. A failed
+/// `squeue` (slurmctld down, say) is never taken for "gone".
+pub fn job_gone(id: &str) -> bool {
+    let r = root_on("node1", &["squeue", "-h", "-j", id]);
+    match r.code {
+        0 => r.stdout.trim().is_empty(),
+        _ => r.stderr.contains("Invalid job id"),
+    }
+}

@@ -281,10 +281,6 @@ fn sleeping_job(sbatch_flags: &str) -> String {
     id
 }
 
-fn job_gone(id: &str) -> bool {
-    dave(&format!("squeue -h -j {id}")).stdout.trim().is_empty()
-}
-
 #[test]
 fn scancel_ends_the_step_and_leaves_nothing() {
     let _g = shared();

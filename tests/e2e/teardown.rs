@@ -69,13 +69,6 @@ fn report_clean(path: &str, name: &str, since: Instant) -> Duration {
     d
 }
 
-fn job_gone(id: &str) -> bool {
-    alice(&format!("squeue -h -j {id}"))
-        .stdout
-        .trim()
-        .is_empty()
-}
-
 #[test]
 fn normal_end_and_non_zero_exit() {
     let _g = shared();

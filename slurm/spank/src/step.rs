@@ -143,13 +143,7 @@ impl Step {
         // The reply goes to an unnamed file, not a pipe: stderr is read to its end first
         // (for the progress lines), and a reply bigger than a pipe holds would then leave
         // the helper and this task waiting on each other.
-        let mut reply = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_TMPFILE)
-            .mode(0o600)
-            .open(&args.runtime_dir)
-            .map_err(|e| format!("a reply file in {}: {e}", args.runtime_dir.display()))?;
+        let mut reply = unnamed_file(args)?;
         let reply_out = reply.try_clone().map_err(|e| format!("helper: {e}"))?;
         let mut cmd = helper(args);
         cmd.args(["direct", "up"]);
@@ -265,47 +259,16 @@ fn helper(args: &PluginArgs) -> Command {
 /// Runs the helper and waits for it `limit` at most (killed past it): what it says goes to
 /// a file, not a pipe, so nothing it leaves behind can hold this wait open.
 fn run_bounded(mut cmd: Command, args: &PluginArgs, limit: Duration) -> Result<(), String> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-    let mut said = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .mode(0o600)
-        .open(&args.runtime_dir)
-        .map_err(|e| format!("a file in {}: {e}", args.runtime_dir.display()))?;
+    let mut said = unnamed_file(args)?;
     let err = said.try_clone().map_err(|e| e.to_string())?;
-    let mut child = cmd
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(err)
         .spawn()
         .map_err(|e| format!("cannot run the helper {}: {e}", args.helper.display()))?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id(), 0) };
-    if fd >= 0 {
-        // SAFETY: the kernel just gave us this descriptor and nothing else owns it.
-        let held = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let ms = u16::try_from(left.as_millis().min(60_000)).unwrap_or(u16::MAX);
-            let mut fds = [PollFd::new(held.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::from(ms)) {
-                Ok(0) if left.is_zero() => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "the helper did not end within {} s; stopped it",
-                        limit.as_secs()
-                    ));
-                }
-                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-                _ => break,
-            }
-        }
-    }
-    let status = child.wait().map_err(|e| format!("helper: {e}"))?;
-    if status.success() {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let status = mnd::asuser::wait_bounded(pid, limit).map_err(|e| format!("helper: {e}"))?;
+    if matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)) {
         return Ok(());
     }
     let mut text = String::new();
@@ -313,11 +276,28 @@ fn run_bounded(mut cmd: Command, args: &PluginArgs, limit: Duration) -> Result<(
         .seek(std::io::SeekFrom::Start(0))
         .and_then(|_| said.read_to_string(&mut text));
     let text = text.trim().trim_start_matches("mnd: ").to_string();
-    Err(if text.is_empty() {
-        format!("the helper failed ({status})")
-    } else {
-        text
+    Err(match (text.is_empty(), status) {
+        (_, nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _)) => {
+            format!(
+                "the helper did not end within {} s; stopped it",
+                limit.as_secs()
+            )
+        }
+        (true, status) => format!("the helper failed ({status:?})"),
+        (false, _) => text,
     })
+}
+
+/// An unnamed file of root's in the plugin's folder, for what the helper writes: a pipe
+/// could fill, or be held open by what the helper leaves behind.
+fn unnamed_file(args: &PluginArgs) -> Result<std::fs::File, String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(&args.runtime_dir)
+        .map_err(|e| format!("a file in {}: {e}", args.runtime_dir.display()))
 }
 
 /// The helper runs as root: it and every folder above it must be root's and writable by
