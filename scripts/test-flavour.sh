@@ -48,6 +48,11 @@ cargo test --test e2e -- --test-threads=3 \
   direct::an_image_whose_environment_outgrows_a_pipe_starts \
   hostile::a_link_planted_under_the_pmix_client_folders_name_shows_nothing \
   hostile::a_folder_swapped_for_a_link_while_steps_start_is_never_mounted \
+  hostile::links_in_the_home_as_mount_targets_never_make_root_write_through_them \
+  hostile::a_fifo_as_a_mount_source_is_refused_at_once_even_through_a_link_to_etc_passwd \
+  hostile::the_containers_init_is_roots_program_never_the_images \
+  hostile::a_stopped_save_writer_holds_nothing_of_roots \
+  hostile::images_of_others_are_not_run_by_id_prefix_saved_name_or_forged_copy_label \
   pyxis:: \
   images::direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_tampered_archive \
   images::a_node_still_pulling_when_srun_k_ends_the_step_stops_at_sigterm \
