@@ -13,7 +13,7 @@ use bollard::query_parameters::{
     WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
-use futures_util::{Stream, StreamExt, TryStreamExt};
+use futures_util::{Stream, StreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::pin::Pin;
@@ -591,15 +591,28 @@ impl Engine {
         let opts = DownloadFromContainerOptionsBuilder::default()
             .path(path)
             .build();
-        let chunks: Result<Vec<_>, _> = within(
-            "file read",
-            self.docker
-                .download_from_container(name, Some(opts))
-                .try_collect(),
-        )
+        // At most 8 MiB of archive is taken in (the image decides how big the file is).
+        let limit = 8 << 20;
+        let chunks = within("file read", async {
+            let mut stream = self.docker.download_from_container(name, Some(opts));
+            let mut bytes = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                bytes.extend_from_slice(&chunk?);
+                if bytes.len() > limit {
+                    break;
+                }
+            }
+            Ok::<_, bollard::errors::Error>(bytes)
+        })
         .await?;
         let bytes = match chunks {
-            Ok(c) => c.concat(),
+            Ok(b) if b.len() > limit => {
+                return Err(DockerError::Api {
+                    action: format!("read of {path}"),
+                    reason: format!("{path} in the image is larger than {} MiB: such an image is refused", limit >> 20),
+                })
+            }
+            Ok(b) => b,
             Err(e) if is_status(&e, &[404]) => return Ok(None),
             Err(e) => return Err(api(format!("read of {path}"))(e)),
         };
