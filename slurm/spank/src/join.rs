@@ -126,11 +126,29 @@ pub fn remap_root() -> Result<(), String> {
 /// Docker removes the container by itself (it was made with auto-remove). Whatever is left
 /// (Docker down, a killed slurmstepd) the Epilog removes. False when the init is not
 /// provably the container's any more: then the helper removes it by name.
+/// The init is held by a pidfd before it is checked, and the signal goes through that
+/// pidfd: it reaches the process that was checked, never one that took its pid since.
 pub fn end(reply: &Reply) -> bool {
-    still_the_container(reply).is_ok()
-        && nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(reply.pid),
-            nix::sys::signal::Signal::SIGKILL,
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, reply.pid, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the kernel just gave us this descriptor and nothing else owns it.
+    let held = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    if still_the_container(reply).is_err() {
+        return false;
+    }
+    // SAFETY: pidfd_send_signal with no siginfo and no flags.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            held.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
         )
-        .is_ok()
+    };
+    sent == 0
 }
