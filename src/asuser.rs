@@ -209,13 +209,74 @@ pub fn wait_bounded(child: Pid, limit: Duration) -> std::io::Result<nix::sys::wa
     Ok(waitpid(child, None)?)
 }
 
+/// A pipe to or from a process of the user's, each read or write of which waits for the
+/// pipe `stall` at most: past that the process (stopped by the user, say) is killed and the
+/// call fails. A write is at most one page, which a writable pipe always takes whole.
+pub struct Watched<T> {
+    inner: T,
+    child: Pid,
+    stall: Duration,
+}
+
+impl<T: AsFd> Watched<T> {
+    /// `inner`, a pipe of process `child`'s.
+    pub fn new(inner: T, child: u32, stall: Duration) -> Self {
+        Watched {
+            inner,
+            child: Pid::from_raw(child as i32),
+            stall,
+        }
+    }
+
+    fn ready(&self, events: nix::poll::PollFlags) -> std::io::Result<()> {
+        if ready(self.inner.as_fd(), events, self.stall)? {
+            return Ok(());
+        }
+        let _ = nix::sys::signal::kill(self.child, nix::sys::signal::Signal::SIGKILL);
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the process working as the user made no progress for {} s (stopped?); it was killed",
+                self.stall.as_secs()
+            ),
+        ))
+    }
+}
+
+impl<T: Read + AsFd> Read for Watched<T> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.ready(nix::poll::PollFlags::POLLIN)?;
+        self.inner.read(buf)
+    }
+}
+
+impl<T: Write + AsFd> Write for Watched<T> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.ready(nix::poll::PollFlags::POLLOUT)?;
+        self.inner.write(&buf[..buf.len().min(4096)])
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Waits until `fd` is readable, for `limit` at most; false when the time ran out.
 fn readable(fd: std::os::fd::BorrowedFd, limit: Duration) -> std::io::Result<bool> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    ready(fd, nix::poll::PollFlags::POLLIN, limit)
+}
+
+/// Waits until `fd` has one of `events`, for `limit` at most; false when the time ran out.
+fn ready(
+    fd: std::os::fd::BorrowedFd,
+    events: nix::poll::PollFlags,
+    limit: Duration,
+) -> std::io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollTimeout};
     let ms = u16::try_from(limit.as_millis().min(60_000)).unwrap_or(u16::MAX);
     let deadline = std::time::Instant::now() + limit;
     loop {
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(fd, events)];
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(0) if std::time::Instant::now() >= deadline => return Ok(false),
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,

@@ -21,6 +21,7 @@ use crate::spank::Request;
 use std::io::{BufRead, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use crate::asuser::Watched;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use thiserror::Error;
@@ -141,31 +142,49 @@ impl StepShare {
     /// Runs an as-user operation with `input` on its stdin; what it printed (at most 64 KiB).
     fn run_as_user(&self, op: &[&str], input: &[u8]) -> Result<String, ShareError> {
         let mut child = self.spawn_as_user(op)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(input);
+        if let Some(stdin) = child.stdin.take() {
+            let _ = watched(stdin, &child).write_all(input);
         }
         let mut out = String::new();
         if let Some(stdout) = child.stdout.take() {
-            let _ = stdout.take(64 << 10).read_to_string(&mut out);
+            let _ = watched(stdout, &child)
+                .take(64 << 10)
+                .read_to_string(&mut out);
         }
         finished(child)?;
         Ok(out)
     }
 }
 
-/// Waits for an as-user process; its complaint (its stderr) as the error.
-fn finished(child: std::process::Child) -> Result<(), ShareError> {
-    let out = child
-        .wait_with_output()
+/// Longest an as-user process may leave its pipe idle: it may wait [`WAIT`] for an archive
+/// to grow; past this it is stopped or hung, and is killed (root waits on nothing of the
+/// user's without a bound).
+const STALL: Duration = Duration::from_secs(WAIT.as_secs() + 30);
+
+/// A pipe of an as-user process, each read or write bounded by [`STALL`].
+fn watched<T: std::os::fd::AsFd>(pipe: T, child: &std::process::Child) -> Watched<T> {
+    Watched::new(pipe, child.id(), STALL)
+}
+
+/// Waits for an as-user process (within [`STALL`], killed past it); its complaint (its
+/// stderr) as the error.
+fn finished(mut child: std::process::Child) -> Result<(), ShareError> {
+    drop(child.stdin.take());
+    let mut said = String::new();
+    if let Some(stderr) = child.stderr.take() {
+        let _ = watched(stderr, &child)
+            .take(64 << 10)
+            .read_to_string(&mut said);
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let status = crate::asuser::wait_bounded(pid, STALL)
         .map_err(|e| ShareError::AsUser(e.to_string()))?;
-    match out.status.success() {
-        true => Ok(()),
-        false => Err(ShareError::AsUser(
-            String::from_utf8_lossy(&out.stderr)
-                .trim()
-                .trim_start_matches("mnd: ")
-                .to_string(),
-        )),
+    match status {
+        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+        other => Err(ShareError::AsUser(match said.trim() {
+            "" => format!("the share's process ended with {other:?}"),
+            text => text.trim_start_matches("mnd: ").to_string(),
+        })),
     }
 }
 
@@ -180,20 +199,21 @@ async fn offer(
     let credential = munge::encode(&share.word(image, id), WORD_TTL_SECS).await?;
     // One process as the user leaves the word, then saves the image unless it is saved.
     let mut saver = share.spawn_as_user(&["save", id, "--word", &share.word_file()])?;
-    if let Some(stdin) = saver.stdin.as_mut() {
+    let mut input = saver.stdin.take().map(|stdin| watched(stdin, &saver));
+    if let Some(stdin) = input.as_mut() {
         let _ = writeln!(stdin, "{}", credential.trim());
     }
     let mut said = String::new();
     if let Some(stdout) = saver.stdout.take() {
-        let _ = std::io::BufReader::new(stdout).read_line(&mut said);
+        let _ = std::io::BufReader::new(watched(stdout, &saver)).read_line(&mut said);
     }
     if said.trim() == "ready" {
-        if let Some(mut stdin) = saver.stdin.take() {
+        if let Some(stdin) = input.as_mut() {
             // A failure here shows as the saver's own (it got less than a whole archive).
-            let _ = engine.save_image(id, &mut stdin).await;
+            let _ = engine.save_image(id, stdin).await;
         }
     }
-    drop(saver.stdin.take());
+    drop(input);
     finished(saver)
 }
 
@@ -268,7 +288,7 @@ pub async fn fetch(
     }
     let mut reader = share.spawn_as_user(&["get-archive", &id, "--wait", &wait])?;
     drop(reader.stdin.take());
-    let stdout = reader.stdout.take();
+    let stdout = reader.stdout.take().map(|out| watched(out, &reader));
     let expected = id.clone();
     let loaded = engine
         .load_written(move |out| {
