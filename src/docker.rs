@@ -609,7 +609,10 @@ impl Engine {
             Ok(b) if b.len() > limit => {
                 return Err(DockerError::Api {
                     action: format!("read of {path}"),
-                    reason: format!("{path} in the image is larger than {} MiB: such an image is refused", limit >> 20),
+                    reason: format!(
+                        "{path} in the image is larger than {} MiB: such an image is refused",
+                        limit >> 20
+                    ),
                 })
             }
             Ok(b) => b,

@@ -15,13 +15,13 @@
 //! (`mnd direct share`), so links and root-squashed homes are the user's own business, and
 //! what it hands over is checked here, as root.
 
+use crate::asuser::Watched;
 use crate::docker::{DockerError, Engine, ImageFacts, Origin};
 use crate::munge::{self, MungeError};
 use crate::spank::Request;
 use std::io::{BufRead, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use crate::asuser::Watched;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use thiserror::Error;
@@ -177,8 +177,8 @@ fn finished(mut child: std::process::Child) -> Result<(), ShareError> {
             .read_to_string(&mut said);
     }
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let status = crate::asuser::wait_bounded(pid, STALL)
-        .map_err(|e| ShareError::AsUser(e.to_string()))?;
+    let status =
+        crate::asuser::wait_bounded(pid, STALL).map_err(|e| ShareError::AsUser(e.to_string()))?;
     match status {
         nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
         other => Err(ShareError::AsUser(match said.trim() {
