@@ -1091,7 +1091,7 @@ impl Engine {
     }
 
     /// `commit` with the entrypoint, command, user and working directory of the image
-    /// `base` (the container's own are mnd's: `sleep infinity` as the job's user). Without
+    /// `base` (the container's own are mnd's: mnd's init or idle program, as the job's user). Without
     /// a name `image`, the new image is known by its id alone.
     pub async fn commit_as(
         &self,
@@ -1104,7 +1104,7 @@ impl Engine {
             .map_err(api(format!("inspect of image {base}")))?;
         let base = info.config.unwrap_or_default();
         // An empty entrypoint must be sent as `[]` (not left out): Docker refills a missing
-        // one from the container's own (`sleep infinity`).
+        // one from the container's own (mnd's).
         let config = bollard::models::ContainerConfig {
             entrypoint: Some(base.entrypoint.unwrap_or_default()),
             cmd: Some(base.cmd.unwrap_or_default()),
