@@ -181,6 +181,12 @@ fn finished(mut child: std::process::Child) -> Result<(), ShareError> {
         crate::asuser::wait_bounded(pid, STALL).map_err(|e| ShareError::AsUser(e.to_string()))?;
     match status {
         nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+        nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _) => {
+            Err(ShareError::AsUser(format!(
+                "the share's process (running as you) made no progress for {} s (stopped?); it was killed",
+                STALL.as_secs()
+            )))
+        }
         other => Err(ShareError::AsUser(match said.trim() {
             "" => format!("the share's process ended with {other:?}"),
             text => text.trim_start_matches("mnd: ").to_string(),

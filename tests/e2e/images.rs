@@ -781,3 +781,51 @@ fn an_image_committed_from_a_jobs_container_is_never_taken_for_a_copy() {
     root_on("node1", &["docker", "rmi", &committed]);
     assert_eq!(kept.code, 0, "the committed image was removed as a copy");
 }
+
+#[test]
+fn a_share_process_the_user_stops_is_killed_and_only_their_step_fails() {
+    let _g = shared();
+    let pid = std::process::id();
+    let tag = format!("mnd-vc-job:direct-stopped-{pid}");
+    let id = image_only_on("node1", &tag, &format!("direct-stopped-{pid}"));
+    let archive = format!(
+        "/shared/home/dave/.mnd/images/{}.tar.zst",
+        id.replace(':', "-")
+    );
+    root_on("node1", &["rm", "-f", &archive]);
+    // dave's overlapping step on node2 stops every process of his named mnd there (the ones
+    // the root side runs as him: the lookup, the share's reader) as soon as one appears.
+    let (r, job) = crate::direct::dave_job(
+        3,
+        &format!(
+            "srun --overlap -N1 -n1 -w node2 sh -c 'for i in $(seq 2400); do pkill -STOP -u $(id -u) -x mnd && {{ echo process-stopped; exit 0; }}; sleep 0.05; done; echo never-stopped' & w=$!; \
+             timeout 280 srun -N3 -n3 --mnd-image={tag} true; echo srun-rc=$?; wait $w; pkill -CONT -u $(id -u) -x mnd"
+        ),
+    );
+    // The attack ran: a process of dave's that root waits on was stopped on node2.
+    assert!(r.stdout.contains("process-stopped"), "{}", r.all());
+    // The step ended on its own (timeout's 124 would be root waiting for good), node2 saying
+    // why: the stopped process was killed after its bound.
+    assert!(
+        r.stdout.contains("srun-rc=") && !r.stdout.contains("srun-rc=124"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stderr.contains("node2") && r.stderr.contains("it was killed"),
+        "{}",
+        r.all()
+    );
+    crate::direct::assert_nothing_left(&job);
+    for node in NODES {
+        root_on(
+            node,
+            &[
+                "sh",
+                "-c",
+                &format!("docker rmi {tag} >/dev/null 2>&1; true"),
+            ],
+        );
+    }
+    root_on("node1", &["rm", "-f", &archive]);
+}
