@@ -279,7 +279,13 @@ pub async fn up(p: &Prepared, phases: &mut Phases) -> Result<Reply, HelperError>
             false => None,
         }
     };
-    let (found, image) = tokio::join!(engine.found(&p.spec.name), wanted);
+    // Root's folders of this node's earlier containers that are gone go meanwhile (a
+    // step's end kills its init without waiting for Docker, and leaves its folder).
+    let (found, image, _) = tokio::join!(
+        engine.found(&p.spec.name),
+        wanted,
+        rootfiles::sweep_containers(&engine)
+    );
     let (found, image) = (found?, image.transpose()?);
     let (image, offering) = match image {
         Some((image, offering)) => (Some(image), offering),

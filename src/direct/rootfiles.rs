@@ -225,8 +225,9 @@ pub fn remove(name: &str) {
 const YOUNG: Duration = Duration::from_secs(120);
 
 /// Removes root's files of every container that no longer exists on this node (a step's
-/// end, the Epilog), and the cached accounts of images no longer here; returns how many.
-pub async fn sweep(engine: &Engine) -> usize {
+/// start and end, the Epilog: a step whose init was killed at its end leaves its folder
+/// until then); returns how many.
+pub async fn sweep_containers(engine: &Engine) -> usize {
     let old = |e: &std::fs::DirEntry| {
         e.metadata()
             .and_then(|m| m.modified())
@@ -248,6 +249,13 @@ pub async fn sweep(engine: &Engine) -> usize {
             removed += 1;
         }
     }
+    removed
+}
+
+/// [`sweep_containers`], and the cached accounts of images no longer on this node (the
+/// Epilog, and a step's end when its container had to be removed by name).
+pub async fn sweep(engine: &Engine) -> usize {
+    let mut removed = sweep_containers(engine).await;
     for entry in std::fs::read_dir(IMAGE_ACCOUNTS)
         .into_iter()
         .flatten()
