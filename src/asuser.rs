@@ -20,8 +20,6 @@ use std::time::Duration;
 /// The child that opened a file as the user.
 pub struct UserFile {
     child: Pid,
-    /// The child's end, held by a pidfd (its exit is awaited with a bound).
-    held: OwnedFd,
     sock: UnixStream,
 }
 
@@ -45,19 +43,8 @@ pub fn open(uid: u32, gid: u32, gids: &[u32], to: &Path) -> std::io::Result<User
         }
         ForkResult::Parent { child } => {
             drop(theirs);
-            // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) };
-            if fd < 0 {
-                let e = std::io::Error::last_os_error();
-                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(child, None);
-                return Err(e);
-            }
-            // SAFETY: the kernel just gave us this descriptor and nothing else owns it.
-            let held = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
             Ok(UserFile {
                 child,
-                held,
                 sock: UnixStream::from(ours),
             })
         }
@@ -138,15 +125,13 @@ impl UserFile {
     pub fn finish(mut self, keep: bool, limit: Duration) -> std::io::Result<()> {
         // One byte into an empty socket buffer: never blocks.
         let _ = self.sock.write_all(if keep { b"k" } else { b"d" });
-        let ended = readable(self.held.as_fd(), limit)?;
-        if !ended {
-            self.kill();
-            return Err(std::io::Error::other(format!(
-                "the process renaming the file as the user did not end within {} s",
-                limit.as_secs()
-            )));
-        }
-        match nix::sys::wait::waitpid(self.child, None)? {
+        match wait_bounded(self.child, limit)? {
+            nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _) => {
+                Err(std::io::Error::other(format!(
+                    "the process renaming the file as the user did not end within {} s",
+                    limit.as_secs()
+                )))
+            }
             nix::sys::wait::WaitStatus::Exited(_, 0) if keep => Ok(()),
             other if keep => Err(std::io::Error::other(format!(
                 "renaming the file as the user failed ({other:?})"
@@ -197,16 +182,24 @@ pub fn read_from_child(
 /// Reaps `child` within `limit`, killing it past that (a killed child shows as such).
 pub fn wait_bounded(child: Pid, limit: Duration) -> std::io::Result<nix::sys::wait::WaitStatus> {
     use nix::sys::wait::waitpid;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) };
-    if fd >= 0 {
-        // SAFETY: the kernel just gave us this descriptor and nothing else owns it.
-        let held = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    if let Ok(held) = pidfd(child.as_raw()) {
         if !readable(held.as_fd(), limit)? {
             let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
         }
     }
     Ok(waitpid(child, None)?)
+}
+
+/// A pidfd of process `pid` (Linux 5.3 and later): what it reaches is that process, never
+/// a later one that took its pid; it is readable once the process ended.
+pub fn pidfd(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// A pipe to or from a process of the user's, each read or write of which waits for the

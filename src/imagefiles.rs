@@ -211,11 +211,14 @@ fn describe(kind: SFlag) -> &'static str {
     }
 }
 
-/// Reads the regular file `fd` holds (by identity), at most `LIMIT` bytes.
+/// Reads the regular file `fd` holds (by identity), at most `LIMIT` bytes. Reopened with
+/// `O_NONBLOCK | O_NOCTTY`: it was checked to be a regular file, and these keep it harmless
+/// should it not be.
 fn read_file(fd: &OwnedFd) -> std::io::Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags_nonblock()
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
     let mut text = String::new();
     file.take(LIMIT + 1).read_to_string(&mut text)?;
@@ -226,19 +229,6 @@ fn read_file(fd: &OwnedFd) -> std::io::Result<String> {
         )));
     }
     Ok(text)
-}
-
-/// `O_NONBLOCK | O_NOCTTY` on a reopen: what is reopened was checked to be a regular file,
-/// and these keep it so should it not be.
-trait NonBlock {
-    fn custom_flags_nonblock(&mut self) -> &mut Self;
-}
-
-impl NonBlock for std::fs::OpenOptions {
-    fn custom_flags_nonblock(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-    }
 }
 
 #[cfg(test)]

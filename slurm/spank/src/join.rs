@@ -129,14 +129,10 @@ pub fn remap_root() -> Result<(), String> {
 /// The init is held by a pidfd before it is checked, and the signal goes through that
 /// pidfd: it reaches the process that was checked, never one that took its pid since.
 pub fn end(reply: &Reply) -> bool {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, reply.pid, 0) };
-    if fd < 0 {
+    use std::os::fd::AsRawFd;
+    let Ok(held) = mnd::asuser::pidfd(reply.pid) else {
         return false;
-    }
-    // SAFETY: the kernel just gave us this descriptor and nothing else owns it.
-    let held = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    };
     if still_the_container(reply).is_err() {
         return false;
     }
