@@ -162,7 +162,8 @@ async fn image_under_lock(
     // then pull once (Docker alone re-downloads when two pulls overlap).
     // Waiting for another job's pull counts as progress: that pull has its own bound.
     let waiting = "waiting for another job's pull of the image";
-    let lock = with_heartbeat(progress, waiting, Beat::Always, pull_lock(plan)).await;
+    let every = plan.progress_every();
+    let lock = with_heartbeat(progress, waiting, Beat::Always, every, pull_lock(plan)).await;
     let image = obtain_image(plan, engine, progress).await?;
     let copy = derived::accounts_image(plan, engine, &image)
         .await
@@ -173,14 +174,14 @@ async fn image_under_lock(
 /// When [`with_heartbeat`] beats.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Beat {
-    /// Every second, saying what the node does.
+    /// Every period, saying what the node does.
     Always,
-    /// In every second without other progress, once this node has reported some (a pull,
+    /// In every period without other progress, once this node has reported some (a pull,
     /// or a wait for one); the last summary stands.
     AfterProgress,
 }
 
-/// Runs `work`, telling `progress` every second (as `beat` says) that this node is `doing`
+/// Runs `work`, telling `progress` every period `every` (as `beat` says) that this node is `doing`
 /// it, so that the first node's wait holds while the node works: a wait for another job's
 /// pull, or a start after a pull (making the user's copy alone takes about 1 s on Docker's
 /// containerd image store). Quick work, the usual case, sends nothing; each Docker call,
@@ -189,11 +190,11 @@ pub(super) async fn with_heartbeat<T>(
     progress: &watch::Sender<PullReport>,
     doing: &str,
     beat: Beat,
+    every: Duration,
     work: impl std::future::Future<Output = T>,
 ) -> T {
     tokio::pin!(work);
-    let second = Duration::from_secs(1);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut seen = progress.borrow().events;
     loop {
         tokio::select! {

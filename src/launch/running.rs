@@ -33,6 +33,7 @@ pub(super) async fn start(
         progress,
         "starting the container",
         container::Beat::AfterProgress,
+        plan.progress_every(),
         container::start(plan, port, progress),
     )
     .await?;

@@ -12,15 +12,8 @@ use crate::docker::PullReport;
 use crate::plan::{Plan, PortPair};
 use crate::signals::Signals;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-
-/// How often a relay passes up pull progress of the nodes below it, at most.
-const PASS_UP_EVERY: Duration = Duration::from_millis(500);
-
-/// How often this node's own pull progress goes up.
-const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// This node's subtree once started: its container, and every node below it READY.
 type Started = Result<(Running, Vec<ReadyWorker>), LaunchError>;
@@ -73,12 +66,14 @@ pub(super) async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
     drop(accept);
     // StartingSubtree with the parent connected: report pull progress here and below (it
     // keeps everyone above waiting), and obey ABORT at once.
-    // This node's own progress goes up at most once a second, the latest of it (a change
-    // in between waits for the next second, never dropped: a pull's last steps keep the
-    // first node waiting too).
-    let mut last_report = Instant::now() - REPORT_EVERY;
+    // This node's own progress goes up at most once a period (`Plan::progress_every`),
+    // the latest of it (a change in between waits for the next period, never dropped: a
+    // pull's last steps keep the first node waiting too). Relayed progress from below
+    // goes up as often.
+    let every = plan.progress_every();
+    let mut last_report = Instant::now() - every;
     let mut unreported = false;
-    let mut last_passed = Instant::now() - PASS_UP_EVERY;
+    let mut last_passed = Instant::now() - every;
     let started = loop {
         tokio::select! {
             started = &mut start => break started,
@@ -91,7 +86,7 @@ pub(super) async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
                 pulled.borrow_and_update();
                 unreported = true;
             }
-            () = tokio::time::sleep_until(last_report + REPORT_EVERY), if unreported => {
+            () = tokio::time::sleep_until(last_report + every), if unreported => {
                 last_report = Instant::now();
                 unreported = false;
                 let summary = pulled.borrow().summary.clone();
@@ -100,7 +95,7 @@ pub(super) async fn worker(plan: &Plan) -> Result<i32, LaunchError> {
             Some((node, how_far)) = passed.recv() => {
                 // Progress below only keeps the parent waiting: a line now and then does,
                 // and thousands of pulling nodes do not flood rank 0.
-                if last_passed.elapsed() >= PASS_UP_EVERY {
+                if last_passed.elapsed() >= every {
                     last_passed = Instant::now();
                     let _ = link.report(&node, &Status::Pulling(how_far)).await;
                 }

@@ -138,6 +138,14 @@ impl Plan {
         self.wait_timeout.min(Duration::from_secs(30))
     }
 
+    /// How often a node says it is still working (pulling, or starting after a pull) and
+    /// how often that goes up the tree: a sixth of `--wait-timeout`, at most 500 ms, so a
+    /// heartbeat (up to two periods after the last event), its report and one relay's
+    /// pass-up all fit inside the wait they hold open, even at `--wait-timeout=1`.
+    pub fn progress_every(&self) -> Duration {
+        (self.wait_timeout / 6).clamp(Duration::from_millis(50), Duration::from_millis(500))
+    }
+
     /// The plan with every environment value hidden (values of `--envlist` and `-e` may be
     /// secrets), for logs.
     pub fn redacted(&self) -> Plan {

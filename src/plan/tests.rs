@@ -763,3 +763,15 @@ fn one_variable_name_rule_for_both_envlists() {
         assert!(!is_variable_name(bad), "{bad}");
     }
 }
+
+#[test]
+fn progress_goes_up_well_inside_the_wait_it_holds_open() {
+    for (wait, every_ms) in [("1", 166), ("2", 333), ("3", 500), ("60", 500)] {
+        let p = plan(0, &["--wait-timeout", wait]);
+        let every = p.progress_every();
+        assert_eq!(every.as_millis(), every_ms, "--wait-timeout={wait}");
+        // A heartbeat two periods after the last event, its report one period later and
+        // one relay's pass-up: all inside the wait.
+        assert!(every * 4 < p.wait_timeout, "--wait-timeout={wait}");
+    }
+}
