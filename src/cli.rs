@@ -41,9 +41,10 @@ pub enum ImageShare {
 }
 
 /// When to pull the image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Pull {
     /// Pull only when the node does not have the image.
+    #[default]
     Missing,
     /// Never pull; a missing image is an error.
     Never,
@@ -122,9 +123,16 @@ pub struct Args {
     #[arg(long, env = "MND_PRIVILEGED")]
     pub privileged: bool,
 
-    /// Pass InfiniBand devices (/dev/infiniband) and raise memlock where allowed.
+    /// Pass InfiniBand devices (/dev/infiniband) and raise memlock where allowed: the same
+    /// as --fabric=ib.
     #[arg(long, env = "MND_IB_DEVICES", visible_alias = "ibdevices")]
     pub ib_devices: bool,
+
+    /// The site's device profiles for the fabric, e.g. "ib" or "ib,gdr" (their devices,
+    /// read-only mounts and variables; memlock raised where allowed); "none": not even the
+    /// site's default ones. Default: the site's default profiles this node has.
+    #[arg(long, env = "MND_FABRIC", value_name = "NAME,...|none")]
+    pub fabric: Option<String>,
 
     /// Use only these nodes of the step (hostlist expression); the first one leads. Nodes of
     /// the step not listed exit at once.

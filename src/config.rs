@@ -7,6 +7,7 @@
 //! or one elsewhere, is refused with the reason, never silently used or skipped.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -22,6 +23,8 @@ pub struct SiteConfig {
     pub defaults: Defaults,
     /// What users may and may not do.
     pub policy: Policy,
+    /// Device profiles by name (`[fabrics.ib]`, `[fabrics.efa]`, ...).
+    pub fabrics: BTreeMap<String, FabricProfile>,
     /// The file this came from (not a key in the file).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -124,6 +127,89 @@ impl Default for Policy {
     }
 }
 
+/// A site device profile (`[fabrics.NAME]`): what a job needs to reach one fabric
+/// (InfiniBand, RoCE, EFA, Slingshot) or a device class (GPUDirect RDMA's `/dev/gdrdrv`).
+/// Users name profiles (`--mnd-fabric`, `--fabric`); they never name devices.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FabricProfile {
+    /// Device nodes under /dev, or folders of them (`/dev/infiniband`: every device in it),
+    /// given at the same path.
+    pub devices: Vec<String>,
+    /// CDI device names (`vendor.com/class=name`), for engines with CDI turned on.
+    pub cdi: Vec<String>,
+    /// Read-only mounts `SRC[:DST]` (a site NCCL net plugin, libfabric).
+    pub mounts: Vec<String>,
+    /// Defaults `NAME=VALUE`; a user's or image's value wins.
+    pub env: Vec<String>,
+    /// Given to every job on nodes that have all its devices (unless the job says `none`).
+    pub default: bool,
+}
+
+impl SiteConfig {
+    /// The site's fabric profiles, with the built-in `ib` (`/dev/infiniband`, asked for by
+    /// `--ib-devices` or by name, never by default) unless the site writes its own.
+    pub fn fabric_profiles(&self) -> BTreeMap<String, FabricProfile> {
+        let mut all = self.fabrics.clone();
+        all.entry("ib".into()).or_insert_with(|| FabricProfile {
+            devices: vec!["/dev/infiniband".into()],
+            ..Default::default()
+        });
+        all
+    }
+}
+
+/// Why the profile `name` cannot be used, if it cannot: its devices must be under /dev,
+/// its CDI names fully qualified, its mounts absolute and its variables `NAME=VALUE`.
+fn check_fabric(name: &str, p: &FabricProfile) -> Result<(), String> {
+    let at = |what: &str| format!("fabrics.{name}: {what}");
+    if !crate::plan::fabric::valid_name(name) {
+        return Err(at("a profile name is letters, digits, '-' and '_'"));
+    }
+    if p.devices.is_empty() && p.cdi.is_empty() && p.mounts.is_empty() && p.env.is_empty() {
+        return Err(at("the profile is empty: give devices, cdi, mounts or env"));
+    }
+    let clean = |path: &str| {
+        path.starts_with('/')
+            && !path.split('/').any(|c| c == ".." || c == ".")
+            && !path.contains(',')
+    };
+    if let Some(d) = p
+        .devices
+        .iter()
+        .find(|d| !(clean(d) && d.starts_with("/dev/") && d.len() > 5))
+    {
+        return Err(at(&format!("device '{d}' is not a path under /dev")));
+    }
+    let cdi =
+        regex::Regex::new(r"^[a-z0-9][a-z0-9.-]*/[a-zA-Z0-9][a-zA-Z0-9_.-]*=[a-zA-Z0-9_.:-]+$")
+            .expect("a valid regex");
+    if let Some(c) = p.cdi.iter().find(|c| !cdi.is_match(c)) {
+        return Err(at(&format!(
+            "'{c}' is not a CDI name like vendor.com/class=name"
+        )));
+    }
+    for m in &p.mounts {
+        let (src, dst) = m.split_once(':').unwrap_or((m, m));
+        if !clean(src) || !clean(dst) {
+            return Err(at(&format!(
+                "mount '{m}' is not SRC[:DST] with absolute paths (always read-only)"
+            )));
+        }
+    }
+    if let Some(e) = p.env.iter().find(|e| {
+        e.split_once('=').is_none_or(|(k, v)| {
+            k.is_empty()
+                || k.starts_with(|c: char| c.is_ascii_digit())
+                || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || v.contains('\n')
+        })
+    }) {
+        return Err(at(&format!("'{e}' is not NAME=VALUE")));
+    }
+    Ok(())
+}
+
 /// A site config that cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -181,6 +267,12 @@ impl SiteConfig {
             regex::Regex::new(re).map_err(|e| ConfigError::Value {
                 path: path.to_path_buf(),
                 message: format!("policy.allowed_images: '{re}' is not a valid regex: {e}"),
+            })?;
+        }
+        for (name, p) in &cfg.fabrics {
+            check_fabric(name, p).map_err(|message| ConfigError::Value {
+                path: path.to_path_buf(),
+                message,
             })?;
         }
         if cfg.defaults.ssh_port_span < 4
@@ -305,6 +397,33 @@ fn only_owner_can_change(path: &Path, owner: u32) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fabric_profiles_are_checked_when_the_config_is_read() {
+        let ok = "[fabrics.efa]\ndevices = [\"/dev/infiniband/uverbs0\"]\ncdi = [\"amazon.com/efa=all\"]\nmounts = [\"/opt/aws-ofi-nccl:/opt/nccl-net\"]\nenv = [\"FI_PROVIDER=efa\"]\ndefault = true\n";
+        let c = SiteConfig::parse(ok, Path::new("/etc/x.toml")).unwrap();
+        assert!(c.fabric_profiles().contains_key("efa") && c.fabric_profiles().contains_key("ib"));
+        for (bad, says) in [
+            (
+                "[fabrics.x]\ndevices = [\"/etc/shadow\"]",
+                "not a path under /dev",
+            ),
+            (
+                "[fabrics.x]\ndevices = [\"/dev/../etc\"]",
+                "not a path under /dev",
+            ),
+            ("[fabrics.x]\ncdi = [\"gpu0\"]", "not a CDI name"),
+            ("[fabrics.x]\nmounts = [\"relative:/x\"]", "absolute paths"),
+            ("[fabrics.x]\nenv = [\"1A=b\"]", "NAME=VALUE"),
+            ("[fabrics.x]\ndefault = true", "the profile is empty"),
+            ("[fabrics.\"a b\"]\nenv = [\"A=b\"]", "a profile name"),
+        ] {
+            let e = SiteConfig::parse(bad, Path::new("/etc/x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says) && e.contains("/etc/x.toml"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn full_config_parses() {

@@ -544,6 +544,15 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether this Docker has CDI turned on: `docker info` names the folders it reads CDI
+    /// specs from (an empty list, or an older Docker that does not say, means no).
+    pub async fn cdi_on(&self) -> Result<bool, DockerError> {
+        let info = within("info", self.docker.info())
+            .await?
+            .map_err(api("info".to_string()))?;
+        Ok(info.cdi_spec_dirs.is_some_and(|d| !d.is_empty()))
+    }
+
     /// Whether this Docker stores images in containerd's snapshotter, which accepts
     /// `--storage-opt size` and limits nothing (so a size limit must be refused, not
     /// trusted). A Docker that cannot tell is taken at its word at create.
@@ -1345,14 +1354,26 @@ async fn forward_output(
 
 /// Translates the plan's container options into Docker's host config.
 fn host_config(spec: &ContainerSpec) -> HostConfig {
-    let device_requests = match &spec.gpus {
-        Gpus::None => None,
-        Gpus::NvidiaAll => Some(vec![gpu_request(None)]),
-        Gpus::Nvidia(ids) => Some(vec![gpu_request(Some(
-            ids.iter().map(u32::to_string).collect(),
-        ))]),
-        Gpus::NvidiaUuids(uuids) => Some(vec![gpu_request(Some(uuids.clone()))]),
+    let mut cdi = spec.cdi_devices.clone();
+    let mut device_requests = match &spec.gpus {
+        Gpus::None => vec![],
+        Gpus::NvidiaAll => vec![gpu_request(None)],
+        Gpus::Nvidia(ids) => vec![gpu_request(Some(ids.iter().map(u32::to_string).collect()))],
+        Gpus::NvidiaUuids(uuids) => vec![gpu_request(Some(uuids.clone()))],
+        Gpus::Cdi(names) => {
+            cdi.splice(0..0, names.iter().cloned());
+            vec![]
+        }
     };
+    if !cdi.is_empty() {
+        // Docker's form of a CDI device (what `docker run --device vendor/class=name` sends).
+        device_requests.push(DeviceRequest {
+            driver: Some("cdi".into()),
+            device_ids: Some(cdi),
+            ..Default::default()
+        });
+    }
+    let device_requests = (!device_requests.is_empty()).then_some(device_requests);
     HostConfig {
         network_mode: Some(spec.network.clone()),
         ipc_mode: spec.ipc.clone(),

@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod asuser;
+pub mod cdi;
 pub mod cleanup;
 pub mod cli;
 pub mod config;

@@ -1,6 +1,8 @@
 //! Facts about this node that the plan needs: working directory, environment, GPUs, and
 //! whether containers may raise the locked-memory limit.
 
+use crate::config::SiteConfig;
+use crate::plan::fabric::FabricFacts;
 use crate::plan::{AmdFacts, NodeFacts};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +20,30 @@ pub fn gather() -> std::io::Result<NodeFacts> {
         can_raise_memlock: bounding_caps().is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0),
         pid: std::process::id(),
         net: None,
+        fabric: Default::default(),
     })
+}
+
+/// Which devices of the site's fabric profiles this node has (a character device, or a
+/// folder of them such as `/dev/infiniband`; never through a link), and what its CDI specs
+/// name.
+pub fn fabric_facts(site: &SiteConfig) -> FabricFacts {
+    let mut facts = FabricFacts::default();
+    for device in site
+        .fabric_profiles()
+        .values()
+        .flat_map(|p| p.devices.iter())
+    {
+        let is_device = std::fs::symlink_metadata(device).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_char_device() || m.is_dir()
+        });
+        if is_device {
+            facts.present.insert(device.clone());
+        }
+    }
+    crate::cdi::read(&crate::cdi::SPEC_DIRS, &mut facts);
+    facts
 }
 
 fn bounding_caps() -> Option<u64> {

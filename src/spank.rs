@@ -43,6 +43,9 @@ pub struct Options {
     /// `--mnd-save`: where the container goes at the end of the step.
     #[serde(default)]
     pub save: Option<String>,
+    /// `--mnd-fabric`: the site's device profiles, comma separated, or `none`.
+    #[serde(default)]
+    pub fabric: Option<String>,
 }
 
 /// What the plugin hands the root helper.

@@ -31,9 +31,10 @@ impl Mount {
 }
 
 /// GPUs requested from Docker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Gpus {
     /// None.
+    #[default]
     None,
     /// NVIDIA, all GPUs of the node.
     NvidiaAll,
@@ -42,6 +43,9 @@ pub enum Gpus {
     /// NVIDIA, these devices by the unique ids Slurm gave for them (MIG devices, whose
     /// indices are not GPUs').
     NvidiaUuids(Vec<String>),
+    /// Through CDI, by the names the node's CDI specs give them (`nvidia.com/gpu=GPU-...`,
+    /// by UUID), asked of an engine with CDI turned on.
+    Cdi(Vec<String>),
 }
 
 /// A device passed into the container.
@@ -56,7 +60,7 @@ pub struct Device {
 }
 
 /// The container of this node, as Docker will be asked to create it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerSpec {
     /// Unique per job, step and node.
     pub name: String,
@@ -88,6 +92,8 @@ pub struct ContainerSpec {
     pub devices: Vec<Device>,
     /// GPUs.
     pub gpus: Gpus,
+    /// CDI devices (a fabric profile's), fully named: `vendor.com/class=name`.
+    pub cdi_devices: Vec<String>,
     /// Capabilities to add.
     pub cap_add: Vec<String>,
     /// Capabilities to drop.

@@ -23,6 +23,7 @@ async fn run(args: cli::Args, hostname: &str, report: launch::Report<'_>) -> Res
     let user = Identity::current()?;
     let mut facts = node::gather()?;
     facts.net = node::job_network(&step);
+    facts.fabric = node::fabric_facts(&site);
     let plan = plan::build(&plan::Inputs {
         step: &step,
         args: &args,

@@ -64,10 +64,11 @@ pub fn gather(req: &Request, site: &SiteConfig) -> Result<Facts, HelperError> {
     let tools = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf));
-    let node = crate::node::gather().map_err(|e| HelperError::Resolve {
+    let mut node = crate::node::gather().map_err(|e| HelperError::Resolve {
         uid: req.uid,
         reason: format!("this node's facts: {e}"),
     })?;
+    node.fabric = crate::node::fabric_facts(&site);
     Ok(Facts {
         user,
         site,

@@ -13,6 +13,7 @@ pub use crate::phases::Phases;
 use crate::plan::direct::{
     declared_targets, for_image, plan, step_gpus, task_defaults, task_env, Inputs,
 };
+use crate::plan::fabric::{self, FabricFacts};
 use crate::plan::options::NameMode;
 use crate::plan::JobNet;
 use crate::plan::PlanError;
@@ -166,6 +167,10 @@ pub struct Prepared {
     /// A step on more than one node: the user's image share, for an image only the first
     /// node has.
     pub share: Option<StepShare>,
+    /// The fabric profiles' variables (task defaults).
+    pub fabric_env: Vec<(String, String)>,
+    /// The node's fabric and CDI facts, for the engine's pass (`fabric::for_engine`).
+    pub fabric: FabricFacts,
 }
 
 /// `mnd direct up`, before any thread exists: gathers the facts (the user, their paths
@@ -230,6 +235,8 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         tools,
         user: facts.user.clone(),
         envlist: checked.envlist,
+        fabric_env: checked.fabric_env,
+        fabric: facts.node.fabric.clone(),
         workdir: checked.workdir,
         reuse: checked.name.is_some(),
         name_mode: checked.name_mode,
@@ -456,7 +463,9 @@ async fn start(
     phases.mark("files");
     let by_id = image.by_id_only.then_some(image.id.as_str());
     let owner = (p.user.uid, p.user.gid);
-    let spec = for_image(&p.spec, &image.volumes, by_id, &declared, owner);
+    let mut spec = for_image(&p.spec, &image.volumes, by_id, &declared, owner);
+    let cdi_on = fabric::engine_cdi_matters(&spec, &p.fabric) && engine.cdi_on().await?;
+    fabric::for_engine(&mut spec, cdi_on, &p.fabric)?;
     engine
         .create(&spec, vec![crate::plan::policy::INIT_TARGET.into()])
         .await?;
@@ -520,7 +529,7 @@ fn reply(p: &Prepared, id: &str, pid: i32, image: &ImageFacts) -> Result<Reply, 
             .clone()
             .or_else(|| image.workdir.as_ref().map(PathBuf::from)),
         gpus: p.gpus.clone(),
-        defaults: task_defaults(image_env, p.net.as_ref()),
+        defaults: task_defaults(image_env, p.net.as_ref(), &p.fabric_env),
         container_id: id.to_string(),
         pid_start,
         namespaces: p.namespaces.clone(),

@@ -7,7 +7,7 @@ use super::script::{self, ScriptExec};
 use super::share::obtain_image;
 use crate::docker::{DockerError, Engine, ImageFacts, Lifeline, PullReport};
 use crate::phases::Phases;
-use crate::plan::Plan;
+use crate::plan::{fabric, Plan};
 use crate::probe;
 use crate::spec::{labels, ContainerSpec};
 use crate::ssh;
@@ -80,6 +80,9 @@ pub(super) async fn start(
         spec.labels.insert(copy_only.into(), String::new());
     }
     spec.image = copy;
+    let cdi_on = fabric::engine_cdi_matters(&spec, &plan.fabric)
+        && engine.cdi_on().await.map_err(|e| e.to_string())?;
+    fabric::for_engine(&mut spec, cdi_on, &plan.fabric).map_err(|e| e.to_string())?;
     spec.env
         .push(format!("PATH={}", container_path(&image.env)));
     spec.env.extend(

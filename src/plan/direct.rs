@@ -6,7 +6,7 @@ use super::error::{usage, PlanError};
 use super::facts::NodeFacts;
 use super::options::{CheckOptions, Checked};
 use super::policy::{self, GpuAsk, MountOrigin};
-use super::{gpus, mounts, net};
+use super::{fabric, gpus, mounts, net};
 use crate::cli::GpuVendor;
 use crate::config::SiteConfig;
 use crate::identity::Identity;
@@ -48,7 +48,7 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
         facts,
         ..
     } = *i;
-    let opts = req.options.check()?;
+    let mut opts = req.options.check()?;
     if let Some(image) = &opts.image {
         policy::check_image_name(image)?;
         policy::check_request(
@@ -61,7 +61,7 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
             },
         )?;
     }
-    let mounts = step_mounts(i, &opts)?;
+    let mut mounts = step_mounts(i, &opts)?;
     let labels = step_labels(req, user, opts.name.as_deref());
     let step_gpus = step_gpus(req.step_gpus.as_deref())?;
     refuse_unique_ids(&step_gpus, req.step_cuda_devices.as_deref())?;
@@ -70,7 +70,11 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
     } else {
         GpuAsk::Ids(step_gpus)
     };
-    let (gpus, devices, gpu_groups) = gpus::gpu_devices(GpuVendor::Auto, want, facts);
+    let (gpus, mut devices, gpu_groups) = gpus::gpu_devices(GpuVendor::Auto, want, facts);
+    let fabric = fabric::choose(&opts.fabric, "--mnd-fabric", site, &facts.fabric, &req.node)?;
+    devices.extend(fabric.devices);
+    mounts.extend(fabric.mounts);
+    opts.fabric_env = fabric.env;
     let group_add = container::group_ids(
         req.gid,
         req.gids.iter().chain(&gpu_groups).map(u32::to_string),
@@ -113,6 +117,7 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
         ulimits: vec![],
         devices,
         gpus,
+        cdi_devices: fabric.cdi,
         cap_add: vec![],
         cap_drop: container::cap_drop(false, &[]),
         security_opt: container::security_opt(&[]),
@@ -286,8 +291,13 @@ pub fn task_env(
 
 /// What a task gets for each network variable where it has no value of its own: the
 /// image's value, else the job network's (`net`, `None` when the site turned the defaults
-/// off or the network is unknown).
-pub fn task_defaults(image_env: &[String], net: Option<&net::JobNet>) -> Vec<(String, String)> {
+/// off or the network is unknown); then the fabric profiles' variables (`fabric_env`) the
+/// image does not set.
+pub fn task_defaults(
+    image_env: &[String],
+    net: Option<&net::JobNet>,
+    fabric_env: &[(String, String)],
+) -> Vec<(String, String)> {
     let image_value = |name: &str| {
         image_env
             .iter()
@@ -298,6 +308,18 @@ pub fn task_defaults(image_env: &[String], net: Option<&net::JobNet>) -> Vec<(St
     let from_image: Vec<(String, String)> = net::variables().filter_map(image_value).collect();
     let mut out = net::defaults(net, |n| from_image.iter().any(|(k, _)| k == n));
     out.extend(from_image);
+    let image_sets = |k: &str| {
+        image_env
+            .iter()
+            .any(|e| e.split_once('=').is_some_and(|(n, _)| n == k))
+    };
+    out.extend(
+        fabric_env
+            .iter()
+            .filter(|(k, _)| !image_sets(k) && !out.iter().any(|(o, _)| o == k))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     out
 }
 

@@ -13,18 +13,24 @@ use crate::dockopts::DockOpts;
 /// network variable goes to the job as it is (theirs always wins); the others get this
 /// node's job network as defaults, unless `--no-net-defaults` or the site's
 /// `net_defaults = false` turns them off. Open MPI's single-copy transfers are off where
-/// Docker's seccomp profile forbids them (not in a privileged container).
+/// Docker's seccomp profile forbids them (not in a privileged container). The fabric
+/// profiles' variables (`fabric_env`) are defaults the same way.
 pub(super) fn env_defaults(
     job_env: &mut Vec<(String, String)>,
     args: &Args,
     site: &SiteConfig,
     facts: &NodeFacts,
     privileged: bool,
+    fabric_env: &[(String, String)],
 ) -> Vec<(String, String)> {
-    for name in net::variables() {
+    let names: Vec<String> = net::variables()
+        .map(str::to_string)
+        .chain(fabric_env.iter().map(|(k, _)| k.clone()))
+        .collect();
+    for name in &names {
         if let Some(v) = facts.env.get(name) {
             if !job_env.iter().any(|(k, _)| k == name) {
-                job_env.push((name.to_string(), v.clone()));
+                job_env.push((name.clone(), v.clone()));
             }
         }
     }
@@ -34,6 +40,13 @@ pub(super) fn env_defaults(
     } else {
         net::defaults(facts.net.as_ref(), taken)
     };
+    out.extend(
+        fabric_env
+            .iter()
+            .filter(|(k, _)| !taken(k) && !out.iter().any(|(o, _)| o == k))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     if !privileged {
         out.extend(
             net::SINGLE_COPY_OFF

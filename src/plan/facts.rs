@@ -1,5 +1,6 @@
 //! Facts about this node that a plan depends on (gathered by `node::gather`).
 
+use super::fabric::FabricFacts;
 use super::net::JobNet;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,6 +22,8 @@ pub struct NodeFacts {
     pub pid: u32,
     /// The interface the job's nodes reach each other on (`netif::find`), if known.
     pub net: Option<JobNet>,
+    /// The site's fabric devices this node has, and its CDI specs (`node::fabric_facts`).
+    pub fabric: FabricFacts,
 }
 
 /// AMD GPU devices of a node.

@@ -129,6 +129,11 @@ pub(crate) fn gpu_env(gpus: &Gpus, devices: &[Device]) -> Vec<(String, String)> 
             ("NVIDIA_VISIBLE_DEVICES".into(), uuids.join(",")),
         ],
         Gpus::NvidiaAll => vec![("NVIDIA_VISIBLE_DEVICES".into(), "all".into())],
+        // CDI gives the devices; NVIDIA's runtime, where it is the default, adds none.
+        Gpus::Cdi(names) => vec![
+            ("CUDA_VISIBLE_DEVICES".into(), first_n(names.len())),
+            ("NVIDIA_VISIBLE_DEVICES".into(), "void".into()),
+        ],
         // An image's own NVIDIA_VISIBLE_DEVICES=all (CUDA images have it) would hand every
         // GPU of a node whose default runtime is nvidia: a step without NVIDIA GPUs gets none.
         Gpus::None => {

@@ -21,6 +21,7 @@ pub mod container;
 pub mod direct;
 pub mod env;
 pub mod error;
+pub mod fabric;
 pub mod facts;
 pub mod gpus;
 pub mod mounts;
@@ -98,6 +99,8 @@ pub struct Plan {
     pub image_share: ImageShare,
     /// The image share's folder.
     pub image_cache: PathBuf,
+    /// The node's CDI facts, for the pass once the engine is known (`fabric::for_engine`).
+    pub fabric: fabric::FabricFacts,
 }
 
 /// A container of the SPANK plugin's direct mode that the launcher runs in (`srun
@@ -225,7 +228,11 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         },
         resolve,
     )?;
-    let (gpus, devices, gpu_groups) = gpus::gpus(step, args, facts, gpu_ask);
+    let (gpus, mut devices, gpu_groups) = gpus::gpus(step, args, facts, gpu_ask);
+    let fabric = launcher_fabric(i, inside.is_some(), &nodes[node_rank])?;
+    devices.extend(fabric.devices.iter().cloned());
+    let mut mounts = mounts;
+    mounts.extend(fabric.mounts.iter().cloned());
     let shape = env::JobShape {
         nodes: &nodes,
         node_rank,
@@ -234,8 +241,8 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         ports: &ports,
         job_label: &job_label,
     };
-    let (job_env, env_defaults) = environment(i, &shape, &opts, &gpus, &devices)?;
-    let container = launcher_container(&Shaped {
+    let (job_env, env_defaults) = environment(i, &shape, &opts, &gpus, &devices, &fabric.env)?;
+    let mut container = launcher_container(&Shaped {
         i,
         opts: &opts,
         image,
@@ -248,6 +255,7 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         job_env: &job_env,
         job_label: &job_label,
     })?;
+    container.cdi_devices = fabric.cdi;
     let script = (role == Role::Coordinator).then(|| ScriptSpec {
         path: script_path,
         args: args.all_script_args(),
@@ -280,6 +288,7 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         hosts_mode: step.hosts_mode,
         image_share: args.image_share,
         image_cache: user_dir(args.image_cache.as_deref(), user, facts, ".mnd/images"),
+        fabric: facts.fabric.clone(),
     })
 }
 
@@ -294,12 +303,33 @@ fn environment(
     opts: &DockOpts,
     gpus: &Gpus,
     devices: &[Device],
+    fabric_env: &[(String, String)],
 ) -> Result<(Vars, Vars), PlanError> {
     let mut job_env = env::job_env(shape, i.args, i.site, i.facts, opts)?;
     job_env.extend(gpus::gpu_env(gpus, devices));
     let privileged = i.args.privileged || opts.privileged;
-    let defaults = env::env_defaults(&mut job_env, i.args, i.site, i.facts, privileged);
+    let defaults = env::env_defaults(
+        &mut job_env,
+        i.args,
+        i.site,
+        i.facts,
+        privileged,
+        fabric_env,
+    );
     Ok((job_env, defaults))
+}
+
+/// The fabric profiles of `--fabric` (`--ib-devices` adds `ib`), or the site's default
+/// ones this node has; none inside the plugin's container (the plugin made it).
+fn launcher_fabric(i: &Inputs, inside: bool, node: &str) -> Result<fabric::Fabric, PlanError> {
+    let text = match (i.args.fabric.as_deref(), i.args.ib_devices) {
+        _ if inside => Some("none".to_string()),
+        (Some(f), true) if f.trim() != "none" => Some(format!("{f},ib")),
+        (None, true) => Some("ib".to_string()),
+        (f, _) => f.map(str::to_string),
+    };
+    let ask = fabric::ask(text.as_deref(), "--fabric")?;
+    fabric::choose(&ask, "--fabric", i.site, &i.facts.fabric, node)
 }
 
 /// The site's rules on images, `--privileged` and `--dockopts` at all.
@@ -396,13 +426,6 @@ fn launcher_container(s: &Shaped) -> Result<ContainerSpec, PlanError> {
     let mut env = container::identity_env(user);
     env.extend(s.job_env.iter().map(|(k, v)| format!("{k}={v}")));
     let mut devices = s.devices.clone();
-    if args.ib_devices {
-        devices.push(Device {
-            host: "/dev/infiniband".into(),
-            container: "/dev/infiniband".into(),
-            permissions: "rwm".into(),
-        });
-    }
     devices.extend(opts.devices.iter().map(|d| container::parse_device(d)));
     let shm_text = opts
         .shm_size
@@ -454,6 +477,7 @@ fn launcher_container(s: &Shaped) -> Result<ContainerSpec, PlanError> {
         ulimits: ulimits(args.memlock, facts.can_raise_memlock, &opts.ulimits),
         devices,
         gpus: s.gpus.clone(),
+        cdi_devices: vec![],
         cap_add: opts.cap_add.clone(),
         cap_drop: container::cap_drop(privileged, &opts.cap_drop),
         security_opt: container::security_opt(&opts.security_opt),

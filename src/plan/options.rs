@@ -5,6 +5,7 @@
 
 use super::env;
 use super::error::{usage, PlanError};
+use super::fabric::{self, FabricAsk};
 use super::policy;
 use crate::spank::Options;
 use crate::spec::Mount;
@@ -39,6 +40,11 @@ pub struct Checked {
     /// Where the container goes at the step's end (`docker save` archive), relative to the
     /// step's working directory when not absolute.
     pub save: Option<PathBuf>,
+    /// `--mnd-fabric`: the site's device profiles asked for.
+    pub fabric: FabricAsk,
+    /// The chosen profiles' variables, given to tasks where neither they nor the image
+    /// set one (filled in by `plan::direct::plan`, which chooses the profiles).
+    pub fabric_env: Vec<(String, String)>,
 }
 
 /// A tmpfs mount: its target and its options.
@@ -114,6 +120,8 @@ impl CheckOptions for Options {
                 .transpose()?
                 .unwrap_or_default(),
             save: self.save.as_deref().map(save).transpose()?,
+            fabric: fabric::ask(self.fabric.as_deref(), "--mnd-fabric")?,
+            fabric_env: vec![],
         })
     }
 }

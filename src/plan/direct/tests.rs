@@ -520,16 +520,26 @@ fn network_variables_go_where_the_task_has_none_and_the_images_value_wins_over_o
         "NCCL_SOCKET_IFNAME=ib0".to_string(),
         "OMPI_MCA_btl_tcp_if_include=ib0".to_string(),
     ];
-    let d = task_defaults(&image_env, Some(&net));
+    let fabric = [
+        ("NCCL_IB_HCA".to_string(), "mlx5".to_string()),
+        ("NCCL_SOCKET_IFNAME".to_string(), "fabric".to_string()),
+    ];
+    let d = task_defaults(&image_env, Some(&net), &fabric);
     let get = |k: &str| d.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     assert_eq!(get("NCCL_SOCKET_IFNAME"), Some("ib0"));
     assert_eq!(get("OMPI_MCA_btl_tcp_if_include"), Some("ib0"));
     assert_eq!(get("OMPI_MCA_oob_tcp_if_include"), Some("10.1.0.0/16"));
     assert_eq!(get("GLOO_SOCKET_IFNAME"), Some("eth0"));
+    // A fabric profile's variable is a default too, under the image's value.
+    assert_eq!(get("NCCL_IB_HCA"), Some("mlx5"));
+    assert_eq!(
+        d.iter().filter(|(k, _)| k == "NCCL_SOCKET_IFNAME").count(),
+        1
+    );
     // The image's value is a default, never set over the task's own.
     let (set, _) = task_env(&image_env, &[], "c", "sha256:x", None);
     assert!(!set.iter().any(|(k, _)| k == "NCCL_SOCKET_IFNAME"));
-    assert!(task_defaults(&[], None).is_empty());
+    assert!(task_defaults(&[], None, &[]).is_empty());
 }
 
 #[test]
