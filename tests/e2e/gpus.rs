@@ -32,7 +32,7 @@ fn node_line(out: &str, node: &str) -> std::collections::BTreeMap<String, String
 /// dockerd calls the hook only for a GPU device request, and appends the request's ids to
 /// the container's own `NVIDIA_VISIBLE_DEVICES` (mnd-srun's, for the script): both must
 /// name the same GPUs.
-fn asked_of_docker(node: &str, label: &str) -> BTreeSet<u32> {
+pub(crate) fn asked_of_docker(node: &str, label: &str) -> BTreeSet<u32> {
     let log = root_on(node, &["cat", "/var/log/nvidia-hook.log"]).stdout;
     let line = log
         .lines()

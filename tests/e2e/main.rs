@@ -5,6 +5,7 @@
 mod admin;
 mod cluster;
 mod direct;
+mod fabric;
 mod gpus;
 mod hardening;
 mod hostile;
