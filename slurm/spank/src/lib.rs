@@ -16,6 +16,8 @@ extern crate slurm_spank_0_2 as slurm_spank;
 extern crate slurm_spank_0_4 as slurm_spank;
 
 mod join;
+#[cfg(test)]
+mod manpage;
 mod options;
 mod relay;
 mod step;
