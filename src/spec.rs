@@ -150,6 +150,9 @@ pub mod labels {
     pub const ACCOUNTS: &str = "mnd.accounts";
     /// On a user's copy of an image: the id of the image it was made from.
     pub const BASE: &str = "mnd.base";
+    /// A direct-mode container's own namespaces (`--mnd-unshare` when it was made: `ipc,uts`),
+    /// which every later step on it joins.
+    pub const UNSHARE: &str = "mnd.unshare";
     /// The launcher's process id.
     pub const LAUNCHER_PID: &str = "mnd.launcher-pid";
     /// The prefix no user label may take.

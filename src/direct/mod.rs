@@ -11,7 +11,8 @@ use crate::identity::{Identity, IdentityError};
 use crate::pathid::{stat_no_links, FileId};
 pub use crate::phases::Phases;
 use crate::plan::direct::{
-    declared_targets, for_image, plan, step_gpus, task_defaults, task_env, Inputs,
+    declared_targets, for_image, made_with_namespaces, plan, step_gpus, task_defaults, task_env,
+    Inputs,
 };
 use crate::plan::fabric::{self, FabricFacts};
 use crate::plan::options::NameMode;
@@ -354,7 +355,8 @@ async fn up_with(
             if image.id != found.image {
                 return Err(HelperError::OtherImage(name.clone(), p.spec.image.clone()));
             }
-            reply(p, &found.id, pid, &image)
+            let namespaces = made_with_namespaces(&found.labels);
+            reply(p, &found.id, pid, &image, namespaces)
         }
         (_, None) => Err(HelperError::NotNamed(named(), node)),
         _ if p.reuse && p.name_mode == NameMode::Exec => Err(HelperError::NotNamed(named(), node)),
@@ -478,7 +480,7 @@ async fn start(
     };
     landed::check(pid, &id, &declared_targets(&spec), &p.mounted)?;
     phases.mark("check-mounts");
-    reply(p, &id, pid, image)
+    reply(p, &id, pid, image, p.namespaces.clone())
 }
 
 /// Root's pulls are the site's storage: recorded, so the Epilog removes them with the last
@@ -508,7 +510,14 @@ pub async fn remove(p: &Prepared) {
 
 /// The reply for the tasks: the image's environment, and where they start: `--mnd-workdir`,
 /// else the image's `WORKDIR` (as pyxis), else the step's working directory.
-fn reply(p: &Prepared, id: &str, pid: i32, image: &ImageFacts) -> Result<Reply, HelperError> {
+/// `namespaces`: the container's own, which the tasks join.
+fn reply(
+    p: &Prepared,
+    id: &str,
+    pid: i32,
+    image: &ImageFacts,
+    namespaces: Vec<String>,
+) -> Result<Reply, HelperError> {
     let (image_env, image_id) = (&image.env, &image.id);
     let (set_env, unset_env) = task_env(
         image_env,
@@ -532,7 +541,7 @@ fn reply(p: &Prepared, id: &str, pid: i32, image: &ImageFacts) -> Result<Reply, 
         defaults: task_defaults(image_env, p.net.as_ref(), &p.fabric_env),
         container_id: id.to_string(),
         pid_start,
-        namespaces: p.namespaces.clone(),
+        namespaces,
         read_only: p.read_only,
         remap_root: p.remap_root,
         no_exec: p.name_mode == NameMode::NoExec,

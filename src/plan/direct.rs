@@ -62,7 +62,8 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
         )?;
     }
     let mut mounts = step_mounts(i, &opts)?;
-    let labels = step_labels(req, user, opts.name.as_deref());
+    let mut labels = step_labels(req, user, opts.name.as_deref());
+    labels.insert(labels::UNSHARE.into(), opts.unshare.join(","));
     let step_gpus = step_gpus(req.step_gpus.as_deref())?;
     refuse_unique_ids(&step_gpus, req.step_cuda_devices.as_deref())?;
     let want = if step_gpus.is_empty() {
@@ -148,6 +149,21 @@ fn step_labels(req: &Request, user: &Identity, name: Option<&str>) -> BTreeMap<S
         name.unwrap_or_default().to_string(),
     );
     out
+}
+
+/// The namespaces of its own a found container was made with (`--mnd-unshare` of the step
+/// that made it, in its label): a later step joins them whatever it says itself, as
+/// pyxis's steps join a named container's.
+pub fn made_with_namespaces(found: &BTreeMap<String, String>) -> Vec<String> {
+    found
+        .get(labels::UNSHARE)
+        .map(|v| {
+            v.split(',')
+                .filter(|n| ["net", "ipc", "uts"].contains(n))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The step's mounts: the user's home, the site's mounts, `--mnd-mounts` and the working

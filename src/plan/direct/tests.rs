@@ -704,3 +704,17 @@ fn an_image_found_by_id_or_carrying_copy_labels_is_refused() {
         .to_string();
     assert!(e.contains("copy labels"), "{e}");
 }
+
+#[test]
+fn a_reused_container_is_joined_in_the_namespaces_it_was_made_with() {
+    let mut o = image("ubuntu:24.04");
+    o.unshare = Some("uts,ipc".into());
+    let (spec, _) = planned(o, &SiteConfig::default()).unwrap();
+    let made = made_with_namespaces(&spec.labels);
+    assert_eq!(made, ["uts", "ipc"]);
+    let (plain, _) = planned(image("ubuntu:24.04"), &SiteConfig::default()).unwrap();
+    assert!(made_with_namespaces(&plain.labels).is_empty());
+    // A label naming anything else is ignored.
+    let forged = BTreeMap::from([(labels::UNSHARE.to_string(), "pid,mnt,ipc".to_string())]);
+    assert_eq!(made_with_namespaces(&forged), ["ipc"]);
+}
