@@ -13,6 +13,7 @@ pub mod control;
 pub mod direct;
 pub mod directshare;
 pub mod docker;
+pub mod doctor;
 pub mod dockopts;
 pub mod error;
 pub mod fsx;

@@ -97,6 +97,12 @@ enum Command {
         #[command(subcommand)]
         action: DirectAction,
     },
+    /// Check this node's install and say, one line per check (ok, warn, FAIL, skip), what is
+    /// wrong and the fix: plugstack.conf, the plugin and the Slurm it was built for, the
+    /// helper, the Epilog, the site config, Docker and its image store, size limits, MUNGE,
+    /// a shared home, cgroups, and (as a user) your ~/.mnd. Run it first, as root on a node
+    /// or as a user. Exit 1 when a check fails (with --strict also when one warns), else 0.
+    Doctor(DoctorArgs),
     /// Remove mnd-srun containers on this node, and the copies of images (ssh mode's, one per
     /// user and image) whose image has no name any more. Safe as the Slurm Epilog: exits 0
     /// when there is nothing to do or no Docker engine on the node.
@@ -224,6 +230,31 @@ enum HostlistAction {
     },
 }
 
+/// `mnd doctor`'s options: the files to check instead of the node's own (a broken copy, a
+/// file Slurm does not use yet).
+#[derive(clap::Args, Debug)]
+struct DoctorArgs {
+    /// JSON instead of text: every check's id, status (ok, warn, fail, skip), detail, fix.
+    #[arg(long)]
+    json: bool,
+    /// Exit 1 on a warning too.
+    #[arg(long)]
+    strict: bool,
+    /// plugstack.conf (default: Slurm's PlugStackConfig, else the one beside slurm.conf).
+    #[arg(long, value_name = "FILE")]
+    plugstack: Option<std::path::PathBuf>,
+    /// The site config (default: plugstack's config=, and /etc/mnd-srun/config.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// The Epilog script (default: Slurm's Epilog).
+    #[arg(long, value_name = "FILE")]
+    epilog: Option<std::path::PathBuf>,
+    /// The home whose filesystem must be shared for the image share (default: yours; as
+    /// root, SUDO_USER's or the user with the lowest uid from 1000).
+    #[arg(long, value_name = "DIR")]
+    home: Option<std::path::PathBuf>,
+}
+
 /// `mnd exec`'s options.
 #[derive(clap::Args, Debug)]
 struct ExecArgs {
@@ -321,6 +352,7 @@ fn run(cli: Cli) -> Result<(), String> {
             older_than,
             all_users,
         } => cleanup_cmd(job, older_than, all_users),
+        Command::Doctor(args) => doctor_cmd(args),
         Command::Direct { action } => direct(action),
         Command::Image { action } => image(action),
         Command::Commit {
@@ -367,6 +399,33 @@ fn completions_cmd(shell: clap_complete::Shell, command: String) -> Result<(), S
     };
     clap_complete::generate(shell, &mut cmd, command, &mut std::io::stdout());
     Ok(())
+}
+
+/// `mnd doctor`: gathers this node's facts, checks them, prints the report; exits 1 when a
+/// check failed (or, with --strict, warned).
+fn doctor_cmd(args: DoctorArgs) -> Result<(), String> {
+    use mnd::doctor;
+    let paths = doctor::Paths {
+        plugstack: args.plugstack,
+        config: args.config,
+        epilog: args.epilog,
+        home: args.home,
+    };
+    let facts = runtime()?.block_on(doctor::gather(&paths));
+    let findings = doctor::check(&facts);
+    let report = if args.json {
+        doctor::render_json(&facts, &findings, args.strict) + "\n"
+    } else {
+        doctor::render_text(&findings, args.strict)
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(report.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write output: {e}"))?;
+    match doctor::exit_code(&findings, args.strict) {
+        0 => Ok(()),
+        code => std::process::exit(i32::from(code)),
+    }
 }
 
 /// `mnd ps`.
