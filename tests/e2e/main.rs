@@ -5,6 +5,7 @@
 mod admin;
 mod cluster;
 mod direct;
+mod doctor;
 mod fabric;
 mod gpus;
 mod hardening;
