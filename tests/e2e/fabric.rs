@@ -122,7 +122,9 @@ fn direct_mode_gives_a_profiles_devices_to_every_task_and_refuses_what_a_node_la
     // 2. gdr where the nodes have it: the device, the site's folder read-only, its variable.
     let (r, job) = dave_job(
         3,
-        &format!("srun -N2 -w node[1-2] --ntasks-per-node=1 --mnd-fabric=ib,gdr --mnd-image={IMAGE} sh -c '{PROBE}'"),
+        &format!(
+            "srun -N2 -n2 -w node[1-2] --mnd-fabric=ib,gdr --mnd-image={IMAGE} sh -c '{PROBE}'"
+        ),
     );
     assert_eq!(r.code, 0, "{}", r.all());
     for node in ["node1", "node2"] {
@@ -216,9 +218,10 @@ fn the_launcher_takes_the_same_profiles_and_ib_devices_is_the_ib_profile() {
 /// Whether the nodes' Docker has CDI turned on (Docker 26 of the 24.11 flavour does;
 /// Docker 20.10 of 22.05 has no CDI).
 fn docker_has_cdi() -> bool {
-    let r = root_on("node1", &["docker", "info", "-f", "{{json .CDISpecDirs}}"]);
+    // Docker 20.10's info has no CDISpecDirs field at all: read the whole of it.
+    let r = root_on("node1", &["docker", "info", "-f", "{{json .}}"]);
     assert_eq!(r.code, 0, "docker info: {}", r.all());
-    r.stdout.contains("/etc/cdi")
+    r.stdout.contains("\"CDISpecDirs\":[\"/etc/cdi\"")
 }
 
 #[test]
@@ -275,7 +278,7 @@ fn a_profiles_cdi_device_arrives_where_docker_has_cdi_and_is_refused_where_it_ha
     let (r, job) = dave_job(
         3,
         &format!(
-            "srun -N2 -w node[1-2] --ntasks-per-node=1 --mnd-fabric=cxi --mnd-image={IMAGE} sh -c \
+            "srun -N2 -n2 -w node[1-2] --mnd-fabric=cxi --mnd-image={IMAGE} sh -c \
              'echo $(hostname) cxi=$(test -c /dev/cxi0 && echo yes || echo no) fi=$FI_PROVIDER'"
         ),
     );
