@@ -5,7 +5,6 @@
 //! profiles come from the root-owned site config; users only name them.
 
 use crate::cluster::*;
-use crate::direct::{assert_nothing_left, dave_job, DefaultPolicy};
 use crate::gpus::asked_of_docker;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -199,7 +198,7 @@ fn the_launcher_takes_the_same_profiles_and_ib_devices_is_the_ib_profile() {
             "{env} {flags}: want '{want}':\n{}",
             r.all()
         );
-        assert_clean(&name, Duration::from_secs(15));
+        assert_clean(&name, CLEAN);
     }
     // A node without the profile's device refuses the job, naming it.
     let name = unique("fabric");
@@ -212,7 +211,7 @@ fn the_launcher_takes_the_same_profiles_and_ib_devices_is_the_ib_profile() {
         "{}",
         r.all()
     );
-    assert_clean(&name, Duration::from_secs(15));
+    assert_clean(&name, CLEAN);
 }
 
 /// Whether the nodes' Docker has CDI turned on (Docker 26 of the 24.11 flavour does;
@@ -240,8 +239,30 @@ fn gpus_go_by_uuid_through_cdi_where_docker_has_it_and_by_the_nvidia_request_els
         "srun -N1 -w node2 --gres=gpu:2 -n1 --mnd-image={IMAGE} sh -c \
          'echo job=$SLURM_JOB_ID gpus=$SLURM_STEP_GPUS devs=$(ls /dev | grep -E \"^nvidia[0-9]\" | tr \"\\n\" +) cuda=$CUDA_VISIBLE_DEVICES'"
     ));
+    // The launcher's container on the same node, the same way (pass 2 of its plan).
+    let s = script(
+        "alice",
+        "e2e-cdi-gpus.sh",
+        "#!/bin/sh\necho launcher job=$SLURM_JOB_ID gpus=$SLURM_STEP_GPUS devs=$(ls /dev | grep -E '^nvidia[0-9]' | tr '\\n' +) cuda=$CUDA_VISIBLE_DEVICES\n",
+    );
+    let name = unique("cdigpu");
+    let launched = alice(&format!(
+        "srun -N1 -n1 -w node2 --gres=gpu:1 mnd-srun --container={IMAGE} --dockname={name} --envlist=SLURM_JOB_ID,SLURM_STEP_GPUS --script=./{s}"
+    ));
     root_on("node1", &["scancel", &hid]);
     assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(launched.code, 0, "{}", launched.all());
+    assert_clean(&name, Duration::from_secs(15));
+    let launched_word = |key: &str| {
+        launched
+            .stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "launcher")
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {}", launched.all()))
+            .to_string()
+    };
+    let launched_gpu: u32 = launched_word("gpus=").parse().expect("one GPU");
     let word = |key: &str| {
         r.stdout
             .split_whitespace()
@@ -263,9 +284,18 @@ fn gpus_go_by_uuid_through_cdi_where_docker_has_it_and_by_the_nvidia_request_els
             !log.contains(&format!("MND_JOB={job}.")),
             "the nvidia request was used on a CDI node: {log}"
         );
+        assert_eq!(launched_word("devs="), format!("nvidia{launched_gpu}+"));
+        assert_eq!(launched_word("cuda="), "0");
+        let launcher_job = launched_word("job=");
+        assert!(!log.contains(&format!("MND_JOB={launcher_job}.")), "{log}");
     } else {
         // No CDI in this Docker: the nvidia request, for exactly the step's GPUs.
         assert_eq!(asked_of_docker("node2", &format!("{job}.0")), ids);
+        let launcher_job = launched_word("job=");
+        assert_eq!(
+            asked_of_docker("node2", &format!("{launcher_job}.0")),
+            BTreeSet::from([launched_gpu])
+        );
     }
     assert_nothing_left(&job);
 }
