@@ -57,7 +57,7 @@ fn site_install_works_for_alice_through_the_module_file() {
         "{}",
         r.all()
     );
-    assert_clean(&name, Duration::from_secs(5));
+    assert_clean(&name, CLEAN);
     let out = install(&["--uninstall"]);
     assert!(
         out.status.success(),
@@ -116,7 +116,7 @@ fn policy_refusals_name_the_rule_and_the_config() {
             "{tag}: the config file is not named:\n{}",
             r.all()
         );
-        assert_clean(&name, Duration::from_secs(5));
+        assert_clean(&name, CLEAN);
     }
     // Within the policy the same config lets the job run.
     let name = unique("allowed");
@@ -175,7 +175,7 @@ fn mnd_ps_shows_a_running_job_and_cleanup_removes_it() {
     let r = job.join().unwrap();
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(r.stderr.contains("node2"), "{}", r.all());
-    assert_clean(&name, Duration::from_secs(30));
+    assert_clean(&name, CLEAN);
 }
 
 #[test]
@@ -247,6 +247,6 @@ fn a_missing_image_is_pulled_once_per_node_even_by_two_jobs_at_once() {
     let _ = Command::new("docker")
         .args(["rmi", &local, &format!("127.0.0.1:5000/{local}")])
         .output();
-    assert_clean(&a, Duration::from_secs(5));
-    assert_clean(&b, Duration::from_secs(5));
+    assert_clean(&a, CLEAN);
+    assert_clean(&b, CLEAN);
 }

@@ -1,5 +1,7 @@
-//! Helpers: bring the cluster up once, run commands on nodes as a user, write scripts into
-//! the shared home, and check that no container of a test is left on any node.
+//! The e2e suite's one support module. Helpers: bring the cluster up once, run commands on
+//! nodes as a user, write scripts into the shared home, run dave's direct-mode jobs, install
+//! the default site policy, and check that no container of a test is left on any node
+//! (within the one [`CLEAN`] bound).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -12,6 +14,12 @@ pub const NODES: [&str; 3] = ["node1", "node2", "node3"];
 pub const IMAGE: &str = "mnd-vc-job:3";
 /// The shared folder as seen from the host.
 pub const SHARED: &str = "/var/lib/mnd-vcluster/shared";
+
+/// How long a job's containers (and the plugin's step files) may take to be gone from every
+/// node once it ended, on every path (normal end, failure, scancel, kill, time limit). An
+/// upper bound of a condition wait (`assert_clean`, `wait_until`), not a sleep: a larger value
+/// only costs time when something is left behind; generous for shared, noisy machines.
+pub const CLEAN: Duration = Duration::from_secs(40);
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -433,5 +441,63 @@ pub fn job_gone(id: &str) -> bool {
     match r.code {
         0 => r.stdout.trim().is_empty(),
         _ => r.stderr.contains("Invalid job id"),
+    }
+}
+
+/// No container and no plugin step file of dave's job `job` on any node.
+pub fn assert_nothing_left(job: &str) {
+    assert_clean(&format!("mnd-dave-{job}"), CLEAN);
+    for node in NODES {
+        wait_until(
+            &format!("the plugin's files of job {job} on {node} to go"),
+            CLEAN,
+            || {
+                let r = root_on(
+                    node,
+                    &[
+                        "sh",
+                        "-c",
+                        &format!("ls /run/mnd-spank/ 2>/dev/null | grep -c '^{job}\\.' || true"),
+                    ],
+                );
+                r.code == 0 && r.stdout.trim() == "0"
+            },
+        );
+    }
+}
+
+/// Runs `cmdline` as dave inside a fresh allocation of `nodes` nodes; returns the run and the
+/// job's id, so what is left is looked for by job whatever other tests run meanwhile.
+pub fn dave_job(nodes: u32, cmdline: &str) -> (Run, String) {
+    let quoted = format!("'{}'", cmdline.replace('\'', "'\\''"));
+    // A hang (MPI picking the wrong network, say) fails the test instead of blocking it.
+    let r = dave(&format!(
+        "timeout 300 salloc -N{nodes} --ntasks-per-node=2 bash -c {quoted}"
+    ));
+    let job = r
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("salloc: Granted job allocation "))
+        .unwrap_or_else(|| panic!("no allocation: {}", r.all()))
+        .trim()
+        .to_string();
+    (r, job)
+}
+
+/// A site policy at the plugin's config path (plugstack.conf names none: the default file).
+pub struct DefaultPolicy;
+
+impl DefaultPolicy {
+    pub fn install(text: &str) -> DefaultPolicy {
+        site_config("config.toml", text);
+        DefaultPolicy
+    }
+}
+
+impl Drop for DefaultPolicy {
+    fn drop(&mut self) {
+        for node in NODES {
+            root_on(node, &["rm", "-f", "/etc/mnd-srun/config.toml"]);
+        }
     }
 }

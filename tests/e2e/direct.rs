@@ -5,48 +5,6 @@
 use crate::cluster::*;
 use std::time::Duration;
 
-const CLEAN: Duration = Duration::from_secs(15);
-
-/// No container and no plugin step file of dave's job `job` on any node.
-pub(crate) fn assert_nothing_left(job: &str) {
-    assert_clean(&format!("mnd-dave-{job}"), CLEAN);
-    for node in NODES {
-        wait_until(
-            &format!("the plugin's files of job {job} on {node} to go"),
-            CLEAN,
-            || {
-                let r = root_on(
-                    node,
-                    &[
-                        "sh",
-                        "-c",
-                        &format!("ls /run/mnd-spank/ 2>/dev/null | grep -c '^{job}\\.' || true"),
-                    ],
-                );
-                r.code == 0 && r.stdout.trim() == "0"
-            },
-        );
-    }
-}
-
-/// Runs `cmdline` as dave inside a fresh allocation of `nodes` nodes; returns the run and the
-/// job's id, so what is left is looked for by job whatever other tests run meanwhile.
-pub(crate) fn dave_job(nodes: u32, cmdline: &str) -> (Run, String) {
-    let quoted = format!("'{}'", cmdline.replace('\'', "'\\''"));
-    // A hang (MPI picking the wrong network, say) fails the test instead of blocking it.
-    let r = dave(&format!(
-        "timeout 300 salloc -N{nodes} --ntasks-per-node=2 bash -c {quoted}"
-    ));
-    let job = r
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("salloc: Granted job allocation "))
-        .unwrap_or_else(|| panic!("no allocation: {}", r.all()))
-        .trim()
-        .to_string();
-    (r, job)
-}
-
 #[test]
 fn every_task_runs_in_its_nodes_container_as_a_user_outside_the_docker_group() {
     let _g = shared();
@@ -376,24 +334,6 @@ fn a_named_container_serves_the_jobs_later_steps_and_goes_with_the_job() {
     assert_eq!(r.stdout.matches(": fresh").count(), 2, "{}", r.all());
     // The Epilog removes the named containers when the job ends.
     assert_nothing_left(&job);
-}
-
-/// A site policy at the plugin's config path (plugstack.conf names none: the default file).
-pub(crate) struct DefaultPolicy;
-
-impl DefaultPolicy {
-    pub(crate) fn install(text: &str) -> DefaultPolicy {
-        site_config("config.toml", text);
-        DefaultPolicy
-    }
-}
-
-impl Drop for DefaultPolicy {
-    fn drop(&mut self) {
-        for node in NODES {
-            root_on(node, &["rm", "-f", "/etc/mnd-srun/config.toml"]);
-        }
-    }
 }
 
 #[test]

@@ -252,7 +252,7 @@ fn gpus_go_by_uuid_through_cdi_where_docker_has_it_and_by_the_nvidia_request_els
     root_on("node1", &["scancel", &hid]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(launched.code, 0, "{}", launched.all());
-    assert_clean(&name, Duration::from_secs(15));
+    assert_clean(&name, CLEAN);
     let launched_word = |key: &str| {
         launched
             .stdout

@@ -7,8 +7,6 @@ use crate::cluster::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-const CLEAN: Duration = Duration::from_secs(10);
-
 /// Prints, from every node's ssh session: node, Slurm's GPUs for the step there, and what
 /// the container says. The first line is the coordinator's hostlist.
 const GPU_JOB: &str = "#!/bin/bash\necho hostlist=$hostlist\n\

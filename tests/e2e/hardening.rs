@@ -6,8 +6,6 @@
 use crate::cluster::*;
 use std::time::Duration;
 
-const CLEAN: Duration = Duration::from_secs(10);
-
 /// Checksums of a node's own account and ssh files.
 fn node_files(node: &str) -> String {
     let r = root_on(

@@ -5,7 +5,6 @@
 //! added it); each refusal names what was refused, the rule, and what to do.
 
 use crate::cluster::*;
-use crate::direct::{assert_nothing_left, dave_job, DefaultPolicy};
 use std::path::Path;
 use std::time::Duration;
 

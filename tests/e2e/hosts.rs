@@ -5,8 +5,6 @@
 use crate::cluster::*;
 use std::time::Duration;
 
-const CLEAN: Duration = Duration::from_secs(15);
-
 /// Runs a shell command line on `node` as bob, with no Slurm variable in sight.
 pub(crate) fn bob_on(node: &str, cmdline: &str) -> Run {
     run_on(

@@ -8,8 +8,6 @@ use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const CLEAN: Duration = Duration::from_secs(10);
-
 /// The proxy process; killed when dropped.
 struct Proxy(Child);
 
@@ -102,7 +100,7 @@ fn a_slow_pull_outlasts_the_wait_timeout_and_a_stalled_one_fails_naming_the_node
             "the pull was not slow ({:?}); the test proves nothing",
             r.took
         );
-        assert_clean(&name, Duration::from_secs(10));
+        assert_clean(&name, CLEAN);
         forget(&slow);
     }
     drop(p);
@@ -122,7 +120,7 @@ fn a_slow_pull_outlasts_the_wait_timeout_and_a_stalled_one_fails_naming_the_node
         r.all()
     );
     assert!(r.took < Duration::from_secs(40), "{:?}", r.took);
-    assert_clean(&name, Duration::from_secs(10));
+    assert_clean(&name, CLEAN);
 
     // 3. The coordinator fails at once while the workers are pulling (stalled): they are
     // told and end, long before their 60 s.
@@ -145,7 +143,7 @@ fn a_slow_pull_outlasts_the_wait_timeout_and_a_stalled_one_fails_naming_the_node
         "workers did not obey ABORT while pulling: {:?}",
         r.took
     );
-    assert_clean(&name, Duration::from_secs(10));
+    assert_clean(&name, CLEAN);
     for n in NODES {
         assert_eq!(stray_sshd(n, "alice"), 0, "stray sshd of alice on {n}");
     }
@@ -207,7 +205,7 @@ fn an_image_only_on_node1_reaches_the_other_nodes_through_the_share_once() {
             r.all()
         );
     }
-    assert_clean(&name, Duration::from_secs(10));
+    assert_clean(&name, CLEAN);
     // 2. A later job on nodes that lack it again loads it from the share: nothing is saved.
     untag(&tag, &["node2", "node3"]);
     let name = unique("share2");
@@ -220,7 +218,7 @@ fn an_image_only_on_node1_reaches_the_other_nodes_through_the_share_once() {
         "{}",
         r.all()
     );
-    assert_clean(&name, Duration::from_secs(10));
+    assert_clean(&name, CLEAN);
     // 3. A node that has the image by id (under another name) but lacks the job's name
     // names it: nothing is loaded or saved. (Kept by alice's copy alone, it would go with
     // the next Epilog on node2, any job's: a copy of an unnamed image is removed.)
@@ -236,7 +234,7 @@ fn an_image_only_on_node1_reaches_the_other_nodes_through_the_share_once() {
         r.all()
     );
     assert!(r.stdout.contains("node2: image-ok"), "{}", r.all());
-    assert_clean(&name, Duration::from_secs(10));
+    assert_clean(&name, CLEAN);
     root_on("node2", &["docker", "rmi", &keep]);
     // 4. The share is alice's alone, listed and pruned by mnd image.
     let mode = root_on("node1", &["stat", "-c", "%a %U", &dir]);
@@ -260,7 +258,7 @@ fn an_image_only_on_node1_reaches_the_other_nodes_through_the_share_once() {
     ));
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(r.stderr.contains("is not available"), "{}", r.all());
-    assert_clean(&name, Duration::from_secs(10));
+    assert_clean(&name, CLEAN);
     untag(&tag, &NODES);
     root_on("node1", &["rm", "-rf", &dir]);
 }
@@ -282,7 +280,7 @@ fn a_tampered_archive_in_the_share_is_refused_naming_the_id() {
     let name = unique("tamper1");
     let r = job(&name);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_clean(&name, Duration::from_secs(10));
+    assert_clean(&name, CLEAN);
     // The archive saved for the image's id now holds another image under the same tag
     // (made on node3, which then forgets it).
     let archive = format!("{dir}/{}.tar.zst", id.replace(':', "-"));
@@ -301,7 +299,7 @@ fn a_tampered_archive_in_the_share_is_refused_naming_the_id() {
         "{}",
         r.all()
     );
-    assert_clean(&name, Duration::from_secs(10));
+    assert_clean(&name, CLEAN);
 }
 
 #[test]
@@ -315,7 +313,7 @@ fn two_direct_mode_steps_starting_together_pull_their_image_once_per_node() {
         assert_ne!(there.code, 0, "{node} still has {image}");
     }
     let since = root_on("node1", &["date", "+%s"]).stdout.trim().to_string();
-    let (r, job) = crate::direct::dave_job(
+    let (r, job) = dave_job(
         3,
         &format!(
             "srun --overlap -N3 -n3 --mnd-image={image} cat /marker & srun --overlap -N3 -n3 --mnd-image={image} cat /marker & wait"
@@ -341,7 +339,7 @@ fn two_direct_mode_steps_starting_together_pull_their_image_once_per_node() {
             events.stdout.trim()
         );
     }
-    crate::direct::assert_nothing_left(&job);
+    assert_nothing_left(&job);
 }
 
 /// An image of its own, with `/marker` saying `mark`, on `node` only; returns its id.
@@ -404,7 +402,7 @@ fn direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_t
     // his share, node2 and node3 load it by id (a load, no tag), and the Epilog removes it
     // with the job.
     let since = root_on("node1", &["date", "+%s"]).stdout.trim().to_string();
-    let (r, job) = crate::direct::dave_job(3, &step);
+    let (r, job) = dave_job(3, &step);
     assert_eq!(r.code, 0, "{}", r.all());
     for node in NODES {
         assert!(
@@ -413,7 +411,7 @@ fn direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_t
             r.all()
         );
     }
-    crate::direct::assert_nothing_left(&job);
+    assert_nothing_left(&job);
     for node in ["node2", "node3"] {
         // Other tests load and tag images meanwhile: only this image's events count.
         let events = root_on(
@@ -452,7 +450,7 @@ fn direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_t
     }
     let owner = root_on("node1", &["stat", "-c", "%U %a", &archive]);
     assert_eq!(owner.stdout.trim(), "dave 600", "{}", owner.all());
-    crate::direct::assert_nothing_left(&job);
+    assert_nothing_left(&job);
     // 2. dave swaps the archive for one of another image under the same name: the nodes
     // that need it refuse it, naming both ids, and load nothing.
     let evil = format!("mnd-vc-job:evil-{pid}");
@@ -460,7 +458,7 @@ fn direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_t
     assert_eq!(root_on("node3", &["docker", "tag", &evil, &tag]).code, 0);
     plant_archive("node3", &tag, &archive, "dave");
     root_on("node3", &["docker", "rmi", &evil, &tag]);
-    let (r, job) = crate::direct::dave_job(3, &step);
+    let (r, job) = dave_job(3, &step);
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(
         r.stderr.contains("the archive holds image sha256:")
@@ -477,7 +475,7 @@ fn direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_t
             );
         }
     }
-    crate::direct::assert_nothing_left(&job);
+    assert_nothing_left(&job);
     untag(&tag, &["node1"]);
     root_on("node1", &["rm", "-f", &archive]);
 }
@@ -489,7 +487,7 @@ fn a_slow_pull_in_direct_mode_shows_its_progress_on_the_users_terminal() {
     let (host, repo) = big_image("progress");
     // About 4 MB/s per node: the 40 MB layer takes about 10 s, two progress lines or more.
     let (slow, p) = through_proxy(&host, &repo, 5103, "slow", 4_000_000);
-    let (r, job) = crate::direct::dave_job(3, &format!("srun -N3 -n3 --mnd-image={slow} true"));
+    let (r, job) = dave_job(3, &format!("srun -N3 -n3 --mnd-image={slow} true"));
     drop(p);
     forget(&slow);
     assert_eq!(r.code, 0, "{}", r.all());
@@ -511,7 +509,7 @@ fn a_slow_pull_in_direct_mode_shows_its_progress_on_the_users_terminal() {
             r.all()
         );
     }
-    crate::direct::assert_nothing_left(&job);
+    assert_nothing_left(&job);
 }
 
 /// `srun -K` ends the step while node1 is still pulling (its pull stalls; node2 and node3
@@ -537,7 +535,7 @@ fn a_node_still_pulling_when_srun_k_ends_the_step_stops_at_sigterm() {
         );
         assert_eq!(r.code, 0, "{n}: {}", r.all());
     }
-    let (r, job) = crate::direct::dave_job(
+    let (r, job) = dave_job(
         3,
         &format!("srun -N3 -n3 -K --mnd-image={stalled} bash -c 'if [ $SLURM_PROCID = 1 ]; then exit 5; fi; sleep 300'"),
     );
@@ -572,7 +570,7 @@ fn a_node_still_pulling_when_srun_k_ends_the_step_stops_at_sigterm() {
         r.all(),
         log.all()
     );
-    crate::direct::assert_nothing_left(&job);
+    assert_nothing_left(&job);
 }
 
 /// alice's copies (label `mnd.accounts`) of image `base` (label `mnd.base`) on node1.
@@ -795,7 +793,7 @@ fn a_share_process_the_user_stops_is_killed_and_only_their_step_fails() {
     root_on("node1", &["rm", "-f", &archive]);
     // dave's overlapping step on node2 stops every process of his named mnd there (the ones
     // the root side runs as him: the lookup, the share's reader) as soon as one appears.
-    let (r, job) = crate::direct::dave_job(
+    let (r, job) = dave_job(
         3,
         &format!(
             "srun --overlap -N1 -n1 -w node2 sh -c 'for i in $(seq 2400); do pkill -STOP -u $(id -u) -x mnd && {{ echo process-stopped; exit 0; }}; sleep 0.05; done; echo never-stopped' & w=$!; \
@@ -816,7 +814,7 @@ fn a_share_process_the_user_stops_is_killed_and_only_their_step_fails() {
         "{}",
         r.all()
     );
-    crate::direct::assert_nothing_left(&job);
+    assert_nothing_left(&job);
     for node in NODES {
         root_on(
             node,

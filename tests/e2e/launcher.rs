@@ -4,8 +4,6 @@
 use crate::cluster::*;
 use std::time::Duration;
 
-const CLEAN: Duration = Duration::from_secs(5);
-
 #[test]
 fn mpirun_across_three_nodes_with_exact_arguments_and_exit_code() {
     let _g = shared();

@@ -6,11 +6,7 @@
 //! hang fails the test.
 
 use crate::cluster::*;
-use crate::direct::dave_job;
 use crate::hosts::bob_on;
-use std::time::Duration;
-
-const CLEAN: Duration = Duration::from_secs(15);
 
 /// 8 MiB of doubles per rank, summed over all ranks; each rank checks every element.
 const ALLREDUCE: &str = r#"from array import array

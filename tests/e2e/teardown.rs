@@ -4,9 +4,6 @@
 use crate::cluster::*;
 use std::time::{Duration, Instant};
 
-/// How long a path may take to leave every node clean (generous: shared, noisy machines).
-const CLEAN_WITHIN: Duration = Duration::from_secs(40);
-
 fn started_marker(name: &str) -> String {
     format!("{SHARED}/home/alice/e2e-{name}.started")
 }
@@ -53,7 +50,7 @@ fn start_long_job(tag: &str, sbatch_flags: &str) -> (String, String) {
 
 /// Asserts every node is clean; prints and returns the time since `since`.
 fn report_clean(path: &str, name: &str, since: Instant) -> Duration {
-    assert_clean(name, CLEAN_WITHIN);
+    assert_clean(name, CLEAN);
     for n in NODES {
         assert_eq!(
             stray_sshd(n, "alice"),

@@ -2,7 +2,6 @@
 //! nodes (through `srun --jobid --overlap`), for the job's owner only.
 
 use crate::cluster::*;
-use std::time::Duration;
 
 #[test]
 fn ps_exec_and_logs_reach_every_node_of_a_running_job_for_its_owner_only() {
@@ -71,7 +70,7 @@ fn ps_exec_and_logs_reach_every_node_of_a_running_job_for_its_owner_only() {
         "{}",
         mine.all()
     );
-    assert_clean(&name, Duration::from_secs(10));
+    assert_clean(&name, CLEAN);
 }
 
 #[test]
@@ -108,7 +107,7 @@ fn a_node_whose_tag_points_to_another_image_is_named_and_nothing_runs() {
         "{}",
         r.all()
     );
-    assert_clean(&name, Duration::from_secs(10));
+    assert_clean(&name, CLEAN);
 }
 
 #[test]
@@ -171,5 +170,5 @@ fn mnd_commit_saves_a_running_jobs_container_for_the_next_job_on_any_node() {
             r.all()
         );
     }
-    assert_clean(&next, Duration::from_secs(10));
+    assert_clean(&next, CLEAN);
 }

@@ -6,7 +6,6 @@
 use crate::cluster::*;
 use std::time::Duration;
 
-const CLEAN: Duration = Duration::from_secs(40);
 const CHAIN: &str = "--tree-width=1";
 
 #[test]

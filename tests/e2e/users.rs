@@ -6,8 +6,6 @@
 use crate::cluster::*;
 use std::time::Duration;
 
-const CLEAN: Duration = Duration::from_secs(10);
-
 /// The job script used by the ssh tests: mpirun, pdsh and plain ssh to every node, then ssh
 /// to a host that is not part of the job (must keep the user's own settings).
 /// Checks the first three lines `SSH_JOB` printed: mpirun, pdsh and ssh reached every node.

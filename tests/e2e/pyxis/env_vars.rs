@@ -3,7 +3,6 @@
 
 use super::ran;
 use crate::cluster::*;
-use crate::direct::{assert_nothing_left, dave_job};
 
 #[test]
 fn every_option_comes_from_its_variable_too() {

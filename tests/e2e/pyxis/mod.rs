@@ -16,8 +16,7 @@ mod unshare;
 mod workdir;
 mod writable;
 
-use crate::cluster::Run;
-use crate::direct::{assert_nothing_left, dave_job};
+use crate::cluster::{assert_nothing_left, dave_job, Run};
 
 /// `srun -n1 ARGS` in a fresh one-node allocation as dave; the run and the job's id.
 pub(crate) fn step(args: &str) -> (Run, String) {

@@ -1,7 +1,6 @@
 //! `--mnd-name=NAME[:auto|create|exec|no_exec]` (pyxis `name.bats`).
 
 use crate::cluster::*;
-use crate::direct::{assert_nothing_left, dave_job};
 
 #[test]
 fn a_named_container_lives_for_the_job_and_its_modes_do_what_pyxis_does() {

@@ -3,7 +3,6 @@
 
 use super::refused;
 use crate::cluster::*;
-use crate::direct::{assert_nothing_left, dave_job};
 
 #[test]
 fn the_container_is_saved_where_the_user_may_write_and_nowhere_else() {

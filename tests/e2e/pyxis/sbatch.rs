@@ -2,7 +2,6 @@
 //! script itself runs in the container.
 
 use crate::cluster::*;
-use crate::direct::assert_nothing_left;
 
 #[test]
 fn the_batch_script_runs_in_the_image_from_the_command_line_or_its_header() {

@@ -2,7 +2,6 @@
 
 use super::refused;
 use crate::cluster::*;
-use crate::direct::{assert_nothing_left, dave_job};
 
 #[test]
 fn unshared_namespaces_are_the_containers_own_and_the_rest_the_nodes() {
