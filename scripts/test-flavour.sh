@@ -8,7 +8,7 @@
 #   the site policy's refusals, scancel and a killed slurmstepd leaving nothing (the
 #   Epilog), the hostile-user tests of PMIx links and swapped mounts, every pyxis option
 #   (tests/e2e/pyxis), fabric profiles and GPUs by UUID through CDI where that Docker has
-#   CDI (tests/e2e/fabric.rs), and an image only the first node has reaching the others through
+#   CDI (tests/e2e/fabric.rs), mnd doctor on a healthy and a broken install, and an image only the first node has reaching the others through
 #   the image share (MUNGE of that Slurm's nodes vouching for it). With
 #   MND_VC_DOCKER_STORE=containerd the nodes' Docker keeps images in containerd (Docker
 #   29's default for new installs), and the tests of what that store changes run too.
@@ -56,6 +56,7 @@ cargo test --test e2e -- --test-threads=3 \
   hostile::images_of_others_are_not_run_by_id_prefix_saved_name_or_forged_copy_label \
   pyxis:: \
   fabric:: \
+  doctor:: \
   images::direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_tampered_archive \
   images::a_node_still_pulling_when_srun_k_ends_the_step_stops_at_sigterm \
   teardown::every_process_of_the_job_is_gone_when_srun_returns \
