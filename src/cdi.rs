@@ -4,13 +4,11 @@
 //! (the specs say what a container gets), at most 1 MiB each, never through a link.
 
 use crate::plan::fabric::FabricFacts;
+pub use crate::plan::fabric::CDI_SPEC_DIRS as SPEC_DIRS;
 use serde::Deserialize;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
-
-/// Where Docker (and Podman) look for CDI specs unless told otherwise.
-pub const SPEC_DIRS: [&str; 2] = ["/etc/cdi", "/var/run/cdi"];
 
 /// Largest spec file read.
 const MAX_SPEC: u64 = 1 << 20;
@@ -41,10 +39,18 @@ struct DeviceNode {
     path: String,
 }
 
-/// Adds what the specs in `dirs` name to `facts`; a spec that cannot be read or parsed is
-/// skipped with a warning (Docker would refuse it too).
+/// Adds what the specs in `dirs` name to `facts`. A spec that cannot be parsed is skipped
+/// with a warning (Docker refuses it too); a folder or spec that someone other than root
+/// can change makes the node's CDI untrusted (Docker would read it all the same).
 pub fn read(dirs: &[&str], facts: &mut FabricFacts) {
     for dir in dirs {
+        if !Path::new(dir).exists() {
+            continue;
+        }
+        if let Err(why) = crate::node::root_alone(Path::new(dir)) {
+            facts.cdi_untrusted.get_or_insert(why);
+            continue;
+        }
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
         };
@@ -53,7 +59,14 @@ pub fn read(dirs: &[&str], facts: &mut FabricFacts) {
         for file in files.iter().filter(|f| is_spec_name(f)) {
             match read_spec(file) {
                 Ok(spec) => add(&spec, facts),
-                Err(e) => log::warn!("CDI spec {} is not used: {e}", file.display()),
+                Err(Unread::Untrusted(why)) => {
+                    facts
+                        .cdi_untrusted
+                        .get_or_insert(format!("{}: {why}", file.display()));
+                }
+                Err(Unread::Invalid(e)) => {
+                    log::warn!("CDI spec {} is not used: {e}", file.display())
+                }
             }
         }
     }
@@ -66,21 +79,31 @@ fn is_spec_name(f: &Path) -> bool {
     )
 }
 
-fn read_spec(file: &Path) -> Result<Spec, String> {
+/// Why a spec was not read.
+enum Unread {
+    /// Someone other than root can change it (or it is a link, a FIFO, ...).
+    Untrusted(String),
+    /// It does not parse, or cannot be read.
+    Invalid(String),
+}
+
+fn read_spec(file: &Path) -> Result<Spec, Unread> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(file)
-        .map_err(|e| e.to_string())?;
-    let meta = f.metadata().map_err(|e| e.to_string())?;
+        .map_err(|e| Unread::Untrusted(e.to_string()))?;
+    let meta = f.metadata().map_err(|e| Unread::Invalid(e.to_string()))?;
     if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-        return Err("not a regular file that only root can change".into());
+        return Err(Unread::Untrusted(
+            "not a regular file that only root can change".into(),
+        ));
     }
     let mut text = String::new();
     f.take(MAX_SPEC)
         .read_to_string(&mut text)
-        .map_err(|e| e.to_string())?;
-    parse(&text)
+        .map_err(|e| Unread::Invalid(e.to_string()))?;
+    parse(&text).map_err(Unread::Invalid)
 }
 
 fn parse(text: &str) -> Result<Spec, String> {

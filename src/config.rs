@@ -159,27 +159,54 @@ impl SiteConfig {
     }
 }
 
-/// Why the profile `name` cannot be used, if it cannot: its devices must be under /dev,
+/// Folders of /dev that are no device: the node's shared memory, message queues, terminals.
+const NOT_FABRIC_DEVICES: [&str; 4] = ["/dev/shm", "/dev/mqueue", "/dev/pts", "/dev/hugepages"];
+
+/// GPU device nodes (NVIDIA, AMD's kfd and render nodes).
+const GPU_DEVICES: [&str; 3] = ["/dev/nvidia", "/dev/dri", "/dev/kfd"];
+
+/// CDI kinds of GPUs.
+const GPU_CDI_KINDS: [&str; 2] = ["nvidia.com/gpu=", "amd.com/gpu="];
+
+/// Why the profile `name` cannot be used, if it cannot (an empty one is fine: an empty
+/// `[fabrics.ib]` turns the built-in `ib` off): its devices must be under /dev,
 /// its CDI names fully qualified, its mounts absolute and its variables `NAME=VALUE`.
 fn check_fabric(name: &str, p: &FabricProfile) -> Result<(), String> {
     let at = |what: &str| format!("fabrics.{name}: {what}");
     if !crate::plan::fabric::valid_name(name) {
         return Err(at("a profile name is letters, digits, '-' and '_'"));
     }
-    if p.devices.is_empty() && p.cdi.is_empty() && p.mounts.is_empty() && p.env.is_empty() {
-        return Err(at("the profile is empty: give devices, cdi, mounts or env"));
-    }
+    // Every component named: no `//`, `.` or `..` (`/dev//` would be all of /dev).
     let clean = |path: &str| {
         path.starts_with('/')
-            && !path.split('/').any(|c| c == ".." || c == ".")
+            && path.len() > 1
+            && !path[1..]
+                .split('/')
+                .any(|c| c.is_empty() || c == ".." || c == ".")
             && !path.contains(',')
     };
     if let Some(d) = p
         .devices
         .iter()
-        .find(|d| !(clean(d) && d.starts_with("/dev/") && d.len() > 5))
+        .find(|d| !(clean(d) && d.starts_with("/dev/")) || NOT_FABRIC_DEVICES.contains(&d.as_str()))
     {
-        return Err(at(&format!("device '{d}' is not a path under /dev")));
+        return Err(at(&format!(
+            "device '{d}' is not a device (or a folder of devices) under /dev"
+        )));
+    }
+    // GPUs come from the step's Slurm allocation only, never from a profile.
+    let gpu = |d: &str| GPU_DEVICES.iter().any(|g| d.starts_with(g));
+    if let Some(d) = p.devices.iter().find(|d| gpu(d)) {
+        return Err(at(&format!("device '{d}' is a GPU: GPUs come from the step's Slurm allocation, never from a profile")));
+    }
+    if let Some(c) = p
+        .cdi
+        .iter()
+        .find(|c| GPU_CDI_KINDS.iter().any(|k| c.starts_with(k)))
+    {
+        return Err(at(&format!(
+            "'{c}' is a GPU: GPUs come from the step's Slurm allocation, never from a profile"
+        )));
     }
     let cdi =
         regex::Regex::new(r"^[a-z0-9][a-z0-9.-]*/[a-zA-Z0-9][a-zA-Z0-9_.-]*=[a-zA-Z0-9_.:-]+$")
@@ -403,19 +430,29 @@ mod tests {
         let ok = "[fabrics.efa]\ndevices = [\"/dev/infiniband/uverbs0\"]\ncdi = [\"amazon.com/efa=all\"]\nmounts = [\"/opt/aws-ofi-nccl:/opt/nccl-net\"]\nenv = [\"FI_PROVIDER=efa\"]\ndefault = true\n";
         let c = SiteConfig::parse(ok, Path::new("/etc/x.toml")).unwrap();
         assert!(c.fabric_profiles().contains_key("efa") && c.fabric_profiles().contains_key("ib"));
+        // An empty [fabrics.ib] turns the built-in one off.
+        let off = SiteConfig::parse("[fabrics.ib]\n", Path::new("/etc/x.toml")).unwrap();
+        assert_eq!(off.fabric_profiles()["ib"], FabricProfile::default());
         for (bad, says) in [
-            (
-                "[fabrics.x]\ndevices = [\"/etc/shadow\"]",
-                "not a path under /dev",
-            ),
-            (
-                "[fabrics.x]\ndevices = [\"/dev/../etc\"]",
-                "not a path under /dev",
-            ),
+            ("[fabrics.x]\ndevices = [\"/etc/shadow\"]", "not a device"),
+            ("[fabrics.x]\ndevices = [\"/dev/../etc\"]", "not a device"),
             ("[fabrics.x]\ncdi = [\"gpu0\"]", "not a CDI name"),
             ("[fabrics.x]\nmounts = [\"relative:/x\"]", "absolute paths"),
             ("[fabrics.x]\nenv = [\"1A=b\"]", "NAME=VALUE"),
-            ("[fabrics.x]\ndefault = true", "the profile is empty"),
+            ("[fabrics.x]\ndevices = [\"/dev//\"]", "not a device"),
+            ("[fabrics.x]\ndevices = [\"/dev/shm\"]", "not a device"),
+            (
+                "[fabrics.x]\ndevices = [\"/dev/nvidia0\"]",
+                "GPUs come from the step's Slurm allocation",
+            ),
+            (
+                "[fabrics.x]\ndevices = [\"/dev/dri\"]",
+                "GPUs come from the step's Slurm allocation",
+            ),
+            (
+                "[fabrics.x]\ncdi = [\"nvidia.com/gpu=all\"]",
+                "GPUs come from the step's Slurm allocation",
+            ),
             ("[fabrics.\"a b\"]\nenv = [\"A=b\"]", "a profile name"),
         ] {
             let e = SiteConfig::parse(bad, Path::new("/etc/x.toml"))

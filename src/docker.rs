@@ -544,13 +544,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether this Docker has CDI turned on: `docker info` names the folders it reads CDI
-    /// specs from (an empty list, or an older Docker that does not say, means no).
-    pub async fn cdi_on(&self) -> Result<bool, DockerError> {
+    /// The folders this Docker reads CDI specs from (`docker info`): none when CDI is off,
+    /// or on an older Docker that does not say.
+    pub async fn cdi_dirs(&self) -> Result<Vec<String>, DockerError> {
         let info = within("info", self.docker.info())
             .await?
             .map_err(api("info".to_string()))?;
-        Ok(info.cdi_spec_dirs.is_some_and(|d| !d.is_empty()))
+        Ok(info.cdi_spec_dirs.unwrap_or_default())
     }
 
     /// Whether this Docker stores images in containerd's snapshotter, which accepts

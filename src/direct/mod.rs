@@ -466,8 +466,11 @@ async fn start(
     let by_id = image.by_id_only.then_some(image.id.as_str());
     let owner = (p.user.uid, p.user.gid);
     let mut spec = for_image(&p.spec, &image.volumes, by_id, &declared, owner);
-    let cdi_on = fabric::engine_cdi_matters(&spec, &p.fabric) && engine.cdi_on().await?;
-    fabric::for_engine(&mut spec, cdi_on, &p.fabric)?;
+    let cdi_dirs = match fabric::engine_cdi_matters(&spec, &p.fabric) {
+        true => engine.cdi_dirs().await?,
+        false => vec![],
+    };
+    fabric::for_engine(&mut spec, &cdi_dirs, &p.fabric)?;
     engine
         .create(&spec, vec![crate::plan::policy::INIT_TARGET.into()])
         .await?;

@@ -80,9 +80,11 @@ pub(super) async fn start(
         spec.labels.insert(copy_only.into(), String::new());
     }
     spec.image = copy;
-    let cdi_on = fabric::engine_cdi_matters(&spec, &plan.fabric)
-        && engine.cdi_on().await.map_err(|e| e.to_string())?;
-    fabric::for_engine(&mut spec, cdi_on, &plan.fabric).map_err(|e| e.to_string())?;
+    let cdi_dirs = match fabric::engine_cdi_matters(&spec, &plan.fabric) {
+        true => engine.cdi_dirs().await.map_err(|e| e.to_string())?,
+        false => vec![],
+    };
+    fabric::for_engine(&mut spec, &cdi_dirs, &plan.fabric).map_err(|e| e.to_string())?;
     spec.env
         .push(format!("PATH={}", container_path(&image.env)));
     spec.env.extend(

@@ -36,7 +36,17 @@ pub struct FabricFacts {
     /// For each GPU device node (`/dev/nvidia3`), the CDI name that gives it by UUID
     /// (`nvidia.com/gpu=GPU-...`).
     pub cdi_gpus: BTreeMap<String, String>,
+    /// Why the node's CDI specs cannot be trusted, if they cannot: a spec folder or file
+    /// that someone other than root can change (Docker would still read it).
+    pub cdi_untrusted: Option<String>,
+    /// Profile mount sources that are not root's alone, and why (a folder another user
+    /// can change would put their files in every job's container).
+    pub unsafe_sources: BTreeMap<String, String>,
 }
+
+/// Where Docker (and Podman) read CDI specs unless told otherwise; the only folders whose
+/// specs are checked, so an engine reading others is not used for CDI.
+pub const CDI_SPEC_DIRS: [&str; 2] = ["/etc/cdi", "/var/run/cdi"];
 
 /// What the chosen profiles give a container.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,7 +72,12 @@ pub fn ask(text: Option<&str>, flag: &str) -> Result<FabricAsk, PlanError> {
     if text == "none" {
         return Ok(FabricAsk::None);
     }
-    let names: Vec<String> = text.split(',').map(|n| n.trim().to_string()).collect();
+    let mut names: Vec<String> = Vec::new();
+    for n in text.split(',').map(|n| n.trim().to_string()) {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
     match names.iter().find(|n| !valid_name(n)) {
         Some(bad) => Err(usage(format!(
             "{flag}='{text}': '{bad}' is not a profile name (letters, digits, '-' and '_'). Fix: name profiles of the site config, e.g. {flag}=ib, or {flag}=none"
@@ -104,6 +119,16 @@ pub fn choose(
     };
     let mut out = Fabric::default();
     for (name, p) in chosen {
+        if let Some((src, why)) = p
+            .mounts
+            .iter()
+            .find_map(|m| facts.unsafe_sources.get_key_value(source_of(m)))
+        {
+            return Err(usage(format!(
+                "fabric profile '{name}' mounts {src}, which is not root's alone ({why}; site config {}). Fix (admin): make {src} and every folder above it owned by root and writable by no one else",
+                site.name()
+            )));
+        }
         out.names.push(name.clone());
         out.devices.extend(p.devices.iter().map(|d| Device {
             host: d.clone(),
@@ -162,6 +187,11 @@ fn missing(p: &FabricProfile, facts: &FabricFacts) -> Option<String> {
         .map(|c| format!("the CDI device {c} (in no CDI spec of the node)"))
 }
 
+/// The source of a profile's `SRC[:DST]`.
+pub fn source_of(mount: &str) -> &str {
+    mount.split_once(':').map_or(mount, |(s, _)| s)
+}
+
 /// `SRC[:DST]` of a profile, always read-only.
 fn read_only_mount(text: &str) -> Mount {
     let (source, target) = text.split_once(':').unwrap_or((text, text));
@@ -180,22 +210,40 @@ pub fn engine_cdi_matters(spec: &ContainerSpec, facts: &FabricFacts) -> bool {
         || (matches!(spec.gpus, Gpus::Nvidia(_)) && !facts.cdi_gpus.is_empty())
 }
 
+/// Why CDI cannot be used with an engine that reads specs from `engine_dirs` (none: CDI
+/// is off), if it cannot: it must be on, read only the folders whose specs were checked,
+/// and those must be root's alone.
+fn cdi_unusable(engine_dirs: &[String], facts: &FabricFacts) -> Option<String> {
+    if engine_dirs.is_empty() {
+        return Some("this node's Docker has CDI turned off. Fix (admin): set \"features\": {\"cdi\": true} in /etc/docker/daemon.json and restart Docker".into());
+    }
+    if let Some(d) = engine_dirs
+        .iter()
+        .find(|d| !CDI_SPEC_DIRS.contains(&d.as_str()))
+    {
+        return Some(format!("this node's Docker reads CDI specs from {d}, which mnd-srun does not check. Fix (admin): keep Docker's cdi-spec-dirs at {}", CDI_SPEC_DIRS.join(" and ")));
+    }
+    facts.cdi_untrusted.as_ref().map(|why| format!("this node's CDI specs cannot be trusted: {why}. Fix (admin): make the spec folders and files owned by root and writable by no one else"))
+}
+
 /// Pass 2, once the engine is known: CDI devices need an engine with CDI turned on
-/// (`cdi_on`: `docker info` names spec folders), and there the step's NVIDIA GPUs are asked
-/// by their UUIDs, when the node's CDI specs name every one; the `nvidia` request stays
-/// otherwise. `NVIDIA_VISIBLE_DEVICES` is then `void`, so a node whose default runtime is
-/// NVIDIA's adds nothing by index.
+/// (`engine_dirs`: the spec folders `docker info` names) reading only root's checked specs,
+/// and there the step's NVIDIA GPUs are asked by their UUIDs, when the node's CDI specs
+/// name every one; the `nvidia` request stays otherwise. `NVIDIA_VISIBLE_DEVICES` is then
+/// `void`, so a node whose default runtime is NVIDIA's adds nothing by index.
 pub fn for_engine(
     spec: &mut ContainerSpec,
-    cdi_on: bool,
+    engine_dirs: &[String],
     facts: &FabricFacts,
 ) -> Result<(), PlanError> {
-    if !spec.cdi_devices.is_empty() && !cdi_on {
+    let unusable = cdi_unusable(engine_dirs, facts);
+    if let (false, Some(why)) = (spec.cdi_devices.is_empty(), &unusable) {
         return Err(usage(format!(
-            "the fabric asks for CDI devices ({}) but this node's Docker has CDI turned off. Fix (admin): set \"features\": {{\"cdi\": true}} in /etc/docker/daemon.json and restart Docker, or drop the profile's cdi names",
+            "the fabric asks for CDI devices ({}) but {why}; or drop the profile's cdi names",
             spec.cdi_devices.join(", ")
         )));
     }
+    let cdi_on = unusable.is_none();
     let Gpus::Nvidia(ids) = &spec.gpus else {
         return Ok(());
     };
@@ -370,6 +418,10 @@ cdi = ["hpe.com/cxi=cxi0"]
         }
     }
 
+    fn on() -> Vec<String> {
+        CDI_SPEC_DIRS.map(String::from).to_vec()
+    }
+
     #[test]
     fn gpus_go_by_uuid_through_cdi_where_the_engine_and_the_specs_allow() {
         let mut facts = FabricFacts::default();
@@ -380,7 +432,7 @@ cdi = ["hpe.com/cxi=cxi0"]
             .cdi_gpus
             .insert("/dev/nvidia3".into(), "nvidia.com/gpu=GPU-d".into());
         let mut s = spec_with(Gpus::Nvidia(vec![1, 3]), &[]);
-        for_engine(&mut s, true, &facts).unwrap();
+        for_engine(&mut s, &on(), &facts).unwrap();
         assert_eq!(
             s.gpus,
             Gpus::Cdi(vec![
@@ -391,14 +443,14 @@ cdi = ["hpe.com/cxi=cxi0"]
         assert_eq!(s.env, ["NVIDIA_VISIBLE_DEVICES=void"]);
         // No CDI in the engine, or a GPU the specs do not name: the nvidia request stays.
         let mut s = spec_with(Gpus::Nvidia(vec![1, 3]), &[]);
-        for_engine(&mut s, false, &facts).unwrap();
+        for_engine(&mut s, &[], &facts).unwrap();
         assert_eq!(s.gpus, Gpus::Nvidia(vec![1, 3]));
         let mut s = spec_with(Gpus::Nvidia(vec![1, 2]), &[]);
-        for_engine(&mut s, true, &facts).unwrap();
+        for_engine(&mut s, &on(), &facts).unwrap();
         assert_eq!(s.gpus, Gpus::Nvidia(vec![1, 2]));
         // CDI devices of a profile on an engine without CDI: refused, saying the fix.
         let mut s = spec_with(Gpus::None, &["hpe.com/cxi=cxi0"]);
-        let e = for_engine(&mut s, false, &facts).unwrap_err().to_string();
+        let e = for_engine(&mut s, &[], &facts).unwrap_err().to_string();
         assert!(
             e.contains("CDI turned off") && e.contains("daemon.json"),
             "{e}"

@@ -331,3 +331,61 @@ fn a_profiles_cdi_device_arrives_where_docker_has_cdi_and_is_refused_where_it_ha
     }
     assert_nothing_left(&job);
 }
+
+/// An admin's misstep the root side must not pass on to every job: a CDI spec others can
+/// change (Docker would read it all the same), and a profile mounting a folder a user owns.
+#[test]
+fn specs_and_profile_folders_that_others_can_change_are_not_used() {
+    let _g = exclusive();
+    let cdi = docker_has_cdi();
+    let _policy = DefaultPolicy::install(&format!(
+        "{PROFILES}\n[fabrics.theirs]\nmounts = [\"/opt/vc-theirs:/opt/theirs\"]\n"
+    ));
+    // The attack's stage: a spec anyone may rewrite, a site folder dave owns.
+    for node in ["node1", "node2"] {
+        let r = root_on(
+            node,
+            &["sh", "-c", "chmod 0666 /etc/cdi/vc-cxi.yaml && mkdir -p /opt/vc-theirs && chown dave /opt/vc-theirs && stat -c %a /etc/cdi/vc-cxi.yaml"],
+        );
+        assert!(r.stdout.contains("666"), "{node}: {}", r.all());
+    }
+    let (r, job) = dave_job(
+        3,
+        &format!(
+            "srun -N2 -n2 -w node[1-2] --mnd-fabric=cxi --mnd-image={IMAGE} true; echo cxi-exit=$?; \
+             srun -N2 -n2 -w node[1-2] --mnd-fabric=theirs --mnd-image={IMAGE} true; echo theirs-exit=$?"
+        ),
+    );
+    for node in ["node1", "node2"] {
+        root_on(
+            node,
+            &[
+                "sh",
+                "-c",
+                "chmod 0644 /etc/cdi/vc-cxi.yaml; rm -rf /opt/vc-theirs",
+            ],
+        );
+    }
+    assert!(
+        r.stdout.contains("cxi-exit=") && !r.stdout.contains("cxi-exit=0"),
+        "{}",
+        r.all()
+    );
+    let cdi_refusal = if cdi {
+        "cannot be trusted: /etc/cdi/vc-cxi.yaml: not a regular file that only root can change"
+    } else {
+        "CDI turned off"
+    };
+    assert!(
+        r.stderr.contains(cdi_refusal),
+        "want '{cdi_refusal}':\n{}",
+        r.all()
+    );
+    assert!(!r.stdout.contains("theirs-exit=0"), "{}", r.all());
+    assert!(
+        r.stderr.contains("fabric profile 'theirs' mounts /opt/vc-theirs, which is not root's alone (/opt/vc-theirs is owned by uid 1004"),
+        "{}",
+        r.all()
+    );
+    assert_nothing_left(&job);
+}
