@@ -333,45 +333,26 @@ cdi = ["hpe.com/cxi=cxi0"]
         assert_eq!(f.names, ["ib", "gdr"]);
         assert_eq!(f.mounts[0].target, Path::new("/usr/local/nccl-net"));
         assert!(f.mounts[0].read_only);
-        let e = choose(
-            &ask,
-            "--mnd-fabric",
-            &s,
-            &facts(&["/dev/infiniband"]),
-            "node3",
-        )
-        .unwrap_err()
-        .to_string();
+        let refused = |ask: &FabricAsk, present: &[&str], node: &str| {
+            choose(ask, "--mnd-fabric", &s, &facts(present), node)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = refused(&ask, &["/dev/infiniband"], "node3");
         assert!(
             e.contains("node3 does not have /dev/gdrdrv")
                 && e.contains("'gdr'")
                 && e.contains("Fix"),
             "{e}"
         );
-        let e = choose(
-            &FabricAsk::Named(vec!["efa".into()]),
-            "--fabric",
-            &s,
-            &facts(&[]),
-            "n1",
-        )
-        .unwrap_err()
-        .to_string();
+        let e = refused(&FabricAsk::Named(vec!["efa".into()]), &[], "n1");
         assert!(
             e.contains("no fabric profile 'efa'")
                 && e.contains("cxi, gdr, ib")
                 && e.contains("/etc/mnd-srun/config.toml"),
             "{e}"
         );
-        let e = choose(
-            &FabricAsk::Named(vec!["cxi".into()]),
-            "--fabric",
-            &s,
-            &facts(&[]),
-            "n1",
-        )
-        .unwrap_err()
-        .to_string();
+        let e = refused(&FabricAsk::Named(vec!["cxi".into()]), &[], "n1");
         assert!(e.contains("CDI device hpe.com/cxi=cxi0"), "{e}");
     }
 

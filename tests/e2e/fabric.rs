@@ -5,9 +5,8 @@
 //! profiles come from the root-owned site config; users only name them.
 
 use crate::cluster::*;
-use crate::gpus::asked_of_docker;
+use crate::gpus::{asked_of_docker, hold_two_gpus_of_node2};
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 /// The site's profiles: `ib` by default where a node has it, `gdr` with a site folder
 /// mounted read-only, `cxi` through CDI only.
@@ -229,12 +228,7 @@ fn gpus_go_by_uuid_through_cdi_where_docker_has_it_and_by_the_nvidia_request_els
     let _g = exclusive();
     let cdi = docker_has_cdi();
     // alice holds two of node2's GPUs: dave's step gets the other two.
-    let holder = alice("sbatch --parsable -N1 -w node2 --gres=gpu:2 --wrap 'sleep 120'");
-    assert_eq!(holder.code, 0, "{}", holder.all());
-    let hid = holder.stdout.trim().to_string();
-    wait_until("the holding job to run", Duration::from_secs(30), || {
-        alice(&format!("squeue -h -j {hid} -o %T")).stdout.trim() == "RUNNING"
-    });
+    let hid = hold_two_gpus_of_node2();
     let r = dave(&format!(
         "srun -N1 -w node2 --gres=gpu:2 -n1 --mnd-image={IMAGE} sh -c \
          'echo job=$SLURM_JOB_ID gpus=$SLURM_STEP_GPUS devs=$(ls /dev | grep -E \"^nvidia[0-9]\" | tr \"\\n\" +) cuda=$CUDA_VISIBLE_DEVICES'"

@@ -26,6 +26,18 @@ fn node_line(out: &str, node: &str) -> std::collections::BTreeMap<String, String
         .collect()
 }
 
+/// A job of alice's holding two of node2's GPUs (Slurm gives the first free ones: 0 and 1
+/// on an idle cluster), running when this returns; its id, for `scancel`.
+pub(crate) fn hold_two_gpus_of_node2() -> String {
+    let holder = alice("sbatch --parsable -N1 -w node2 --gres=gpu:2 --wrap 'sleep 120'");
+    assert_eq!(holder.code, 0, "{}", holder.all());
+    let hid = holder.stdout.trim().to_string();
+    wait_until("the holding job to run", Duration::from_secs(30), || {
+        alice(&format!("squeue -h -j {hid} -o %T")).stdout.trim() == "RUNNING"
+    });
+    hid
+}
+
 /// The GPU ids Docker was asked for on `node` for the job step `label`, from the hook log.
 /// dockerd calls the hook only for a GPU device request, and appends the request's ids to
 /// the container's own `NVIDIA_VISIBLE_DEVICES` (mnd-srun's, for the script): both must
@@ -281,12 +293,7 @@ fn direct_mode_gives_the_container_the_steps_gpus_and_each_task_its_own_numberin
     // Alone on the cluster, so which GPUs Slurm hands out is known.
     let _g = exclusive();
     // alice holds node2's GPUs 0 and 1: dave's step gets 2 and 3.
-    let holder = alice("sbatch --parsable -N1 -w node2 --gres=gpu:2 --wrap 'sleep 120'");
-    assert_eq!(holder.code, 0, "{}", holder.all());
-    let hid = holder.stdout.trim().to_string();
-    wait_until("the holding job to run", Duration::from_secs(30), || {
-        alice(&format!("squeue -h -j {hid} -o %T")).stdout.trim() == "RUNNING"
-    });
+    let hid = hold_two_gpus_of_node2();
     let r = dave(&format!(
         "srun -N1 -w node2 --gres=gpu:2 -n2 --gpus-per-task=1 -l --mnd-image={IMAGE} \
          bash -c 'echo job=$SLURM_JOB_ID slurm=$SLURM_STEP_GPUS cuda=$CUDA_VISIBLE_DEVICES'"
