@@ -47,7 +47,7 @@ pub fn read(dirs: &[&str], facts: &mut FabricFacts) {
         if !Path::new(dir).exists() {
             continue;
         }
-        if let Err(why) = crate::node::root_alone(Path::new(dir)) {
+        if let Err(why) = crate::config::owner_alone(Path::new(dir), 0) {
             facts.cdi_untrusted.get_or_insert(why);
             continue;
         }

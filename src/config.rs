@@ -159,6 +159,15 @@ impl SiteConfig {
     }
 }
 
+/// A profile name as the site config and users write it.
+pub fn valid_fabric_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// Folders of /dev that are no device: the node's shared memory, message queues, terminals.
 const NOT_FABRIC_DEVICES: [&str; 4] = ["/dev/shm", "/dev/mqueue", "/dev/pts", "/dev/hugepages"];
 
@@ -173,7 +182,7 @@ const GPU_CDI_KINDS: [&str; 2] = ["nvidia.com/gpu=", "amd.com/gpu="];
 /// its CDI names fully qualified, its mounts absolute and its variables `NAME=VALUE`.
 fn check_fabric(name: &str, p: &FabricProfile) -> Result<(), String> {
     let at = |what: &str| format!("fabrics.{name}: {what}");
-    if !crate::plan::fabric::valid_name(name) {
+    if !valid_fabric_name(name) {
         return Err(at("a profile name is letters, digits, '-' and '_'"));
     }
     // Every component named: no `//`, `.` or `..` (`/dev//` would be all of /dev).
@@ -395,21 +404,34 @@ fn only_owner_can_change(path: &Path, owner: u32) -> Result<(), String> {
     if !meta.file_type().is_file() {
         return Err("it is not a regular file".into());
     }
-    for (p, m) in path
-        .ancestors()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(|p| (p, std::fs::symlink_metadata(p)))
-    {
-        let m = m.map_err(|e| format!("{}: {e}", p.display()))?;
-        let what = if p == path { "it" } else { "its folder" };
-        if m.uid() != owner {
-            return Err(format!(
-                "{what} {} is owned by uid {}, not root",
-                p.display(),
-                m.uid()
-            ));
+    owner_alone(path, owner)
+}
+
+/// Whether only `owner` can change what `path` names: every link on the way is `owner`'s,
+/// and the real path and every folder above it are `owner`'s and writable by nobody else
+/// (a sticky folder above it, such as /tmp, is fine). What a root-owned site file, folder
+/// or CDI spec must be before root hands it to every job. Says why not.
+pub fn owner_alone(path: &Path, owner: u32) -> Result<(), String> {
+    let owned = |p: &Path, m: &std::fs::Metadata, what: &str| match m.uid() == owner {
+        true => Ok(()),
+        false => Err(format!(
+            "{what} {} is owned by uid {}, not root",
+            p.display(),
+            m.uid()
+        )),
+    };
+    for p in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+        let m = std::fs::symlink_metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if m.file_type().is_symlink() {
+            owned(p, &m, "the link")?;
         }
-        let sticky_dir = m.is_dir() && m.mode() & 0o1000 != 0;
+    }
+    let real = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for p in real.ancestors() {
+        let m = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let what = if p == real { "it" } else { "its folder" };
+        owned(p, &m, what)?;
+        let sticky_dir = p != real && m.is_dir() && m.mode() & 0o1000 != 0;
         if m.mode() & 0o022 != 0 && !sticky_dir {
             return Err(format!(
                 "{what} {} has mode {:04o}: others can change it",

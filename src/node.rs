@@ -48,36 +48,12 @@ pub fn fabric_facts(site: &SiteConfig) -> FabricFacts {
         .flat_map(|p| p.mounts.iter())
     {
         let src = crate::plan::fabric::source_of(m);
-        if let Err(why) = root_alone(std::path::Path::new(src)) {
+        if let Err(why) = crate::config::owner_alone(Path::new(src), 0) {
             facts.unsafe_sources.insert(src.to_string(), why);
         }
     }
     crate::cdi::read(&crate::cdi::SPEC_DIRS, &mut facts);
     facts
-}
-
-/// Whether `path` and every folder above it are root's and writable by no one else (a
-/// sticky folder such as /tmp above it is fine), with no link on the way: what a site
-/// file must be for root to hand it to every job. Says why not.
-pub fn root_alone(path: &Path) -> Result<(), String> {
-    for p in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
-        let m = std::fs::symlink_metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        if m.file_type().is_symlink() {
-            return Err(format!("{} is a symbolic link", p.display()));
-        }
-        if m.uid() != 0 {
-            return Err(format!("{} is owned by uid {}", p.display(), m.uid()));
-        }
-        let sticky_above = p != path && m.is_dir() && m.mode() & 0o1000 != 0;
-        if m.mode() & 0o022 != 0 && !sticky_above {
-            return Err(format!(
-                "{} has mode {:04o}",
-                p.display(),
-                m.mode() & 0o7777
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn bounding_caps() -> Option<u64> {

@@ -9,7 +9,7 @@
 //! UUIDs through CDI where the node's CDI specs name them.
 
 use super::error::{usage, PlanError};
-use crate::config::{FabricProfile, SiteConfig};
+use crate::config::{valid_fabric_name, FabricProfile, SiteConfig};
 use crate::spec::{ContainerSpec, Device, Gpus, Mount};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -78,21 +78,12 @@ pub fn ask(text: Option<&str>, flag: &str) -> Result<FabricAsk, PlanError> {
             names.push(n);
         }
     }
-    match names.iter().find(|n| !valid_name(n)) {
+    match names.iter().find(|n| !valid_fabric_name(n)) {
         Some(bad) => Err(usage(format!(
             "{flag}='{text}': '{bad}' is not a profile name (letters, digits, '-' and '_'). Fix: name profiles of the site config, e.g. {flag}=ib, or {flag}=none"
         ))),
         None => Ok(FabricAsk::Named(names)),
     }
-}
-
-/// A profile name as the site config and users write it.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Pass 1: the profiles `ask` gives on `node`. A named profile must exist and the node must

@@ -377,7 +377,7 @@ fn specs_and_profile_folders_that_others_can_change_are_not_used() {
     );
     assert!(!r.stdout.contains("theirs-exit=0"), "{}", r.all());
     assert!(
-        r.stderr.contains("fabric profile 'theirs' mounts /opt/vc-theirs, which is not root's alone (/opt/vc-theirs is owned by uid 1004"),
+        r.stderr.contains("fabric profile 'theirs' mounts /opt/vc-theirs, which is not root's alone (it /opt/vc-theirs is owned by uid 1004"),
         "{}",
         r.all()
     );
