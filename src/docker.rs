@@ -544,6 +544,34 @@ impl Engine {
         Ok(())
     }
 
+    /// What the engine says of itself (`docker version` and `docker info`), read-only, for
+    /// `mnd doctor`.
+    pub async fn describe(&self) -> Result<EngineDescription, DockerError> {
+        let version = within("version", self.docker.version())
+            .await?
+            .map_err(api("version".to_string()))?;
+        let info = within("info", self.docker.info())
+            .await?
+            .map_err(api("info".to_string()))?;
+        let text = |v: Option<String>| v.filter(|s| !s.is_empty());
+        Ok(EngineDescription {
+            version: text(info.server_version)
+                .or(version.version)
+                .unwrap_or_default(),
+            api: version.api_version.unwrap_or_default(),
+            driver: info.driver.unwrap_or_default(),
+            driver_status: info
+                .driver_status
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|pair| Some((pair.first()?.clone(), pair.get(1)?.clone())))
+                .collect(),
+            root_dir: std::path::PathBuf::from(info.docker_root_dir.unwrap_or_default()),
+            cgroup_version: text(info.cgroup_version.map(|v| v.to_string())),
+            cgroup_driver: text(info.cgroup_driver.map(|v| v.to_string())),
+        })
+    }
+
     /// The folders this Docker reads CDI specs from (`docker info`): none when CDI is off,
     /// or on an older Docker that does not say.
     pub async fn cdi_dirs(&self) -> Result<Vec<String>, DockerError> {
@@ -1521,6 +1549,25 @@ fn gpu_request(ids: Option<Vec<String>>) -> DeviceRequest {
         capabilities: Some(vec![vec!["gpu".into()]]),
         ..Default::default()
     }
+}
+
+/// What an engine says of itself (`Engine::describe`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineDescription {
+    /// Its version (`26.1.5`).
+    pub version: String,
+    /// Its API version.
+    pub api: String,
+    /// Its storage driver.
+    pub driver: String,
+    /// What the storage driver says (`Backing Filesystem`, `driver-type`, ...).
+    pub driver_status: Vec<(String, String)>,
+    /// Its root folder.
+    pub root_dir: std::path::PathBuf,
+    /// The cgroup version it sees (`1`, `2`).
+    pub cgroup_version: Option<String>,
+    /// Its cgroup driver (`cgroupfs`, `systemd`).
+    pub cgroup_driver: Option<String>,
 }
 
 /// What became of an image to remove.

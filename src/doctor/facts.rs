@@ -704,43 +704,19 @@ pub struct DockerFacts {
 
 async fn engine_info() -> Result<EngineInfo, String> {
     let no_fix = |e: String| e.split(". Fix:").next().unwrap_or_default().to_string();
-    // Reachable the way every mnd tool reaches it.
-    crate::docker::Engine::connect()
+    // Reachable the way every mnd tool reaches it; then what it says of itself.
+    let engine = crate::docker::Engine::connect()
         .await
         .map_err(|e| no_fix(e.to_string()))?;
-    // mnd::docker::Engine has no call for the daemon's description: ask for it here,
-    // read-only, through the same client library (never the docker command).
-    let docker = bollard::Docker::connect_with_local_defaults().map_err(|e| e.to_string())?;
-    let bound = Duration::from_secs(10);
-    let late = |what: &str| format!("Docker's {what} gave no answer within 10 s");
-    let docker = tokio::time::timeout(bound, docker.negotiate_version())
-        .await
-        .map_err(|_| late("version"))?
-        .map_err(|e| e.to_string())?;
-    let version = tokio::time::timeout(bound, docker.version())
-        .await
-        .map_err(|_| late("version"))?
-        .map_err(|e| e.to_string())?;
-    let info = tokio::time::timeout(bound, docker.info())
-        .await
-        .map_err(|_| late("info"))?
-        .map_err(|e| e.to_string())?;
-    let text = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let d = engine.describe().await.map_err(|e| e.to_string())?;
     Ok(EngineInfo {
-        version: text(info.server_version)
-            .or(version.version)
-            .unwrap_or_default(),
-        api: version.api_version.unwrap_or_default(),
-        driver: info.driver.unwrap_or_default(),
-        driver_status: info
-            .driver_status
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|pair| Some((pair.first()?.clone(), pair.get(1)?.clone())))
-            .collect(),
-        root_dir: PathBuf::from(info.docker_root_dir.unwrap_or_default()),
-        cgroup_version: text(info.cgroup_version.map(|v| v.to_string())),
-        cgroup_driver: text(info.cgroup_driver.map(|v| v.to_string())),
+        version: d.version,
+        api: d.api,
+        driver: d.driver,
+        driver_status: d.driver_status,
+        root_dir: d.root_dir,
+        cgroup_version: d.cgroup_version,
+        cgroup_driver: d.cgroup_driver,
     })
 }
 
