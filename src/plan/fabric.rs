@@ -172,10 +172,14 @@ fn missing(p: &FabricProfile, facts: &FabricFacts) -> Option<String> {
     if let Some(d) = p.devices.iter().find(|d| !facts.present.contains(*d)) {
         return Some(d.clone());
     }
+    let why = match &facts.cdi_untrusted {
+        Some(why) => format!("the node's CDI specs cannot be trusted: {why}"),
+        None => "in no CDI spec of the node".into(),
+    };
     p.cdi
         .iter()
         .find(|c| !facts.cdi_devices.contains(*c))
-        .map(|c| format!("the CDI device {c} (in no CDI spec of the node)"))
+        .map(|c| format!("the CDI device {c} ({why})"))
 }
 
 /// The source of a profile's `SRC[:DST]`.
