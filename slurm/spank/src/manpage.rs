@@ -8,7 +8,7 @@
 //! generated text (regenerate with `UPDATE_SNAPSHOTS=1 cargo test -p mnd-spank manpage`).
 
 use crate::options::{PluginArgs, OPTIONS};
-use mnd::config::{SiteConfig, DEFAULT_CONFIG_PATH};
+use mnd::config::{FabricProfile, SiteConfig, DEFAULT_CONFIG_PATH};
 
 /// One plugstack.conf argument, `KEY=VALUE` after the plugin's path.
 struct PlugstackArg {
@@ -115,9 +115,9 @@ fn list(items: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
-/// The keys of `[defaults]` and `[policy]`, in the order of `mnd::config` (a test holds the
-/// two together).
-const SITE: [SiteKey; 21] = [
+/// The keys of `[defaults]`, `[policy]` and `[fabrics.NAME]`, in the order of `mnd::config`
+/// (a test holds the two together).
+const SITE: [SiteKey; 26] = [
     site("defaults", "ssh_port_base", |c| c.defaults.ssh_port_base.to_string(), "First port of the range the ssh mode's sshd and control ports are derived from (keep it below the ephemeral range, /proc/sys/net/ipv4/ip_local_port_range)."),
     site("defaults", "ssh_port_span", |c| c.defaults.ssh_port_span.to_string(), "Size of that range."),
     site("defaults", "master_port_base", |c| c.defaults.master_port_base.to_string(), "First MASTER_PORT; the job id picks one of the next 1000."),
@@ -139,7 +139,28 @@ const SITE: [SiteKey; 21] = [
     site("policy", "allow_host_ipc", |c| c.policy.allow_host_ipc.to_string(), "Whether --dockopts --ipc=host is allowed (private and shareable always are)."),
     site("policy", "allowed_ulimits", |c| list(&c.policy.allowed_ulimits), "Resource limits --dockopts --ulimit may set."),
     site("policy", "writable_layer_size", |c| c.policy.writable_layer_size.as_ref().map_or_else(|| "none (no limit)".into(), |s| format!("{s:?}")), "Largest writable layer of a container, e.g. \"20G\": Docker's storage-opt size, which only some storage drivers take (overlay2 on xfs with pquota, btrfs, zfs); where the driver does not, every container fails to start, saying so."),
+    site("fabrics.NAME", "devices", |_| list(&FabricProfile::default().devices), "Device nodes under /dev, or folders of them (/dev/infiniband: every device in it), given at the same path. No GPUs (they come from the step's Slurm allocation only), not /dev itself, /dev/shm, /dev/mqueue or /dev/pts."),
+    site("fabrics.NAME", "cdi", |_| list(&FabricProfile::default().cdi), "CDI device names (vendor.com/class=name), for engines with CDI turned on."),
+    site("fabrics.NAME", "mounts", |_| list(&FabricProfile::default().mounts), "Read-only mounts SRC[:DST] with absolute paths (a site NCCL net plugin, libfabric); a source (or a folder above it) that is not root's alone, or a link, is refused."),
+    site("fabrics.NAME", "env", |_| list(&FabricProfile::default().env), "Variable defaults NAME=VALUE; the user's and the image's values win."),
+    site("fabrics.NAME", "default", |_| FabricProfile::default().default.to_string(), "Given to every job on nodes that have all its devices (unless the job says --mnd-fabric=none)."),
 ];
+
+/// The profiles a site has without writing any, as the admin would write them.
+fn built_in_fabrics() -> String {
+    let built_in: Vec<String> = SiteConfig::default()
+        .fabric_profiles()
+        .iter()
+        .map(|(name, p)| {
+            format!(
+                "[fabrics.{name}] devices = {}, default = {}",
+                list(&p.devices),
+                p.default
+            )
+        })
+        .collect();
+    built_in.join("; ")
+}
 
 /// Text for roff: backslashes and hyphens escaped, no line taken for a request.
 fn esc(text: &str) -> String {
@@ -241,7 +262,7 @@ pub fn render() -> String {
     }
 
     page.push_str(&format!(
-        ".SH \"SITE CONFIG\"\nThe root helper reads the site's defaults and policy from {} (or the file config= names). It is used only when it and every folder above it are owned by root and writable by nobody else; otherwise every step stops with the reason. Every key is optional; unknown keys and wrong types are refused with file, line and key. The same file serves the launcher, mnd\\-srun(1): keys about its \\-\\-dockopts do not concern direct mode, which takes no Docker option. A refusal names what was refused, the rule and the file, before any container starts.\n",
+        ".SH \"SITE CONFIG\"\nThe root helper reads the site's defaults, policy and device profiles from {} (or the file config= names). It is used only when it and every folder above it are owned by root and writable by nobody else; otherwise every step stops with the reason. Every key is optional; unknown keys and wrong types are refused with file, line and key. The same file serves the launcher, mnd\\-srun(1): keys about its \\-\\-dockopts do not concern direct mode, which takes no Docker option. A refusal names what was refused, the rule and the file, before any container starts.\n",
         esc(DEFAULT_CONFIG_PATH)
     ));
     let built_in = SiteConfig::default();
@@ -250,6 +271,12 @@ pub fn render() -> String {
         if k.table != table {
             table = k.table;
             page.push_str(&format!(".SS [{table}]\n"));
+            if table.starts_with("fabrics.") {
+                page.push_str(&format!(
+                    "Device profiles: what a job needs to reach one fabric (InfiniBand, RoCE, EFA, Slingshot) or a device class (GPUDirect RDMA's /dev/gdrdrv). Users name profiles (\\-\\-mnd\\-fabric), never devices; a profile a user names must be whole on every node of the step, or the step is refused naming the node, the device and the profile. Built in unless the site writes its own (an empty one turns it off): {}.\n",
+                    esc(&built_in_fabrics())
+                ));
+            }
         }
         page.push_str(&format!(
             ".TP\n{} = {}\n{}\n",
@@ -374,8 +401,8 @@ mod tests {
         assert_eq!(known.split(", ").collect::<Vec<_>>(), listed);
     }
 
-    /// The keys of `[defaults]` and `[policy]` are those `mnd::config` accepts, in its order
-    /// (as the refusal of an unknown key names them).
+    /// The tables, and the keys of each, are those `mnd::config` accepts, in its order (as
+    /// the refusal of an unknown key names them).
     #[test]
     fn manpage_site_config_keys_are_those_the_helper_reads() {
         let accepted = |text: &str| -> Vec<String> {
@@ -390,10 +417,19 @@ mod tests {
                 .map(String::from)
                 .collect()
         };
-        let tables = accepted("not_a_table = 1\n");
-        for table in ["defaults", "policy"] {
-            assert!(tables.iter().any(|t| t == table), "{tables:?}");
-            let keys = accepted(&format!("[{table}]\nnot_a_key = 1\n"));
+        let mut listed_tables: Vec<&str> = SITE
+            .iter()
+            .map(|k| k.table.split('.').next().unwrap_or_default())
+            .collect();
+        listed_tables.dedup();
+        assert_eq!(
+            accepted("not_a_table = 1\n"),
+            listed_tables,
+            "mnd::config's tables (left) and SITE's (right) in slurm/spank/src/manpage.rs differ"
+        );
+        for table in ["defaults", "policy", "fabrics.NAME"] {
+            let header = table.replace("NAME", "x");
+            let keys = accepted(&format!("[{header}]\nnot_a_key = 1\n"));
             let listed: Vec<&str> = SITE
                 .iter()
                 .filter(|k| k.table == table)
@@ -401,7 +437,7 @@ mod tests {
                 .collect();
             assert_eq!(
                 keys, listed,
-                "[{table}]: mnd::config's keys (left) and manpage.rs's SITE (right) differ"
+                "[{table}]: mnd::config's keys (left) and SITE's (right) differ: describe each key in SITE in slurm/spank/src/manpage.rs, then regenerate man/mnd_spank.8 (UPDATE_SNAPSHOTS=1 cargo test -p mnd-spank manpage)"
             );
         }
     }
