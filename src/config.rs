@@ -104,6 +104,9 @@ pub struct Policy {
     /// only some storage drivers take (overlay2 on xfs with `pquota`, btrfs, zfs); where the
     /// driver does not, every container fails to start, saying so.
     pub writable_layer_size: Option<String>,
+    /// Largest image a job may run (`"30G"`, unpacked, as Docker counts it): a larger one
+    /// is refused, and removed again where the job's pull brought it.
+    pub max_image_size: Option<String>,
 }
 
 impl Default for Policy {
@@ -123,6 +126,7 @@ impl Default for Policy {
                 .map(String::from)
                 .to_vec(),
             writable_layer_size: None,
+            max_image_size: None,
         }
     }
 }

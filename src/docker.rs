@@ -163,6 +163,8 @@ pub struct ImageFacts {
     pub copy_labelled: bool,
     /// Its overlay2 layers in Docker's storage, top first (none on other storage).
     pub layers: Vec<std::path::PathBuf>,
+    /// Its size unpacked, in bytes, as Docker counts it.
+    pub size: u64,
 }
 
 /// An image's overlay2 layer folders, top first, from its graph driver data.
@@ -361,6 +363,7 @@ impl Engine {
             copy_labelled: labelled(crate::spec::labels::ACCOUNTS)
                 || labelled(crate::spec::labels::BASE),
             layers: overlay_layers(info.graph_driver.as_ref()),
+            size: info.size.map_or(0, |s| s.max(0) as u64),
             names: info
                 .repo_tags
                 .iter()

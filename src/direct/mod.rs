@@ -16,6 +16,7 @@ use crate::plan::direct::{
 };
 use crate::plan::fabric::{self, FabricFacts};
 use crate::plan::options::NameMode;
+use crate::plan::policy::{check_image_size, ImageBound};
 use crate::plan::JobNet;
 use crate::plan::PlanError;
 use crate::spank::{Reply, Request, NAMED_STEP};
@@ -172,6 +173,8 @@ pub struct Prepared {
     pub fabric_env: Vec<(String, String)>,
     /// The node's fabric and CDI facts, for the engine's pass (`fabric::for_engine`).
     pub fabric: FabricFacts,
+    /// The site's bound on the image's size, checked once the image is known.
+    pub image_bound: ImageBound,
 }
 
 /// `mnd direct up`, before any thread exists: gathers the facts (the user, their paths
@@ -238,6 +241,7 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         envlist: checked.envlist,
         fabric_env: checked.fabric_env,
         fabric: facts.node.fabric.clone(),
+        image_bound: ImageBound::of(&facts.site),
         workdir: checked.workdir,
         reuse: checked.name.is_some(),
         name_mode: checked.name_mode,
@@ -334,6 +338,14 @@ async fn up_with(
     let named = || p.spec.labels.get(labels::NAME).cloned().unwrap_or_default();
     if p.reuse && p.name_mode == NameMode::Create && found.is_some() {
         return Err(HelperError::NameTaken(named(), node.clone()));
+    }
+    if let Some(image) = &image {
+        let fits = check_image_size(&p.image_bound, &p.spec.image, image.size);
+        if fits.is_err() && image.pulled {
+            // Pulled for nothing: root's storage is not the user's to fill.
+            let _ = engine.remove_unused_image(&image.id).await;
+        }
+        fits?;
     }
     match (found, image) {
         (Some(found), image) if p.reuse && found.pid.is_some() => {

@@ -101,6 +101,8 @@ pub struct Plan {
     pub image_cache: PathBuf,
     /// The node's CDI facts, for the pass once the engine is known (`fabric::for_engine`).
     pub fabric: fabric::FabricFacts,
+    /// The site's bound on the image's size, checked once the image is known.
+    pub image_bound: policy::ImageBound,
 }
 
 /// A container of the SPANK plugin's direct mode that the launcher runs in (`srun
@@ -289,6 +291,7 @@ pub fn build(i: &Inputs) -> Result<Plan, PlanError> {
         image_share: args.image_share,
         image_cache: user_dir(args.image_cache.as_deref(), user, facts, ".mnd/images"),
         fabric: facts.fabric.clone(),
+        image_bound: policy::ImageBound::of(site),
     })
 }
 

@@ -9,7 +9,7 @@
 use crate::config::SiteConfig;
 use crate::dockopts::DockOpts;
 use crate::identity::Identity;
-use crate::plan::PlanError;
+use crate::plan::{usage, PlanError};
 use std::path::{Component, Path, PathBuf};
 
 /// Host folders that are never bind-mounted, nor anything inside them or above them.
@@ -250,6 +250,50 @@ pub fn check_image_found(
         why.to_string(),
         "give the image's name (REPOSITORY:TAG or REPOSITORY@DIGEST) of an image with no mnd.* copy label",
     ))
+}
+
+/// The site's bound on an image's size (`policy.max_image_size`) and the file that set it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageBound {
+    /// The largest size, as the admin wrote it.
+    pub max: Option<String>,
+    /// The site config's name, for messages.
+    pub config: String,
+}
+
+impl ImageBound {
+    /// The bound `site` sets.
+    pub fn of(site: &SiteConfig) -> Self {
+        ImageBound {
+            max: site.policy.max_image_size.clone(),
+            config: site.name(),
+        }
+    }
+}
+
+/// An image of `size` bytes may run under `bound`, or is refused naming the rule (a value
+/// that is no size is the config's error, said as such).
+pub fn check_image_size(bound: &ImageBound, image: &str, size: u64) -> Result<(), PlanError> {
+    let Some(text) = &bound.max else {
+        return Ok(());
+    };
+    let Some(max) = super::container::parse_size(text).filter(|m| *m > 0) else {
+        return Err(usage(format!(
+            "site config {}: policy.max_image_size '{text}' is not a size like 30G. Fix (admin): correct it",
+            bound.config
+        )));
+    };
+    match size > max as u64 {
+        true => Err(PlanError::Policy {
+            what: format!(
+                "image {image} ({:.1} GB unpacked, over max_image_size = \"{text}\")",
+                size as f64 / 1e9
+            ),
+            rule: "policy.max_image_size",
+            config: bound.config.clone(),
+        }),
+        false => Ok(()),
+    }
 }
 
 /// Two image references name the same image (Docker Hub's `docker.io/` and `library/`
@@ -772,6 +816,23 @@ mod tests {
             assert!(check(&open, opts).is_ok(), "{opts}");
         }
         assert!(check(&open, "--security-opt no-new-privileges=false").is_err());
+    }
+
+    #[test]
+    fn images_over_the_sites_size_are_refused_naming_the_rule() {
+        let bound = ImageBound::of(&site("[policy]\nmax_image_size = \"2G\"\n"));
+        assert!(check_image_size(&bound, "small:1", 1_900_000_000).is_ok());
+        let e = check_image_size(&bound, "big:1", 3_000_000_000)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("image big:1 (3.0 GB unpacked") && e.contains("policy.max_image_size"),
+            "{e}"
+        );
+        assert!(check_image_size(&ImageBound::default(), "any", u64::MAX).is_ok());
+        let bad = ImageBound::of(&site("[policy]\nmax_image_size = \"lots\"\n"));
+        let e = check_image_size(&bad, "x", 1).unwrap_err().to_string();
+        assert!(e.contains("'lots' is not a size"), "{e}");
     }
 
     #[test]

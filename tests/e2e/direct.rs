@@ -479,3 +479,41 @@ fn the_steps_memory_limit_applies_to_the_task_in_the_container() {
     assert!(r.stdout.contains("allocated 314572800"), "{}", r.all());
     assert_nothing_left(&job);
 }
+
+/// The site's `max_image_size` holds in both modes: a larger image is refused naming the
+/// rule, before any container starts, and nothing is left.
+#[test]
+fn an_image_over_the_sites_max_image_size_is_refused_in_both_modes() {
+    let _g = exclusive();
+    // Positive control: the job image is larger than the bound set below.
+    let size = root_on(
+        "node1",
+        &["docker", "image", "inspect", "-f", "{{.Size}}", IMAGE],
+    );
+    assert!(
+        size.stdout.trim().parse::<u64>().unwrap_or(0) > 1_000_000,
+        "{}",
+        size.all()
+    );
+    let _policy = DefaultPolicy::install("[policy]\nmax_image_size = \"1M\"\n");
+    let (r, job) = dave_job(1, &format!("srun -n1 --mnd-image={IMAGE} true"));
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains(&format!("image {IMAGE} ("))
+            && r.stderr
+                .contains("policy.max_image_size in /etc/mnd-srun/config.toml"),
+        "{}",
+        r.all()
+    );
+    assert_nothing_left(&job);
+    let s = script("alice", "e2e-max-size.sh", "#!/bin/sh\necho ran\n");
+    let name = unique("maxsize");
+    let r = alice(&format!("{} --script=./{s}", srun_line(1, &name, "")));
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        !r.stdout.contains("ran") && r.stderr.contains("policy.max_image_size"),
+        "{}",
+        r.all()
+    );
+    assert_clean(&name, CLEAN);
+}
