@@ -99,9 +99,10 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 stage=$tmp/stage
-mkdir -p "$stage"/{bin,share/man/man1,share/bash-completion/completions,share/zsh/site-functions,share/fish/vendor_completions.d,slurm,etc,modulefiles/lmod/mnd-srun,modulefiles/tcl/mnd-srun,share/mnd-srun}
+mkdir -p "$stage"/{bin,share/man/man1,share/man/man8,share/bash-completion/completions,share/zsh/site-functions,share/fish/vendor_completions.d,slurm,etc,modulefiles/lmod/mnd-srun,modulefiles/tcl/mnd-srun,share/mnd-srun}
 install -m 0755 "$bin_dir/mnd-srun" "$bin_dir/mnd" "$stage/bin/"
 install -m 0644 man/mnd-srun.1 man/mnd.1 "$stage/share/man/man1/"
+install -m 0644 man/mnd_spank.8 "$stage/share/man/man8/"
 for cmd in mnd-srun mnd; do
   "$bin_dir/mnd" completions bash --command "$cmd" >"$stage/share/bash-completion/completions/$cmd"
   "$bin_dir/mnd" completions zsh --command "$cmd" >"$stage/share/zsh/site-functions/_$cmd"
