@@ -75,13 +75,14 @@ fn direct_mode_gives_a_profiles_devices_to_every_task_and_refuses_what_a_node_la
     assert_ne!(root_on("node3", &["test", "-e", "/dev/gdrdrv"]).code, 0);
 
     // 1. The default profile (ib) on three nodes, 2 tasks each; a user's own value wins over
-    // the profile's; without any profile (none) nothing of it; memlock as Slurm gives it.
+    // the profile's; without any profile (none, through the variable twin MND_FABRIC)
+    // nothing of it; memlock as Slurm gives it.
     let (r, job) = dave_job(
         3,
         &format!(
             "srun -N3 --ntasks-per-node=2 --mnd-image={IMAGE} sh -c '{PROBE}'; \
              NCCL_IB_HCA=mine srun -N1 -n1 --mnd-image={IMAGE} sh -c '{PROBE}' | sed s/^/own:/; \
-             srun -N3 --ntasks-per-node=1 --mnd-fabric=none --mnd-image={IMAGE} sh -c '{PROBE}' | sed s/^/none:/; \
+             MND_FABRIC=none srun -N3 --ntasks-per-node=1 --mnd-image={IMAGE} sh -c '{PROBE}' | sed s/^/none:/; \
              ulimit -S -l 2048; srun -N1 -n1 --mnd-image={IMAGE} sh -c 'echo slurm-memlock=$(ulimit -l)'; \
              srun -N1 -n1 sh -c 'echo host-memlock=$(ulimit -l)'"
         ),
@@ -181,9 +182,10 @@ fn the_launcher_takes_the_same_profiles_and_ib_devices_is_the_ib_profile() {
             "devs=rdma_cm+uverbs0+uverbs1+ open=yes gdr=no hca=unset",
         ),
         (String::new(), "", "devs= open=no gdr=no hca=unset"),
+        // The variable twin of --fabric (the flag itself is refused below).
         (
-            format!("MND_CONFIG={policy}"),
-            "--fabric=gdr",
+            format!("MND_CONFIG={policy} MND_FABRIC=gdr"),
+            "",
             "devs= open=no gdr=yes hca=unset gdrlevel=PHB plugin=plugin rw=no",
         ),
     ] {
