@@ -28,6 +28,8 @@ env = ["FI_PROVIDER=cxi"]
 
 /// The site folder `gdr` mounts, with a file in it, on every node.
 fn site_folder() {
+    // The cluster first: bringing it up (or switching its flavour) makes new nodes.
+    cluster();
     for node in NODES {
         let r = root_on(
             node,
@@ -218,6 +220,7 @@ fn the_launcher_takes_the_same_profiles_and_ib_devices_is_the_ib_profile() {
 /// Whether the nodes' Docker has CDI turned on (Docker 26 of the 24.11 flavour does;
 /// Docker 20.10 of 22.05 has no CDI).
 fn docker_has_cdi() -> bool {
+    cluster();
     // Docker 20.10's info has no CDISpecDirs field at all: read the whole of it.
     let r = root_on("node1", &["docker", "info", "-f", "{{json .}}"]);
     assert_eq!(r.code, 0, "docker info: {}", r.all());
