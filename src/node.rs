@@ -29,11 +29,8 @@ pub fn gather() -> std::io::Result<NodeFacts> {
 /// name.
 pub fn fabric_facts(site: &SiteConfig) -> FabricFacts {
     let mut facts = FabricFacts::default();
-    for device in site
-        .fabric_profiles()
-        .values()
-        .flat_map(|p| p.devices.iter())
-    {
+    let profiles = site.fabric_profiles();
+    for device in profiles.values().flat_map(|p| p.devices.iter()) {
         let is_device = std::fs::symlink_metadata(device).is_ok_and(|m| {
             use std::os::unix::fs::FileTypeExt;
             m.file_type().is_char_device() || m.is_dir()
@@ -42,11 +39,7 @@ pub fn fabric_facts(site: &SiteConfig) -> FabricFacts {
             facts.present.insert(device.clone());
         }
     }
-    for m in site
-        .fabric_profiles()
-        .values()
-        .flat_map(|p| p.mounts.iter())
-    {
+    for m in profiles.values().flat_map(|p| p.mounts.iter()) {
         let src = crate::plan::fabric::source_of(m);
         if let Err(why) = crate::config::owner_alone(Path::new(src), 0) {
             facts.unsafe_sources.insert(src.to_string(), why);
