@@ -27,9 +27,34 @@ pub enum ArchiveError {
     /// It is not a `docker save` archive of one image.
     #[error("not a docker save archive of one image: {0}")]
     Malformed(String),
+    /// It unpacks to more than the first node's signed size allows.
+    #[error("the archive unpacks to more than {limit} bytes, the most a saved image of {image_size} bytes (the size the first node vouched for) may take: it was changed since it was saved (remove it from the image share and run again)")]
+    OverSize {
+        /// The bound, from [`most_bytes`].
+        limit: u64,
+        /// The image's size as vouched for.
+        image_size: u64,
+    },
     /// Reading or passing it on failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The most bytes a `docker save` archive of an image of `image_size` bytes (unpacked, as
+/// Docker counts it) may take: twice that (tar headers and padding of many small files),
+/// plus 256 MiB. A forged archive that unpacks past it (a decompression bomb) is cut off
+/// while it streams, before Docker has stored more than this.
+pub fn most_bytes(image_size: u64) -> u64 {
+    image_size.saturating_mul(2).saturating_add(256 << 20)
+}
+
+/// What root vouched for: the image's id and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vouched {
+    /// `sha256:HEX`.
+    pub id: String,
+    /// Unpacked, in bytes, as Docker counts it on the first node.
+    pub size: u64,
 }
 
 /// Files up to this size are hashed on the way (an image config is a few KiB; layers are
@@ -39,9 +64,31 @@ const HASHED_UP_TO: u64 = 64 << 20;
 /// The manifest and index are read whole; they are small.
 const SMALL_FILE: u64 = 4 << 20;
 
-/// Passes the archive `input` (a tar stream) on to `out`, checked to hold image
-/// `expected` (`sha256:HEX`) and stripped of every tag.
-pub fn pass_checked(input: impl Read, expected: &str, out: impl Write) -> Result<(), ArchiveError> {
+/// Passes the archive `input` (a tar stream) on to `out`, checked to hold the image
+/// `vouched` for, at most [`most_bytes`] of its size, and stripped of every tag.
+pub fn pass_checked(
+    input: impl Read,
+    vouched: &Vouched,
+    out: impl Write,
+) -> Result<(), ArchiveError> {
+    let limit = most_bytes(vouched.size);
+    let over = std::rc::Rc::new(std::cell::Cell::new(false));
+    let capped = Capped {
+        inner: input,
+        left: limit,
+        over: over.clone(),
+    };
+    pass_capped(capped, &vouched.id, out).map_err(|e| match over.get() {
+        true => ArchiveError::OverSize {
+            limit,
+            image_size: vouched.size,
+        },
+        false => e,
+    })
+}
+
+/// [`pass_checked`]'s work, on a stream that fails past its bound.
+fn pass_capped(input: impl Read, expected: &str, out: impl Write) -> Result<(), ArchiveError> {
     let malformed = |what: String| ArchiveError::Malformed(what);
     let mut archive = tar::Archive::new(input);
     let mut builder = tar::Builder::new(out);
@@ -210,6 +257,26 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A reader that fails once more than `left` bytes passed, and says so in `over` (the tar
+/// reader wraps the error it gets in one of its own).
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    over: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            self.over.set(true);
+            return Err(std::io::Error::other("over the archive's bound"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 /// A reader that hashes what passes through it.
 struct Hashing<'a, R> {
     inner: &'a mut R,
@@ -227,6 +294,52 @@ impl<R: Read> Read for Hashing<'_, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Root's word for image `id` of 1 MiB.
+    fn vouched(id: &str) -> Vouched {
+        Vouched {
+            id: id.to_string(),
+            size: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn an_archive_that_unpacks_past_the_signed_size_is_cut_off_while_it_streams() {
+        let (_, id) = archive(b"{}", &[], 1);
+        let small = Vouched { id, size: 1000 };
+        let limit = most_bytes(small.size);
+        assert_eq!(limit, 2000 + (256 << 20));
+        let mut header = tar::Header::new_gnu();
+        header.set_size(limit);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_path("abc/layer.tar").unwrap();
+        header.set_cksum();
+        let bomb = std::io::Read::chain(&header.as_bytes()[..], std::io::repeat(0).take(limit));
+        let mut passed = Counted(0);
+        let err = pass_checked(bomb, &small, &mut passed).unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::OverSize { limit: l, image_size: 1000 } if l == limit),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("remove it from the image share"),
+            "{err}"
+        );
+        assert!(passed.0 <= limit, "{} bytes passed on", passed.0);
+    }
+
+    /// A sink that counts what it is given.
+    struct Counted(u64);
+
+    impl Write for Counted {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 
     /// A small `docker save`-like archive: a config, a layer, tags everywhere.
     fn archive(config: &[u8], tags: &[&str], images: usize) -> (Vec<u8>, String) {
@@ -267,7 +380,7 @@ mod tests {
     fn a_containerd_store_archive_passes_by_its_manifest_digest_as_an_oci_layout_alone() {
         let (tar_bytes, id) = oci_archive(br#"{"config":{}}"#, None);
         let mut out = Vec::new();
-        pass_checked(&tar_bytes[..], &id, &mut out).unwrap();
+        pass_checked(&tar_bytes[..], &vouched(&id), &mut out).unwrap();
         let got = files(&out);
         assert!(
             !got.contains_key("manifest.json"),
@@ -286,14 +399,14 @@ mod tests {
         let (good, id) = oci_archive(br#"{"config":{}}"#, None);
         // The manifest changed under the vouched name: its digest is another.
         let (changed, other) = oci_archive(br#"{"config":{"evil":1}}"#, Some(&id));
-        let err = pass_checked(&changed[..], &id, Vec::new()).unwrap_err();
+        let err = pass_checked(&changed[..], &vouched(&id), Vec::new()).unwrap_err();
         let found = other.trim_start_matches("sha256:").to_string();
         assert!(
             matches!(&err, ArchiveError::OtherImage { found: f, .. } if *f == found),
             "{err}"
         );
         // Another image altogether.
-        let err = pass_checked(&good[..], &other, Vec::new()).unwrap_err();
+        let err = pass_checked(&good[..], &vouched(&other), Vec::new()).unwrap_err();
         assert!(matches!(err, ArchiveError::OtherImage { .. }), "{err}");
     }
 
@@ -314,7 +427,7 @@ mod tests {
     fn the_vouched_image_passes_without_any_tag() {
         let (tar_bytes, id) = archive(br#"{"rootfs":{}}"#, &["ubuntu:22.04"], 1);
         let mut out = Vec::new();
-        pass_checked(&tar_bytes[..], &id, &mut out).unwrap();
+        pass_checked(&tar_bytes[..], &vouched(&id), &mut out).unwrap();
         let got = files(&out);
         assert!(!got.contains_key("repositories"));
         assert_eq!(got["abc/layer.tar"], vec![7u8; 3000]);
@@ -326,12 +439,12 @@ mod tests {
     #[test]
     fn another_image_or_two_images_or_an_escaping_path_are_refused() {
         let (tar_bytes, _) = archive(br#"{"evil":1}"#, &["ubuntu:22.04"], 1);
-        let (_, vouched) = archive(br#"{"rootfs":{}}"#, &[], 1);
-        let err = pass_checked(&tar_bytes[..], &vouched, Vec::new()).unwrap_err();
+        let (_, wanted) = archive(br#"{"rootfs":{}}"#, &[], 1);
+        let err = pass_checked(&tar_bytes[..], &vouched(&wanted), Vec::new()).unwrap_err();
         assert!(matches!(err, ArchiveError::OtherImage { .. }), "{err}");
-        assert!(err.to_string().contains(&vouched), "{err}");
+        assert!(err.to_string().contains(&wanted), "{err}");
         let (two, id) = archive(b"{}", &[], 2);
-        let err = pass_checked(&two[..], &id, Vec::new()).unwrap_err();
+        let err = pass_checked(&two[..], &vouched(&id), Vec::new()).unwrap_err();
         assert!(err.to_string().contains("2 images, not one"), "{err}");
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
@@ -341,7 +454,8 @@ mod tests {
         h.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../escape");
         h.set_cksum();
         b.append(&h, &b"x"[..]).unwrap();
-        let err = pass_checked(&b.into_inner().unwrap()[..], &id, Vec::new()).unwrap_err();
+        let err =
+            pass_checked(&b.into_inner().unwrap()[..], &vouched(&id), Vec::new()).unwrap_err();
         assert!(err.to_string().contains("leaves the archive"), "{err}");
     }
 }

@@ -32,6 +32,9 @@ pub struct Facts {
     pub users_sources: Vec<PathBuf>,
     /// Identities of Slurm's folders and the batch script, taken where they were checked.
     pub ids: BTreeMap<PathBuf, FileId>,
+    /// The folders Slurm's PMIx folders are in, where a named container may show them
+    /// whole (`policy::spool_shown_to_later_steps`).
+    pub spools: Vec<PathBuf>,
     /// The folder of the mnd tools (this binary's).
     pub tools: Option<PathBuf>,
     /// The node's GPUs and capabilities.
@@ -57,7 +60,8 @@ pub fn gather(req: &Request, site: &SiteConfig) -> Result<Facts, HelperError> {
         .values()
         .filter_map(|r| r.as_ref().ok().map(|l| (l.real.clone(), l.id)))
         .collect();
-    let slurm_dirs = slurm_dirs(req, &mut ids)?;
+    let mut spools = Vec::new();
+    let slurm_dirs = slurm_dirs(req, &mut ids, &mut spools)?;
     if let Some(script) = &req.batch_script {
         ids.insert(script.clone(), batch_script(req, script)?);
     }
@@ -79,6 +83,7 @@ pub fn gather(req: &Request, site: &SiteConfig) -> Result<Facts, HelperError> {
         looked,
         users_sources,
         ids,
+        spools,
         tools,
         node,
     })
@@ -177,10 +182,12 @@ fn batch_script(req: &Request, script: &Path) -> Result<FileId, HelperError> {
 
 /// Slurm's PMIx folders of the step, each checked (`policy::check_slurm_dir`) after opening
 /// it with no symbolic link in its path; a folder that does not exist is left out (the step
-/// does not use it), anything else that fails the rule fails the step.
+/// does not use it), anything else that fails the rule fails the step. The folders they are
+/// in go to `spools` when a named container may show them.
 fn slurm_dirs(
     req: &Request,
     ids: &mut BTreeMap<PathBuf, FileId>,
+    spools: &mut Vec<PathBuf>,
 ) -> Result<Vec<PathBuf>, HelperError> {
     let mut out = Vec::new();
     for dir in &req.slurm_dirs {
@@ -200,7 +207,7 @@ fn slurm_dirs(
             .into()),
         };
         let parent = dir.parent().unwrap_or(Path::new("/"));
-        let (_, pst) = stat_no_links(parent).map_err(|e| HelperError::Resolve {
+        let (pid, pst) = stat_no_links(parent).map_err(|e| HelperError::Resolve {
             uid: req.uid,
             reason: format!("{}: {e}", parent.display()),
         })?;
@@ -214,6 +221,10 @@ fn slurm_dirs(
                 parent_mode: pst.st_mode,
             },
         )?;
+        if crate::plan::policy::spool_shown_to_later_steps(pst.st_uid, pst.st_mode) {
+            ids.insert(parent.to_path_buf(), pid);
+            spools.push(parent.to_path_buf());
+        }
         ids.insert(dir.clone(), id);
         out.push(dir);
     }

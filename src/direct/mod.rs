@@ -190,6 +190,7 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         user,
         facts: &facts.node,
         tools: facts.tools.as_deref(),
+        spools: &facts.spools,
         resolve: &resolve,
     })?;
     for look in facts.users_source_looks() {

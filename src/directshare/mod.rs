@@ -17,6 +17,7 @@
 
 use crate::asuser::Watched;
 use crate::docker::{DockerError, Engine, ImageFacts, Origin};
+use crate::imagearchive::Vouched;
 use crate::munge::{self, MungeError};
 use crate::spank::Request;
 use std::io::{BufRead, Read, Write};
@@ -91,11 +92,12 @@ impl StepShare {
         })
     }
 
-    /// What root on the first node vouches for.
-    fn word(&self, image: &str, id: &str) -> String {
+    /// What root on the first node vouches for: the image's id and size (which bounds its
+    /// archive while it streams in, see [`crate::imagearchive::most_bytes`]).
+    fn word(&self, image: &str, vouched: &Vouched) -> String {
         format!(
-            "mnd-image-share/1 job={} step={} uid={} image={image} id={id}",
-            self.job, self.step, self.uid
+            "mnd-image-share/2 job={} step={} uid={} image={image} id={} size={}",
+            self.job, self.step, self.uid, vouched.id, vouched.size
         )
     }
 
@@ -200,9 +202,10 @@ async fn offer(
     share: &StepShare,
     engine: &Engine,
     image: &str,
-    id: &str,
+    vouched: &Vouched,
 ) -> Result<(), ShareError> {
-    let credential = munge::encode(&share.word(image, id), WORD_TTL_SECS).await?;
+    let credential = munge::encode(&share.word(image, vouched), WORD_TTL_SECS).await?;
+    let id = vouched.id.as_str();
     // One process as the user leaves the word, then saves the image unless it is saved.
     let mut saver = share.spawn_as_user(&["save", id, "--word", &share.word_file()])?;
     let mut input = saver.stdin.take().map(|stdin| watched(stdin, &saver));
@@ -233,7 +236,11 @@ impl Offering {
         if facts.origin == Origin::Registry {
             return None;
         }
-        let (share, image, id) = (share.clone(), image.to_string(), facts.id.clone());
+        let (share, image) = (share.clone(), image.to_string());
+        let vouched = Vouched {
+            id: facts.id.clone(),
+            size: facts.size,
+        };
         let ask_registry = facts.origin == Origin::Unknown;
         Some(Offering(std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -247,12 +254,13 @@ impl Offering {
                         .registry_digest(&image, REGISTRY_ASK)
                         .await
                         .as_deref()
-                        == Some(id.as_str())
+                        == Some(vouched.id.as_str())
                 {
+                    let id = &vouched.id;
                     log::info!("{image} is in its registry as {id}: the other nodes pull it");
                     return Ok(());
                 }
-                offer(&share, &engine, &image, &id).await
+                offer(&share, &engine, &image, &vouched).await
             })
         })))
     }
@@ -288,18 +296,18 @@ pub async fn fetch(
     image: &str,
 ) -> Result<ImageFacts, ShareError> {
     let wait = WAIT.as_secs().to_string();
-    let id = vouched_word(share, image).await?;
+    let vouched = vouched_word(share, image).await?;
+    let id = vouched.id.clone();
     if let Ok(facts) = by_id(engine, &id).await {
         return Ok(facts);
     }
     let mut reader = share.spawn_as_user(&["get-archive", &id, "--wait", &wait])?;
     drop(reader.stdin.take());
     let stdout = reader.stdout.take().map(|out| watched(out, &reader));
-    let expected = id.clone();
     let loaded = engine
         .load_written(move |out| {
             let stdout = stdout.ok_or_else(|| std::io::Error::other("no archive"))?;
-            crate::imagearchive::pass_checked(crate::imagecache::unpacked(stdout)?, &expected, out)
+            crate::imagearchive::pass_checked(crate::imagecache::unpacked(stdout)?, &vouched, out)
                 .map_err(|e| std::io::Error::other(e.to_string()))
         })
         .await;
@@ -314,10 +322,10 @@ pub async fn fetch(
     })
 }
 
-/// The image id the first node vouched for, for this step. A word left by an earlier step
+/// The image the first node vouched for, for this step. A word left by an earlier step
 /// of the same number (job ids start again when Slurm's state is reset) is expired,
 /// replayed or about something else: the next word is awaited, until [`WAIT`] passes.
-async fn vouched_word(share: &StepShare, image: &str) -> Result<String, ShareError> {
+async fn vouched_word(share: &StepShare, image: &str) -> Result<Vouched, ShareError> {
     let by = std::time::Instant::now() + WAIT;
     let mut stale: Option<(String, ShareError)> = None;
     loop {
@@ -373,30 +381,36 @@ async fn by_id(engine: &Engine, id: &str) -> Result<ImageFacts, DockerError> {
     })
 }
 
-/// The id in a decoded word, when root wrote it for this very step, user and image.
+/// The image in a decoded word, when root wrote it for this very step, user and image.
 fn vouched_id(
     share: &StepShare,
     image: &str,
     uid: u32,
     payload: &str,
-) -> Result<String, ShareError> {
+) -> Result<Vouched, ShareError> {
     if uid != 0 {
         return Err(ShareError::NotVouched(format!(
             "encoded by uid {uid}, not root"
         )));
     }
-    let id = payload
+    let (rest, size) = payload
+        .trim()
+        .rsplit_once(" size=")
+        .and_then(|(rest, size)| Some((rest, size.parse().ok()?)))
+        .ok_or_else(|| ShareError::NotVouched("no image size".into()))?;
+    let id = rest
         .rsplit_once(" id=")
-        .map(|(_, id)| id.trim().to_string())
+        .map(|(_, id)| id.to_string())
         .filter(|id| id.starts_with("sha256:") && id.len() == 71)
         .ok_or_else(|| ShareError::NotVouched("no image id".into()))?;
-    if payload.trim() != share.word(image, &id) {
+    let vouched = Vouched { id, size };
+    if payload.trim() != share.word(image, &vouched) {
         return Err(ShareError::NotVouched(format!(
             "it is for another job, step, user or image: {:?}",
             payload.trim()
         )));
     }
-    Ok(id)
+    Ok(vouched)
 }
 
 #[cfg(test)]
@@ -428,8 +442,9 @@ mod tests {
         assert!(!s.is_first && s.first_node == "node1");
         assert_eq!(s.dir, Path::new("/home/dave/.mnd/images"));
         let id = format!("sha256:{}", "a".repeat(64));
-        let word = s.word("img:1", &id);
-        assert_eq!(vouched_id(&s, "img:1", 0, &word).unwrap(), id);
+        let vouched = Vouched { id, size: 123 };
+        let word = s.word("img:1", &vouched);
+        assert_eq!(vouched_id(&s, "img:1", 0, &word).unwrap(), vouched);
         let err = vouched_id(&s, "img:1", 1001, &word).unwrap_err();
         assert!(err.to_string().contains("uid 1001, not root"), "{err}");
         for other in [
@@ -443,6 +458,11 @@ mod tests {
             );
         }
         assert!(vouched_id(&s, "other:1", 0, &word).is_err());
-        assert!(vouched_id(&s, "img:1", 0, &word.replace(&id, "sha256:short")).is_err());
+        let id = &vouched.id;
+        assert!(vouched_id(&s, "img:1", 0, &word.replace(id, "sha256:short")).is_err());
+        assert!(vouched_id(&s, "img:1", 0, &word.replace(" size=123", "")).is_err());
+        // A word of the first version (no size) is not taken.
+        let old = word.replace("/2 ", "/1 ");
+        assert!(vouched_id(&s, "img:1", 0, &old).is_err());
     }
 }

@@ -30,6 +30,8 @@ pub struct Inputs<'a> {
     pub facts: &'a NodeFacts,
     /// The folder of the mnd tools.
     pub tools: Option<&'a Path>,
+    /// Folders of Slurm's PMIx folders that a named container may show whole.
+    pub spools: &'a [PathBuf],
     /// Resolves a path as the user.
     pub resolve: &'a dyn Fn(&Path) -> std::io::Result<PathBuf>,
 }
@@ -175,6 +177,7 @@ fn step_mounts(i: &Inputs, opts: &Checked) -> Result<Vec<Mount>, PlanError> {
         site,
         user,
         tools,
+        spools,
         resolve,
         ..
     } = *i;
@@ -195,8 +198,13 @@ fn step_mounts(i: &Inputs, opts: &Checked) -> Result<Vec<Mount>, PlanError> {
         mounts.push(checked(MountOrigin::Workdir, Mount::same(&req.cwd, false))?);
     }
     for dir in &req.slurm_dirs {
-        let dir = policy::lexical_clean(dir);
+        let dir = shown_slurm_dir(&policy::lexical_clean(dir), opts.name.is_some(), spools);
         policy::check_mount_target(&dir)?;
+        if spools.contains(&dir) {
+            for m in &mounts {
+                policy::check_not_in_spool(&m.target, &dir)?;
+            }
+        }
         if !mounts::covered(&dir, &mounts) {
             mounts.push(Mount::same(&dir, false));
         }
@@ -225,6 +233,18 @@ fn step_mounts(i: &Inputs, opts: &Checked) -> Result<Vec<Mount>, PlanError> {
         }
     }
     Ok(mounts)
+}
+
+/// What shows Slurm's PMIx folder `dir` in the container: the folder itself, or for a named
+/// container (whose later steps' PMIx folders are made beside it after the container) the
+/// spool it is in, when that may be shown whole. Without it, a later step's tasks would miss
+/// their server's shared-memory store (Open MPI's rank 0 then crashed in `MPI_Init`).
+fn shown_slurm_dir(dir: &Path, named: bool, spools: &[PathBuf]) -> PathBuf {
+    spools
+        .iter()
+        .find(|spool| named && dir.parent() == Some(spool.as_path()))
+        .cloned()
+        .unwrap_or_else(|| dir.to_path_buf())
 }
 
 /// `--mnd-mounts` binds with each relative source made absolute from the step's working

@@ -389,6 +389,31 @@ pub fn check_slurm_dir(dir: &Path, uid: u32, f: &SlurmDirFacts) -> Result<(), Pl
     }
 }
 
+/// Built-in rule for showing Slurm's spool (the folder a step's PMIx folder is in) to a
+/// named container, whose later steps' PMIx folders appear there after it was made (a
+/// bind shows new entries of its folder, not new mounts): only a folder of root's that
+/// nobody else may write, so what it shows is what the tasks would see without a
+/// container, and nobody but root can add to it.
+pub fn spool_shown_to_later_steps(parent_owner: u32, parent_mode: u32) -> bool {
+    parent_owner == 0 && parent_mode & 0o022 == 0
+}
+
+/// Built-in rule: no other mount inside Slurm's spool shown to a named container (runc
+/// would make its mount point there, as root, in root's folder).
+pub fn check_not_in_spool(target: &Path, spool: &Path) -> Result<(), PlanError> {
+    match target != spool && target.starts_with(spool) {
+        true => Err(refused(
+            format!("mount target {}", target.display()),
+            format!(
+                "it is inside Slurm's spool {}, which a named container shows whole (for its later steps' PMIx folders)",
+                spool.display()
+            ),
+            "mount it somewhere else",
+        )),
+        false => Ok(()),
+    }
+}
+
 /// Built-in rule for the batch step's script (`sbatch --mnd-image`), which the plugin names
 /// from Slurm: a file of root's or the job user's, in a folder of root's or the job user's
 /// that nobody else can write, reached with no symbolic link. `f.is_dir` is whether the

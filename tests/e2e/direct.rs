@@ -77,15 +77,16 @@ fn mpi4py_allreduce_runs_on_sruns_pmix_across_three_nodes() {
     assert_nothing_left(&job);
 }
 
-/// A job's later steps on a `--mnd-name` container run over srun's PMIx too. That step's
-/// PMIx folder was made after the container, so its tasks do not see the server's
-/// shared-memory store and take the data over PMIx's socket instead (`PMIX_MCA_gds=hash`
-/// says so at once, with no "PMIX ERROR" line about the store's lock).
+/// A job's later steps on a `--mnd-name` container run over srun's PMIx too, with PMIx's
+/// default shared-memory store. A later step's PMIx folder is made after the container;
+/// the container shows Slurm's spool it is in (root's), so the tasks find their server's
+/// store there. Before, only the first step's folder was shown: rank 0 crashed in
+/// `MPI_Init` (the store's file gone) unless the user set `PMIX_MCA_gds=hash`.
 #[test]
 fn later_pmix_steps_on_a_named_container_run_too() {
     let _g = shared();
     let step = format!(
-        "PMIX_MCA_gds=hash srun -N3 --ntasks-per-node=2 --mpi=pmix --mnd-image={IMAGE} --mnd-name=pmixwarm python3 -c \
+        "srun -N3 --ntasks-per-node=2 --mpi=pmix --mnd-image={IMAGE} --mnd-name=pmixwarm python3 -c \
          'from mpi4py import MPI; c = MPI.COMM_WORLD; print(\"sum\", c.allreduce(c.rank + 1), \"size\", c.size)'"
     );
     let (r, job) = dave_job(3, &format!("{step} && {step}"));

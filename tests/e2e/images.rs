@@ -480,6 +480,96 @@ fn direct_mode_runs_an_image_only_node1_has_on_three_nodes_by_id_and_refuses_a_t
     root_on("node1", &["rm", "-f", &archive]);
 }
 
+/// A zstd archive in the share as `archive`, owned by `owner`, that unpacks to a tar
+/// stream of one `abc/layer.tar` of `bytes` zeros: a decompression bomb of a few KiB.
+fn plant_bomb(node: &str, archive: &str, bytes: u64, owner: &str) {
+    let on_host = format!(
+        "{SHARED}{}",
+        archive.strip_prefix("/shared").expect("under /shared")
+    );
+    let file = std::fs::File::create(format!("{on_host}.new")).expect("create the bomb");
+    let mut packed = zstd::Encoder::new(file, 3).expect("zstd");
+    let mut header = tar::Header::new_gnu();
+    header.set_size(bytes);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_path("abc/layer.tar").expect("path");
+    header.set_cksum();
+    std::io::Write::write_all(&mut packed, header.as_bytes()).expect("write");
+    std::io::copy(
+        &mut std::io::Read::take(std::io::repeat(0), bytes),
+        &mut packed,
+    )
+    .expect("write");
+    packed.finish().expect("finish");
+    let placed = root_on(
+        node,
+        &[
+            "sh",
+            "-c",
+            &format!("chown {owner}: {archive}.new && mv {archive}.new {archive}"),
+        ],
+    );
+    assert_eq!(placed.code, 0, "{}", placed.all());
+}
+
+/// S5: dave plants, under the name of his node1-only image's archive, a few KiB that unpack
+/// past what an image of its size can take (twice its size plus 256 MiB, the bound the
+/// first node signs into its word). node2 and node3 cut it off while it streams into root's
+/// Docker, naming the bound, and load nothing; before, the whole stream went into Docker and
+/// only a check at its end refused it.
+#[test]
+fn a_share_archive_that_unpacks_past_its_signed_size_is_cut_off_while_it_streams() {
+    let _g = shared();
+    let pid = std::process::id();
+    let tag = format!("mnd-vc-job:bomb-{pid}");
+    let id = image_only_on("node1", &tag, &format!("bomb-{pid}"));
+    let size: u64 = root_on(
+        "node1",
+        &["docker", "image", "inspect", "-f", "{{.Size}}", &id],
+    )
+    .stdout
+    .trim()
+    .parse()
+    .expect("the image's size");
+    let limit = size * 2 + (256 << 20);
+    let archive = format!(
+        "/shared/home/dave/.mnd/images/{}.tar.zst",
+        id.replace(':', "-")
+    );
+    root_on("node1", &["mkdir", "-p", "/shared/home/dave/.mnd/images"]);
+    root_on(
+        "node1",
+        &["chown", "dave:", "/shared/home/dave/.mnd/images"],
+    );
+    plant_bomb("node1", &archive, limit + (64 << 20), "dave");
+    // Positive control: the bomb is in place and unpacks past the bound.
+    let planted = std::fs::metadata(format!(
+        "{SHARED}{}",
+        archive.strip_prefix("/shared").unwrap()
+    ))
+    .expect("the planted archive");
+    assert!(planted.len() < (1 << 20), "{} bytes packed", planted.len());
+    let (r, job) = dave_job(3, &format!("srun -N3 -n3 --mnd-image={tag} true"));
+    assert_ne!(r.code, 0, "{}", r.all());
+    for node in ["node2", "node3"] {
+        assert!(
+            r.stderr.contains(node) && r.stderr.contains(&format!(
+                "the archive unpacks to more than {limit} bytes, the most a saved image of {size} bytes"
+            )),
+            "{node}: {}",
+            r.all()
+        );
+        assert_ne!(
+            root_on(node, &["docker", "image", "inspect", &id]).code,
+            0,
+            "{node} loaded {id} from the bomb"
+        );
+    }
+    assert_nothing_left(&job);
+    untag(&tag, &["node1"]);
+    root_on("node1", &["rm", "-f", &archive]);
+}
+
 #[test]
 fn a_slow_pull_in_direct_mode_shows_its_progress_on_the_users_terminal() {
     let _g = shared();

@@ -57,6 +57,7 @@ fn planned_for(
         user: &test_user(),
         facts,
         tools: Some(Path::new(tools)),
+        spools: &[PathBuf::from("/var/spool/slurmd")],
         resolve: &resolve,
     })
 }
@@ -717,4 +718,49 @@ fn a_reused_container_is_joined_in_the_namespaces_it_was_made_with() {
     // A label naming anything else is ignored.
     let forged = BTreeMap::from([(labels::UNSHARE.to_string(), "pid,mnt,ipc".to_string())]);
     assert_eq!(made_with_namespaces(&forged), ["ipc"]);
+}
+
+#[test]
+fn a_named_container_shows_slurms_spool_whole_for_its_later_steps_pmix_folders() {
+    let named = Options {
+        name: Some("warm".into()),
+        ..image("img")
+    };
+    let targets = |spec: &ContainerSpec| -> Vec<PathBuf> {
+        spec.mounts.iter().map(|m| m.target.clone()).collect()
+    };
+    let (spec, _) = planned(named.clone(), &SiteConfig::default()).unwrap();
+    let spool = PathBuf::from("/var/spool/slurmd");
+    assert!(targets(&spec).contains(&spool), "{:?}", targets(&spec));
+    assert!(!targets(&spec).contains(&spool.join("pmix.42.3")));
+    // A step's own container shows its step's folder alone.
+    let (spec, _) = planned(image("img"), &SiteConfig::default()).unwrap();
+    assert!(!targets(&spec).contains(&spool));
+    // Where the spool may not be shown whole (not root's alone), the step's folder is.
+    let (spec, _) = plan(&Inputs {
+        req: &request(named.clone()),
+        site: &SiteConfig::default(),
+        user: &test_user(),
+        facts: &NodeFacts::default(),
+        tools: None,
+        spools: &[],
+        resolve: &resolve,
+    })
+    .unwrap();
+    assert!(targets(&spec).contains(&spool.join("pmix.42.3")));
+    // Nothing of the user's is mounted inside it (runc would make the mount point, as root).
+    let inside = Options {
+        mounts: Some("/shared/home/alice/proj:/var/spool/slurmd/mine".into()),
+        ..named
+    };
+    let err = planned(inside, &SiteConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/var/spool/slurmd/mine") && err.contains("inside Slurm's spool"),
+        "{err}"
+    );
+    assert!(policy::spool_shown_to_later_steps(0, 0o40755));
+    assert!(!policy::spool_shown_to_later_steps(0, 0o41777));
+    assert!(!policy::spool_shown_to_later_steps(1001, 0o40700));
 }
