@@ -226,13 +226,26 @@ fn age(secs: i64) -> String {
     }
 }
 
-/// Removes every matching container (all at once); returns the names removed.
+/// A job's end keeps its global `--mnd-name` containers (`container_scope=global`): they
+/// are the user's across jobs, stopped, not removed. Any other cleanup removes them.
+fn kept_at_job_end(sel: &Selection, c: &Listed) -> bool {
+    sel.job.is_some() && c.labels.get(labels::SCOPE).map(String::as_str) == Some("global")
+}
+
+/// Removes every matching container (all at once; a job's global ones are stopped and
+/// kept); returns the names removed or stopped.
 pub async fn remove(engine: &Engine, sel: &Selection) -> Result<Vec<String>, CleanupError> {
     let victims = list(engine, sel).await?;
     let removals = victims
         .iter()
         // By the id that was listed: a new container may take a listed name meanwhile.
-        .map(|c| async move { (c.name.clone(), engine.remove(&c.id).await) });
+        .map(|c| async move {
+            let done = match kept_at_job_end(sel, c) {
+                true => engine.stop(&c.id).await,
+                false => engine.remove(&c.id).await,
+            };
+            (c.name.clone(), done)
+        });
     let mut removed = Vec::new();
     let mut failed = Vec::new();
     for (name, r) in futures_util::future::join_all(removals).await {

@@ -1130,8 +1130,9 @@ impl Engine {
         self.commit_with(container, Some(image), config).await
     }
 
-    /// `commit` with the entrypoint, command, user and working directory of the image
-    /// `base` (the container's own are mnd's: mnd's init or idle program, as the job's user). Without
+    /// `commit` with the entrypoint, command, user, working directory and variables of the
+    /// image `base` (the container's own are mnd's: mnd's init or idle program, as the job's
+    /// user, with the job's variables). Without
     /// a name `image`, the new image is known by its id alone.
     pub async fn commit_as(
         &self,
@@ -1158,6 +1159,7 @@ impl Engine {
                     .filter(|w| !w.is_empty())
                     .unwrap_or_else(|| "/".into()),
             ),
+            env: Some(base.env.unwrap_or_default()),
             ..Default::default()
         };
         self.commit_with(container, image, config).await
@@ -1180,6 +1182,19 @@ impl Engine {
             .await?
             .map_err(api(format!("commit of {container}")))?;
         Ok(made.id)
+    }
+
+    /// Kills a container's processes and keeps it (its file system stays); one already
+    /// stopped or gone is fine.
+    pub async fn stop(&self, id: &str) -> Result<(), DockerError> {
+        let opts = bollard::query_parameters::KillContainerOptionsBuilder::default()
+            .signal("KILL")
+            .build();
+        match within("kill", self.docker.kill_container(id, Some(opts))).await? {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, &[404, 409]) => Ok(()),
+            Err(e) => Err(api(format!("kill of {id}"))(e)),
+        }
     }
 
     /// Kills and removes a container (by name or id) with its anonymous volumes (an image's

@@ -84,6 +84,10 @@ pub struct Request {
     /// its own path so the batch script runs in the container.
     #[serde(default)]
     pub batch_script: Option<PathBuf>,
+    /// The site's `container_scope=global` (plugstack.conf): a `--mnd-name` container is the
+    /// user's on this node across jobs, not the job's.
+    #[serde(default)]
+    pub global_scope: bool,
 }
 
 /// What the root helper answers.
@@ -144,26 +148,31 @@ pub const IMAGE_VAR: &str = "MND_DIRECT_IMAGE";
 pub const NAMED_STEP: &str = "named";
 
 impl Request {
-    /// The container's name on this node: per step, or per job and `--mnd-name`. User
+    /// The container's name on this node: per step, per job and `--mnd-name`, or (global
+    /// scope) per user and `--mnd-name`. User
     /// and container names may hold `-`, so the readable part alone could name two
     /// different containers (user `ml`, job 5, name `7.0` against user `ml-5`, job 7, step
     /// 0): a digest of the exact uid, job, step or name and node ends every name.
     pub fn container_name(&self, user: &str, name: Option<&str>) -> String {
         use sha2::{Digest, Sha256};
-        let (readable, which) = match name {
+        let (readable, which, job) = match name {
+            Some(n) if self.global_scope => (
+                format!("mnd-{user}-{n}-{}", self.node),
+                format!("global\0{n}"),
+                String::new(),
+            ),
             Some(n) => (
                 format!("mnd-{user}-{}-{n}-{}", self.job, self.node),
                 format!("name\0{n}"),
+                self.job.to_string(),
             ),
             None => (
                 format!("mnd-{user}-{}.{}-{}", self.job, self.step, self.node),
                 format!("step\0{}", self.step),
+                self.job.to_string(),
             ),
         };
-        let digest = Sha256::digest(format!(
-            "{}\0{}\0{which}\0{}",
-            self.uid, self.job, self.node
-        ));
+        let digest = Sha256::digest(format!("{}\0{job}\0{which}\0{}", self.uid, self.node));
         let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
         sanitize_name(&format!("{readable}-{short}"))
     }

@@ -153,6 +153,9 @@ pub mod labels {
     /// A direct-mode container's own namespaces (`--mnd-unshare` when it was made: `ipc,uts`),
     /// which every later step on it joins.
     pub const UNSHARE: &str = "mnd.unshare";
+    /// A direct-mode `--mnd-name` container's scope: `global` (the user's on this node
+    /// across jobs; the Epilog stops it and keeps it) or `job`.
+    pub const SCOPE: &str = "mnd.scope";
     /// The launcher's process id.
     pub const LAUNCHER_PID: &str = "mnd.launcher-pid";
     /// The prefix no user label may take.

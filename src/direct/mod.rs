@@ -11,8 +11,8 @@ use crate::identity::{Identity, IdentityError};
 use crate::pathid::{stat_no_links, FileId};
 pub use crate::phases::Phases;
 use crate::plan::direct::{
-    declared_targets, for_image, made_with_namespaces, plan, step_gpus, task_defaults, task_env,
-    Inputs,
+    declared_targets, for_image, made_with_namespaces, plan, renew_global, step_gpus,
+    task_defaults, task_env, Inputs,
 };
 use crate::plan::fabric::{self, FabricFacts};
 use crate::plan::options::NameMode;
@@ -135,6 +135,7 @@ pub fn site_config(named: Option<&Path>) -> Result<SiteConfig, ConfigError> {
 }
 
 /// The container decided for a request, and what the reply needs besides.
+#[derive(Clone)]
 pub struct Prepared {
     /// The container.
     pub spec: ContainerSpec,
@@ -228,12 +229,7 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         .image_share
         .then(|| StepShare::of(req, &user.home))
         .flatten();
-    let owner = spec
-        .labels
-        .iter()
-        .filter(|(k, _)| OWNER_LABELS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let owner = crate::plan::direct::owner_labels(&spec.labels);
     Ok(Prepared {
         gpus: step_gpus(req.step_gpus.as_deref())?,
         spec,
@@ -256,16 +252,6 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         share,
     })
 }
-
-/// Labels that say whose container it is: a container found by name is reused or removed
-/// only when all of them match (a name alone proves nothing).
-const OWNER_LABELS: [&str; 5] = [
-    labels::UID,
-    labels::JOB,
-    labels::STEP,
-    labels::ROLE,
-    labels::NAME,
-];
 
 /// The interface the step's nodes reach each other on, from this node.
 fn step_network(req: &Request) -> Option<JobNet> {
@@ -348,7 +334,13 @@ async fn up_with(
         }
         fits?;
     }
+    let job = p.spec.labels.get(labels::JOB).and_then(|j| j.parse().ok());
     match (found, image) {
+        (Some(found), _)
+            if p.reuse && renew_global(&found.labels, found.pid.is_some(), job.unwrap_or(0)) =>
+        {
+            renew(engine, p, phases, &found).await
+        }
         (Some(found), image) if p.reuse && found.pid.is_some() => {
             let pid = found.pid.unwrap_or_default();
             let image = match image {
@@ -379,6 +371,58 @@ async fn up_with(
         }
         (None, Some(image)) => start_new(engine, p, &image, phases).await,
     }
+}
+
+/// A global `--mnd-name` container of an earlier job (stopped by its Epilog) goes on in a
+/// new one made for this step: its file system saved as an unnamed image (its base's
+/// entrypoint, user and variables), the old container removed, the new one made from that
+/// image by id with this step's mounts, devices and Slurm folders. Its previous saved
+/// image goes once nothing uses it. Whatever image the step names, the container's own
+/// files are kept (as pyxis does with an existing named container).
+async fn renew(
+    engine: &Engine,
+    p: &Prepared,
+    phases: &mut Phases,
+    found: &crate::docker::Found,
+) -> Result<Reply, HelperError> {
+    let saved = engine.commit_as(&found.id, None, &found.image).await?;
+    phases.mark("renew-commit");
+    let image = engine
+        .ensure_image(
+            &saved,
+            crate::cli::Pull::Never,
+            &saved,
+            PULL_STALL,
+            &silent(),
+        )
+        .await?;
+    let image = ImageFacts {
+        by_id_only: true,
+        pulled: false,
+        ..image
+    };
+    engine.remove(&found.id).await?;
+    rootfiles::remove(&p.spec.name);
+    let mut spec = p.spec.clone();
+    if let Some(named) = found.labels.get(labels::IMAGE) {
+        spec.labels.insert(labels::IMAGE.into(), named.clone());
+    }
+    let renewed = Prepared { spec, ..p.clone() };
+    let reply = start_new(engine, &renewed, &image, phases).await?;
+    // The image the old container ran, when it was an earlier save of this container's
+    // (no name): nothing needs it now.
+    if found.image != saved && unnamed(engine, &found.image).await {
+        let _ = engine.remove_unused_image(&found.image).await;
+    }
+    Ok(reply)
+}
+
+/// Docker knows image `id` by no name (a save of a global container's).
+async fn unnamed(engine: &Engine, id: &str) -> bool {
+    let facts = engine
+        .ensure_image(id, crate::cli::Pull::Never, id, PULL_STALL, &silent())
+        .await;
+    matches!(facts, Ok(f) if f.names.is_empty())
 }
 
 /// The image for the step on this node: here already or pulled, else (a node of a

@@ -432,6 +432,7 @@ mod tests {
             step_gpus: None,
             step_cuda_devices: None,
             batch_script: None,
+            global_scope: false,
         };
         StepShare::of(&req, Path::new("/home/dave")).unwrap()
     }

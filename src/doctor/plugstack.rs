@@ -386,10 +386,14 @@ pub fn mnd_args(words: &[String]) -> (MndArgs, Vec<String>) {
                 refused.push(format!("'{w}' needs 1 or 0"));
                 continue;
             }
-            ("container_scope", "job") | ("execute_entrypoint", "0") => continue,
-            ("container_scope" | "execute_entrypoint", _) => {
+            ("container_scope", "job" | "global") | ("execute_entrypoint", "0") => continue,
+            ("container_scope", _) => {
+                refused.push(format!("'{w}' needs job or global"));
+                continue;
+            }
+            ("execute_entrypoint", _) => {
                 refused.push(format!(
-                    "'{w}' cannot be honoured (containers are per job and no entrypoint runs: container_scope=job, execute_entrypoint=0 or nothing)"
+                    "'{w}' cannot be honoured (no entrypoint runs: execute_entrypoint=0 or nothing)"
                 ));
                 continue;
             }
@@ -407,7 +411,7 @@ pub fn mnd_args(words: &[String]) -> (MndArgs, Vec<String>) {
             "config" => args.config = Some(path),
             "runtime_dir" => args.runtime_dir = Some(path),
             _ => refused.push(format!(
-                "unknown argument '{w}' (known: helper=, config=, runtime_dir=, sbatch_support=, mount_home=, container_scope=job, execute_entrypoint=0)"
+                "unknown argument '{w}' (known: helper=, config=, runtime_dir=, sbatch_support=, mount_home=, container_scope=, execute_entrypoint=0)"
             )),
         }
     }
@@ -594,7 +598,7 @@ pub(crate) mod tests {
             "helper=mnd",
             "colour=/x",
             "mount_home=maybe",
-            "container_scope=global",
+            "container_scope=node",
         ]));
         assert_eq!(refused.len(), 4, "{refused:?}");
         assert!(refused[0].contains("absolute") && refused[1].contains("unknown"));

@@ -150,7 +150,42 @@ fn step_labels(req: &Request, user: &Identity, name: Option<&str>) -> BTreeMap<S
         labels::NAME.to_string(),
         name.unwrap_or_default().to_string(),
     );
+    let scope = match name.is_some() && req.global_scope {
+        true => "global",
+        false => "job",
+    };
+    out.insert(labels::SCOPE.to_string(), scope.to_string());
     out
+}
+
+/// Labels that say whose container it is: a container found by name is reused or removed
+/// only when all of them match (a name alone proves nothing). A global one is the user's
+/// across jobs: its job is only the one that made it.
+pub fn owner_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let global = labels.get(labels::SCOPE).map(String::as_str) == Some("global");
+    labels
+        .iter()
+        .filter(|(k, _)| {
+            [
+                labels::UID,
+                labels::STEP,
+                labels::ROLE,
+                labels::NAME,
+                labels::SCOPE,
+            ]
+            .contains(&k.as_str())
+                || (k.as_str() == labels::JOB && !global)
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// A found global container made by another job than `job`, or no longer running: a step
+/// goes on from its file system in a new container (this step's mounts, devices and
+/// Slurm folders), never joins it as it is.
+pub fn renew_global(found: &BTreeMap<String, String>, running: bool, job: u32) -> bool {
+    found.get(labels::SCOPE).map(String::as_str) == Some("global")
+        && (!running || found.get(labels::JOB) != Some(&job.to_string()))
 }
 
 /// The namespaces of its own a found container was made with (`--mnd-unshare` of the step

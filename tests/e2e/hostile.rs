@@ -181,6 +181,7 @@ fn a_container_under_the_steps_name_that_is_not_its_own_is_neither_used_nor_remo
         step_gpus: None,
         step_cuda_devices: None,
         batch_script: None,
+        global_scope: false,
     };
     let name = request.container_name("dave", None);
     // Someone else's container (bob's labels) under exactly that name.

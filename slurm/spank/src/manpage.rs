@@ -72,10 +72,10 @@ const PLUGSTACK: [PlugstackArg; 7] = [
     },
     PlugstackArg {
         key: "container_scope",
-        value: "job",
-        fixed: true,
-        default: None,
-        help: "pyxis's setting, accepted as it is here: containers are per job. Any other value is refused.",
+        value: "job|global",
+        fixed: false,
+        default: Some(|a| if a.global_scope { "global" } else { "job" }.into()),
+        help: "pyxis's setting. global: a --mnd-name container outlives its job, for its user on that node: the Epilog stops it and keeps it, and a later job's step goes on from its file system in a new container with that step's mounts and devices. job (the default here, unlike pyxis, until users can list and remove their containers without Docker): the Epilog removes it.",
     },
     PlugstackArg {
         key: "execute_entrypoint",
@@ -376,6 +376,7 @@ mod tests {
             let sample = match a.value {
                 "FILE" | "DIR" => "/x",
                 "1|0" => "0",
+                "job|global" => "global",
                 fixed => fixed,
             };
             let word = format!("{}={sample}", a.key);

@@ -19,6 +19,10 @@ pub struct PluginArgs {
     pub sbatch_support: bool,
     /// `mount_home=`: the site's default for `--[no-]mnd-mount-home` (default on).
     pub mount_home: bool,
+    /// `container_scope=global`: a `--mnd-name` container outlives its job, for its user on
+    /// that node (pyxis's setting; default `job` here until users can list and remove
+    /// theirs without Docker).
+    pub global_scope: bool,
 }
 
 impl Default for PluginArgs {
@@ -29,6 +33,7 @@ impl Default for PluginArgs {
             runtime_dir: "/run/mnd-spank".into(),
             sbatch_support: true,
             mount_home: true,
+            global_scope: false,
         }
     }
 }
@@ -54,10 +59,19 @@ impl PluginArgs {
                     args.mount_home = switch()?;
                     continue;
                 }
-                ("container_scope", "job") | ("execute_entrypoint", "0") => continue,
-                ("container_scope", _) | ("execute_entrypoint", _) => {
+                ("container_scope", "job" | "global") => {
+                    args.global_scope = value == "global";
+                    continue;
+                }
+                ("container_scope", _) => {
                     return Err(format!(
-                        "mnd_spank: plugstack.conf argument '{w}' cannot be honoured: containers are per job and no entrypoint runs (drop it, or use container_scope=job, execute_entrypoint=0)"
+                        "mnd_spank: plugstack.conf argument '{w}' needs job or global"
+                    ))
+                }
+                ("execute_entrypoint", "0") => continue,
+                ("execute_entrypoint", _) => {
+                    return Err(format!(
+                        "mnd_spank: plugstack.conf argument '{w}' cannot be honoured: no entrypoint runs (drop it, or use execute_entrypoint=0)"
                     ))
                 }
                 _ => {}
@@ -74,7 +88,7 @@ impl PluginArgs {
                 "runtime_dir" => args.runtime_dir = path,
                 _ => {
                     return Err(format!(
-                        "mnd_spank: unknown plugstack.conf argument '{w}' (known: helper=, config=, runtime_dir=, sbatch_support=, mount_home=, container_scope=job, execute_entrypoint=0)"
+                        "mnd_spank: unknown plugstack.conf argument '{w}' (known: helper=, config=, runtime_dir=, sbatch_support=, mount_home=, container_scope=, execute_entrypoint=0)"
                     ))
                 }
             }
@@ -309,8 +323,16 @@ mod tests {
             .contains("unknown"));
         let a = PluginArgs::parse(&["sbatch_support=0", "mount_home=no", "container_scope=job"])
             .unwrap();
-        assert!(!a.sbatch_support && !a.mount_home);
-        assert!(PluginArgs::parse(&["container_scope=global"])
+        assert!(!a.sbatch_support && !a.mount_home && !a.global_scope);
+        assert!(
+            PluginArgs::parse(&["container_scope=global"])
+                .unwrap()
+                .global_scope
+        );
+        assert!(PluginArgs::parse(&["container_scope=node"])
+            .unwrap_err()
+            .contains("job or global"));
+        assert!(PluginArgs::parse(&["execute_entrypoint=1"])
             .unwrap_err()
             .contains("cannot be honoured"));
         assert!(PluginArgs::parse(&["sbatch_support=maybe"])

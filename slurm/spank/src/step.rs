@@ -78,6 +78,7 @@ impl Step {
                 step_gpus: None,
                 step_cuda_devices: None,
                 step_nodes: None,
+                global_scope: args.global_scope,
                 batch_script: (step == BATCH_STEP)
                     .then(|| spank.job_argv().ok()?.first().map(PathBuf::from))
                     .flatten(),

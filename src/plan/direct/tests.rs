@@ -18,6 +18,7 @@ fn request(options: Options) -> Request {
         step_nodes: None,
         step_cuda_devices: None,
         batch_script: None,
+        global_scope: false,
     }
 }
 
@@ -763,4 +764,61 @@ fn a_named_container_shows_slurms_spool_whole_for_its_later_steps_pmix_folders()
     assert!(policy::spool_shown_to_later_steps(0, 0o40755));
     assert!(!policy::spool_shown_to_later_steps(0, 0o41777));
     assert!(!policy::spool_shown_to_later_steps(1001, 0o40700));
+}
+
+#[test]
+fn a_global_named_container_is_the_users_across_jobs_and_renewed_in_a_later_job() {
+    let named = Options {
+        name: Some("warm".into()),
+        ..image("img")
+    };
+    let mut req = request(named.clone());
+    req.global_scope = true;
+    let (spec, _) = planned_for(
+        &req,
+        &SiteConfig::default(),
+        &NodeFacts::default(),
+        "/opt/mnd-srun/bin",
+    )
+    .unwrap();
+    assert_eq!(spec.labels[labels::SCOPE], "global");
+    assert!(
+        spec.name.starts_with("mnd-alice-warm-node2-"),
+        "{}",
+        spec.name
+    );
+    // Another job of the same user finds the same container; the job is not an owner label.
+    let later = Request {
+        job: 43,
+        ..req.clone()
+    };
+    assert_eq!(later.container_name("alice", Some("warm")), spec.name);
+    let owner = owner_labels(&spec.labels);
+    assert!(!owner.contains_key(labels::JOB) && owner[labels::UID] == "1001");
+    assert_eq!(owner[labels::SCOPE], "global");
+    // Renewed when made by another job or stopped; joined while this job runs it.
+    assert!(!renew_global(&spec.labels, true, 42));
+    assert!(renew_global(&spec.labels, true, 43));
+    assert!(renew_global(&spec.labels, false, 42));
+    // A job-scoped one keeps its job in its name and owner labels, and is never renewed.
+    let (spec, _) = planned(named, &SiteConfig::default()).unwrap();
+    assert_eq!(spec.labels[labels::SCOPE], "job");
+    assert!(
+        spec.name.starts_with("mnd-alice-42-warm-node2-"),
+        "{}",
+        spec.name
+    );
+    assert_eq!(owner_labels(&spec.labels)[labels::JOB], "42");
+    assert!(!renew_global(&spec.labels, false, 43));
+    // A step's own container is never global.
+    let mut req = request(image("img"));
+    req.global_scope = true;
+    let (spec, _) = planned_for(
+        &req,
+        &SiteConfig::default(),
+        &NodeFacts::default(),
+        "/opt/mnd-srun/bin",
+    )
+    .unwrap();
+    assert_eq!(spec.labels[labels::SCOPE], "job");
 }

@@ -48,3 +48,152 @@ fn a_named_container_lives_for_the_job_and_its_modes_do_what_pyxis_does() {
     // The Epilog removes the named containers with the job.
     assert_nothing_left(&job);
 }
+
+/// The site's `container_scope=global` on every node's plugin line, while it lives.
+struct GlobalScope;
+
+const PLUGIN_LINE: &str = "$(grep -l mnd_spank /etc/slurm/plugstack.conf /etc/slurm/plugstack.conf.d/*.conf 2>/dev/null | head -n1)";
+
+impl GlobalScope {
+    fn set() -> GlobalScope {
+        for node in NODES {
+            let r = root_on(
+                node,
+                &[
+                    "sh",
+                    "-c",
+                    &format!("f={PLUGIN_LINE}; sed -i --follow-symlinks '/mnd_spank/ s/$/ container_scope=global/' \"$f\" && grep -c 'container_scope=global' \"$f\""),
+                ],
+            );
+            assert_eq!(r.stdout.trim(), "1", "{node}: {}", r.all());
+        }
+        GlobalScope
+    }
+}
+
+impl Drop for GlobalScope {
+    fn drop(&mut self) {
+        for node in NODES {
+            root_on(
+                node,
+                &[
+                    "sh",
+                    "-c",
+                    &format!("f={PLUGIN_LINE}; sed -i --follow-symlinks 's/ container_scope=global//' \"$f\"; docker ps -aq --filter label=mnd.scope=global | xargs -r docker rm -f; docker images -q --filter label=mnd.scope=global | xargs -r docker rmi -f"),
+                ],
+            );
+        }
+    }
+}
+
+/// A one-node job on node1 as `user`; the run and the job's id.
+fn job_on_node1(user: &str, cmdline: &str) -> (Run, String) {
+    let quoted = format!("'{}'", cmdline.replace('\'', "'\\''"));
+    let r = run_on(
+        "node1",
+        user,
+        &[
+            "bash",
+            "-c",
+            &format!("timeout 300 salloc -N1 -w node1 bash -c {quoted}"),
+        ],
+    );
+    let job = r
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("salloc: Granted job allocation "))
+        .unwrap_or_else(|| panic!("no allocation: {}", r.all()))
+        .trim()
+        .to_string();
+    (r, job)
+}
+
+/// dave's global containers named `keep` on node1: `running` per container, and the
+/// unnamed images saved from them.
+fn keep_on_node1() -> (Vec<bool>, usize) {
+    let states = root_on(
+        "node1",
+        &[
+            "sh",
+            "-c",
+            "docker ps -aq --filter label=mnd.scope=global --filter label=mnd.uid=1004 --filter label=mnd.name=keep | xargs -r docker inspect -f '{{.State.Running}}'",
+        ],
+    );
+    let images = root_on(
+        "node1",
+        &[
+            "sh",
+            "-c",
+            "docker images -q --filter label=mnd.scope=global --filter label=mnd.uid=1004 --filter label=mnd.name=keep | sort -u | wc -l",
+        ],
+    );
+    (
+        states.stdout.lines().map(|l| l.trim() == "true").collect(),
+        images.stdout.trim().parse().unwrap_or(99),
+    )
+}
+
+/// pyxis's default `container_scope=global`: a named container is its user's on that node
+/// across jobs. The Epilog stops it and keeps it; a later job goes on from its files (with
+/// or without an image named), in a new container with that job's mounts; the image saved
+/// for it goes when the next one replaces it; another user with the same name gets their own.
+#[test]
+fn a_global_named_container_outlives_its_job_for_its_user_alone() {
+    let _g = exclusive();
+    cluster();
+    let _scope = GlobalScope::set();
+    let img = IMAGE;
+    let (r, first) = job_on_node1(
+        "dave",
+        &format!("srun -n1 --mnd-image={img} --mnd-name=keep --mnd-writable sh -c \"echo kept-by-$SLURM_JOB_ID > /tmp/kept\""),
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    // The Epilog stopped it and kept it.
+    wait_until("the Epilog to stop dave's global container", CLEAN, || {
+        keep_on_node1().0 == vec![false]
+    });
+    let (r, second) = job_on_node1(
+        "dave",
+        "srun -n1 --mnd-name=keep cat /tmp/kept && srun -n1 --mnd-name=keep sh -c \"echo $SLURM_JOB_ID >> /tmp/kept\"",
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains(&format!("kept-by-{first}")),
+        "{}",
+        r.all()
+    );
+    wait_until("the Epilog to stop it again", CLEAN, || {
+        keep_on_node1() == (vec![false], 1)
+    });
+    let (r, _third) = job_on_node1(
+        "dave",
+        &format!("srun -n1 --mnd-image={img} --mnd-name=keep sh -c \"cat /tmp/kept; id -un\""),
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains(&format!("kept-by-{first}\n{second}\ndave")),
+        "{}",
+        r.all()
+    );
+    // One container and the one image saved from it remain: earlier saves went.
+    wait_until("the Epilog to stop it a third time", CLEAN, || {
+        keep_on_node1() == (vec![false], 1)
+    });
+    // alice's `keep` is her own.
+    let (r, _) = job_on_node1(
+        "alice",
+        &format!(
+            "srun -n1 --mnd-image={img} --mnd-name=keep sh -c \"cat /tmp/kept || echo fresh\""
+        ),
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("fresh") && !r.stdout.contains("kept-by"),
+        "{}",
+        r.all()
+    );
+    for job in [first, second] {
+        assert_nothing_left(&job);
+    }
+}
