@@ -217,7 +217,7 @@ pub fn table(containers: &[Listed], usage: &[Option<(f64, u64)>]) -> String {
     out
 }
 
-fn age(secs: i64) -> String {
+pub fn age(secs: i64) -> String {
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),

@@ -252,6 +252,39 @@ pub fn hosts_tool(
     }
 }
 
+/// `mnd containers ls|rm`: the srun arguments that ask each node's root helper, through
+/// the plugin (`--mnd-containers=OP`), for the caller's named containers there: one task
+/// per node, on `nodes` (a hostlist), else on every node of the allocation the caller is
+/// in (`allocation`: its `SLURM_JOB_NODELIST`, the step overlapping the running ones).
+pub fn containers_srun(
+    op: &str,
+    nodes: Option<&str>,
+    allocation: Option<&str>,
+) -> Result<Vec<String>, JobToolError> {
+    let Some(list) = nodes.or(allocation) else {
+        return Err(JobToolError::Slurm(
+            "which nodes? Give -w NODES (a hostlist), or run it inside an allocation (salloc, sbatch)"
+                .into(),
+        ));
+    };
+    let count = crate::hostlist::expand(list)
+        .map_err(|e| JobToolError::Slurm(format!("-w {list}: {e}")))?
+        .len();
+    let mut args = vec![];
+    if allocation.is_some() {
+        args.push("--overlap".to_string());
+    }
+    args.extend([
+        format!("--nodes={count}"),
+        format!("--ntasks={count}"),
+        "--ntasks-per-node=1".to_string(),
+        format!("--nodelist={list}"),
+        format!("--mnd-containers={op}"),
+        "true".to_string(),
+    ]);
+    Ok(args)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +310,30 @@ mod tests {
             one.join(" "),
             "srun --jobid=42 --overlap --quiet --ntasks-per-node=1 --nodes=1 --nodelist=node2 --pty /opt/mnd/bin/mnd exec --here --job 42"
         );
+    }
+
+    #[test]
+    fn containers_asks_one_task_per_node_of_the_allocation_or_of_the_nodes_named() {
+        let args = containers_srun("ls", None, Some("node[1-3]")).unwrap();
+        assert_eq!(
+            args,
+            [
+                "--overlap",
+                "--nodes=3",
+                "--ntasks=3",
+                "--ntasks-per-node=1",
+                "--nodelist=node[1-3]",
+                "--mnd-containers=ls",
+                "true"
+            ]
+        );
+        let args = containers_srun("rm:keep", Some("node2"), None).unwrap();
+        assert!(!args.contains(&"--overlap".to_string()));
+        assert!(
+            args.contains(&"--nodelist=node2".to_string())
+                && args.contains(&"--nodes=1".to_string())
+        );
+        let err = containers_srun("ls", None, None).unwrap_err().to_string();
+        assert!(err.contains("-w NODES"), "{err}");
     }
 }

@@ -46,6 +46,10 @@ pub struct Options {
     /// `--mnd-fabric`: the site's device profiles, comma separated, or `none`.
     #[serde(default)]
     pub fabric: Option<String>,
+    /// `--mnd-containers`: `ls`, or `rm:NAME[,NAME...]`: the user's own `--mnd-name`
+    /// containers on each node of the step, listed or removed (`mnd containers`).
+    #[serde(default)]
+    pub containers: Option<String>,
 }
 
 /// What the plugin hands the root helper.
@@ -91,7 +95,7 @@ pub struct Request {
 }
 
 /// What the root helper answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     /// The container's name.
     pub container: String,
@@ -132,6 +136,10 @@ pub struct Reply {
     /// found.
     #[serde(default)]
     pub no_exec: bool,
+    /// `--mnd-containers`: what the node says (one line each), printed by the node's first
+    /// task; there is no container, and the tasks run outside.
+    #[serde(default)]
+    pub said: Vec<String>,
     /// How long each phase of the helper's start took (name, milliseconds), for
     /// `MND_TIMING=1`.
     #[serde(default)]

@@ -103,6 +103,13 @@ enum Command {
     /// a shared home, cgroups, and (as a user) your ~/.mnd. Run it first, as root on a node
     /// or as a user. Exit 1 when a check fails (with --strict also when one warns), else 0.
     Doctor(DoctorArgs),
+    /// Your `--mnd-name` containers (direct mode) on the nodes of your allocation, or on
+    /// -w NODES: list them, or remove those you name. Works without Docker access: each
+    /// node's root side answers for your containers only, through the Slurm plugin.
+    Containers {
+        #[command(subcommand)]
+        action: ContainersAction,
+    },
     /// Remove mnd-srun containers on this node, and the copies of images (ssh mode's, one per
     /// user and image) whose image has no name any more. Safe as the Slurm Epilog: exits 0
     /// when there is nothing to do or no Docker engine on the node.
@@ -116,6 +123,27 @@ enum Command {
         /// Every user's containers (root only).
         #[arg(long)]
         all_users: bool,
+    },
+}
+
+/// What to do with your named containers.
+#[derive(Subcommand)]
+enum ContainersAction {
+    /// One line per container: node, name, scope, state, the job that made or last ran it,
+    /// the image it came from, its age.
+    Ls {
+        /// These nodes (hostlist); default: every node of your allocation.
+        #[arg(short = 'w', long = "nodelist", value_name = "NODES")]
+        nodes: Option<String>,
+    },
+    /// Remove the containers of these names (`all`: every one not running now).
+    Rm {
+        /// These nodes (hostlist); default: every node of your allocation.
+        #[arg(short = 'w', long = "nodelist", value_name = "NODES")]
+        nodes: Option<String>,
+        /// The names given to --mnd-name.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -330,6 +358,21 @@ where
     })
 }
 
+/// `mnd containers ls|rm`: one srun task per node, whose plugin asks the node's root side
+/// (`--mnd-containers`); srun's own exit says whether every node answered.
+fn containers_cmd(action: ContainersAction) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let (op, nodes) = match action {
+        ContainersAction::Ls { nodes } => ("ls".to_string(), nodes),
+        ContainersAction::Rm { nodes, names } => (format!("rm:{}", names.join(",")), nodes),
+    };
+    let allocation = std::env::var("SLURM_JOB_NODELIST").ok();
+    let args = jobtools::containers_srun(&op, nodes.as_deref(), allocation.as_deref())
+        .map_err(|e| e.to_string())?;
+    let err = std::process::Command::new("srun").args(&args).exec();
+    Err(format!("cannot run srun: {err}"))
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Completions { shell, command } => completions_cmd(shell, command),
@@ -353,6 +396,7 @@ fn run(cli: Cli) -> Result<(), String> {
             all_users,
         } => cleanup_cmd(job, older_than, all_users),
         Command::Doctor(args) => doctor_cmd(args),
+        Command::Containers { action } => containers_cmd(action),
         Command::Direct { action } => direct(action),
         Command::Image { action } => image(action),
         Command::Commit {
@@ -840,6 +884,21 @@ fn direct(action: DirectAction) -> Result<(), String> {
             let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
             let mut phases = helper::Phases::start();
             let req = helper::read_request(std::io::stdin().lock()).map_err(|e| e.to_string())?;
+            if let Some(op) = helper::containers_asked(&req) {
+                let said = runtime()?
+                    .block_on(helper::serve_containers(&req, &op))
+                    .map_err(|e| e.to_string())?;
+                let reply = mnd::spank::Reply {
+                    no_exec: true,
+                    said,
+                    ..Default::default()
+                };
+                println!(
+                    "{}",
+                    serde_json::to_string(&reply).map_err(|e| e.to_string())?
+                );
+                return Ok(());
+            }
             let site = helper::site_config(config.as_deref()).map_err(|e| e.to_string())?;
             let prepared = helper::prepare(&req, &site).map_err(|e| e.to_string())?;
             phases.mark("prepare");

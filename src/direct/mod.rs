@@ -27,10 +27,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
 
+mod containers;
 mod gather;
 mod landed;
 mod rootfiles;
 
+pub use containers::serve as serve_containers;
 pub use rootfiles::sweep as sweep_root_files;
 
 /// Why the helper did not start a container.
@@ -176,6 +178,12 @@ pub struct Prepared {
     pub fabric: FabricFacts,
     /// The site's bound on the image's size, checked once the image is known.
     pub image_bound: ImageBound,
+}
+
+/// `--mnd-containers`, when the request asks it (then no container is made for the step).
+pub fn containers_asked(req: &Request) -> Option<crate::plan::options::ContainersOp> {
+    use crate::plan::options::CheckOptions;
+    req.options.check().ok().and_then(|c| c.containers)
 }
 
 /// `mnd direct up`, before any thread exists: gathers the facts (the user, their paths
@@ -418,7 +426,7 @@ async fn renew(
 }
 
 /// Docker knows image `id` by no name (a save of a global container's).
-async fn unnamed(engine: &Engine, id: &str) -> bool {
+pub(super) async fn unnamed(engine: &Engine, id: &str) -> bool {
     let facts = engine
         .ensure_image(id, crate::cli::Pull::Never, id, PULL_STALL, &silent())
         .await;
@@ -605,6 +613,7 @@ fn reply(
         read_only: p.read_only,
         remap_root: p.remap_root,
         no_exec: p.name_mode == NameMode::NoExec,
+        said: vec![],
         phases: vec![],
     })
 }

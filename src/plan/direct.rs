@@ -180,6 +180,20 @@ pub fn owner_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, Strin
         .collect()
 }
 
+/// `--mnd-containers=rm:NAMES`: whether the user's named container `name` goes (`None`:
+/// not asked for). One that runs serves a job's steps now and is left, saying so; `all`
+/// asks for every one that does not run.
+pub fn removal(asked: &[String], name: &str, running: bool) -> Option<Result<(), String>> {
+    let all = asked.iter().any(|a| a == "all");
+    match (asked.iter().any(|a| a == name), all, running) {
+        (false, false, _) | (false, true, true) => None,
+        (true, _, true) => Some(Err(format!(
+            "{name} runs for a job now: it goes with that job's end (scope job), or remove it once the job ended"
+        ))),
+        _ => Some(Ok(())),
+    }
+}
+
 /// A found global container made by another job than `job`, or no longer running: a step
 /// goes on from its file system in a new container (this step's mounts, devices and
 /// Slurm folders), never joins it as it is.

@@ -45,6 +45,18 @@ pub struct Checked {
     /// The chosen profiles' variables, given to tasks where neither they nor the image
     /// set one (filled in by `plan::direct::plan`, which chooses the profiles).
     pub fabric_env: Vec<(String, String)>,
+    /// `--mnd-containers`: the user's named containers on the node, listed or removed,
+    /// instead of a container for the step.
+    pub containers: Option<ContainersOp>,
+}
+
+/// `--mnd-containers=ls|rm:NAME[,NAME...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainersOp {
+    /// List them.
+    List,
+    /// Remove these (by `--mnd-name`; `all`: every one not running).
+    Remove(Vec<String>),
 }
 
 /// A tmpfs mount: its target and its options.
@@ -83,7 +95,13 @@ impl CheckOptions for Options {
             }
             None => (None, NameMode::Auto),
         };
-        if image.is_none() && name.is_none() {
+        let containers = self.containers.as_deref().map(containers).transpose()?;
+        if containers.is_some() && (image.is_some() || name.is_some()) {
+            return Err(usage(
+                "--mnd-containers lists or removes your named containers: give it alone, without --mnd-image or --mnd-name",
+            ));
+        }
+        if image.is_none() && name.is_none() && containers.is_none() {
             return Err(usage(
                 "--mnd-image is missing: give an image, e.g. --mnd-image=ubuntu:24.04 (or --mnd-name=NAME of a container of this job)",
             ));
@@ -122,6 +140,7 @@ impl CheckOptions for Options {
             save: self.save.as_deref().map(save).transpose()?,
             fabric: fabric::ask(self.fabric.as_deref(), "--mnd-fabric")?,
             fabric_env: vec![],
+            containers,
         })
     }
 }
@@ -201,6 +220,29 @@ fn name(text: &str) -> Result<(String, NameMode), PlanError> {
         )));
     }
     Ok((name.to_string(), mode))
+}
+
+/// `--mnd-containers=ls` or `rm:NAME[,NAME...]` (names as `--mnd-name` takes them, or
+/// `all`).
+fn containers(text: &str) -> Result<ContainersOp, PlanError> {
+    let fix = "Fix: --mnd-containers=ls, or --mnd-containers=rm:NAME[,NAME...] (or rm:all)";
+    match text.split_once(':') {
+        None if text == "ls" => Ok(ContainersOp::List),
+        Some(("rm", names)) if !names.is_empty() => {
+            let names = names
+                .split(',')
+                .map(|n| match n {
+                    "all" => Ok(n.to_string()),
+                    n => name(n).map(|(n, _)| n),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(ContainersOp::Remove(names))
+        }
+        _ => Err(usage(format!(
+            "--mnd-containers '{}' is not ls or rm:NAME. {fix}",
+            shorten(text)
+        ))),
+    }
 }
 
 /// `--mnd-workdir`: an absolute path, or a relative one (relative to `/`, as pyxis: `../`

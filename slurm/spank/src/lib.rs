@@ -63,6 +63,9 @@ struct MndSpank {
     timing: Option<String>,
     /// In slurmstepd: how many of the node's tasks have exited.
     exited: u32,
+    /// In the node's first task child: what the helper said for `--mnd-containers`,
+    /// printed on the task's stdout as the user.
+    said: Vec<String>,
 }
 
 unsafe impl Plugin for MndSpank {
@@ -123,7 +126,11 @@ unsafe impl Plugin for MndSpank {
             .map_err(|e| format!("mnd: {}: {e}", step.node()))?;
         let started = t0.elapsed();
         // --mnd-name=NAME:no_exec: the container is made or found; the tasks stay outside.
+        // --mnd-containers: there is none; the node's first task says what the node said.
         if reply.no_exec {
+            if spank.task_id().ok() == Some(0) {
+                self.said = reply.said;
+            }
             return Ok(());
         }
         join::enter(&reply).map_err(|e| format!("mnd: {}: {e}", step.node()))?;
@@ -163,6 +170,9 @@ unsafe impl Plugin for MndSpank {
     }
 
     fn task_init(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        for line in &self.said {
+            println!("{line}");
+        }
         let Some(reply) = &self.reply else {
             return Ok(());
         };

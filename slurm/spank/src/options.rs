@@ -141,7 +141,7 @@ const fn flag(name: &'static str, env: &'static str, help: &'static str) -> User
 
 /// The options, as `srun --help` lists them: pyxis's `--container-*` as `--mnd-*`, with the
 /// same meaning (README: "Coming from pyxis").
-pub const OPTIONS: [UserOption; 18] = [
+pub const OPTIONS: [UserOption; 19] = [
     value("mnd-image", "IMAGE", "MND_IMAGE", "[mnd] run every task of the step inside IMAGE (a Docker image on the nodes or pullable)"),
     value("mnd-mounts", "SRC[:DST[:FLAGS]],...", "MND_MOUNTS", "[mnd] bind mount[s] in the container; FLAGS joined with '+' (ro, rw, rprivate, rslave, ...); tmpfs:DST[:OPTS] for a tmpfs"),
     value("mnd-workdir", "DIR", "MND_WORKDIR", "[mnd] start the tasks in DIR inside the container (default: the working directory)"),
@@ -160,6 +160,7 @@ pub const OPTIONS: [UserOption; 18] = [
     flag("mnd-readonly", "MND_READONLY", "[mnd] the container's filesystem is read-only (mounts keep their own mode)"),
     value("mnd-unshare", "NS,...", "MND_UNSHARE", "[mnd] namespaces of the container's own: net, ipc, uts"),
     value("mnd-fabric", "NAME,...|none", "MND_FABRIC", "[mnd] the site's device profiles for the fabric (e.g. ib, efa, gdr): their devices, read-only mounts and variables; none: not even the site's defaults (default: the site's default profiles this node has)"),
+    value("mnd-containers", "ls|rm:NAME,...", "MND_CONTAINERS", "[mnd] list (ls) or remove (rm:NAME,... or rm:all) your --mnd-name containers on the step's nodes, one line per container, instead of running in one (mnd containers ls|rm does this for you)"),
 ];
 /// Where the plugin reads what the user gave.
 struct Source<'a, 'b> {
@@ -277,8 +278,9 @@ pub fn given(spank: &mut SpankHandle) -> Result<Option<Options>, Box<dyn Error>>
         unshare: src.text("mnd-unshare")?,
         fabric: src.text("mnd-fabric")?,
         save: src.text("mnd-save")?,
+        containers: src.text("mnd-containers")?,
     };
-    if !options.image.is_empty() || options.name.is_some() {
+    if !options.image.is_empty() || options.name.is_some() || options.containers.is_some() {
         return Ok(Some(options));
     }
     match src.given.first() {
