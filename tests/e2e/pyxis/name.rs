@@ -193,6 +193,50 @@ fn a_global_named_container_outlives_its_job_for_its_user_alone() {
         "{}",
         r.all()
     );
+    // dave, outside the docker group, lists and removes his own, through Slurm; alice's stays.
+    let listed = dave("mnd containers ls -w node1");
+    assert_eq!(listed.code, 0, "{}", listed.all());
+    assert_eq!(listed.stdout.lines().count(), 1, "{}", listed.all());
+    assert!(
+        listed
+            .stdout
+            .contains("node1: keep scope=global state=exited")
+            && listed.stdout.contains(&format!("image={img}")),
+        "{}",
+        listed.all()
+    );
+    let removed = dave("mnd containers rm -w node1 keep");
+    assert_eq!(removed.code, 0, "{}", removed.all());
+    assert!(
+        removed.stdout.contains("node1: removed keep"),
+        "{}",
+        removed.all()
+    );
+    assert_eq!(
+        keep_on_node1(),
+        (vec![], 0),
+        "dave's container and its saved image went"
+    );
+    let listed = dave("mnd containers ls -w node1");
+    assert!(
+        listed
+            .stdout
+            .contains("node1: no named containers of yours"),
+        "{}",
+        listed.all()
+    );
+    let alices = alice("mnd containers ls -w node1");
+    assert!(
+        alices.stdout.contains("node1: keep scope=global"),
+        "{}",
+        alices.all()
+    );
+    let removed = alice("mnd containers rm -w node1 all");
+    assert!(
+        removed.stdout.contains("node1: removed keep"),
+        "{}",
+        removed.all()
+    );
     for job in [first, second] {
         assert_nothing_left(&job);
     }
