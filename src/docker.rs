@@ -1184,6 +1184,19 @@ impl Engine {
         Ok(made.id)
     }
 
+    /// `verdict` on `image`: a refused image that was pulled for this call is removed again
+    /// (the node's storage is not the user's to fill); the verdict passes through.
+    pub async fn drop_if_refused<E>(
+        &self,
+        image: &ImageFacts,
+        verdict: Result<(), E>,
+    ) -> Result<(), E> {
+        if verdict.is_err() && image.pulled {
+            let _ = self.remove_unused_image(&image.id).await;
+        }
+        verdict
+    }
+
     /// Kills a container's processes and keeps it (its file system stays); one already
     /// stopped or gone is fine.
     pub async fn stop(&self, id: &str) -> Result<(), DockerError> {

@@ -336,11 +336,7 @@ async fn up_with(
     }
     if let Some(image) = &image {
         let fits = check_image_size(&p.image_bound, &p.spec.image, image.size);
-        if fits.is_err() && image.pulled {
-            // Pulled for nothing: root's storage is not the user's to fill.
-            let _ = engine.remove_unused_image(&image.id).await;
-        }
-        fits?;
+        engine.drop_if_refused(image, fits).await?;
     }
     let job = p.spec.labels.get(labels::JOB).and_then(|j| j.parse().ok());
     match (found, image) {
@@ -496,11 +492,7 @@ async fn image_once(
         .await?;
     let found =
         crate::plan::policy::check_image_found(&spec.image, &facts.names, facts.copy_labelled);
-    if found.is_err() && facts.pulled {
-        // Pulled for nothing: root's storage is not the user's to fill.
-        let _ = engine.remove_unused_image(&facts.id).await;
-    }
-    found?;
+    engine.drop_if_refused(&facts, found).await?;
     Ok(facts)
 }
 

@@ -171,11 +171,10 @@ async fn image_under_lock(
     let lock = with_heartbeat(progress, waiting, Beat::Always, every, pull_lock(plan)).await;
     let image = obtain_image(plan, engine, progress).await?;
     let fits = policy::check_image_size(&plan.image_bound, &plan.container.image, image.size);
-    if fits.is_err() && image.pulled {
-        // Pulled for nothing: the node's storage is everyone's.
-        let _ = engine.remove_unused_image(&image.id).await;
-    }
-    fits.map_err(|e| e.to_string())?;
+    engine
+        .drop_if_refused(&image, fits)
+        .await
+        .map_err(|e| e.to_string())?;
     let copy = derived::accounts_image(plan, engine, &image)
         .await
         .map_err(|e| format!("{e} (while making this user's copy of image {})", image.id))?;
