@@ -40,16 +40,23 @@ pub enum ImageShare {
     Off,
 }
 
-/// When to pull the image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum Pull {
-    /// Pull only when the node does not have the image.
-    #[default]
-    Missing,
-    /// Never pull; a missing image is an error.
-    Never,
-    /// Pull every time.
-    Always,
+pub use crate::spec::Pull;
+
+/// `--pull`'s values, with their help (the type is the container spec's, which knows no
+/// command line).
+impl ValueEnum for Pull {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Pull::Missing, Pull::Never, Pull::Always]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let (name, help) = match self {
+            Pull::Missing => ("missing", "Pull only when the node does not have the image"),
+            Pull::Never => ("never", "Never pull; a missing image is an error"),
+            Pull::Always => ("always", "Pull every time"),
+        };
+        Some(clap::builder::PossibleValue::new(name).help(help))
+    }
 }
 
 /// `mnd-srun`: run a Docker container on every node of a Slurm step, as the calling user,

@@ -1,6 +1,6 @@
 //! The only module that talks to Docker (Engine API through bollard, never the CLI).
 
-use crate::cli::Pull;
+use crate::spec::Pull;
 use crate::spec::{ContainerSpec, Gpus};
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, DeviceMapping, DeviceRequest, HostConfig, Mount,

@@ -1,9 +1,20 @@
 //! What Docker is asked to create: plain data shared by the planner, the Docker module and
 //! the root helper, with the label keys the tools and the Epilog read.
 
-use crate::cli::Pull;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// When to pull the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pull {
+    /// Pull only when the node does not have the image.
+    #[default]
+    Missing,
+    /// Never pull; a missing image is an error.
+    Never,
+    /// Pull every time.
+    Always,
+}
 
 /// A bind mount.
 #[derive(Debug, Clone, PartialEq, Eq)]

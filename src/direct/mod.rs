@@ -353,7 +353,7 @@ async fn up_with(
                     engine
                         .ensure_image(
                             &found.image,
-                            crate::cli::Pull::Never,
+                            crate::spec::Pull::Never,
                             name,
                             PULL_STALL,
                             &silent(),
@@ -394,7 +394,7 @@ async fn renew(
     let image = engine
         .ensure_image(
             &saved,
-            crate::cli::Pull::Never,
+            crate::spec::Pull::Never,
             &saved,
             PULL_STALL,
             &silent(),
@@ -424,7 +424,7 @@ async fn renew(
 /// Docker knows image `id` by no name (a save of a global container's).
 pub(super) async fn unnamed(engine: &Engine, id: &str) -> bool {
     let facts = engine
-        .ensure_image(id, crate::cli::Pull::Never, id, PULL_STALL, &silent())
+        .ensure_image(id, crate::spec::Pull::Never, id, PULL_STALL, &silent())
         .await;
     matches!(facts, Ok(f) if f.names.is_empty())
 }

@@ -373,7 +373,7 @@ async fn vouched_word(share: &StepShare, image: &str) -> Result<Vouched, ShareEr
 async fn by_id(engine: &Engine, id: &str) -> Result<ImageFacts, DockerError> {
     let silent = tokio::sync::watch::channel(Default::default()).0;
     let facts = engine
-        .ensure_image(id, crate::cli::Pull::Never, id, WAIT, &silent)
+        .ensure_image(id, crate::spec::Pull::Never, id, WAIT, &silent)
         .await?;
     Ok(ImageFacts {
         by_id_only: true,

@@ -92,7 +92,7 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
     let spec = ContainerSpec {
         name: req.container_name(&user.name, opts.name.as_deref()),
         image: opts.image.clone().unwrap_or_default(),
-        pull: crate::cli::Pull::Missing,
+        pull: crate::spec::Pull::Missing,
         user: format!("{}:{}", req.uid, req.gid),
         group_add,
         labels,
