@@ -1437,7 +1437,7 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
         network_mode: Some(spec.network.clone()),
         ipc_mode: spec.ipc.clone(),
         shm_size: spec.shm_size,
-        auto_remove: Some(true),
+        auto_remove: Some(!spec.kept_when_stopped),
         privileged: Some(spec.privileged),
         group_add: Some(spec.group_add.clone()),
         cap_add: Some(spec.cap_add.clone()),

@@ -124,6 +124,9 @@ pub struct ContainerSpec {
     pub own_uts: bool,
     /// Largest writable layer (the site's `writable_layer_size`), if limited.
     pub storage_size: Option<String>,
+    /// Kept when its processes end (a global `--mnd-name` container, which the Epilog stops
+    /// and a later job goes on from); every other container is removed by Docker then.
+    pub kept_when_stopped: bool,
 }
 
 pub(crate) fn sanitize_name(s: &str) -> String {

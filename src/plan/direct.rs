@@ -134,6 +134,7 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
         host_namespaces: true,
         own_uts: opts.unshare.contains(&"uts"),
         storage_size: site.policy.writable_layer_size.clone(),
+        kept_when_stopped: opts.name.is_some() && req.global_scope,
     };
     Ok((spec, opts))
 }

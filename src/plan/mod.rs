@@ -497,6 +497,7 @@ fn launcher_container(s: &Shaped) -> Result<ContainerSpec, PlanError> {
         host_namespaces: false,
         own_uts: false,
         storage_size: site.policy.writable_layer_size.clone(),
+        kept_when_stopped: false,
     })
 }
 

@@ -15,6 +15,7 @@ extern crate slurm_spank_0_2 as slurm_spank;
 #[cfg(feature = "slurm-23")]
 extern crate slurm_spank_0_4 as slurm_spank;
 
+mod fakeroot;
 mod join;
 #[cfg(test)]
 mod manpage;
@@ -243,6 +244,7 @@ fn report(error: &dyn Error) {
 fn in_task(reply: &mnd::spank::Reply, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
     if reply.remap_root {
         join::remap_root().map_err(|e| format!("mnd: {e}"))?;
+        fakeroot::install().map_err(|e| format!("mnd: {e}"))?;
     }
     if let Some(dir) = &reply.workdir {
         std::env::set_current_dir(dir)

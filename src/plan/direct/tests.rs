@@ -783,6 +783,10 @@ fn a_global_named_container_is_the_users_across_jobs_and_renewed_in_a_later_job(
     .unwrap();
     assert_eq!(spec.labels[labels::SCOPE], "global");
     assert!(
+        spec.kept_when_stopped,
+        "Docker must not remove it when the Epilog stops it"
+    );
+    assert!(
         spec.name.starts_with("mnd-alice-warm-node2-"),
         "{}",
         spec.name
@@ -803,6 +807,7 @@ fn a_global_named_container_is_the_users_across_jobs_and_renewed_in_a_later_job(
     // A job-scoped one keeps its job in its name and owner labels, and is never renewed.
     let (spec, _) = planned(named, &SiteConfig::default()).unwrap();
     assert_eq!(spec.labels[labels::SCOPE], "job");
+    assert!(!spec.kept_when_stopped);
     assert!(
         spec.name.starts_with("mnd-alice-42-warm-node2-"),
         "{}",
