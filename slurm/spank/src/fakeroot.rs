@@ -69,8 +69,8 @@ fn jump_if_equal(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 /// The program: another architecture's calls (a 32-bit program) pass untouched; each call
 /// of [`FAKED`] returns success; everything else passes.
 fn program() -> Vec<libc::sock_filter> {
-    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u32;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u32;
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
     let n = FAKED.len() as u8;
     let mut p = vec![
         stmt(load, 4), // seccomp_data.arch
