@@ -79,7 +79,7 @@ impl Drop for GlobalScope {
                 &[
                     "sh",
                     "-c",
-                    &format!("f={PLUGIN_LINE}; sed -i --follow-symlinks 's/ container_scope=global//' \"$f\"; docker ps -aq --filter label=mnd.scope=global | xargs -r docker rm -f; docker images -q --filter label=mnd.scope=global | xargs -r docker rmi -f"),
+                    &format!("f={PLUGIN_LINE}; sed -i --follow-symlinks 's/ container_scope=global//g' \"$f\"; docker ps -aq --filter label=mnd.scope=global | xargs -r docker rm -f; docker images -q --filter label=mnd.scope=global | xargs -r docker rmi -f"),
                 ],
             );
         }
