@@ -107,6 +107,24 @@ pub struct Policy {
     /// Largest image a job may run (`"30G"`, unpacked, as Docker counts it): a larger one
     /// is refused, and removed again where the job's pull brought it.
     pub max_image_size: Option<String>,
+    /// Direct mode: when a step's root file system is the user's own copy of the image
+    /// (made once per user, image and node, as enroot unpacks images as the user):
+    /// `remap-root` (default: `--mnd-remap-root` steps, so package managers work), `always`
+    /// (every writable step) or `never`.
+    pub user_rootfs: UserRootfs,
+}
+
+/// `policy.user_rootfs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UserRootfs {
+    /// Steps with `--mnd-remap-root`.
+    #[default]
+    RemapRoot,
+    /// Every step whose root is writable.
+    Always,
+    /// None: the image's files stay root's.
+    Never,
 }
 
 impl Default for Policy {
@@ -127,6 +145,7 @@ impl Default for Policy {
                 .to_vec(),
             writable_layer_size: None,
             max_image_size: None,
+            user_rootfs: UserRootfs::default(),
         }
     }
 }

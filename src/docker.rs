@@ -141,6 +141,7 @@ pub fn setup_records(files: &[FileUpload]) -> Result<String, DockerError> {
 }
 
 /// What the launcher needs to know of an image.
+#[derive(Debug, Clone)]
 pub struct ImageFacts {
     /// Content-addressed id ("sha256:..."): the same id is the same content.
     pub id: String,
@@ -975,6 +976,127 @@ impl Engine {
         Ok(bytes)
     }
 
+    /// A new image of one layer: the file system of `image`, exported from a container that
+    /// never starts, passed through `rewrite` (a tar stream in, one out, on a thread of its
+    /// own), and imported with an empty config; its id. Nothing of the image runs.
+    pub async fn import_rewritten(
+        &self,
+        image: &str,
+        rewrite: impl FnOnce(&mut ChunkReader, &mut ChunkSender) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<String, DockerError> {
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            entrypoint: Some(vec!["/nonexistent".into()]),
+            network_disabled: Some(true),
+            ..Default::default()
+        };
+        let made = within(
+            "create",
+            self.docker.create_container(
+                None::<bollard::query_parameters::CreateContainerOptions>,
+                body,
+            ),
+        )
+        .await?
+        .map_err(api(format!("create of a container of {image}")))?;
+        let config = within("image inspect", self.docker.inspect_image(image))
+            .await?
+            .map_err(api(format!("inspect of image {image}")))?
+            .config
+            .unwrap_or_default();
+        let imported = self
+            .export_through(&made.id, config_changes(&config), rewrite)
+            .await;
+        let _ = self.remove(&made.id).await;
+        imported
+    }
+
+    /// `import_rewritten` once the container exists.
+    async fn export_through(
+        &self,
+        container: &str,
+        changes: Vec<String>,
+        rewrite: impl FnOnce(&mut ChunkReader, &mut ChunkSender) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<String, DockerError> {
+        let (export_tx, export_rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(4);
+        let (import_tx, mut import_rx) =
+            tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+        let mut export = self.docker.export_container(container);
+        let exporting = async move {
+            while let Some(chunk) = export.next().await {
+                let chunk = chunk.map_err(api(format!("export of {container}")))?;
+                let tx = export_tx.clone();
+                // The rewriting thread stopped reading: it failed, and says why itself.
+                if tokio::task::spawn_blocking(move || tx.send(chunk))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .is_none()
+                {
+                    break;
+                }
+            }
+            Ok::<(), DockerError>(())
+        };
+        let rewriting = tokio::task::spawn_blocking(move || {
+            let mut input = ChunkReader {
+                rx: export_rx,
+                chunk: bytes::Bytes::new(),
+            };
+            let mut out = ChunkSender {
+                tx: import_tx.clone(),
+                buf: Vec::with_capacity(CHUNK),
+            };
+            let made = rewrite(&mut input, &mut out).and_then(|()| out.send_buffered());
+            if let Err(e) = &made {
+                let _ = import_tx.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
+            }
+            made
+        });
+        let opts = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .changes(changes)
+            .build();
+        let chunks = futures_util::stream::poll_fn(move |cx| import_rx.poll_recv(cx));
+        let importing = async {
+            let mut stream =
+                self.docker
+                    .create_image(Some(opts), Some(bollard::body_try_stream(chunks)), None);
+            let mut id = None;
+            while let Some(item) = stream.next().await {
+                let item = item.map_err(api("import of a file system"))?;
+                id = item.status.filter(|s| s.starts_with("sha256:")).or(id);
+            }
+            id.ok_or_else(|| DockerError::Api {
+                action: "import of a file system".into(),
+                reason: "Docker named no image".into(),
+            })
+        };
+        let (exported, id) = tokio::join!(exporting, importing);
+        let rewritten = match rewriting.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let failed = match (exported, rewritten) {
+            (Err(e), _) => Some(e),
+            (Ok(()), Err(reason)) => Some(DockerError::Api {
+                action: "rewrite of a file system".into(),
+                reason,
+            }),
+            (Ok(()), Ok(())) => None,
+        };
+        match (failed, id) {
+            (None, id) => id,
+            // A cut-off export may still have made an image of what came: it goes.
+            (Some(e), Ok(partial)) => {
+                let _ = self.remove_unused_image(&partial).await;
+                Err(e)
+            }
+            (Some(e), Err(_)) => Err(e),
+        }
+    }
+
     /// Loads a `docker save` archive read from `input`.
     pub async fn load_image(
         &self,
@@ -1630,6 +1752,63 @@ impl ChunkSender {
         self.tx
             .blocking_send(Ok(bytes::Bytes::from(chunk)))
             .map_err(|_| std::io::Error::other("Docker stopped reading the image"))
+    }
+}
+
+/// An image's config as the Dockerfile lines an import takes: its variables, working
+/// directory, user, entrypoint, command and volumes (values quoted, `$` kept literal).
+fn config_changes(config: &bollard::models::ImageConfig) -> Vec<String> {
+    let quoted = |v: &str| {
+        let escaped = v
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('$', "\\$");
+        format!("\"{escaped}\"")
+    };
+    let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_default();
+    let mut out: Vec<String> = config
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| format!("ENV {k}={}", quoted(v)))
+        .collect();
+    if let Some(dir) = config.working_dir.as_deref().filter(|d| !d.is_empty()) {
+        out.push(format!("WORKDIR {dir}"));
+    }
+    if let Some(user) = config.user.as_deref().filter(|u| !u.is_empty()) {
+        out.push(format!("USER {user}"));
+    }
+    if let Some(e) = config.entrypoint.as_ref().filter(|e| !e.is_empty()) {
+        out.push(format!("ENTRYPOINT {}", json(e)));
+    }
+    if let Some(c) = config.cmd.as_ref().filter(|c| !c.is_empty()) {
+        out.push(format!("CMD {}", json(c)));
+    }
+    let volumes: Vec<String> = config.volumes.iter().flatten().cloned().collect();
+    if !volumes.is_empty() {
+        out.push(format!("VOLUME {}", json(&volumes)));
+    }
+    out
+}
+
+/// The chunks of a stream Docker sends, read on a thread that may block.
+pub struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.recv() {
+                Ok(chunk) => self.chunk = chunk,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
     }
 }
 

@@ -48,6 +48,24 @@ pub fn read_no_follow(path: &Path) -> io::Result<Vec<u8>> {
     Ok(content)
 }
 
+/// Makes (0700) a folder of root's records and checks it is root's and writable by nobody
+/// else, whoever made it.
+pub fn roots_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir);
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(io::Error::other(format!(
+            "{} must be a folder of root's that nobody else can write",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,7 @@ pub mod manpage;
 pub mod munge;
 pub mod netif;
 pub mod node;
+pub mod ownedroot;
 pub mod pathid;
 pub mod phases;
 pub mod pidfd;

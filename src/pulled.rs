@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+
 use std::path::{Path, PathBuf};
 
 /// Where the records live.
@@ -21,17 +21,7 @@ impl Pulled {
     /// Opens (creating, 0700) the records folder; it must be root's and writable by nobody
     /// else.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
-        let _ = fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir);
-        let meta = fs::symlink_metadata(dir)?;
-        if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-            return Err(std::io::Error::other(format!(
-                "{} must be a folder of root's that nobody else can write",
-                dir.display()
-            )));
-        }
+        crate::fsx::roots_dir(dir)?;
         Ok(Pulled {
             dir: dir.to_path_buf(),
         })

@@ -815,9 +815,6 @@ fn prune_pulled(job: u32) -> Result<(), String> {
     let unused = records
         .job_ended(job)
         .map_err(|e| format!("{}: {e}", mnd::pulled::DIR))?;
-    if unused.is_empty() {
-        return Ok(());
-    }
     runtime()?.block_on(async {
         let engine = Engine::connect().await.map_err(|e| e.to_string())?;
         for image in unused {
@@ -834,6 +831,11 @@ fn prune_pulled(job: u32) -> Result<(), String> {
                     let _ = records.keep(&image);
                 }
             }
+        }
+        // The users' own copies of images that are gone now go too.
+        let copies = mnd::ownedroot::sweep(&engine).await;
+        if copies > 0 {
+            eprintln!("mnd: removed {copies} user's copies of images no longer on this node");
         }
         Ok(())
     })

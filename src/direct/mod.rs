@@ -178,6 +178,8 @@ pub struct Prepared {
     pub fabric: FabricFacts,
     /// The site's bound on the image's size, checked once the image is known.
     pub image_bound: ImageBound,
+    /// The container's root is the user's own copy of the image (`policy.user_rootfs`).
+    pub owned_rootfs: bool,
 }
 
 /// `--mnd-containers`, when the request asks it (then no container is made for the step).
@@ -253,6 +255,11 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         has_image: checked.image.is_some(),
         read_only: !checked.writable,
         remap_root: checked.remap_root,
+        owned_rootfs: crate::plan::direct::owned_rootfs(
+            facts.site.policy.user_rootfs,
+            checked.remap_root,
+            checked.writable,
+        ),
         namespaces: checked.unshare.iter().map(|n| n.to_string()).collect(),
         mounted,
         net,
@@ -408,7 +415,8 @@ async fn renew(
     engine.remove(&found.id).await?;
     rootfiles::remove(&p.spec.name);
     let mut spec = p.spec.clone();
-    if let Some(named) = found.labels.get(labels::IMAGE) {
+    // The image it first came from, whatever this step names (its files are kept).
+    if let Some(named) = found.labels.get(labels::IMAGE).filter(|n| !n.is_empty()) {
         spec.labels.insert(labels::IMAGE.into(), named.clone());
     }
     let renewed = Prepared { spec, ..p.clone() };
@@ -518,6 +526,15 @@ async fn start(
 ) -> Result<Reply, HelperError> {
     let name = &p.spec.name;
     record_pull(p, image);
+    let owned;
+    let image = match p.owned_rootfs {
+        true => {
+            owned = crate::ownedroot::ensure(engine, image, p.user.uid, p.user.gid).await?;
+            phases.mark("own-copy");
+            &owned
+        }
+        false => image,
+    };
     let declared = rootfiles::declare(engine, &p.spec, &p.user, image).await?;
     phases.mark("files");
     let by_id = image.by_id_only.then_some(image.id.as_str());

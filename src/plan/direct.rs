@@ -65,6 +65,9 @@ pub fn plan(i: &Inputs) -> Result<(ContainerSpec, Checked), PlanError> {
     }
     let mut mounts = step_mounts(i, &opts)?;
     let mut labels = step_labels(req, user, opts.name.as_deref());
+    if let Some(image) = &opts.image {
+        labels.insert(labels::IMAGE.into(), image.clone());
+    }
     labels.insert(labels::UNSHARE.into(), opts.unshare.join(","));
     let step_gpus = step_gpus(req.step_gpus.as_deref())?;
     refuse_unique_ids(&step_gpus, req.step_cuda_devices.as_deref())?;
@@ -179,6 +182,18 @@ pub fn owner_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, Strin
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// Whether the step's root file system is the user's own copy of the image (the site's
+/// `user_rootfs`): under `remap-root` for steps that appear as root (package managers need
+/// the files to be theirs), under `always` for every writable step.
+pub fn owned_rootfs(site: crate::config::UserRootfs, remap_root: bool, writable: bool) -> bool {
+    use crate::config::UserRootfs;
+    match site {
+        UserRootfs::Never => false,
+        UserRootfs::RemapRoot => remap_root,
+        UserRootfs::Always => writable || remap_root,
+    }
 }
 
 /// `--mnd-containers=rm:NAMES`: whether the user's named container `name` goes (`None`:

@@ -81,6 +81,7 @@ fn a_step_container_runs_as_the_job_with_nothing_extra() {
     assert!(spec.host_namespaces && !spec.privileged && spec.devices.is_empty());
     assert_eq!(spec.labels["mnd.step"], "3");
     assert_eq!(spec.labels["mnd.role"], "direct");
+    assert_eq!(spec.labels["mnd.image"], "ubuntu:24.04");
     let targets: Vec<_> = spec.mounts.iter().map(|m| m.target.clone()).collect();
     assert!(targets.contains(&PathBuf::from("/var/spool/slurmd/pmix.42.3")));
     assert!(spec
@@ -826,4 +827,17 @@ fn a_global_named_container_is_the_users_across_jobs_and_renewed_in_a_later_job(
     )
     .unwrap();
     assert_eq!(spec.labels[labels::SCOPE], "job");
+}
+
+#[test]
+fn the_users_own_root_file_system_follows_the_sites_user_rootfs() {
+    use crate::config::UserRootfs;
+    assert!(owned_rootfs(UserRootfs::RemapRoot, true, true));
+    assert!(!owned_rootfs(UserRootfs::RemapRoot, false, true));
+    assert!(owned_rootfs(UserRootfs::Always, false, true));
+    assert!(
+        !owned_rootfs(UserRootfs::Always, false, false),
+        "read-only: nothing to own"
+    );
+    assert!(!owned_rootfs(UserRootfs::Never, true, true));
 }
