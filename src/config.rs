@@ -112,6 +112,9 @@ pub struct Policy {
     /// `remap-root` (default: `--mnd-remap-root` steps, so package managers work), `always`
     /// (every writable step) or `never`.
     pub user_rootfs: UserRootfs,
+    /// With `container_scope=global`: how many named containers one user may keep on a
+    /// node (a step that would make one more is refused, naming `mnd containers rm`).
+    pub max_named_containers: Option<u32>,
 }
 
 /// `policy.user_rootfs`.
@@ -146,6 +149,7 @@ impl Default for Policy {
             writable_layer_size: None,
             max_image_size: None,
             user_rootfs: UserRootfs::default(),
+            max_named_containers: None,
         }
     }
 }

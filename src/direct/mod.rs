@@ -16,7 +16,7 @@ use crate::plan::direct::{
 };
 use crate::plan::fabric::{self, FabricFacts};
 use crate::plan::options::NameMode;
-use crate::plan::policy::{check_image_size, ImageBound};
+use crate::plan::policy::{check_image_size, check_named_count, ImageBound};
 use crate::plan::JobNet;
 use crate::plan::PlanError;
 use crate::spank::{Reply, Request, NAMED_STEP};
@@ -180,6 +180,8 @@ pub struct Prepared {
     pub image_bound: ImageBound,
     /// The container's root is the user's own copy of the image (`policy.user_rootfs`).
     pub owned_rootfs: bool,
+    /// `policy.max_named_containers`, for a new global named container.
+    pub max_named: Option<u32>,
 }
 
 /// `--mnd-containers`, when the request asks it (then no container is made for the step).
@@ -255,6 +257,7 @@ pub fn prepare(req: &Request, site: &SiteConfig) -> Result<Prepared, HelperError
         has_image: checked.image.is_some(),
         read_only: !checked.writable,
         remap_root: checked.remap_root,
+        max_named: facts.site.policy.max_named_containers,
         owned_rootfs: crate::plan::direct::owned_rootfs(
             facts.site.policy.user_rootfs,
             checked.remap_root,
@@ -380,7 +383,19 @@ async fn up_with(
             engine.remove(&found.id).await?;
             start_new(engine, p, &image, phases).await
         }
-        (None, Some(image)) => start_new(engine, p, &image, phases).await,
+        (None, Some(image)) => {
+            if p.spec.kept_when_stopped {
+                let kept = engine
+                    .list(&[
+                        format!("{}={}", labels::UID, p.user.uid),
+                        format!("{}=global", labels::SCOPE),
+                        format!("{}=direct", labels::ROLE),
+                    ])
+                    .await?;
+                check_named_count(kept.len(), p.max_named, &node)?;
+            }
+            start_new(engine, p, &image, phases).await
+        }
     }
 }
 

@@ -389,6 +389,19 @@ pub fn check_slurm_dir(dir: &Path, uid: u32, f: &SlurmDirFacts) -> Result<(), Pl
     }
 }
 
+/// Site rule `max_named_containers`: a user who keeps `kept` global named containers on
+/// this node may make another only below the site's bound.
+pub fn check_named_count(kept: usize, max: Option<u32>, node: &str) -> Result<(), PlanError> {
+    match max {
+        Some(max) if kept >= max as usize => Err(refused(
+            format!("a new --mnd-name container on {node}"),
+            format!("you keep {kept} there, the site's policy.max_named_containers is {max}"),
+            &format!("remove some first: mnd containers ls -w {node}, then mnd containers rm -w {node} NAME"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Built-in rule for showing Slurm's spool (the folder a step's PMIx folder is in) to a
 /// named container, whose later steps' PMIx folders appear there after it was made (a
 /// bind shows new entries of its folder, not new mounts): only a folder of root's that

@@ -117,7 +117,7 @@ fn list(items: &[String]) -> String {
 
 /// The keys of `[defaults]`, `[policy]` and `[fabrics.NAME]`, in the order of `mnd::config`
 /// (a test holds the two together).
-const SITE: [SiteKey; 28] = [
+const SITE: [SiteKey; 29] = [
     site("defaults", "ssh_port_base", |c| c.defaults.ssh_port_base.to_string(), "First port of the range the ssh mode's sshd and control ports are derived from (keep it below the ephemeral range, /proc/sys/net/ipv4/ip_local_port_range)."),
     site("defaults", "ssh_port_span", |c| c.defaults.ssh_port_span.to_string(), "Size of that range."),
     site("defaults", "master_port_base", |c| c.defaults.master_port_base.to_string(), "First MASTER_PORT; the job id picks one of the next 1000."),
@@ -141,6 +141,7 @@ const SITE: [SiteKey; 28] = [
     site("policy", "writable_layer_size", |c| c.policy.writable_layer_size.as_ref().map_or_else(|| "none (no limit)".into(), |s| format!("{s:?}")), "Largest writable layer of a container, e.g. \"20G\": Docker's storage-opt size, which only some storage drivers take (overlay2 on xfs with pquota, btrfs, zfs); where the driver does not, every container fails to start, saying so."),
     site("policy", "max_image_size", |c| c.policy.max_image_size.as_ref().map_or_else(|| "none (no limit)".into(), |s| format!("{s:?}")), "Largest image a job may run, e.g. \"30G\" (unpacked, as Docker counts it): a larger one is refused naming the rule, and removed again where the job's pull brought it."),
     site("policy", "user_rootfs", |c| rootfs_name(c.policy.user_rootfs).into(), "When a direct-mode step's root file system is the user's own copy of the image (made once per user, image and node; every file theirs, no set-id bit), as enroot unpacks images as the user: remap-root (steps with --mnd-remap-root, so package managers work), always (every writable step: files can be made anywhere the image's modes allow) or never. The copies go when their image leaves the node (the Epilog)."),
+    site("policy", "max_named_containers", |c| c.policy.max_named_containers.map_or_else(|| "none (no limit)".into(), |n| n.to_string()), "With container_scope=global: how many named containers one user may keep on a node; a step that would make one more is refused, naming mnd containers rm."),
     site("fabrics.NAME", "devices", |_| list(&FabricProfile::default().devices), "Device nodes under /dev, or folders of them (/dev/infiniband: every device in it), given at the same path. No GPUs (they come from the step's Slurm allocation only), not /dev itself, /dev/shm, /dev/mqueue or /dev/pts."),
     site("fabrics.NAME", "cdi", |_| list(&FabricProfile::default().cdi), "CDI device names (vendor.com/class=name), for engines with CDI turned on."),
     site("fabrics.NAME", "mounts", |_| list(&FabricProfile::default().mounts), "Read-only mounts SRC[:DST] with absolute paths (a site NCCL net plugin, libfabric); a source (or a folder above it) that is not root's alone, or a link, is refused."),

@@ -841,3 +841,16 @@ fn the_users_own_root_file_system_follows_the_sites_user_rootfs() {
     );
     assert!(!owned_rootfs(UserRootfs::Never, true, true));
 }
+
+#[test]
+fn a_user_keeps_no_more_global_containers_than_the_site_allows() {
+    assert!(policy::check_named_count(3, None, "node1").is_ok());
+    assert!(policy::check_named_count(1, Some(2), "node1").is_ok());
+    let err = policy::check_named_count(2, Some(2), "node1")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_named_containers is 2") && err.contains("mnd containers rm -w node1"),
+        "{err}"
+    );
+}

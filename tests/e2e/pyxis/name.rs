@@ -152,6 +152,21 @@ fn a_global_named_container_outlives_its_job_for_its_user_alone() {
     wait_until("the Epilog to stop dave's global container", CLEAN, || {
         keep_on_node1().0 == vec![false]
     });
+    {
+        // The site bounds how many a user keeps on a node.
+        let _policy = DefaultPolicy::install("[policy]\nmax_named_containers = 1\n");
+        let (r, _) = job_on_node1(
+            "dave",
+            &format!("srun -n1 --mnd-image={img} --mnd-name=second true"),
+        );
+        assert_ne!(r.code, 0, "{}", r.all());
+        assert!(
+            r.stderr
+                .contains("you keep 1 there, the site's policy.max_named_containers is 1"),
+            "{}",
+            r.all()
+        );
+    }
     let (r, second) = job_on_node1(
         "dave",
         "srun -n1 --mnd-name=keep cat /tmp/kept && srun -n1 --mnd-name=keep sh -c \"echo $SLURM_JOB_ID >> /tmp/kept\"",
