@@ -85,8 +85,9 @@ const DPKG_INSTALL: &str = "mkdir -p /tmp/p/DEBIAN /tmp/p/usr/share/mndtest && \
 /// "remap-root"` the root file system is dave's own copy, so as root in the container he
 /// owns the image's files and dpkg installs a package (its chowns faked by the filter);
 /// with `never` the same install fails on root's files (the positive control). With
-/// `always` every writable step has its own copy: dave creates `/newfile` without
-/// remap-root, alice's copy is hers, and no set-uid file is left in either.
+/// `always` every writable step has its own copy: dave creates files in `/usr` and `/etc` without
+/// remap-root, alice's copy is hers, and no set-uid file is left in either. (`/` itself is
+/// Docker's: it makes the root of every container's writable layer, as root.)
 #[test]
 fn a_remapped_root_owns_the_image_and_installs_a_package() {
     let _g = exclusive();
@@ -112,7 +113,7 @@ fn a_remapped_root_owns_the_image_and_installs_a_package() {
     }
     let _policy = DefaultPolicy::install("[policy]\nuser_rootfs = \"always\"\n");
     let out = ran(&format!(
-        "--mnd-image={IMAGE} sh -c \"stat -c %u /usr/bin/env; touch /newfile && echo made; \
+        "--mnd-image={IMAGE} sh -c \"stat -c %u /usr/bin/env; touch /usr/newfile /etc/newfile && echo made; \
          find / -xdev -perm /6000 -type f | wc -l\""
     ));
     assert_eq!(out, "1004\nmade\n0\n", "{out}");
