@@ -104,8 +104,10 @@ fn pass_capped(input: impl Read, expected: &str, out: impl Write) -> Result<(), 
         if path.starts_with('/') || path.split('/').any(|c| c == "..") {
             return Err(malformed(format!("the path {path:?} leaves the archive")));
         }
-        let mut header = entry.header().clone();
-        let size = header.size()?;
+        // A fresh header with the size the entry really has (a PAX record may say another
+        // than the header's own field): what goes on is exactly what was read and checked.
+        let size = entry.size();
+        let mut header = fresh_header(&entry, size)?;
         match path.as_str() {
             "repositories" => continue,
             "manifest.json" | "index.json" => {
@@ -166,6 +168,36 @@ fn pass_capped(input: impl Read, expected: &str, out: impl Write) -> Result<(), 
     }
     builder.into_inner()?.flush()?;
     Ok(())
+}
+
+/// A GNU header for `entry` (its kind, mode and time; owner root) of `size` bytes: only
+/// files, folders and links pass, anything else (devices, FIFOs, sparse files) is refused.
+pub(crate) fn fresh_header<R: Read>(
+    entry: &tar::Entry<R>,
+    size: u64,
+) -> Result<tar::Header, std::io::Error> {
+    let old = entry.header();
+    let kind = match old.entry_type() {
+        tar::EntryType::Regular | tar::EntryType::Continuous => tar::EntryType::Regular,
+        k @ (tar::EntryType::Directory | tar::EntryType::Symlink | tar::EntryType::Link) => k,
+        other => {
+            return Err(std::io::Error::other(format!(
+                "an entry of kind {other:?}, neither a file, a folder nor a link"
+            )))
+        }
+    };
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_size(if kind == tar::EntryType::Regular {
+        size
+    } else {
+        0
+    });
+    header.set_mode(old.mode().unwrap_or(0o644) & 0o7777);
+    header.set_mtime(old.mtime().unwrap_or(0));
+    header.set_uid(0);
+    header.set_gid(0);
+    Ok(header)
 }
 
 /// When the OCI `index.json` names one image, `expected`: the digest of what the archive
@@ -326,6 +358,42 @@ mod tests {
             "{err}"
         );
         assert!(passed.0 <= limit, "{} bytes passed on", passed.0);
+    }
+
+    /// T1 of the review: a PAX `size` record that differs from the header's own field. What
+    /// goes on to Docker carries the size that was really read and checked, so no hidden
+    /// entry (an `index.json` naming someone's image) can ride in a file's content.
+    #[test]
+    fn what_goes_on_has_the_size_that_was_read() {
+        let (good, id) = archive(br#"{"rootfs":{}}"#, &[], 1);
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("size", &b"1024"[..])]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_path("abc/extra").unwrap();
+        h.set_cksum();
+        b.append(&h, &[b'x'; 1024][..]).unwrap();
+        let mut forged = b.into_inner().unwrap();
+        forged.truncate(forged.len() - 1024); // drop the end-of-archive blocks
+        forged.extend_from_slice(&good);
+        let mut out = Vec::new();
+        pass_checked(&forged[..], &vouched(&id), &mut out).unwrap();
+        let mut a = tar::Archive::new(&out[..]);
+        let extra = a
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap().to_str() == Some("abc/extra"))
+            .unwrap();
+        assert_eq!(extra.header().size().unwrap(), 1024);
+        // Devices never pass.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Char);
+        h.set_size(0);
+        b.append_data(&mut h, "dev/null", &[][..]).unwrap();
+        assert!(pass_checked(&b.into_inner().unwrap()[..], &vouched(&id), Vec::new()).is_err());
     }
 
     /// A sink that counts what it is given.

@@ -25,14 +25,14 @@ pub fn give_to(input: impl Read, out: impl Write, uid: u32, gid: u32) -> std::io
     for entry in archive.entries()? {
         let mut entry = entry?;
         let path = entry.path()?.into_owned();
-        let mut header = entry.header().clone();
+        // A fresh header of the size really read (a PAX record may say another than the
+        // header's field); devices, FIFOs and anything but files, folders and links stay out.
+        let Ok(mut header) = crate::imagearchive::fresh_header(&entry, entry.size()) else {
+            continue;
+        };
         header.set_uid(uid.into());
         header.set_gid(gid.into());
-        let _ = header.set_username("");
-        let _ = header.set_groupname("");
-        if let Ok(mode) = header.mode() {
-            header.set_mode(mode & 0o1777);
-        }
+        header.set_mode(header.mode()? & 0o1777);
         let kind = header.entry_type();
         if kind.is_symlink() || kind.is_hard_link() {
             let target = entry
@@ -193,6 +193,41 @@ mod tests {
             seen.push(path);
         }
         assert_eq!(seen, ["etc/", "usr/bin/passwd", long.as_str()]);
+    }
+
+    /// A PAX `size` record that differs from the header's field (how a file of 8 GiB or
+    /// more is written, or a forged one): what goes on says the size that was really read,
+    /// so nothing of the content can be taken for entries; devices stay out.
+    #[test]
+    fn the_size_read_is_the_size_written_and_devices_stay_out() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("size", &b"600"[..])]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_path("big").unwrap();
+        h.set_cksum();
+        b.append(&h, &[b'x'; 600][..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Block);
+        h.set_size(0);
+        h.set_mode(0o666);
+        b.append_data(&mut h, "dev/sda", &[][..]).unwrap();
+        let mut out = Vec::new();
+        give_to(&b.into_inner().unwrap()[..], &mut out, 1004, 1004).unwrap();
+        let mut a = tar::Archive::new(&out[..]);
+        let got: Vec<(String, u64)> = a
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().size().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, [("big".to_string(), 600)]);
     }
 
     #[test]
