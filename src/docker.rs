@@ -518,6 +518,12 @@ impl Engine {
             stdin_once: Some(true),
             attach_stdin: Some(true),
             tty: Some(false),
+            // An image's HEALTHCHECK would run its program in the container outside Slurm's
+            // cgroups, as the user, on Docker's clock: never.
+            healthcheck: Some(bollard::models::HealthConfig {
+                test: Some(vec!["NONE".into()]),
+                ..Default::default()
+            }),
             host_config: Some(host_config(spec)),
             ..Default::default()
         };
@@ -984,30 +990,24 @@ impl Engine {
         image: &str,
         rewrite: impl FnOnce(&mut ChunkReader, &mut ChunkSender) -> std::io::Result<()> + Send + 'static,
     ) -> Result<String, DockerError> {
-        let body = ContainerCreateBody {
-            image: Some(image.to_string()),
-            entrypoint: Some(vec!["/nonexistent".into()]),
-            network_disabled: Some(true),
-            ..Default::default()
-        };
-        let made = within(
-            "create",
-            self.docker.create_container(
-                None::<bollard::query_parameters::CreateContainerOptions>,
-                body,
-            ),
-        )
-        .await?
-        .map_err(api(format!("create of a container of {image}")))?;
         let config = within("image inspect", self.docker.inspect_image(image))
             .await?
             .map_err(api(format!("inspect of image {image}")))?
             .config
             .unwrap_or_default();
+        let source = format!(
+            "mnd-export-{}-{}",
+            std::process::id(),
+            image
+                .trim_start_matches("sha256:")
+                .get(..12)
+                .unwrap_or("image")
+        );
+        self.create_idle(&source, image, &BTreeMap::new()).await?;
         let imported = self
-            .export_through(&made.id, config_changes(&config), rewrite)
+            .export_through(&source, config_changes(&config), rewrite)
             .await;
-        let _ = self.remove(&made.id).await;
+        let _ = self.remove(&source).await;
         imported
     }
 
@@ -1766,17 +1766,32 @@ fn config_changes(config: &bollard::models::ImageConfig) -> Vec<String> {
         format!("\"{escaped}\"")
     };
     let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_default();
+    // Docker joins the lines and parses them as a Dockerfile: a value that could end a line
+    // or continue it (a control character, a backslash) would add instructions. Such a
+    // value is left out (the copy then lacks it), never passed.
+    let plain = |v: &str| !v.chars().any(|c| c.is_control() || c == '\\');
+    let name = |k: &str| {
+        !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
     let mut out: Vec<String> = config
         .env
         .iter()
         .flatten()
         .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, v)| name(k) && !v.chars().any(char::is_control))
         .map(|(k, v)| format!("ENV {k}={}", quoted(v)))
         .collect();
-    if let Some(dir) = config.working_dir.as_deref().filter(|d| !d.is_empty()) {
+    let word = |v: &str| !v.is_empty() && plain(v) && !v.contains(char::is_whitespace);
+    if let Some(dir) = config
+        .working_dir
+        .as_deref()
+        .filter(|d| word(d) && d.starts_with('/'))
+    {
         out.push(format!("WORKDIR {dir}"));
     }
-    if let Some(user) = config.user.as_deref().filter(|u| !u.is_empty()) {
+    if let Some(user) = config.user.as_deref().filter(|u| word(u)) {
         out.push(format!("USER {user}"));
     }
     if let Some(e) = config.entrypoint.as_ref().filter(|e| !e.is_empty()) {
@@ -1829,6 +1844,33 @@ impl std::io::Write for ChunkSender {
 
 #[cfg(test)]
 mod tests {
+    /// The image's config as Dockerfile lines: a value that could end or continue a line is
+    /// left out, never passed (review of the user's-copy change, T4).
+    #[test]
+    fn config_changes_never_let_an_image_add_an_instruction() {
+        let config = bollard::models::ImageConfig {
+            env: Some(vec![
+                "A=1".into(),
+                "B=x\nRUN evil".into(),
+                "C D=1".into(),
+                "P=$HOME:/x\\".into(),
+            ]),
+            working_dir: Some("/w\nVOLUME /x".into()),
+            user: Some("u\\".into()),
+            cmd: Some(vec!["sh".into(), "-c".into(), "echo \"hi\"\nexit".into()]),
+            ..Default::default()
+        };
+        let out = config_changes(&config);
+        assert_eq!(
+            out,
+            [
+                "ENV A=\"1\"",
+                "ENV P=\"\\$HOME:/x\\\\\"",
+                "CMD [\"sh\",\"-c\",\"echo \\\"hi\\\"\\nexit\"]",
+            ]
+        );
+        assert!(out.iter().all(|l| !l.contains('\n')));
+    }
 
     #[test]
     fn an_images_origin_is_told_by_its_repo_digests() {

@@ -11,8 +11,8 @@ use crate::identity::{Identity, IdentityError};
 use crate::pathid::{stat_no_links, FileId};
 pub use crate::phases::Phases;
 use crate::plan::direct::{
-    declared_targets, for_image, made_with_namespaces, plan, renew_global, step_gpus,
-    task_defaults, task_env, Inputs,
+    check_global_free, declared_targets, for_image, made_with_namespaces, plan, renew_global,
+    same_image, step_gpus, task_defaults, task_env, Inputs,
 };
 use crate::plan::fabric::{self, FabricFacts};
 use crate::plan::options::NameMode;
@@ -349,6 +349,9 @@ async fn up_with(
         engine.drop_if_refused(image, fits).await?;
     }
     let job = p.spec.labels.get(labels::JOB).and_then(|j| j.parse().ok());
+    if let Some(found) = &found {
+        check_global_free(&found.labels, found.pid.is_some(), job.unwrap_or(0))?;
+    }
     match (found, image) {
         (Some(found), _)
             if p.reuse && renew_global(&found.labels, found.pid.is_some(), job.unwrap_or(0)) =>
@@ -371,7 +374,11 @@ async fn up_with(
                         .await?
                 }
             };
-            if image.id != found.image {
+            let asked = match p.has_image {
+                true => p.spec.image.as_str(),
+                false => found.labels.get(labels::IMAGE).map_or("", String::as_str),
+            };
+            if !same_image(&found.labels, &found.image, asked, &image.id) {
                 return Err(HelperError::OtherImage(name.clone(), p.spec.image.clone()));
             }
             let namespaces = made_with_namespaces(&found.labels);

@@ -218,6 +218,43 @@ pub fn renew_global(found: &BTreeMap<String, String>, running: bool, job: u32) -
         && (!running || found.get(labels::JOB) != Some(&job.to_string()))
 }
 
+/// A global container that runs for another job of the user's now is theirs to finish
+/// first: renewing it would remove it under that job's tasks.
+pub fn check_global_free(
+    found: &BTreeMap<String, String>,
+    running: bool,
+    job: u32,
+) -> Result<(), PlanError> {
+    let global = found.get(labels::SCOPE).map(String::as_str) == Some("global");
+    let other = found.get(labels::JOB).filter(|j| **j != job.to_string());
+    match (global && running, other) {
+        (true, Some(other)) => Err(PlanError::Refused {
+            what: format!(
+                "--mnd-name={}",
+                found.get(labels::NAME).cloned().unwrap_or_default()
+            ),
+            why: format!("that container runs for your job {other} on this node now"),
+            fix: "give this job another name, or run it once that job ended".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a found named container runs the image a step names: by the name it was made
+/// with (its file system may be a copy or a later save of that image, with another id),
+/// else, for a container without that label, by id.
+pub fn same_image(
+    found: &BTreeMap<String, String>,
+    found_id: &str,
+    asked: &str,
+    asked_id: &str,
+) -> bool {
+    match found.get(labels::IMAGE).filter(|n| !n.is_empty()) {
+        Some(name) => name == asked,
+        None => found_id == asked_id,
+    }
+}
+
 /// The namespaces of its own a found container was made with (`--mnd-unshare` of the step
 /// that made it, in its label): a later step joins them whatever it says itself, as
 /// pyxis's steps join a named container's.
@@ -288,8 +325,16 @@ fn step_mounts(i: &Inputs, opts: &Checked) -> Result<Vec<Mount>, PlanError> {
         mounts.push(Mount::same(dir, true));
     }
     mounts::distinct_targets(&mounts)?;
+    let shown_spools: Vec<&Path> = mounts
+        .iter()
+        .map(|m| m.target.as_path())
+        .filter(|t| spools.iter().any(|s| s == t))
+        .collect();
     for (target, _) in &opts.tmpfs {
         policy::check_mount_target(target)?;
+        for spool in &shown_spools {
+            policy::check_not_in_spool(target, spool)?;
+        }
         if mounts.iter().any(|m| &m.target == target) {
             return Err(usage(format!(
                 "--mnd-mounts: {} is the target of two mounts",
@@ -450,8 +495,14 @@ pub fn for_image(
     owner: (u32, u32),
 ) -> ContainerSpec {
     let mut spec = spec.clone();
+    // A VOLUME at or inside a folder shown from the host stays the host's: a tmpfs inside
+    // it would need its mount point made there, as root (in a user's home, or Slurm's spool).
     for v in volumes {
-        if !spec.mounts.iter().any(|m| m.target == Path::new(v)) {
+        if !spec
+            .mounts
+            .iter()
+            .any(|m| Path::new(v).starts_with(&m.target))
+        {
             spec.tmpfs.insert(v.clone(), "rw,nosuid,nodev".to_string());
         }
     }

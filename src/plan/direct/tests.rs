@@ -588,8 +588,15 @@ fn pass_two_declares_roots_files_read_only_and_a_private_folder_of_the_users() {
         group: "/run/mnd-srun/containers/c/group".into(),
         init: "/run/mnd-srun/init/mnd-init-x".into(),
     };
-    let vols = vec!["/vol".to_string()];
+    // A VOLUME inside a folder shown from the host (the home, Slurm's spool) stays the host's.
+    let vols = vec![
+        "/vol".to_string(),
+        "/shared/home/alice/cache".to_string(),
+        "/var/spool/slurmd/pmix.42.3/x".to_string(),
+    ];
     let done = for_image(&spec, &vols, Some("sha256:abc"), &declared, (1001, 1001));
+    assert!(!done.tmpfs.contains_key("/shared/home/alice/cache"));
+    assert!(!done.tmpfs.contains_key("/var/spool/slurmd/pmix.42.3/x"));
     assert_eq!(done.image, "sha256:abc");
     for (source, target) in [
         ("/run/mnd-srun/containers/c/passwd", "/etc/passwd"),
@@ -762,6 +769,16 @@ fn a_named_container_shows_slurms_spool_whole_for_its_later_steps_pmix_folders()
         err.contains("/var/spool/slurmd/mine") && err.contains("inside Slurm's spool"),
         "{err}"
     );
+    // Nor a tmpfs of the user's.
+    let tmpfs_inside = Options {
+        name: Some("warm".into()),
+        mounts: Some("tmpfs:/var/spool/slurmd/job99".into()),
+        ..image("img")
+    };
+    let err = planned(tmpfs_inside, &SiteConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("inside Slurm's spool"), "{err}");
     assert!(policy::spool_shown_to_later_steps(0, 0o40755));
     assert!(!policy::spool_shown_to_later_steps(0, 0o41777));
     assert!(!policy::spool_shown_to_later_steps(1001, 0o40700));
@@ -852,5 +869,58 @@ fn a_user_keeps_no_more_global_containers_than_the_site_allows() {
     assert!(
         err.contains("max_named_containers is 2") && err.contains("mnd containers rm -w node1"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_found_container_is_the_same_image_by_the_name_it_was_made_with() {
+    let labels = |image: &str| -> BTreeMap<String, String> {
+        [(labels::IMAGE.to_string(), image.to_string())].into()
+    };
+    // A user's copy or a later save of img:1 has another id: the name decides.
+    assert!(same_image(
+        &labels("img:1"),
+        "sha256:copy",
+        "img:1",
+        "sha256:base"
+    ));
+    assert!(!same_image(
+        &labels("img:1"),
+        "sha256:copy",
+        "img:2",
+        "sha256:copy"
+    ));
+    // Made before the label: by id.
+    assert!(same_image(
+        &BTreeMap::new(),
+        "sha256:a",
+        "img:1",
+        "sha256:a"
+    ));
+    assert!(!same_image(
+        &BTreeMap::new(),
+        "sha256:a",
+        "img:1",
+        "sha256:b"
+    ));
+}
+
+#[test]
+fn a_global_container_running_for_another_job_is_not_taken_from_it() {
+    let found: BTreeMap<String, String> = [
+        (labels::SCOPE.to_string(), "global".to_string()),
+        (labels::JOB.to_string(), "41".to_string()),
+        (labels::NAME.to_string(), "keep".to_string()),
+    ]
+    .into();
+    let err = check_global_free(&found, true, 42).unwrap_err().to_string();
+    assert!(err.contains("runs for your job 41"), "{err}");
+    assert!(
+        check_global_free(&found, false, 42).is_ok(),
+        "stopped: renewed"
+    );
+    assert!(
+        check_global_free(&found, true, 41).is_ok(),
+        "this job's: joined"
     );
 }
