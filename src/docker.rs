@@ -304,11 +304,18 @@ pub struct Found {
     pub labels: BTreeMap<String, String>,
 }
 
+/// The longest any one request may take, streams included (a 100 GB load at 100 MB/s).
+const STREAM_BOUND: Duration = Duration::from_secs(4 * 3600);
+
 impl Engine {
     /// Connects to the local engine and agrees on an API version.
     pub async fn connect() -> Result<Self, DockerError> {
+        // bollard's own bound (120 s by default) covers a whole request until Docker answers:
+        // a load or import answers only once it has read all of a 10 GB archive. Every call
+        // is bounded here instead (`within`), and every stream by its progress.
         let docker = Docker::connect_with_local_defaults()
-            .map_err(|e| DockerError::Unreachable(reason(&e)))?;
+            .map_err(|e| DockerError::Unreachable(reason(&e)))?
+            .with_timeout(STREAM_BOUND);
         let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
             .await
             .map_err(|_| DockerError::Unreachable("no answer within 10 s".into()))?
