@@ -469,11 +469,23 @@ pub fn assert_nothing_left(job: &str) {
 /// Runs `cmdline` as dave inside a fresh allocation of `nodes` nodes; returns the run and the
 /// job's id, so what is left is looked for by job whatever other tests run meanwhile.
 pub fn dave_job(nodes: u32, cmdline: &str) -> (Run, String) {
+    job_as("dave", &format!("-N{nodes} --ntasks-per-node=2"), cmdline)
+}
+
+/// Runs `cmdline` as `user` (on node1) inside a fresh allocation `salloc ALLOC`; the run
+/// and the job's id.
+pub fn job_as(user: &str, alloc: &str, cmdline: &str) -> (Run, String) {
     let quoted = format!("'{}'", cmdline.replace('\'', "'\\''"));
     // A hang (MPI picking the wrong network, say) fails the test instead of blocking it.
-    let r = dave(&format!(
-        "timeout 300 salloc -N{nodes} --ntasks-per-node=2 bash -c {quoted}"
-    ));
+    let r = run_on(
+        "node1",
+        user,
+        &[
+            "bash",
+            "-c",
+            &format!("timeout 300 salloc {alloc} bash -c {quoted}"),
+        ],
+    );
     let job = r
         .stderr
         .lines()

@@ -373,6 +373,11 @@ fn plant_archive(node: &str, tag: &str, archive: &str, owner: &str) {
     );
     let packed = zstd::encode_all(&saved.stdout[..], 1).expect("compress");
     std::fs::write(format!("{on_host}.new"), packed).expect("write the archive");
+    place_as(node, archive, owner);
+}
+
+/// Moves `ARCHIVE.new` (written from the host) into place as `archive`, owned by `owner`.
+fn place_as(node: &str, archive: &str, owner: &str) {
     let placed = root_on(
         node,
         &[
@@ -501,15 +506,7 @@ fn plant_bomb(node: &str, archive: &str, bytes: u64, owner: &str) {
     )
     .expect("write");
     packed.finish().expect("finish");
-    let placed = root_on(
-        node,
-        &[
-            "sh",
-            "-c",
-            &format!("chown {owner}: {archive}.new && mv {archive}.new {archive}"),
-        ],
-    );
-    assert_eq!(placed.code, 0, "{}", placed.all());
+    place_as(node, archive, owner);
 }
 
 /// S5: dave plants, under the name of his node1-only image's archive, a few KiB that unpack

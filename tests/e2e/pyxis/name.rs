@@ -88,24 +88,7 @@ impl Drop for GlobalScope {
 
 /// A one-node job on node1 as `user`; the run and the job's id.
 fn job_on_node1(user: &str, cmdline: &str) -> (Run, String) {
-    let quoted = format!("'{}'", cmdline.replace('\'', "'\\''"));
-    let r = run_on(
-        "node1",
-        user,
-        &[
-            "bash",
-            "-c",
-            &format!("timeout 300 salloc -N1 -w node1 bash -c {quoted}"),
-        ],
-    );
-    let job = r
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("salloc: Granted job allocation "))
-        .unwrap_or_else(|| panic!("no allocation: {}", r.all()))
-        .trim()
-        .to_string();
-    (r, job)
+    job_as(user, "-N1 -w node1", cmdline)
 }
 
 /// dave's global containers named `keep` on node1: `running` per container, and the
