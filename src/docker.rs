@@ -1010,7 +1010,8 @@ impl Engine {
                 .get(..12)
                 .unwrap_or("image")
         );
-        self.create_idle(&source, image, &BTreeMap::new()).await?;
+        let role = BTreeMap::from([(crate::spec::labels::ROLE.to_string(), "export".to_string())]);
+        self.create_idle(&source, image, &role).await?;
         let imported = self
             .export_through(&source, config_changes(&config), rewrite)
             .await;

@@ -129,6 +129,10 @@ pub async fn sweep(engine: &Engine) -> usize {
         if engine.has_image(&format!("sha256:{base}")).await {
             continue;
         }
+        // Not while a step makes or takes this copy.
+        let Ok(_held) = crate::fsx::lock(&entry.path().with_extension("lock")) else {
+            continue;
+        };
         let copy = std::fs::read_to_string(entry.path()).unwrap_or_default();
         let gone = match copy.trim() {
             "" => true,
@@ -138,8 +142,29 @@ pub async fn sweep(engine: &Engine) -> usize {
             ),
         };
         if gone {
+            // The lock file stays: a step waiting on it holds that very file.
             let _ = std::fs::remove_file(entry.path());
-            let _ = std::fs::remove_file(entry.path().with_extension("lock"));
+            removed += 1;
+        }
+    }
+    removed + sweep_exports(engine).await
+}
+
+/// The never-started containers a copy is exported from, left by a helper that was killed
+/// meanwhile (its pid, in the name, is gone): they would keep their image for good.
+async fn sweep_exports(engine: &Engine) -> usize {
+    let role = format!("{}=export", crate::spec::labels::ROLE);
+    let Ok(found) = engine.list(&[role]).await else {
+        return 0;
+    };
+    let mut removed = 0;
+    for c in found {
+        let pid = c
+            .name
+            .strip_prefix("mnd-export-")
+            .and_then(|r| r.split('-').next());
+        let gone = pid.is_some_and(|p| !Path::new("/proc").join(p).exists());
+        if gone && engine.remove(&c.id).await.is_ok() {
             removed += 1;
         }
     }
