@@ -1026,21 +1026,15 @@ impl Engine {
         changes: Vec<String>,
         rewrite: impl FnOnce(&mut ChunkReader, &mut ChunkSender) -> std::io::Result<()> + Send + 'static,
     ) -> Result<String, DockerError> {
-        let (export_tx, export_rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(4);
+        let (export_tx, export_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
         let (import_tx, mut import_rx) =
             tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
         let mut export = self.docker.export_container(container);
         let exporting = async move {
             while let Some(chunk) = export.next().await {
                 let chunk = chunk.map_err(api(format!("export of {container}")))?;
-                let tx = export_tx.clone();
                 // The rewriting thread stopped reading: it failed, and says why itself.
-                if tokio::task::spawn_blocking(move || tx.send(chunk))
-                    .await
-                    .ok()
-                    .and_then(|r| r.ok())
-                    .is_none()
-                {
+                if export_tx.send(chunk).await.is_err() {
                     break;
                 }
             }
@@ -1312,6 +1306,19 @@ impl Engine {
             .await?
             .map_err(api(format!("commit of {container}")))?;
         Ok(made.id)
+    }
+
+    /// Image `id` as it is on this node (never pulled), known by its id alone: containers
+    /// are made from the id (an image loaded from a share, a user's copy, a save).
+    pub async fn image_by_id(&self, id: &str) -> Result<ImageFacts, DockerError> {
+        let silent = tokio::sync::watch::channel(Default::default()).0;
+        let facts = self
+            .ensure_image(id, Pull::Never, id, Duration::from_secs(30), &silent)
+            .await?;
+        Ok(ImageFacts {
+            by_id_only: true,
+            ..facts
+        })
     }
 
     /// `verdict` on `image`: a refused image that was pulled for this call is removed again
@@ -1817,16 +1824,16 @@ fn config_changes(config: &bollard::models::ImageConfig) -> Vec<String> {
 
 /// The chunks of a stream Docker sends, read on a thread that may block.
 pub struct ChunkReader {
-    rx: std::sync::mpsc::Receiver<bytes::Bytes>,
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     chunk: bytes::Bytes,
 }
 
 impl std::io::Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.chunk.is_empty() {
-            match self.rx.recv() {
-                Ok(chunk) => self.chunk = chunk,
-                Err(_) => return Ok(0),
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk,
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.chunk.len());

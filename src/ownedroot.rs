@@ -93,16 +93,7 @@ async fn copy_facts(
     base: &ImageFacts,
     copy: &str,
 ) -> Result<ImageFacts, DockerError> {
-    let silent = tokio::sync::watch::channel(Default::default()).0;
-    let facts = engine
-        .ensure_image(
-            copy,
-            crate::spec::Pull::Never,
-            copy,
-            std::time::Duration::from_secs(30),
-            &silent,
-        )
-        .await?;
+    let facts = engine.image_by_id(copy).await?;
     Ok(ImageFacts {
         id: facts.id,
         layers: facts.layers,

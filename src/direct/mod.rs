@@ -420,20 +420,7 @@ async fn renew(
 ) -> Result<Reply, HelperError> {
     let saved = engine.commit_as(&found.id, None, &found.image).await?;
     phases.mark("renew-commit");
-    let image = engine
-        .ensure_image(
-            &saved,
-            crate::spec::Pull::Never,
-            &saved,
-            PULL_STALL,
-            &silent(),
-        )
-        .await?;
-    let image = ImageFacts {
-        by_id_only: true,
-        pulled: false,
-        ..image
-    };
+    let image = engine.image_by_id(&saved).await?;
     engine.remove(&found.id).await?;
     rootfiles::remove(&p.spec.name);
     let mut spec = p.spec.clone();
@@ -453,10 +440,7 @@ async fn renew(
 
 /// Docker knows image `id` by no name (a save of a global container's).
 pub(super) async fn unnamed(engine: &Engine, id: &str) -> bool {
-    let facts = engine
-        .ensure_image(id, crate::spec::Pull::Never, id, PULL_STALL, &silent())
-        .await;
-    matches!(facts, Ok(f) if f.names.is_empty())
+    matches!(engine.image_by_id(id).await, Ok(f) if f.names.is_empty())
 }
 
 /// The image for the step on this node: here already or pulled, else (a node of a

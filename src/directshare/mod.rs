@@ -298,7 +298,7 @@ pub async fn fetch(
     let wait = WAIT.as_secs().to_string();
     let vouched = vouched_word(share, image).await?;
     let id = vouched.id.clone();
-    if let Ok(facts) = by_id(engine, &id).await {
+    if let Ok(facts) = engine.image_by_id(&id).await {
         return Ok(facts);
     }
     let mut reader = share.spawn_as_user(&["get-archive", &id, "--wait", &wait])?;
@@ -314,7 +314,7 @@ pub async fn fetch(
     // The reader's complaint (no archive, a stalled saver) explains a failed load best.
     finished(reader)?;
     loaded?;
-    let facts = by_id(engine, &id).await?;
+    let facts = engine.image_by_id(&id).await?;
     // Loaded for this job: recorded as root's pulls are, so the Epilog removes it.
     Ok(ImageFacts {
         pulled: true,
@@ -367,18 +367,6 @@ async fn vouched_word(share: &StepShare, image: &str) -> Result<Vouched, ShareEr
             Err(why) => return Err(why),
         }
     }
-}
-
-/// Image `id` on this node, which has no name for it.
-async fn by_id(engine: &Engine, id: &str) -> Result<ImageFacts, DockerError> {
-    let silent = tokio::sync::watch::channel(Default::default()).0;
-    let facts = engine
-        .ensure_image(id, crate::spec::Pull::Never, id, WAIT, &silent)
-        .await?;
-    Ok(ImageFacts {
-        by_id_only: true,
-        ..facts
-    })
 }
 
 /// The image in a decoded word, when root wrote it for this very step, user and image.
